@@ -1,0 +1,53 @@
+"""The `audit` command line: thin click commands over the library.
+
+This package is the only place that imports click. Each module holds the commands of one
+area and lists them in `COMMANDS`; they are registered here explicitly, in README order.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from audit import __version__
+from audit.cli import bias, consent, describe, memorisation, pipeline, workspace
+from audit.errors import AuditError
+
+
+class AuditGroup(click.Group):
+    """Turns `AuditError` into a one-line message and exit code 1 (traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except AuditError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.secho(f"Error: {e}", fg="red", err=True)
+            sys.exit(1)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # registration order, not alphabetical
+
+
+@click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="audit")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Audit image-text training data for provenance, consent, duplicates, memorisation and bias.
+
+    Start with `audit ingest indexes/mydata my.parquet shards/`, then `audit status indexes/mydata`.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+for _module in (workspace, describe, consent, memorisation, bias, pipeline):
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="audit")

@@ -1,0 +1,3 @@
+"""Commands: bias."""
+
+COMMANDS: list = []

@@ -1,0 +1,3 @@
+"""Commands: consent."""
+
+COMMANDS: list = []

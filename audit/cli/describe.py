@@ -1,0 +1,3 @@
+"""Commands: describe."""
+
+COMMANDS: list = []

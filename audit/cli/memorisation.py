@@ -1,0 +1,3 @@
+"""Commands: memorisation."""
+
+COMMANDS: list = []

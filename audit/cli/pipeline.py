@@ -1,0 +1,3 @@
+"""Commands: pipeline."""
+
+COMMANDS: list = []

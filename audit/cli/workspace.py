@@ -1,0 +1,3 @@
+"""Commands: workspace."""
+
+COMMANDS: list = []

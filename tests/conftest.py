@@ -1,0 +1,101 @@
+"""Shared fixtures: small real-looking workspaces built straight through the base layer.
+
+`make_workspace` writes images as files and one metadata part per `rows_per_part` records,
+exactly as `audit ingest` would record them, so stage tests do not depend on ingest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from audit.schema import METADATA
+from audit.workspace import Output, Workspace, atomic_write_parquet, part_name
+
+os.environ.setdefault("AUDIT_NO_PROGRESS", "1")
+DATA = Path(__file__).parent / "data"
+
+
+def synthetic_image(seed: int, size: int = 64) -> Any:
+    """A deterministic picture with structure (shapes on a gradient), different per seed."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, size, dtype=np.float32)
+    arr = np.stack([np.add.outer(base * rng.random(), base * rng.random()) % 256 for _ in range(3)], -1)
+    img = Image.fromarray(arr.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, y0 = rng.integers(0, size - 8, 2)
+        x1, y1 = x0 + rng.integers(6, size // 2), y0 + rng.integers(6, size // 2)
+        draw.ellipse([int(x0), int(y0), int(x1), int(y1)], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    return img
+
+
+def encode(img: Any, fmt: str = "PNG", **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def build_workspace(
+    root: Path,
+    images: list[bytes | None],
+    captions: list[str] | None = None,
+    urls: list[str] | None = None,
+    rows_per_part: int = 1000,
+    extra: dict[str, list[Any]] | None = None,
+) -> Workspace:
+    """A workspace whose ingest stage is done, with `images[i]` as row i (None = missing)."""
+    root = Path(root)
+    ws = Workspace.create(root)
+    files = root.parent / f"{root.name}-files"
+    files.mkdir(parents=True, exist_ok=True)
+    n = len(images)
+    captions = captions or [f"picture number {i}" for i in range(n)]
+    urls = urls or [f"https://img{i % 7}.example.com/a/{i}.png" for i in range(n)]
+    run = ws.start_stage("ingest", {"sources": ["test fixture"]})
+    for p, start in enumerate(range(0, n, rows_per_part)):
+        rows = []
+        for i in range(start, min(n, start + rows_per_part)):
+            data = images[i]
+            rec = {name: None for name in METADATA.names}
+            rec.update(row_id=i, key=f"{i:09d}", url=urls[i], caption=captions[i],
+                       source_file="fixture", source_row=i)
+            if data is None:
+                rec["image_status"] = "missing"
+            else:
+                path = files / f"{i:09d}.img"
+                path.write_bytes(data)
+                rec.update(image_path=str(path), image_offset=0, image_size=len(data),
+                           image_sha256=hashlib.sha256(data).hexdigest(), image_status="ok")
+            for col, values in (extra or {}).items():
+                rec[col] = values[i]
+            rows.append(rec)
+        schema = METADATA
+        for col in extra or {}:
+            if col not in METADATA.names:
+                schema = schema.append(pa.field(col, pa.array([r[col] for r in rows]).type))
+        table = pa.Table.from_pylist(rows, schema=schema)
+        rel = f"metadata/part-{part_name(p)}.parquet"
+        atomic_write_parquet(root / rel, table)
+        run.record_part(p, [Output(rel, rows=len(rows), row_offset=start)])
+    run.finish({"rows": n})
+    return ws
+
+
+@pytest.fixture
+def make_workspace(tmp_path: Path):
+    """`make_workspace(images, captions=None, urls=None, rows_per_part=1000)` -> Workspace."""
+
+    def make(images: list[bytes | None], **kw: Any) -> Workspace:
+        return build_workspace(tmp_path / "ws", images, **kw)
+
+    return make
