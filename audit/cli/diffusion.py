@@ -1,0 +1,3 @@
+"""Commands: diffusion."""
+
+COMMANDS: list = []
