@@ -1,0 +1,53 @@
+# audit: every target creates .venv/ and installs what it needs on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DATASET ?= sample
+export AUDIT_NO_PROGRESS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-slow bench lint format typecheck experiment sample clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv/ and install audit with its dev tools
+
+demo: $(STAMP)  ## Run every stage on the bundled sample; reports land in reports/sample/
+	$(BIN)/audit run indexes/$(DATASET) --demo --report-dir reports/$(DATASET)
+
+test: $(STAMP)  ## Run the test suite (under 10 minutes on 2 cores)
+	$(BIN)/pytest -m "not slow" -p no:cacheprovider
+
+test-slow: $(STAMP)  ## Run the slow tests too (kill -9 resume, longer training)
+	$(BIN)/pytest -p no:cacheprovider
+
+bench: $(STAMP)  ## Benchmarks against baselines, side by side; results in reports/bench/
+	$(BIN)/python -m audit.bench --out reports/bench
+
+experiment: $(STAMP)  ## The memorisation experiment on the bundled sample (reports/experiments/)
+	$(BIN)/audit experiment memorisation --out reports/experiments/memorisation
+
+sample: $(STAMP)  ## Rebuild the bundled sample from Debian's openclipart-png
+	@test -d /usr/share/openclipart/png || (echo "run: apt-get install openclipart-png"; exit 1)
+	$(BIN)/audit sample build --out audit/data/sample
+
+lint: $(STAMP)  ## ruff lint + format check
+	$(BIN)/ruff check audit tests
+	$(BIN)/ruff format --check audit tests
+
+format: $(STAMP)  ## ruff format + autofix
+	$(BIN)/ruff format audit tests
+	$(BIN)/ruff check --fix audit tests
+
+typecheck: $(STAMP)  ## mypy on the library
+	$(BIN)/mypy audit
+
+clean:  ## Remove the workspace and reports made by the demo (keeps .venv/)
+	rm -rf indexes/$(DATASET) reports/$(DATASET) models/$(DATASET)

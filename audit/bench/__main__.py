@@ -1,0 +1,37 @@
+"""`python -m audit.bench [--out reports/bench] [--quick] [NAME ...]`: run the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import time
+from pathlib import Path
+
+# Explicit list, in the order `make bench` runs them.
+BENCHES = ("ingest", "descriptors", "optout")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m audit.bench")
+    parser.add_argument("names", nargs="*", default=list(BENCHES), help=f"any of {', '.join(BENCHES)}")
+    parser.add_argument("--out", default="reports/bench")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = {"python": platform.python_version(), "machine": platform.machine(),
+               "cpus": __import__("os").cpu_count()}
+    for name in args.names:
+        if name not in BENCHES:
+            parser.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
+        started = time.perf_counter()
+        result = importlib.import_module(f"audit.bench.{name}").run(out, quick=args.quick)
+        print(f"{name}: {time.perf_counter() - started:.0f}s -> {out / (name + '.md')}")
+        print(json.dumps(result, indent=2, default=str)[:2000])
+    (out / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
