@@ -1,3 +1,208 @@
-"""Commands: bias."""
+"""Commands: bias (dataset and generated-image reports, `bias grid`), card.
 
-COMMANDS: list = []
+`audit bias WS ...` and `audit bias --generated DIR ...` run the default subcommand `run`;
+`audit bias grid --out grid.csv` writes the default prompt grid.
+Defaults live in the library signatures; an option left out is not passed on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _given(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+class _DefaultRun(click.Group):
+    """A group whose first argument, when it is not a subcommand, goes to `run`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("bias", cls=_DefaultRun, no_args_is_help=True)
+def bias() -> None:
+    """Bias reports: captions, sources, languages, images; or generated images across prompts.
+
+    \b
+    Examples:
+      audit bias indexes/sample --bootstrap 1000 --seed 0
+      audit bias grid --out grid.csv
+      audit bias --generated generated/ --prompts grid.csv --model tiny --pretrained none
+    """
+
+
+@bias.command("run")
+@click.argument("ws", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the pages go (default reports/<dataset>/bias).",
+)
+@click.option(
+    "--bootstrap", type=int, help="Bootstrap resamples per interval (default 1000; 0 = none)."
+)
+@click.option("--seed", type=int, help="Seed of the bootstrap and clustering (default 0).")
+@click.option(
+    "--generated",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A folder of generated images to analyse instead of a dataset.",
+)
+@click.option(
+    "--prompts",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --generated: prompt table (file, prompt, profession, descriptor, seed).",
+)
+@click.option("--model", help="With --generated: embedding model (default tiny).")
+@click.option("--pretrained", help="With --generated: its weights (default none = untrained).")
+def run(
+    ws: Path | None,
+    report_dir: Path | None,
+    bootstrap: int | None,
+    seed: int | None,
+    generated: Path | None,
+    prompts: Path | None,
+    model: str | None,
+    pretrained: str | None,
+) -> None:
+    """Dataset report for WS, or (with --generated) the generated-image report.
+
+    With --generated, WS is where the images are described (default indexes/<folder>-generated).
+
+    Example: audit bias indexes/sample --report-dir reports/sample/bias
+    """
+    from audit.errors import AuditError
+
+    opts = _given(report_dir=report_dir, bootstrap=bootstrap, seed=seed)
+    if generated is None:
+        if ws is None or prompts is not None:
+            raise AuditError(
+                "pass a workspace (audit bias indexes/NAME), or --generated DIR with --prompts GRID.csv"
+            )
+        from audit.checks import bias as check
+
+        s = check.compute(ws, encode_texts=_text_encoder(ws), **opts)
+        click.echo(
+            f"{s['captions']} captions, {s['domains']} domains, female:male {_num(s['female_to_male_ratio'])}, "
+            f"probes {s['probes']} -> {s['report_dir']}/bias.md"
+        )
+        return
+    if prompts is None:
+        raise AuditError(
+            "--generated needs --prompts GRID.csv (write one with: audit bias grid --out grid.csv)"
+        )
+    from audit import pipeline
+    from audit.checks import bias_generated
+
+    ws = ws or Path("indexes") / f"{generated.name}-generated"
+    from audit.checks.bias import probes
+
+    pipeline.describe(ws, [generated], index=False, **_given(model=model, pretrained=pretrained))
+    if not (probes.model_info(ws) or {}).get("trained", True):
+        from audit.reports import UNTRAINED_WARNING
+
+        click.secho(UNTRAINED_WARNING, fg="yellow", err=True)
+    s = bias_generated.compute(ws, prompts, generated_dir=generated, **opts)
+    click.echo(
+        f"{s['images']} images in {s['k']} clusters over {s['prompts']} prompts "
+        f"({s['unmatched_prompt_rows']} prompt rows without an image) -> {s['report_dir']}/bias_generated.md"
+    )
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def _text_encoder(ws: Path) -> Any:
+    """The text encoder of the model that made WS's embeddings, if it has trained weights here."""
+    from audit.checks.bias import probes
+    from audit.errors import MissingWeightsError
+
+    info = probes.model_info(ws)
+    if not info or not info.get("trained"):
+        return None
+    from audit import embeddings
+
+    try:
+        return embeddings.load_model(info["model"], info["pretrained"]).embed_texts
+    except MissingWeightsError as e:
+        click.secho(f"perceived-attribute probes skipped: {e}", fg="yellow", err=True)
+        return None
+
+
+@bias.command("grid")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("grid.csv"),
+    show_default=True,
+    help="CSV to write.",
+)
+@click.option("--seeds", type=int, help="Seeds per prompt (default 4).")
+def grid(out: Path, seeds: int | None) -> None:
+    """Write the default prompt grid (professions x identity descriptors x seeds).
+
+    Example: audit bias grid --out grid.csv --seeds 4
+    """
+    from audit.checks import bias_generated
+
+    path = bias_generated.write_grid(out, **_given(seeds=seeds))
+    rows = sum(1 for _ in open(path, encoding="utf-8")) - 1
+    click.echo(f"{rows} prompt rows -> {path}")
+
+
+@click.command("card")
+@click.argument("ws", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder written by `audit train` (config.json).",
+)
+@click.option(
+    "--bias-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bias report folder (default: the one `audit bias` recorded).",
+)
+@click.option(
+    "--memorisation-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of memorisation results (default WS/memorisation).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Card to write (default MODEL-DIR/MODEL_CARD.md or reports/<dataset>/MODEL_CARD.md).",
+)
+def card(
+    ws: Path,
+    model_dir: Path | None,
+    bias_dir: Path | None,
+    memorisation_dir: Path | None,
+    out: Path | None,
+) -> None:
+    """Merge training, opt-out, memorisation and bias results into one Hugging Face model card.
+
+    Example: audit card indexes/sample --model-dir models/sample --out MODEL_CARD.md
+    """
+    from audit import cards
+
+    s = cards.build_model_card(
+        ws,
+        **_given(
+            model_dir=model_dir, bias_dir=bias_dir, memorisation_dir=memorisation_dir, out=out
+        ),
+    )
+    parts = [k for k in ("model_details", "bias", "optout", "filter") if s[k]]
+    click.echo(
+        f"model card -> {s['out']} (with: {', '.join(parts) or 'nothing'}; "
+        f"{s['memorisation_results']} memorisation result(s); the rest marked not run)"
+    )
+
+
+COMMANDS = [bias, card]

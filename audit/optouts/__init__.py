@@ -1,0 +1,110 @@
+"""The consent stage: for every row, was it reserved from AI training, by which signal, and the consented subset.
+
+Public API (each is one CLI command):
+
+- `compute(ws_root, registry=[...], cache=DIR)` -> `audit optout WS`: writes `optout/signals.parquet`
+  and `optout/decisions.parquet` (see `decide` for the precedence rules);
+- `filter_dataset(ws_root, out)` -> `audit filter WS --out clean.parquet`: the consented subset in
+  the input's own schema, a removal manifest and `optout/kept.parquet`;
+- `crawl(ws_root, cache)` -> `audit optout crawl WS --cache DIR`: fills a crawl cache politely;
+- `import_warc` / `export_warc` -> `audit optout import-warc` / `export-warc`;
+- `sample_signals(sample_dir)`: rebuilds the bundled sample's registries and crawl cache.
+
+Parsers of each signal (robots, headers, htmlmeta, tdmrep, embedded) are pure functions over bytes;
+this package's other modules do the I/O around them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Bound here, before anything can import the submodule `crawl` and shadow the function.
+from audit.optouts.cache import export_warc, import_warc, sample_signals
+from audit.optouts.crawl import crawl
+from audit.optouts.subset import filter_dataset
+
+__all__ = ["compute", "crawl", "export_warc", "filter_dataset", "import_warc", "sample_signals"]
+
+
+def compute(
+    ws_root: str | Path,
+    registry: Sequence[str | Path] = (),
+    cache: str | Path | None = None,
+    agent: Sequence[str] = (),
+    index_policy: bool = False,
+) -> dict[str, Any]:
+    """Decide, for every row and use, whether its creator reserved it; returns the stage summary.
+
+    `registry`: opt-out lists (text/CSV/parquet, see `registry`); `cache`: a crawl cache folder
+    (without one, crawl-based signals are not consulted and the summary says so); `agent`: the
+    user agents whose robots/X-Robots-Tag rules count (default: the AI-training agents and ours);
+    `index_policy`: also count noindex/noimageindex/none as a reservation.
+
+    >>> compute("indexes/sample", registry=["audit/data/sample/optout/registry-domains.txt"],
+    ...         cache="audit/data/sample/optout/cache")  # doctest: +SKIP
+    {'rows': 300, 'decisions': {'genai_training': {'allowed': 201, 'reserved': 81, ...}}, ...}
+    """
+    import pyarrow.parquet as pq
+
+    from audit.optouts import decide
+    from audit.optouts import registry as registries
+    from audit.optouts.cache import CrawlCache
+    from audit.optouts.signals import DEFAULT_AGENTS
+    from audit.progress import track
+    from audit.workspace import Output, Workspace, sha256_file
+
+    started = time.monotonic()
+    ws = Workspace.open(ws_root)
+    parts = ws.require_parts()
+    regs = [registries.load(p) for p in registry]
+    store = CrawlCache.open(cache) if cache is not None else None
+    agents = tuple(agent) or DEFAULT_AGENTS
+    params = {
+        "registries": [{"path": r.path, "sha256": None if r.error else sha256_file(r.path), "error": r.error}
+                       for r in regs],
+        "cache": None if store is None else {"path": str(store.root),
+                                             "sha256": sha256_file(store.root / "responses.parquet")},
+        "agents": list(agents), "index_policy": index_policy,
+    }
+    run = ws.start_stage("optout", params, depends_on=["ingest"])
+    if run.record.get("status") == "done" and all(run.is_done(p.number) for p in parts) \
+            and (ws.root / "optout/decisions.parquet").exists():
+        return run.record["summary"]
+    ctx = decide.Context(regs, store, agents, index_policy, rules=registries.connect_rules(regs))
+    for part in track(parts, total=len(parts), description="opt-out signals"):
+        if run.is_done(part.number):
+            continue
+        sig_rows, dec_rows, err_rows = decide.evaluate_part(ctx, pq.read_table(ws.path(part.path)))
+        outputs = decide.write_part(ws, part, sig_rows, dec_rows, err_rows)
+        run.record_part(part.number, outputs, counts=decide.part_counts(sig_rows, dec_rows, err_rows))
+    merged = decide.merge_parts(ws, parts)
+    counts = [run.part_info(p.number)["counts"] for p in parts]
+    summary = {
+        "rows": sum(p.rows for p in parts),
+        "decisions": _sum_nested([c["decisions"] for c in counts]),
+        "signals": _sum_nested([c["signals"] for c in counts]),
+        "errors": _sum_nested([{"_": c["errors"]} for c in counts]).get("_", {}),
+        "registries": [{"path": r.path, "domains": len(r.domains), "urls": len(r.urls),
+                        "skipped": r.skipped, "error": r.error} for r in regs],
+        "registry_errors": [r.error for r in regs if r.error],
+        "cache": None if store is None else str(store.root),
+        "not_consulted": [] if store is not None else list(decide.CRAWL_SIGNALS),
+        "agents": list(agents),
+        "index_policy": index_policy,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    run.finish(summary, [Output(path, rows=n) for path, n in merged])
+    return summary
+
+
+def _sum_nested(items: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for item in items:
+        for key, sub in item.items():
+            dst = out.setdefault(key, {})
+            for k, v in sub.items():
+                dst[k] = dst.get(k, 0) + v
+    return out

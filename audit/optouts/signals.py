@@ -122,6 +122,26 @@ def most_restrictive(states: Iterable[str]) -> str:
     return best if best is not None else "not_evaluable"
 
 
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def product_token(agent: str) -> str:
+    """The product token of a user-agent string, lower-cased, for case-insensitive agent matching.
+
+    Digits are kept (unlike Google's parser) because "img2dataset" is a real token.
+
+    >>> product_token("CCBot/2.0 (https://commoncrawl.org/faq/)"), product_token("*")
+    ('ccbot', '*')
+    """
+    agent = agent.strip()
+    if agent.startswith("*"):
+        return "*"
+    end = 0
+    while end < len(agent) and agent[end] in _TOKEN_CHARS:
+        end += 1
+    return agent[:end].lower()
+
+
 def clean_evidence(text: str, limit: int = EVIDENCE_MAX) -> str:
     """Escape control characters (so a NUL or CR in hostile input cannot corrupt a report) and cap the length."""
     if not isinstance(text, str):
@@ -130,7 +150,7 @@ def clean_evidence(text: str, limit: int = EVIDENCE_MAX) -> str:
     for ch in text[: limit * 2]:
         code = ord(ch)
         if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
-            out.append("\\x%02x" % code)
+            out.append(f"\\x{code:02x}")
         else:
             out.append(ch)
     joined = "".join(out)

@@ -1,0 +1,294 @@
+"""Training loop: epsilon-prediction loss, AdamW, EMA, checkpoints, exact resume.
+
+The loss is Ho et al.'s "simple" objective: pick t uniformly, noise the image to x_t, and
+regress the noise, `|| eps - model(x_t, t) ||^2`.
+
+Every random choice (which images, flips, timesteps, noise, label dropout) comes from one
+CPU `torch.Generator` seeded by `seed`, drawn in a fixed order each step. Its state is part
+of each checkpoint, so a run killed after a checkpoint and resumed continues bit for bit as
+if it had never stopped (on CPU; CUDA kernels are not bitwise deterministic).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from audit.diffusion.checkpoint import (CONFIG, WEIGHTS, latest_checkpoint, read_json,
+                                        restore_checkpoint, save_checkpoint, write_atomic,
+                                        write_json)
+from audit.diffusion.model import ModelConfig, UNet
+from audit.diffusion.sample import from_uint8, resolve_device, sample
+from audit.diffusion.schedule import Schedule, ScheduleConfig
+from audit.errors import AuditError
+
+LOG = "train_log.csv"
+LOG_EVERY = 50  # steps between rewrites of train_log.csv (to watch a long run)
+
+
+def _plain(items: Iterable[int], total: int, description: str) -> Iterable[int]:
+    return items
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained weights (plus where/how often to write)."""
+
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    device: str = "auto"
+    flip: bool = True  # horizontal flip augmentation
+    cfg_dropout: float = 0.1  # how often a class label is replaced by "no class"
+    checkpoint_every: int = 500
+    sample_grid: int = 64  # images in samples.png at the end (0 = none)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    classes: list[str] = field(default_factory=list)  # names of class ids 0..K-1
+    data: dict[str, Any] = field(default_factory=dict)  # provenance from the caller (rows, workspace)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"], d["schedule"] = self.model.to_dict(), self.schedule.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["model"] = ModelConfig.from_dict(d.get("model", {}))
+        d["schedule"] = ScheduleConfig(**d.get("schedule", {}))
+        return cls(**d)
+
+
+# Training settings that may change between a run and its resumption without changing the
+# result up to the old step: more steps, or checkpoints at another interval.
+_MAY_CHANGE_ON_RESUME = ("steps", "checkpoint_every", "sample_grid")
+
+
+def _validate(images: np.ndarray, labels: np.ndarray | None, cfg: TrainConfig) -> None:
+    r = cfg.model.resolution
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (r, r, 3):
+        raise AuditError(f"images must be uint8 (N, {r}, {r}, 3) for resolution {r}; got {images.dtype} {images.shape}.")
+    if len(images) == 0:
+        raise AuditError("no images to train on.")
+    k = cfg.model.num_classes
+    if k and labels is None:
+        raise AuditError(f"the model is class-conditioned ({k} classes) but no labels were given.")
+    if labels is not None:
+        if not k:
+            raise AuditError("labels were given but model.num_classes is 0; set it to the number of classes.")
+        if labels.shape != (len(images),) or labels.min() < 0 or labels.max() >= k:
+            raise AuditError(f"labels must be (N,) ints in 0..{k - 1}; got shape {labels.shape}.")
+    if cfg.classes and len(cfg.classes) != k:
+        raise AuditError(f"{len(cfg.classes)} class names for {k} classes.")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
+        raise AuditError("steps, batch_size and checkpoint_every must be positive.")
+
+
+def data_fingerprint(images: np.ndarray, labels: np.ndarray | None) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    if labels is not None:
+        h.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def train(
+    images_uint8: np.ndarray,
+    labels: np.ndarray | None,
+    config: TrainConfig | dict[str, Any],
+    out_dir: str | Path,
+    progress: Callable[[Iterable[int], int, str], Iterable[int]] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume training) a DDPM on `images_uint8` (N, R, R, 3); write the model folder.
+
+    Resumes from the newest checkpoint in `out_dir` if its configuration and data match.
+    `progress(iterable, total, description)` may wrap the step loop (e.g. a progress bar).
+
+    >>> train(images, None, TrainConfig(steps=100), "models/tiny")  # doctest: +SKIP
+    {'steps': 100, 'final_loss': ..., 'resumed_from': 0, ...}
+    """
+    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    images = np.asarray(images_uint8)
+    labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+    _validate(images, labels, cfg)
+    out = Path(out_dir)
+    full = cfg.to_dict()
+    full["data"] = {**cfg.data, "images": len(images), "images_sha256": data_fingerprint(images, labels)}
+    device = resolve_device(cfg.device)
+
+    torch.manual_seed(cfg.seed)  # weight init
+    model = UNet(cfg.model).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    schedule = Schedule(cfg.schedule)
+
+    step, log = 0, []
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        _check_resumable(read_json(ckpt / CONFIG), full, ckpt)
+        step = restore_checkpoint(ckpt, ema, model, opt, gen)
+        log = [row for row in _read_log(out / LOG) if int(row["step"]) <= step]
+    resumed_from = step
+    elapsed0 = float(log[-1]["seconds"]) if log else 0.0
+
+    data = from_uint8(images).to(device)
+    y_all = torch.from_numpy(labels).to(device) if labels is not None else None
+    n, b, k = len(images), cfg.batch_size, cfg.model.num_classes
+    model.train()
+    t0 = time.perf_counter()
+    for _ in (progress or _plain)(range(step, cfg.steps), cfg.steps - step, "training"):
+        # The draw order below is part of the resume contract: do not reorder.
+        idx = torch.randint(0, n, (b,), generator=gen)
+        flip = torch.rand(b, generator=gen) < 0.5
+        t = torch.randint(0, schedule.T, (b,), generator=gen)
+        noise = torch.randn((b, *data.shape[1:]), generator=gen)
+        drop = torch.rand(b, generator=gen) < cfg.cfg_dropout
+        x0 = data[idx.to(device)]
+        if cfg.flip:
+            x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(3), x0)
+        y = None
+        if y_all is not None:
+            y = torch.where(drop.to(device), torch.full_like(y_all[idx.to(device)], k), y_all[idx.to(device)])
+        t, noise = t.to(device), noise.to(device)
+        loss = F.mse_loss(model(schedule.q_sample(x0, t, noise), t, y), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+        log.append({"step": step, "loss": f"{loss.item():.6f}", "lr": f"{lr:.3g}",
+                    "seconds": f"{elapsed0 + time.perf_counter() - t0:.2f}"})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(out, full, step, ema, model, opt, gen)
+        if step % LOG_EVERY == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _write_log(out / LOG, log)  # rows past the last checkpoint are dropped on resume
+
+    seconds = time.perf_counter() - t0
+    final = latest_checkpoint(out)
+    assert final is not None
+    shutil.copyfile(final / WEIGHTS, out / f".tmp-{WEIGHTS}")
+    (out / f".tmp-{WEIGHTS}").replace(out / WEIGHTS)
+    write_json(out / CONFIG, {**full, "step": step})
+    _write_log(out / LOG, log)
+    losses = np.array([float(r["loss"]) for r in log])
+    _plot_loss(losses, out / "loss.png")
+    if cfg.sample_grid > 0:
+        ema.eval()
+        class_labels = [i % k for i in range(cfg.sample_grid)] if k else None
+        grid = sample(ema, schedule, cfg.sample_grid, seed=cfg.seed, class_labels=class_labels)
+        write_atomic(out / "samples.png", grid_png(grid))
+    done = step - resumed_from
+    return {
+        "steps": step,
+        "resumed_from": resumed_from,
+        "images": n,
+        "final_loss": float(losses[-100:].mean()) if len(losses) else None,
+        "seconds": round(seconds, 1),
+        "steps_per_s": round(done / seconds, 3) if done and seconds > 0 else None,
+        "device": str(device),
+        "out": str(out),
+    }
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+def _check_resumable(old: dict[str, Any], new: dict[str, Any], ckpt: Path) -> None:
+    def fixed(c: dict[str, Any]) -> dict[str, Any]:
+        c = json.loads(json.dumps(c))  # compare as stored: tuples become lists
+        return {k: v for k, v in c.items() if k not in ("step", *_MAY_CHANGE_ON_RESUME)}
+
+    a, b = fixed(old), fixed(new)
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise AuditError(
+            f"{ckpt} belongs to a different training run (differs in: {', '.join(diff)}). "
+            "Pass a new --out folder, or delete the old one to start over."
+        )
+    if int(old.get("step", 0)) > new["steps"]:
+        raise AuditError(
+            f"{ckpt} is already at step {old['step']}, beyond steps={new['steps']}. "
+            "Pass more --steps or a new --out."
+        )
+
+
+def _read_log(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", "loss", "lr", "seconds"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue().encode())
+
+
+def _plot_loss(losses: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, lw=0.5, alpha=0.4, label="per step")
+    w = max(1, min(100, len(losses) // 10))
+    if len(losses) >= w:
+        ax.plot(steps[w - 1 :], np.convolve(losses, np.ones(w) / w, mode="valid"), lw=1.5, label=f"mean of {w}")
+    ax.set(xlabel="step", ylabel="eps-MSE", yscale="log", title="training loss")
+    ax.legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def grid_png(images: np.ndarray, ncol: int = 8, scale: int = 2) -> bytes:
+    """A grid of uint8 (N, H, W, 3) images as PNG bytes (nearest-neighbour upscaled)."""
+    from PIL import Image
+
+    n, h, w, _ = images.shape
+    ncol = min(ncol, max(n, 1))
+    nrow = -(-n // ncol)
+    canvas = np.full((nrow * (h + 2) + 2, ncol * (w + 2) + 2, 3), 128, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncol)
+        canvas[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = img
+    pil = Image.fromarray(canvas)
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()

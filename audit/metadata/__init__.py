@@ -1,0 +1,278 @@
+"""The ingest stage: LAION-style metadata and images -> `metadata/part-NNNNN.parquet`.
+
+    >>> from audit import metadata
+    >>> summary = metadata.ingest("indexes/mydata", ["laion_part0.parquet", "shards/"])  # doctest: +SKIP
+    >>> summary["rows"], summary["images"]["ok"], summary["errors"]                     # doctest: +SKIP
+
+Inputs (rules by name only, see `sources.detect`): metadata parquet files in the LAION-400M,
+laion2B / LAION-5B and img2dataset column variants (mapped by `schema.SOURCE_COLUMNS`),
+img2dataset webdataset shards (`00000.parquet` + `00000.tar`), img2dataset "files" output
+(`00000.parquet` + `00000/`), tar shards without a parquet, and plain image folders with
+optional `<stem>.txt` captions and `<stem>.json` metadata.
+
+Every record becomes one row with a dense `row_id` (from 0, in input order), its
+`source_file` and `source_row`, its canonical columns (cast to `schema.METADATA`; a value
+that does not fit becomes null plus a `bad_value` error row), then the input's unknown
+columns under their own names (sidecar inputs: unknown JSON keys in `extra_json`). Parts
+hold at most `rows_per_part` rows and never mix inputs, so a part's schema is uniform.
+Images are located, hashed (sha256) and checked; the bytes stay where they are.
+
+Decisions on bad input:
+- An input that cannot be used at all (missing path, not parquet, unreadable footer,
+  missing url/caption column, compressed tar) raises `AuditError` before anything is written.
+- A parquet file is read row group by row group: a damaged group loses only its unread rows
+  and gets one `parquet_corrupt` error row (row_id null, `source_row` = first unread row),
+  then reading goes on with the next group. A tar that breaks part-way keeps its members so
+  far and gets `tar_corrupt`. The run goes on with the next input.
+- `duplicate_key`: every record is ingested, so row counts match the inputs; later records
+  whose key was seen before get an error row naming the first row_id. `key` is therefore not
+  unique; `row_id` is.
+- A record of a metadata-only parquet, or an img2dataset row whose `status` is not
+  `success`, has image_status `missing` without an error row; a record whose image should be
+  in its shard or folder but is not gets `image_missing`.
+- `sha256_mismatch` leaves image_status `ok`: the bytes are what a model would train on.
+- Tars: one record per sample (members sharing a key), its first image by `scan.IMAGE_EXTS`;
+  folders: one record per image file. Samples without an image are skipped and counted.
+Per-row reasons: bad_value, caption_not_utf8, duplicate_key, image_missing, image_unreadable,
+image_undecodable, image_truncated, decompression_bomb, sha256_mismatch. Input-level reasons
+(`errors/ingest-inputs.parquet`, row_id null): parquet_corrupt, tar_corrupt, unsafe_tar_member.
+
+Resuming: the stage records each part in the manifest as it lands. A rerun with the same
+sources (same sha256s) and parameters reads the inputs again but skips the image work and the
+writing for finished parts, so a killed run continues after its last recorded part.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from audit.errors import AuditError
+from audit.images import DEFAULT_MAX_PIXELS
+from audit.metadata.records import Piece, Reader, build
+from audit.metadata.scan import IMAGE_EXTS, RawBatch
+from audit.metadata.sources import KINDS, Input, detect
+from audit.progress import track
+from audit.schema import ERRORS, error_table
+from audit.workspace import Output, StageRun, Workspace, atomic_write_parquet, part_name
+
+__all__ = ["ingest", "detect", "IMAGE_EXTS", "KINDS"]
+
+KEYS_ERRORS = "errors/ingest-keys.parquet"
+INPUT_ERRORS = "errors/ingest-inputs.parquet"
+
+
+def ingest(
+    ws_root: str | os.PathLike[str],
+    sources: Sequence[str | os.PathLike[str]],
+    dataset: str | None = None,
+    rows_per_part: int = 100_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    verify_images: bool = True,
+) -> dict[str, Any]:
+    """Ingest `sources` into the workspace at `ws_root` (created if needed); returns the summary.
+
+    Example: `ingest("indexes/demo", ["audit/data/sample/"])` then `audit status indexes/demo`.
+    """
+    start = time.perf_counter()
+    if rows_per_part < 1:
+        raise AuditError(f"rows_per_part must be at least 1 (got {rows_per_part}).")
+    if max_pixels < 1:
+        raise AuditError(f"max_pixels must be at least 1 (got {max_pixels}).")
+    inputs, skipped = detect(list(sources))
+    for inp in inputs:
+        inp.check()
+    ws = Workspace.create(ws_root, dataset)
+    if dataset is not None and ws.dataset != dataset:
+        raise AuditError(
+            f"{ws.root} holds dataset '{ws.dataset}', not '{dataset}'. "
+            "Drop --dataset or use a new workspace folder."
+        )
+    records = [inp.fingerprint() for inp in inputs]
+    params = {
+        "sources": [str(Path(s).resolve()) for s in sources],
+        "rows_per_part": rows_per_part,
+        "max_pixels": max_pixels,
+        "verify_images": verify_images,
+        "inputs": [{k: r.get(k) for k in ("path", "sha256", "images_sha256")} for r in records],
+    }
+    run = ws.start_stage("ingest", params)
+    # a killed run leaves temporary files; a fresh start also drops an earlier ingest's parts
+    _remove_ingest_files(ws, ("metadata/.tmp-part-*", "errors/.tmp-ingest-*"))
+    if not run.record["parts"]:
+        _remove_ingest_files(ws, ("metadata/part-*.parquet", "errors/ingest-*.parquet"))
+    ws.manifest["inputs"] = records
+    ws.save()
+
+    writer = _PartWriter(run, len(inputs), max_pixels, verify_images)
+    try:
+        for idx, inp, unit, raw in track(
+            _batches(inputs, rows_per_part), _estimate(inputs, rows_per_part), "ingest"
+        ):
+            writer.add(idx, inp, unit, raw, rows_per_part)
+        writer.flush()
+    finally:
+        writer.reader.close()
+    for number in [k for k in run.record["parts"] if int(k) >= writer.next_part]:
+        del run.record["parts"][number]  # only if the inputs shrank under a resumed run
+    for rec, rows in zip(records, writer.rows_per_input, strict=True):
+        rec["rows"] = rows
+
+    keys = _duplicate_keys(ws)
+    atomic_write_parquet(ws.path(KEYS_ERRORS), keys)
+    problems = error_table([p for inp in inputs for p in inp.problems])
+    atomic_write_parquet(ws.path(INPUT_ERRORS), problems)
+    errors = (
+        writer.errors
+        + Counter(keys.column("reason").to_pylist())
+        + Counter(problems.column("reason").to_pylist())
+    )
+    summary = {
+        "rows": writer.next_row,
+        "images": {s: writer.images.get(s, 0) for s in ("ok", "missing", "error")},
+        "errors": dict(sorted(errors.items())),
+        "parts": writer.next_part,
+        "inputs": len(inputs),
+        "resumed_parts": writer.resumed,
+        "skipped": len(skipped) + sum(inp.skipped for inp in inputs),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    run.finish(
+        summary, [Output(KEYS_ERRORS, keys.num_rows), Output(INPUT_ERRORS, problems.num_rows)]
+    )
+    return summary
+
+
+class _PartWriter:
+    """Collects batches into parts (one unit each) and writes or skips each finished part."""
+
+    def __init__(self, run: StageRun, num_inputs: int, max_pixels: int, verify_images: bool):
+        self.run, self.max_pixels, self.verify_images = run, max_pixels, verify_images
+        self.reader = Reader()
+        self.next_part = self.next_row = self.resumed = 0
+        self.images: Counter = Counter()
+        self.errors: Counter = Counter()
+        self.rows_per_input = [0] * num_inputs
+        self._key: tuple[int, str, int] | None = None
+        self._pieces: list[Piece] = []
+        self._rows = 0
+        self._done = False
+        self._source = ""
+
+    def add(self, idx: int, inp: Input, unit: str, raw: RawBatch, rows_per_part: int) -> None:
+        key = (idx, unit, raw.pos // rows_per_part)
+        if key != self._key:
+            self.flush()
+            # orphan images have no parquet row: their record comes from the tar or folder
+            self._key, self._source = key, str(inp.images if unit == "orphans" else inp.path)
+            info = self.run.part_info(self.next_part)
+            self._done = (
+                info is not None
+                and info.get("unit") == list(key)
+                and self.run.is_done(self.next_part)
+            )
+        if not self._done:
+            self._pieces.append(
+                build(
+                    raw,
+                    self.next_row + self._rows,
+                    self._source,
+                    self.reader,
+                    self.max_pixels,
+                    self.verify_images,
+                )
+            )
+        self._rows += raw.n
+        self.rows_per_input[idx] += raw.n
+
+    def flush(self) -> None:
+        if self._key is None:
+            return
+        number, name = self.next_part, part_name(self.next_part)
+        if self._done:
+            info = self.run.part_info(number) or {}
+            if info["outputs"][0]["rows"] != self._rows:
+                raise AuditError(
+                    f"part {name} of {self.run.ws.root} holds {info['outputs'][0]['rows']} rows "
+                    f"but its input now gives {self._rows}. Re-ingest into a new workspace."
+                )
+            self.resumed += 1
+        else:
+            info = self._write(number, name)
+        self.images.update(info["images"])
+        self.errors.update(info["errors"])
+        self.next_part += 1
+        self.next_row += self._rows
+        self._key, self._pieces, self._rows = None, [], 0
+
+    def _write(self, number: int, name: str) -> dict[str, Any]:
+        import pyarrow as pa
+
+        ws = self.run.ws
+        table = pa.concat_tables([p.table for p in self._pieces])
+        rows = [e for p in self._pieces for e in p.errors]
+        meta_rel, err_rel = f"metadata/part-{name}.parquet", f"errors/ingest-{name}.parquet"
+        outputs = [Output(meta_rel, table.num_rows, self.next_row)]
+        if rows:
+            atomic_write_parquet(ws.path(err_rel), error_table(rows))
+            outputs.append(Output(err_rel, len(rows)))
+        elif ws.path(err_rel).exists():
+            ws.path(err_rel).unlink()
+        atomic_write_parquet(ws.path(meta_rel), table)
+        images = sum((p.images for p in self._pieces), Counter())
+        info = {
+            "unit": list(self._key or ()),
+            "source": self._source,
+            "images": dict(images),
+            "errors": dict(Counter(e["reason"] for e in rows)),
+        }
+        self.run.record_part(number, outputs, **info)
+        return info
+
+
+def _batches(inputs: list[Input], rows_per_part: int) -> Any:
+    for idx, inp in enumerate(inputs):
+        for unit, raw in inp.read(rows_per_part):
+            yield idx, inp, unit, raw
+
+
+def _estimate(inputs: list[Input], rows_per_part: int, batch_size: int = 8192) -> int | None:
+    """Batches to expect, when every input is a parquet file (for the progress bar)."""
+    if any(inp.num_rows is None or inp.images is not None for inp in inputs):
+        return None
+    step = min(batch_size, rows_per_part)
+    return sum(math.ceil((inp.num_rows or 0) / step) for inp in inputs)
+
+
+def _remove_ingest_files(ws: Workspace, patterns: tuple[str, ...]) -> None:
+    for pattern in patterns:
+        for p in ws.root.glob(pattern):
+            p.unlink()
+
+
+def _duplicate_keys(ws: Workspace) -> Any:
+    """Error rows for records whose key an earlier record already has (duckdb: bounded memory)."""
+    import duckdb
+
+    files = [str(ws.path(p.path)) for p in ws.metadata_parts()]
+    if not files:
+        return error_table([])
+    con = duckdb.connect()
+    con.execute("SET memory_limit='512MB'")
+    table = con.sql(
+        """
+        SELECT 'ingest' AS stage, row_id, source_file, source_row, 'duplicate_key' AS reason,
+               'key ' || left(key, 80) || ' first seen at row_id ' || first_row AS detail
+        FROM (SELECT row_id, source_file, source_row, key,
+                     min(row_id) OVER (PARTITION BY key) AS first_row
+              FROM read_parquet(?) WHERE key IS NOT NULL)
+        WHERE row_id <> first_row ORDER BY row_id
+        """,
+        params=[files],
+    ).to_arrow_table()
+    return table.cast(ERRORS)

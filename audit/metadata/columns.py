@@ -1,0 +1,169 @@
+"""Source columns -> canonical columns: which column is which, and casting with bad values kept.
+
+`resolve` decides, once per input file, which source column feeds each canonical column
+(`schema.SOURCE_COLUMNS`, first accepted name present wins, exact spelling before a
+case-insensitive match) and which source columns are kept as extras under their own name.
+`convert` casts one column to its canonical type; a value that does not fit becomes null
+and is reported by position so the caller can write a `bad_value` error row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pyarrow as pa
+
+from audit.errors import AuditError
+from audit.schema import CANONICAL, METADATA, REQUIRED_GROUPS, SOURCE_COLUMNS
+
+# Filled by ingest itself, never taken from a source column of the same name.
+COMPUTED = (
+    "row_id",
+    "source_file",
+    "source_row",
+    "image_path",
+    "image_member",
+    "image_offset",
+    "image_size",
+    "image_sha256",
+    "image_format",
+    "image_width",
+    "image_height",
+    "image_status",
+)
+# Canonical columns a source can feed, in schema order.
+FROM_SOURCE = tuple(name for name in METADATA.names if name not in COMPUTED)
+# Sidecar-based sources keep unknown JSON keys here, as one JSON object per row.
+EXTRA_JSON = "extra_json"
+
+
+def resolve(
+    names: list[str], where: str, required: bool = True
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(canonical -> source name, workspace extra name -> source name) for these source columns.
+
+    With `required`, a source lacking a column of each `schema.REQUIRED_GROUPS` group raises
+    an `AuditError` listing the columns found and the accepted names.
+    """
+    by_lower: dict[str, list[str]] = {}
+    for n in names:
+        by_lower.setdefault(n.lower(), []).append(n)
+    mapping: dict[str, str] = {}
+    used: set[str] = set()
+    for canonical in FROM_SOURCE:
+        for accepted in SOURCE_COLUMNS.get(canonical, ()):
+            hit = (
+                accepted
+                if accepted in names
+                else next(iter(by_lower.get(accepted.lower(), [])), None)
+            )
+            if hit is not None and hit not in used:
+                mapping[canonical] = hit
+                used.add(hit)
+                break
+    if required:
+        missing = [g for g in REQUIRED_GROUPS if not any(c in mapping for c in g)]
+        if missing:
+            accepted = "; ".join(f"{c}: {', '.join(SOURCE_COLUMNS[c])}" for g in missing for c in g)
+            raise AuditError(
+                f"{where} lacks required column(s) {', '.join(c for g in missing for c in g)}. "
+                f"Found columns: {', '.join(names) or '(none)'}. Accepted names: {accepted}. "
+                "Rename the column in the file (or pass the right file)."
+            )
+    extras: dict[str, str] = {}
+    # duckdb names are case-insensitive, so an extra that matches a canonical name in any
+    # case (e.g. a second `URL` beside `url`) gets a `source_` prefix instead of clashing.
+    taken = {c.lower() for c in CANONICAL} | {EXTRA_JSON}
+    for n in names:
+        if n in used:
+            continue
+        out = n
+        while out.lower() in taken:
+            out = f"source_{out}"
+        taken.add(out.lower())
+        extras[out] = n
+    return mapping, extras
+
+
+def convert(values: Any, target: pa.DataType) -> tuple[pa.Array, list[tuple[int, str, Any]]]:
+    """Cast `values` (an Arrow array or a Python list) to `target`.
+
+    Returns the array and its problems as (position, kind, original value): kind `bad_value`
+    for a value that did not fit and became null, `not_utf8` for bytes that were decoded with
+    replacement characters (the text is kept). NaN counts as null, not as a bad value: it is
+    how pandas-written files spell "unknown".
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        if values.type == target:
+            return values, []
+        if pa.types.is_floating(values.type) and not pa.types.is_floating(target):
+            import pyarrow.compute as pc
+
+            values = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
+        try:
+            return values.cast(target), []
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            values = values.to_pylist()
+    out: list[Any] = []
+    problems: list[tuple[int, str, Any]] = []
+    for i, v in enumerate(values):
+        if isinstance(v, bytes) and pa.types.is_string(target):
+            try:
+                out.append(v.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(v.decode("utf-8", errors="replace"))
+                problems.append((i, "not_utf8", v))
+            continue
+        try:
+            out.append(_one(v, target))
+        except (TypeError, ValueError, OverflowError):
+            out.append(None)
+            problems.append((i, "bad_value", v))
+    return pa.array(out, type=target), problems
+
+
+_INT_RANGE = {8: 1 << 7, 16: 1 << 15, 32: 1 << 31, 64: 1 << 63}
+
+
+def _one(v: Any, target: pa.DataType) -> Any:
+    """One value in `target`'s Python form; raises ValueError/TypeError when it does not fit."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if pa.types.is_string(target):
+        if isinstance(v, (dict, list)):
+            return json.dumps(v, ensure_ascii=False, default=str)
+        return str(v)
+    if pa.types.is_integer(target):
+        if isinstance(v, bool):
+            raise TypeError("bool")
+        if isinstance(v, str):
+            v = v.strip()
+            n = int(v) if v.lstrip("+-").isdigit() else _integral(float(v))
+        elif isinstance(v, float):
+            n = _integral(v)
+        elif isinstance(v, int):
+            n = v
+        else:
+            raise TypeError(type(v).__name__)
+        limit = _INT_RANGE[target.bit_width]
+        if not -limit <= n < limit:
+            raise OverflowError(n)
+        return n
+    if pa.types.is_floating(target):
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise TypeError(type(v).__name__)
+        f = float(v)
+        return None if math.isnan(f) else f
+    raise TypeError(f"no conversion to {target}")
+
+
+def _integral(f: float) -> int:
+    if math.isnan(f):
+        raise ValueError("nan")
+    if not f.is_integer():
+        raise ValueError(f"{f} is not a whole number")
+    return int(f)

@@ -1,0 +1,292 @@
+"""Finding the inputs behind the SOURCE arguments and reading them as batches of records.
+
+Detection is by name only, never by content (the rules are in `detect`'s docstring and the
+package docstring). Each `Input` yields `RawBatch`es: source values per canonical column,
+the location of each record's image, and problems found while reading. An input yields
+one or two *units* ("rows" of its parquet, then "orphans": images in its tar or folder
+that no parquet row names); a metadata part never mixes units, so its schema is uniform.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit.errors import AuditError
+from audit.metadata.columns import convert, resolve
+from audit.metadata.scan import (
+    IMAGE_EXTS,
+    Loc,
+    RawBatch,
+    digest,
+    pick_image,
+    problem,
+    scan_folder,
+    scan_tar,
+    sidecar_batch,
+)
+
+KINDS = ("parquet", "webdataset", "files", "tar", "folder")
+
+
+@dataclass
+class Input:
+    """One detected input: a parquet file with or without its images, a tar, or a folder."""
+
+    kind: str
+    path: Path  # parquet file, tar or folder: the `source_file` of its records
+    images: Path | None = None  # the tar shard or folder holding the images of a parquet
+    mapping: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, str] = field(default_factory=dict)
+    num_rows: int | None = None  # parquet rows, from the footer
+    problems: list[dict[str, Any]] = field(default_factory=list)  # input-level error rows
+    skipped: int = 0  # sidecar-only samples and non-image files that became no row
+
+    def check(self) -> None:
+        """Open the file(s) far enough to fail early: parquet footer and columns, tar header."""
+        if self.kind in ("parquet", "webdataset", "files"):
+            pf = _parquet_file(self.path)
+            self.num_rows = pf.metadata.num_rows
+            self.mapping, self.extras = resolve(pf.schema_arrow.names, str(self.path))
+        tar = (
+            self.path if self.kind == "tar" else self.images if self.kind == "webdataset" else None
+        )
+        if tar is not None:
+            try:
+                with tarfile.open(tar, mode="r:"):
+                    pass
+            except (tarfile.TarError, OSError) as e:
+                raise AuditError(
+                    f"{tar} is not an uncompressed tar ({e}). img2dataset writes plain .tar shards; "
+                    "decompress it first or remove it from the sources."
+                ) from e
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the manifest records about this input; also the resume key."""
+        rec: dict[str, Any] = {
+            "path": str(self.path),
+            "kind": self.kind,
+            "sha256": digest(self.path),
+        }
+        if self.images is not None:
+            rec["images"] = str(self.images)
+            rec["images_sha256"] = digest(self.images)
+        if self.mapping or self.extras:
+            rec["columns"] = self.mapping
+            rec["extra_columns"] = self.extras
+        return rec
+
+    def read(self, rows_per_part: int, batch_size: int = 8192) -> Iterator[tuple[str, RawBatch]]:
+        """(unit, batch) pairs; no batch crosses a multiple of `rows_per_part` within its unit."""
+        self.problems, self.skipped = [], 0
+        if self.kind in ("tar", "folder"):
+            own = self._scan(self.path)
+            yield from (("rows", b) for b in self._sidecar_rows(own, None, rows_per_part))
+            return
+        samples = self._scan(self.images) if self.images is not None else None
+        matched: set[str] = set()
+        yield from (
+            ("rows", b) for b in self._parquet_rows(samples, matched, rows_per_part, batch_size)
+        )
+        if samples:
+            yield from (("orphans", b) for b in self._sidecar_rows(samples, matched, rows_per_part))
+
+    # -- parquet rows ------------------------------------------------------------------------
+    def _parquet_rows(
+        self,
+        samples: dict[str, dict[str, Loc]] | None,
+        matched: set[str],
+        rows_per_part: int,
+        batch_size: int,
+    ) -> Iterator[RawBatch]:
+        import pyarrow as pa
+
+        pf = _parquet_file(self.path)
+        pos = first = 0  # records yielded so far; parquet row of the current row group's start
+        # Row group by row group, so a damaged group costs only its own rows.
+        for group in range(pf.metadata.num_row_groups):
+            row = first
+            try:
+                for rb in pf.iter_batches(
+                    batch_size=min(batch_size, rows_per_part), row_groups=[group]
+                ):
+                    start = 0
+                    while start < rb.num_rows:
+                        piece = rb.slice(start, rows_per_part - pos % rows_per_part)
+                        yield self._parquet_batch(piece, pos, row, samples, matched)
+                        pos, row, start = (
+                            pos + piece.num_rows,
+                            row + piece.num_rows,
+                            start + piece.num_rows,
+                        )
+            except (OSError, pa.ArrowException) as e:
+                end = first + pf.metadata.row_group(group).num_rows
+                self.problems.append(
+                    problem(
+                        self.path,
+                        row,
+                        "parquet_corrupt",
+                        f"rows {row}..{end - 1} (row group {group}) unreadable: {e}",
+                    )
+                )
+            first += pf.metadata.row_group(group).num_rows
+
+    def _parquet_batch(
+        self,
+        rb: Any,
+        pos: int,
+        row: int,
+        samples: dict[str, dict[str, Loc]] | None,
+        matched: set[str],
+    ) -> RawBatch:
+        n = rb.num_rows
+        columns = {c: rb.column(src) for c, src in self.mapping.items()}
+        extras = {out: rb.column(src) for out, src in self.extras.items()}
+        images: list[Loc | None] = [None] * n
+        expect = [False] * n
+        if samples is not None:
+            keys = _strings(columns.get("key"), n)
+            statuses = _strings(columns.get("download_status"), n)
+            for i, key in enumerate(keys):
+                sample = samples.get(key) if key is not None else None
+                images[i] = pick_image(sample)
+                if key is not None and images[i] is not None:
+                    matched.add(key)
+                # img2dataset marks failed downloads; those rows are expected to have no image
+                expect[i] = statuses[i] in (None, "success")
+        return RawBatch(pos, range(row, row + n), columns, extras, images, expect)
+
+    # -- tar / folder samples --------------------------------------------------------------------
+    def _scan(self, where: Path) -> dict[str, dict[str, Loc]]:
+        return (
+            scan_tar(where, self.problems) if where.suffix.lower() == ".tar" else scan_folder(where)
+        )
+
+    def _sidecar_rows(
+        self, samples: dict[str, dict[str, Loc]], matched: set[str] | None, rows_per_part: int
+    ) -> Iterator[RawBatch]:
+        """One record per image of `samples` not in `matched`, metadata from `.txt` / `.json`."""
+        source = self.images if self.images is not None else self.path
+        rows: list[tuple[int, str, dict[str, Loc], Loc]] = []
+        ordinal = 0
+        for key, sample in samples.items():
+            imgs = [sample[e] for e in IMAGE_EXTS if e in sample]
+            # A folder keeps every image of a stem (a.jpg and a.png are two pictures);
+            # a tar sample is one record (webdataset).
+            if source.suffix.lower() == ".tar":
+                imgs = imgs[:1]
+            if not imgs:
+                self.skipped += 1
+            for loc in imgs:
+                if matched is None or key not in matched:
+                    rows.append((ordinal, key, sample, loc))
+                ordinal += 1
+        with open(source, "rb") if source.is_file() else contextlib.nullcontext() as f:
+            for start in range(0, len(rows), rows_per_part):
+                chunk = rows[start : start + rows_per_part]
+                yield sidecar_batch(start, chunk, f)
+
+
+def detect(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[Input], list[str]]:
+    """The inputs behind SOURCE arguments, and the paths skipped inside shard folders.
+
+    Rules, by name only:
+    - `X.parquet` with `X.tar` beside it: a webdataset shard (kind `webdataset`), images in the tar.
+    - `X.parquet` with folder `X/` beside it (and no `X.tar`): img2dataset "files" output (`files`).
+    - any other `X.parquet`: metadata only (`parquet`), every image `missing`.
+    - `X.tar`: with `X.parquet` beside it, the same as passing the parquet; otherwise a tar-only
+      shard (`tar`): one record per sample (members sharing a key), metadata from `.txt`/`.json`.
+    - a folder holding `.parquet` or `.tar` files at its top level: each of them as above, in
+      name order; everything else in it (stats files, unpaired folders) is skipped and counted.
+    - any other folder: a plain image folder (`folder`), walked recursively in name order; one
+      record per image file, caption from `<stem>.txt`, metadata from `<stem>.json`.
+    Hidden files (starting with ".") are ignored everywhere.
+    """
+    if not sources:
+        raise AuditError(
+            "no sources given. Pass parquet files, tar shards or folders, e.g. "
+            "audit ingest indexes/mydata laion.parquet shards/"
+        )
+    inputs: list[Input] = []
+    skipped: list[str] = []
+    for s in sources:
+        p = Path(s).absolute()
+        if not p.exists():
+            raise AuditError(
+                f"source {s} does not exist. Check the path (relative paths are from {os.getcwd()})."
+            )
+        if p.is_dir():
+            found, skip = _detect_dir(p)
+            inputs += found
+            skipped += skip
+        elif p.suffix.lower() in (".parquet", ".tar"):
+            inputs.append(_detect_file(p))
+        else:
+            raise AuditError(
+                f"source {s} is not a .parquet file, a .tar shard or a folder. "
+                "To ingest single images, pass the folder that holds them."
+            )
+    owner: dict[Path, Path] = {}
+    for inp in inputs:
+        for p in [x for x in (inp.path, inp.images) if x is not None]:
+            real = p.resolve()
+            if real in owner:
+                raise AuditError(
+                    f"{p} is read twice (through {owner[real]} and {inp.path}). "
+                    "Pass each shard or folder once."
+                )
+            owner[real] = inp.path
+    return inputs, skipped
+
+
+def _detect_file(p: Path) -> Input:
+    if p.suffix.lower() == ".tar":
+        twin = p.with_suffix(".parquet")
+        return Input("webdataset", twin, images=p) if twin.is_file() else Input("tar", p)
+    if p.with_suffix(".tar").is_file():
+        return Input("webdataset", p, images=p.with_suffix(".tar"))
+    if p.with_suffix("").is_dir():
+        return Input("files", p, images=p.with_suffix(""))
+    return Input("parquet", p)
+
+
+def _detect_dir(d: Path) -> tuple[list[Input], list[str]]:
+    entries = sorted(e for e in d.iterdir() if not e.name.startswith("."))
+    shards = [e for e in entries if e.is_file() and e.suffix.lower() in (".parquet", ".tar")]
+    if not shards:
+        return [Input("folder", d)], []
+    inputs: list[Input] = []
+    used: set[Path] = set()
+    for e in shards:
+        if e.suffix.lower() == ".tar" and e.with_suffix(".parquet").is_file():
+            continue  # read through its parquet
+        inp = _detect_file(e)
+        inputs.append(inp)
+        used.update(p for p in (inp.path, inp.images) if p is not None)
+    return inputs, [str(e) for e in entries if e not in used]
+
+
+def _parquet_file(path: Path) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise AuditError(
+            f"cannot read {path} as parquet ({e}). The file is truncated or not parquet: "
+            "re-download it or remove it from the sources."
+        ) from e
+
+
+def _strings(values: Any, n: int) -> list[str | None]:
+    if values is None:
+        return [None] * n
+    import pyarrow as pa
+
+    return convert(values, pa.string())[0].to_pylist()

@@ -1,0 +1,255 @@
+"""The crawler behind `audit optout crawl`: fills a crawl cache for a workspace's hosts, politely.
+
+For every origin (scheme://host:port) of the workspace's image URLs it fetches `/robots.txt`,
+`/ai.txt` and `/.well-known/tdmrep.json`; for every image URL a HEAD request (GET with the body
+discarded when HEAD is refused) for its headers; for every page URL a GET of the HTML. What it
+promises:
+
+- an honest user agent (`DEFAULT_AGENT`, overridable with `agent`);
+- at most `rate` requests per second per host (slots are handed out under a lock, so threads
+  never burst), a socket timeout and an overall deadline of `timeout` seconds per request
+  (a server dripping one byte at a time cannot hold a worker), bodies capped at `max_bytes`;
+- at most 5 redirects, each hop checked again;
+- it refuses private, loopback, link-local, multicast, reserved and unspecified addresses: a
+  host is resolved first, every address is checked with `ipaddress`, and the connection goes
+  to the checked address (no second lookup an attacker's DNS could answer differently).
+  `allow_private=True` lifts this, for tests against a server on 127.0.0.1 only.
+
+Already cached URLs are skipped unless `refresh=True`, so an interrupted crawl resumes; the
+cache is saved every `save_every` responses. Fetch failures are rows of the cache (`error`),
+never exceptions.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from audit.errors import AuditError
+from audit.optouts import urls
+from audit.optouts.cache import HOST_FILES, CrawlCache, Response, now
+from audit.progress import track
+from audit.workspace import Workspace, atomic_write_json
+
+DEFAULT_AGENT = "audit-dataset-auditor/0.1 (+https://github.com/audit-dataset-auditor/audit)"
+MAX_REDIRECTS = 5
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class HostLimiter:
+    """At most `rate` requests per second per host: each request books the next free slot."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def wait(self, host: str) -> None:
+        with self.lock:
+            start = max(time.monotonic(), self.next.get(host, 0.0))
+            self.next[host] = start + self.interval
+        delay = start - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def check_address(host: str, port: int, allow_private: bool) -> tuple[str | None, str | None]:
+    """Resolve `host`; (address to connect to, None) or (None, why it is refused)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError) as e:
+        return None, f"dns: {e}"
+    if not infos:
+        return None, "dns: no address"
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        mapped = getattr(ip, "ipv4_mapped", None)
+        ip = mapped or ip
+        for flag, label in (("is_loopback", "loopback"), ("is_link_local", "link-local"),
+                            ("is_private", "private"), ("is_multicast", "multicast"),
+                            ("is_reserved", "reserved"), ("is_unspecified", "unspecified")):
+            if getattr(ip, flag) and not allow_private:
+                return None, f"refused: {label} address {ip} (pass allow_private=True only in tests)"
+    return str(infos[0][4][0]), None
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """An HTTP connection to an already checked address, with the real host in the Host header."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = self.raw_sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address = address
+
+    def connect(self) -> None:
+        sock = self.raw_sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def fetch(url: str, kind: str, *, limiter: HostLimiter, timeout: float = 10.0,
+          max_bytes: int = 512 * 1024, agent: str = DEFAULT_AGENT, allow_private: bool = False) -> Response:
+    """Fetch one URL for the cache; every failure is a Response with `error` set."""
+    deadline = time.monotonic() + timeout
+    method = "HEAD" if kind == "image" else "GET"
+    current = url
+    for _hop in range(MAX_REDIRECTS + 2):
+        try:
+            parts = urlsplit(current)
+            scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+        except ValueError as e:
+            return _failed(url, kind, f"malformed URL: {e}", current)
+        if scheme not in ("http", "https") or not host:
+            return _failed(url, kind, f"unsupported URL {current!r}", current)
+        port = port or (443 if scheme == "https" else 80)
+        address, refused = check_address(host, port, allow_private)
+        if refused:
+            return _failed(url, kind, refused, current)
+        limiter.wait(host)
+        if time.monotonic() > deadline:
+            return _failed(url, kind, "timeout", current)
+        conn_cls = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
+        conn = conn_cls(host, port, address, timeout=max(0.1, deadline - time.monotonic()))  # type: ignore[arg-type]
+        # The socket timeout bounds each wait; this watchdog bounds the whole exchange, so a server
+        # dripping its headers or body one byte at a time cannot hold a worker past the deadline.
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, args=(conn,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.request(method, target, headers={"User-Agent": agent, "Accept-Encoding": "identity",
+                                                  "Accept": "*/*", "Connection": "close"})
+            resp = conn.getresponse()
+            headers = [(str(n), str(v)) for n, v in resp.msg.items()]
+            status = resp.status
+            if status in _REDIRECTS and resp.getheader("Location"):
+                current = urljoin(current, resp.getheader("Location"))
+                continue
+            if method == "HEAD" and status in (405, 501):
+                method = "GET"  # some servers refuse HEAD; GET and discard the body
+                continue
+            body, truncated = None, False
+            if kind != "image" and method == "GET":
+                body, truncated = _read_capped(resp, max_bytes, deadline)
+            return Response(url=url, kind=kind, status=status, headers=headers, body=body,
+                            fetched_at=now(), body_truncated=truncated, final_url=current)
+        except (OSError, http.client.HTTPException, ssl.SSLError) as e:
+            late = time.monotonic() >= deadline - 0.01
+            reason = "timeout" if late or isinstance(e, TimeoutError) else f"connection: {type(e).__name__}: {e}"
+            return _failed(url, kind, reason, current)
+        finally:
+            watchdog.cancel()
+            conn.close()
+    return _failed(url, kind, f"more than {MAX_REDIRECTS} redirects", current)
+
+
+def _read_capped(resp: Any, max_bytes: int, deadline: float) -> tuple[bytes, bool]:
+    chunks, total = [], 0
+    while total <= max_bytes:
+        chunk = resp.read1(min(65536, max_bytes + 1 - total))  # one recv: returns what has arrived
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if time.monotonic() >= deadline - 0.01:
+        raise TimeoutError("deadline")  # the watchdog cut the connection: the body is incomplete
+    data = b"".join(chunks)
+    return data[:max_bytes], total > max_bytes
+
+
+def _abort(conn: http.client.HTTPConnection) -> None:
+    # `conn.sock` is None once the response owns the connection; the raw socket is still there.
+    sock = getattr(conn, "raw_sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed: nothing left to interrupt
+
+
+def _failed(url: str, kind: str, error: str, final: str) -> Response:
+    return Response(url=url, kind=kind, status=None, fetched_at=now(), error=error, final_url=final)
+
+
+def targets(ws: Workspace) -> list[tuple[str, str]]:
+    """(kind, URL) pairs to fetch for the workspace, in a stable order, each once."""
+    import pyarrow.parquet as pq
+
+    seen: set[tuple[str, str]] = set()
+    out: list[tuple[str, str]] = []
+
+    def add(kind: str, url: str | None) -> None:
+        norm = urls.normalise(url) if url else None
+        if norm and (kind, norm) not in seen:
+            seen.add((kind, norm))
+            out.append((kind, url))  # type: ignore[arg-type]
+
+    for part in ws.require_parts():
+        path = ws.path(part.path)
+        cols = [c for c in ("url", "page_url") if c in pq.read_schema(path).names]
+        table = pq.read_table(path, columns=cols).to_pydict()
+        for url in table.get("url", []):
+            origin = urls.origin(url) if url else None
+            if origin:
+                for kind, file in HOST_FILES.items():
+                    add(kind, origin + file)
+            add("image", url)
+        for page in table.get("page_url", []):
+            add("page", page)
+    return out
+
+
+def crawl(ws_root: str | Path, cache: str | Path, rate: float = 1.0, timeout: float = 10.0,
+          max_bytes: int = 512 * 1024, agent: str = DEFAULT_AGENT, workers: int = 8,
+          allow_private: bool = False, refresh: bool = False, save_every: int = 500) -> dict[str, Any]:
+    """Fill the crawl cache `cache` for every host, image and page of the workspace.
+
+    >>> crawl("indexes/mydata", "indexes/mydata-cache", rate=0.5)  # doctest: +SKIP
+    {'targets': 1210, 'fetched': 1210, 'cached_before': 0, 'errors': {'timeout': 3}, ...}
+    """
+    if rate <= 0 or timeout <= 0 or max_bytes <= 0 or workers <= 0:
+        raise AuditError("rate, timeout, max_bytes and workers must be positive numbers.")
+    ws = Workspace.open(ws_root)
+    store = CrawlCache.open(cache, must_exist=False)
+    store.root.mkdir(parents=True, exist_ok=True)
+    wanted = targets(ws)
+    todo = [(k, u) for k, u in wanted if refresh or store.get(k, u) is None]
+    limiter = HostLimiter(rate)
+    started = time.monotonic()
+    errors: dict[str, int] = {}
+    fetched = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(fetch, u, k, limiter=limiter, timeout=timeout, max_bytes=max_bytes,
+                               agent=agent, allow_private=allow_private) for k, u in todo]
+        for fut in track(as_completed(futures), total=len(futures), description="crawl"):
+            resp = fut.result()
+            store.add([resp])
+            fetched += 1
+            if resp.error:
+                reason = resp.error.split(":", 1)[0]
+                errors[reason] = errors.get(reason, 0) + 1
+            if fetched % save_every == 0:
+                store.save()
+    store.save()
+    summary = {"targets": len(wanted), "fetched": fetched,
+               "cached_before": len(wanted) - len(todo), "errors": errors,
+               "hosts": len({urlsplit(u).hostname for _, u in todo}),
+               "seconds": round(time.monotonic() - started, 2), "agent": agent, "rate": rate,
+               "cache": str(store.root / "responses.parquet")}
+    atomic_write_json(store.root / "crawl.json", {"finished": now(), **summary})
+    return summary

@@ -1,0 +1,268 @@
+"""Opt-out registries: lists of domains and URLs whose owners reserved them, joined in duckdb.
+
+A registry is a file given with `--registry` (repeatable). Accepted formats:
+
+- text (`.txt`, `.lst`, anything not below): one entry per line, `#` starts a comment, blank
+  lines ignored; an optional second word names the use (`example.com data_mining`). An entry
+  with `/` in it is a URL rule (`https://a.example.com/x.png`, `a.example.com/x.png`),
+  anything else a domain rule (`example.com`, `*.example.com`, `.example.com`). Spawning's
+  do-not-train exports (one URL or domain per line) are read as this format.
+- CSV (`.csv`, `.tsv`) and parquet (`.parquet`): a `url` and/or `domain` column (any case),
+  optional `use` column.
+
+The use defaults to `ai_training` (a do-not-train list), which also reserves `genai_training`;
+a `use` of `data_mining` reserves all three uses.
+
+Matching (documented in README "Consent"):
+- domain rules match the host and every subdomain (`example.com` matches `a.example.com`, not
+  `badexample.com`), for the image URL and for the page URL; hosts are exploded into their
+  suffixes (`a.b.example.com` -> `a.b.example.com`, `b.example.com`, `example.com`, `com`)
+  and equi-joined against the rules, so the join is a hash join, not a scan per rule;
+- URL rules match after normalisation (`urls.normalise`: case of scheme and host, IDNA,
+  default port, percent-encoding, fragment) and ignoring the scheme, so an opt-out of
+  `http://x/a.png` also covers `https://x/a.png`. Common URLs are normalised with SQL string
+  functions; anything unusual (percent signs, ports, non-ASCII, dot segments) goes through
+  `urls.normalise` as a duckdb Python function, so both paths give the same key.
+- A registry that cannot be read (missing file, bad format) is *not* treated as empty: every
+  row gets an `unchecked` signal for it and the summary carries the error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audit.optouts import urls
+from audit.optouts.signals import USES
+
+DEFAULT_USE = "ai_training"
+
+# A URL is normalised in SQL only when it matches this (lower/upper-case scheme and host,
+# plain ASCII labels, no port, no percent sign, no fragment, only unreserved and reserved
+# characters): for those, normalising = lower-casing scheme and host and "/" for an empty path.
+# Dot segments ("/./", "/../") are sent to Python too.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PCHARS = r"[A-Za-z0-9._~!$&'()*+,;=:@/-]"
+FAST_URL = (
+    rf"[hH][tT][tT][pP][sS]?://{_LABEL}(\.{_LABEL})*(/{_PCHARS}*)?(\?({_PCHARS}|\?)+)?"
+)
+DOT_SEGMENT = r"/\.\.?(/|\?|$)"
+
+
+@dataclass
+class Registry:
+    """One registry file, loaded: rules as lists, or the reason it could not be read."""
+
+    path: str
+    domains: list[tuple[str, str, str]]  # (domain key, use, where: "file line N")
+    urls: list[tuple[str, str, str]]  # (url key, use, where)
+    error: str | None = None
+    skipped: int = 0  # entries that were not a domain or a URL
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def unreadable_signal(self) -> str:
+        # We cannot tell from an unreadable file whether it listed domains or URLs; the name decides
+        # which signal carries its "unchecked" rows (documented).
+        return "registry-domain" if "domain" in self.name.lower() else "registry-url"
+
+
+def load(path: str | os.PathLike[str]) -> Registry:
+    """Read a registry file. Never raises for a bad file: the `error` field says what went wrong.
+
+    >>> reg = load("audit/data/sample/optout/registry-domains.txt")
+    >>> reg.error is None and len(reg.domains) > 0
+    True
+    """
+    path = str(path)
+    reg = Registry(path, [], [])
+    try:
+        suffix = Path(path).suffix.lower()
+        if suffix in (".csv", ".tsv", ".parquet"):
+            _load_table(reg, suffix)
+        else:
+            _load_text(reg)
+    except (OSError, ValueError, KeyError) as e:
+        reg.domains, reg.urls = [], []
+        reg.error = f"{path}: {type(e).__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 - pyarrow raises its own types for corrupt files
+        reg.domains, reg.urls = [], []
+        reg.error = f"{path}: {type(e).__name__}: {e}"
+    if reg.error is None and not reg.domains and not reg.urls:
+        reg.error = f"{path}: no domain or URL entries found (an empty registry would allow everything)"
+    return reg
+
+
+def _add(reg: Registry, entry: str, use: str | None, where: str) -> None:
+    entry = entry.strip().strip("\ufeff")
+    use = (use or DEFAULT_USE).strip().lower() or DEFAULT_USE
+    if use not in USES:
+        reg.skipped += 1
+        return
+    if not entry:
+        return
+    if "/" in entry:
+        key = url_key(entry if "://" in entry else "https://" + entry)
+        if key is None:
+            reg.skipped += 1
+            return
+        reg.urls.append((key, use, where))
+    else:
+        key = domain_key(entry)
+        if key is None:
+            reg.skipped += 1
+            return
+        reg.domains.append((key, use, where))
+
+
+def _load_text(reg: Registry) -> None:
+    with open(reg.path, "rb") as f:
+        data = f.read()
+    text = data.decode("utf-8-sig", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    for n, line in enumerate(text.split("\n"), start=1):
+        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        words = line.split()
+        _add(reg, words[0], words[1] if len(words) > 1 else None, f"{reg.path} line {n}")
+
+
+def _load_table(reg: Registry, suffix: str) -> None:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if suffix == ".parquet":
+        table = pq.read_table(reg.path)
+    else:
+        opts = pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+        convert = pcsv.ConvertOptions(strings_can_be_null=True)
+        table = pcsv.read_csv(reg.path, parse_options=opts, convert_options=convert)
+    cols = {c.lower(): c for c in table.column_names}
+    found = [cols[c] for c in ("url", "domain") if c in cols]
+    if not found:
+        raise ValueError(f"no 'url' or 'domain' column (columns: {', '.join(table.column_names)})")
+    uses = table.column(cols["use"]).to_pylist() if "use" in cols else [None] * table.num_rows
+    first_data_line = 1 if suffix == ".parquet" else 2  # CSV line 1 is the header
+    for col in found:
+        for i, value in enumerate(table.column(col).to_pylist()):
+            if value is None or str(value).strip() == "":
+                continue
+            value = str(value)
+            where = f"{reg.path} row {i + first_data_line}"
+            if col.lower() == "domain" and "/" in value:
+                reg.skipped += 1  # a domain column holding a URL is a data error, not a rule
+                continue
+            if col.lower() == "url" and "/" not in value:
+                value += "/"  # a bare host in a url column is the site's root URL
+            _add(reg, value, uses[i], where)
+
+
+def domain_key(entry: str) -> str | None:
+    """The matching key of a domain rule: lower-case IDNA host without `*.`/leading/trailing dots."""
+    entry = entry.strip().lower()
+    if entry.startswith("*."):
+        entry = entry[2:]
+    entry = entry.strip(".")
+    if not entry or any(c in entry for c in " /\\@:?#\x00"):
+        return None
+    return urls.host("http://" + entry)
+
+
+def url_key(url: str) -> str | None:
+    """The matching key of a URL: `urls.normalise` without the scheme ("host/path?query")."""
+    norm = urls.normalise(url)
+    if not norm or "://" not in norm:
+        return None
+    return norm.split("://", 1)[1]
+
+
+def connect_rules(registries: list[Registry]) -> Any:
+    """A duckdb connection holding every readable registry as tables `reg_domains`, `reg_urls`.
+
+    The connection also has `url_key` (Python) and the SQL macro `ukey(u)` that normalises
+    the common case in SQL and falls back to Python for the rest.
+    """
+    import duckdb
+    import pyarrow as pa
+
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    con.create_function("py_url_key", _safe_url_key, ["VARCHAR"], "VARCHAR", null_handling="special",
+                        side_effects=False)
+    fast = FAST_URL.replace("'", "''")
+    con.execute(
+        f"""CREATE MACRO ukey(u) AS CASE
+          WHEN u IS NULL THEN NULL
+          WHEN regexp_full_match(u, '{fast}') AND NOT regexp_matches(u, '{DOT_SEGMENT}') THEN
+            lower(regexp_extract(u, '^[^/]*//([^/?]*)', 1))
+            || coalesce(nullif(regexp_extract(u, '^[^/]*//[^/?]*([^?]*)', 1), ''), '/')
+            || regexp_extract(u, '(\\?.*)$', 1)
+          ELSE py_url_key(u) END"""
+    )
+    # host of a url key: everything before the first "/", without user info and port
+    con.execute("CREATE MACRO khost(k) AS regexp_replace(regexp_replace(split_part(k, '/', 1), '^.*@', ''), ':[0-9]*$', '')")
+    con.execute(
+        "CREATE MACRO suffixes(h) AS [array_to_string(list_slice(string_split(h, '.'), i, "
+        "len(string_split(h, '.'))), '.') for i in range(1, len(string_split(h, '.')) + 1)]"
+    )
+    doms, uls = [], []
+    for i, reg in enumerate(registries):
+        if reg.error:
+            continue
+        doms += [(d, u, w, i) for d, u, w in reg.domains]
+        uls += [(k, u, w, i) for k, u, w in reg.urls]
+    rule = pa.schema([("key", pa.string()), ("use", pa.string()), ("entry", pa.string()), ("reg", pa.int32())])
+    for name, rows in (("reg_domains", doms), ("reg_urls", uls)):
+        arrow = pa.Table.from_arrays([pa.array([r[j] for r in rows], rule.field(j).type) for j in range(4)],
+                                     schema=rule)
+        con.register(f"{name}_arrow", arrow)
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+        con.unregister(f"{name}_arrow")
+    return con
+
+
+def _safe_url_key(url: str) -> str | None:
+    try:
+        return url_key(url)
+    except Exception:  # noqa: BLE001 - a hostile URL must become "no key", never abort the join
+        return None
+
+
+def match(con: Any, rows: Any) -> list[dict[str, Any]]:
+    """Registry hits for an Arrow table of rows (`row_id`, `url`, `page_url`).
+
+    One dict per hit: row_id, signal, use, location (registry file and line), evidence (the
+    rule and what it matched), column (`url` or `page_url`).
+    """
+    con.register("rows_in", rows)
+    try:
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE keyed AS
+               SELECT row_id, 'url' AS col, ukey(url) AS k FROM rows_in WHERE url IS NOT NULL
+               UNION ALL
+               SELECT row_id, 'page_url', ukey(page_url) FROM rows_in WHERE page_url IS NOT NULL"""
+        )
+        hits = con.execute(
+            """WITH hosts AS (SELECT DISTINCT khost(k) AS host FROM keyed WHERE k IS NOT NULL),
+                    sfx AS (SELECT host, unnest(suffixes(host)) AS s FROM hosts),
+                    hm AS (SELECT sfx.host, d.key, d.use, d.entry FROM sfx JOIN reg_domains d ON d.key = sfx.s)
+               SELECT keyed.row_id, 'registry-domain' AS signal, hm.use, hm.entry,
+                      'domain rule ' || hm.key || ' matches host ' || hm.host || ' of ' || keyed.col, keyed.col
+               FROM keyed JOIN hm ON khost(keyed.k) = hm.host
+               UNION ALL
+               SELECT keyed.row_id, 'registry-url', u.use, u.entry,
+                      'URL rule ' || u.key || ' matches ' || keyed.col, keyed.col
+               FROM keyed JOIN reg_urls u ON u.key = keyed.k
+               ORDER BY 1, 2, 6"""
+        ).fetchall()
+    finally:
+        con.unregister("rows_in")
+    return [
+        {"row_id": r[0], "signal": r[1], "use": r[2], "location": r[3], "evidence": r[4], "column": r[5]}
+        for r in hits
+    ]
