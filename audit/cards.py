@@ -185,7 +185,8 @@ def _consent(ws: Workspace) -> str:
 def _memorisation(paths: list[Path]) -> tuple[str, dict[str, float]]:
     if not paths:
         return "Not run: no memorisation results (`audit match GENERATED --against WS`).", {}
-    blocks, metrics = [], {}
+    blocks: list[str] = []
+    metrics: dict[str, float] = {}
     for p in paths:
         s = json.loads(p.read_text("utf-8"))
         name = p.parent.name

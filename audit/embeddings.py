@@ -36,7 +36,14 @@ from audit.errors import AuditError, MissingWeightsError
 from audit.images import ImageProblem, decode, read_bytes
 from audit.progress import track
 from audit.schema import error_table
-from audit.workspace import Output, Workspace, atomic_write_json, atomic_write_npy, atomic_write_parquet, sha256_file
+from audit.workspace import (
+    Output,
+    Workspace,
+    atomic_write_json,
+    atomic_write_npy,
+    atomic_write_parquet,
+    sha256_file,
+)
 
 STAGE = "embed"
 TINY = "tiny"
@@ -327,7 +334,7 @@ def _embed(ws: Workspace, run: Any, clip: ClipModel, parts: list[Any], todo: lis
     for p in todo:
         if p.rows == 0:
             _write_part(ws, run, p, np.zeros((0, dim), np.float16), np.zeros((0, dim), np.float16), [])
-    for batch, p in track(zip(loader, owner), total=len(batches), description="embedding"):
+    for batch, p in track(zip(loader, owner, strict=True), total=len(batches), description="embedding"):
         a = acc.setdefault(p.number, {"img": [], "txt": [], "errors": [], "done": 0})
         ok = np.array(batch["ok"])
         img = np.zeros((len(ok), dim), np.float32)

@@ -139,7 +139,7 @@ def _build_image_index(ws: Workspace, kind: str, budget: int) -> dict[str, Any]:
     k = min(10, n)
     exact = _exact_top(parts, queries, k)
     _, approx = index.search(queries, k)
-    recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
+    recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact, strict=True)]))
     rel = "faiss/img.faiss"
     with atomic_path(ws.path(rel)) as tmp:
         faiss.write_index(index, str(tmp))

@@ -63,7 +63,9 @@ def test_planted_clusters_entropy_and_distances():
         assert c["tv_ci95"][0] <= c["tv"] <= c["tv_ci95"][1]
     # the chance level is positive at 6 images per prompt: distances are judged against it
     assert 0 < comps[("doctor", "female")]["tv_null"] < comps[("doctor", "female")]["tv"]
-    assert bg.analyse(x, rows, reps=300, seed=0, max_k=5)["comparisons"] == res["comparisons"]  # seeded
+    assert (
+        bg.analyse(x, rows, reps=300, seed=0, max_k=5)["comparisons"] == res["comparisons"]
+    )  # seeded
 
 
 def test_default_grid_and_round_trip(tmp_path: Path):

@@ -89,6 +89,10 @@ def test_vectorised_rows_match_scalar_versions():
     rng = np.random.default_rng(0)
     p, q = rng.integers(0, 5, (20, 4)) + 1, rng.integers(0, 5, (20, 4))
     q[:, 0] += 1
-    assert np.allclose(bg._tv_rows(p, q), [stats.total_variation(a, b) for a, b in zip(p, q, strict=True)])
-    assert np.allclose(bg._js_rows(p, q), [stats.jensen_shannon(a, b) for a, b in zip(p, q, strict=True)])
+    assert np.allclose(
+        bg._tv_rows(p, q), [stats.total_variation(a, b) for a, b in zip(p, q, strict=True)]
+    )
+    assert np.allclose(
+        bg._js_rows(p, q), [stats.jensen_shannon(a, b) for a, b in zip(p, q, strict=True)]
+    )
     assert np.allclose(bg._entropy_rows(p, 4), [stats.normalised_entropy(a, 4) for a in p])

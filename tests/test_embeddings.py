@@ -14,12 +14,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import DATA, build_workspace, encode, synthetic_image
 
 from audit import embeddings
 from audit.cli import cli
 from audit.errors import AuditError, MissingWeightsError
 from audit.images import decode
-from conftest import DATA, build_workspace, encode, synthetic_image
 
 FIX = DATA / "descriptors"
 

@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import DATA, encode, synthetic_image
 
 from audit import hashes
 from audit.cli import cli
 from audit.images import decode
-from conftest import DATA, encode, synthetic_image
 
 FIX = DATA / "descriptors"
 GOLDEN = json.loads((FIX / "golden.json").read_text())
@@ -38,7 +38,7 @@ def test_golden_codes_and_live_imagehash_agree_bit_for_bit():
     images = [decode((FIX / n).read_bytes()) for n in names]
     codes = hashes.hash_images(images)
     assert codes.dtype == np.uint64 and codes.shape == (len(names), 4)
-    for name, img, row in zip(names, images, codes):
+    for name, img, row in zip(names, images, codes, strict=True):
         assert hexcodes(row) == GOLDEN[name], name
         live = {h: str(f(img)) for h, f in IMAGEHASH.items()}
         assert hexcodes(row) == live, name
@@ -52,7 +52,7 @@ def test_hash_images_matches_imagehash_on_odd_modes_and_sizes():
     imgs.append(synthetic_image(10, 70).convert("P"))
     imgs.append(Image.new("RGB", (50, 20), (200, 10, 10)))  # flat: ties everywhere
     codes = hashes.hash_images(imgs)
-    for img, row in zip(imgs, codes):
+    for img, row in zip(imgs, codes, strict=True):
         assert hexcodes(row) == {h: str(f(img)) for h, f in IMAGEHASH.items()}
 
 
@@ -83,7 +83,7 @@ def test_fast_mode_close_to_exact_and_invariant_to_resize(make_workspace):
     names = ["cat.png", "cat_resize.jpg", "cat_large.jpg", "cat_darker.png", "dog.png", "penguin.png"]
     ws = make_workspace([(FIX / n).read_bytes() for n in names])
     hashes.compute(ws.root, workers=1, fast_decode=True)
-    fast = dict(zip(names, table(ws)["phash"].to_pylist()))
+    fast = dict(zip(names, table(ws)["phash"].to_pylist(), strict=True))
     for n in names:
         exact = int(GOLDEN[n]["phash"], 16)
         assert hamming(fast[n], exact) <= 4, n
@@ -99,7 +99,7 @@ def test_synthetic_images_far_apart_and_jpeg_recompression_close():
     d = [hamming(int(codes[i]), int(codes[j])) for i in range(12) for j in range(i + 1, 12)]
     assert min(d) >= 12
     again = hashes.hash_images([decode(encode(im, "JPEG", quality=80)) for im in imgs])[:, 0]
-    assert max(hamming(int(a), int(b)) for a, b in zip(codes, again)) <= 6
+    assert max(hamming(int(a), int(b)) for a, b in zip(codes, again, strict=True)) <= 6
 
 
 def test_parallel_equals_serial_and_resume_keeps_parts(make_workspace, monkeypatch):

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import build_workspace, encode, synthetic_image
 
 from audit import hashes, knn
 from audit.cli import cli
 from audit.errors import AuditError
 from audit.workspace import Output, atomic_write_npy
-from conftest import build_workspace, encode, synthetic_image
 
 
 def write_embeddings(ws, vecs: np.ndarray) -> None:

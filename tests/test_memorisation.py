@@ -12,7 +12,7 @@ from audit.checks.memorisation import (
     bootstrap_rate,
     decide,
     hamming,
-    relative_distance,
+    relative_distances,
     tile_distance,
     tile_distance_matrix,
     tile_distances,
@@ -77,11 +77,14 @@ def test_hamming_is_a_metric_on_random_codes(a, b):
     assert hamming(a, b) == hamming(b, a) == bin(a ^ b).count("1")
 
 
-def test_relative_distance():
-    assert relative_distance([0.0, 0.3, 0.4]) == 0.0
-    # all neighbours equally far: d_min / (0.5 * mean) = 2, not a copy under ratio <= 1
-    assert relative_distance([0.3, 0.3, 0.3]) == pytest.approx(2.0)
-    assert np.isnan(relative_distance([np.nan]))
+def test_relative_distances():
+    d = np.array([0.0, 0.3, 0.4])
+    assert relative_distances(d)[0] == 0.0
+    # all neighbours equally far: d / (0.5 * mean) = 2, far from a copy
+    assert np.allclose(relative_distances([0.3, 0.3, 0.3]), 2.0)
+    # the mean comes from the neighbours given (duplicates collapsed by the caller)
+    assert np.allclose(relative_distances([0.1, 0.1], neighbours=[0.1, 0.5]), 0.1 / (0.5 * 0.3))
+    assert np.isnan(relative_distances([0.2], neighbours=[0.2])).all()
 
 
 def test_bootstrap_interval_contains_estimate_and_shrinks_with_n():
@@ -109,14 +112,21 @@ def test_bootstrap_edge_cases():
 
 
 def test_decide_rule():
-    th = Thresholds(copy_tile=0.1, near_tile=0.2, copy_hamming=8, near_hamming=16, copy_cosine=0.95,
-                    near_cosine=0.9)
-    tile = np.array([0.05, 0.3, 0.3, 0.15, 0.5, np.nan, 0.3])
-    ham = np.array([30, 4, 4, 30, 30, 2, 12])
-    cos = np.array([0.1, 0.97, 0.5, 0.1, 0.1, 0.99, 0.5])
-    codes, votes = decide(tile, ham, cos, th)
-    # tile alone; phash+cosine agree; phash alone is near; tile near; nothing; nan tile but 2 votes; ham near
-    assert codes.tolist() == [0, 0, 1, 1, 2, 0, 1]
-    assert votes.tolist() == [1, 2, 1, 0, 0, 2, 0]
-    codes, votes = decide(tile, ham, cos, th, use_cosine=False)
-    assert codes.tolist() == [0, 1, 1, 1, 2, 1, 1]
+    th = Thresholds(copy_tile=0.02, near_tile=0.1, copy_relative=0.3, near_relative=1.5, copy_hamming=None,
+                    near_hamming=6, copy_cosine=0.97, near_cosine=0.9)
+    nan = np.nan
+    tile = np.array([0.01, 0.05, 0.05, 0.5, 0.5, nan, 0.5, 0.05])
+    rel = np.array([1.9, 2.0, 1.0, 0.2, 1.9, nan, 1.9, 2.0])
+    ham = np.array([30, 4, 30, 30, 30, 0, 30, 30])
+    cos = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.95, 0.98])
+    codes, votes = decide(tile, rel, ham, cos, th)
+    # strong tile; tile+phash near; tile+relative near; strong relative; nothing;
+    # unreadable image with phash 0 (phash alone never strong); cosine near only; strong cosine + tile near
+    assert codes.tolist() == [0, 0, 0, 0, 2, 1, 1, 0]
+    assert votes.tolist() == [1, 2, 2, 1, 0, 1, 1, 2]
+    # with untrained weights the cosine does not vote at all
+    codes, votes = decide(tile, rel, ham, cos, th, use_cosine=False)
+    assert codes.tolist() == [0, 0, 0, 0, 2, 1, 2, 1]
+    # a None threshold switches that level off
+    codes, _ = decide(tile, rel, ham, cos, Thresholds(**{**th.to_dict(), "copy_tile": None}))
+    assert codes[0] == 1

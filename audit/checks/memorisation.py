@@ -59,14 +59,14 @@ class Thresholds:
     two of which together also make a copy.
     """
 
-    copy_tile: float = 0.013
-    near_tile: float = 0.08
-    copy_relative: float = 0.23
-    near_relative: float = 1.2
-    copy_hamming: int = 1
-    near_hamming: int = 6
-    copy_cosine: float = 0.95
-    near_cosine: float = 0.90
+    copy_tile: float | None = 0.009
+    near_tile: float | None = 0.07
+    copy_relative: float | None = 0.33
+    near_relative: float | None = 1.5
+    copy_hamming: int | None = None  # phash alone never reached 99% precision in calibration
+    near_hamming: int | None = 6
+    copy_cosine: float | None = 0.95
+    near_cosine: float | None = 0.90
     alpha: float = 0.5  # Carlini et al.'s relative criterion: d / (alpha * mean of the n nearest)
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,11 +173,16 @@ def decide(tile: Any, relative: Any, ham: Any, cos: Any, th: Thresholds,
 
     tile, relative, ham = (np.asarray(x, dtype=np.float64) for x in (tile, relative, ham))
     cos = np.full(tile.shape, np.nan) if cos is None or not use_cosine else np.asarray(cos, np.float64)
-    with np.errstate(invalid="ignore"):
-        strong = (tile <= th.copy_tile) | (relative <= th.copy_relative) | (ham <= th.copy_hamming) | (
-            cos >= th.copy_cosine)
-        votes = ((tile <= th.near_tile).astype(np.int8) + (relative <= th.near_relative)
-                 + (ham <= th.near_hamming) + (cos >= th.near_cosine))
+    def passes(x: Any, limit: float | None, upper: bool = True) -> Any:
+        if limit is None:  # this descriptor never votes at this level
+            return np.zeros(x.shape, bool)
+        with np.errstate(invalid="ignore"):
+            return x <= limit if upper else x >= limit
+
+    strong = (passes(tile, th.copy_tile) | passes(relative, th.copy_relative) | passes(ham, th.copy_hamming)
+              | passes(cos, th.copy_cosine, upper=False))
+    votes = (passes(tile, th.near_tile).astype(np.int8) + passes(relative, th.near_relative)
+             + passes(ham, th.near_hamming) + passes(cos, th.near_cosine, upper=False))
     return np.where(strong | (votes >= 2), 0, np.where(votes >= 1, 1, 2)).astype(np.int8), votes
 
 

@@ -11,6 +11,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from audit.errors import AuditError
 
@@ -108,7 +109,7 @@ def _pad(rows: list[list[str]]) -> list[list[str]]:
     return [r + [""] * (3 - len(r)) for r in rows]
 
 
-def describe() -> list[dict[str, str | int]]:
+def describe() -> list[dict[str, Any]]:
     """Name, entries and first source line of each list, for the report's method section."""
     out = []
     for name in FILES:

@@ -1,0 +1,327 @@
+"""Check `dedup`: exact and near-duplicate clusters, written to `duplicates.parquet`.
+
+Three kinds of link between rows, joined into clusters (connected components):
+  * exact: same `image_sha256`;
+  * near_hash: pHash Hamming distance <= `hamming` (default 6 of 64 bits; optionally dHash
+    within `dhash` bits too). imagededup's hashing default is 10 bits; 6 is stricter because
+    ordinary re-encodes and resizes move pHash by <= 4 bits (tests/test_hashes.py, and fast
+    decoding drifts ~0.5 bit on average) while unrelated images sit near 32;
+  * near_embedding: image-embedding cosine >= `cosine` (default 0.95; fastdup links components
+    at 0.96 and imagededup's CNN default is 0.90), searched through the `index` stage's faiss
+    index when present (k nearest per row), else exactly. Only with a trained model unless
+    `embeddings="always"`: random-weight embeddings put unrelated images close together.
+
+Near pHash pairs are found without comparing all pairs (multi-index hashing, Norouzi et al.):
+split the 64 bits into m bands; two codes within `hamming` bits agree to within
+floor(hamming/m) bits on at least one band (pigeonhole). Each band is a direct-address table;
+every code probes its own band value and the values within that radius, and candidates are
+verified with a popcount. m is picked by an estimate of probes plus candidates (for small sets
+that is m = hamming+1 exact bands; for 10^6 codes, 3 bands of ~21 bits probed within 2 bits).
+Identical codes are collapsed first, so a thousand blank images cost nothing extra.
+
+Output `duplicates.parquet`, one row per row that has at least one duplicate:
+row_id, cluster_id (0 = largest cluster), cluster_size, kind (exact | near_hash |
+near_embedding: the strongest link the row has), representative (lowest row_id of the
+cluster), distance (Hamming bits to the representative for exact/near_hash rows, 1 - cosine
+for near_embedding rows), hamming (pHash bits to the representative), cosine (to the
+representative, when embeddings were used).
+
+Example:
+    >>> from audit.checks import duplicates
+    >>> duplicates.find("indexes/sample", hamming=6, cosine=0.95)      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from audit.errors import AuditError
+from audit.workspace import Output, Workspace, atomic_write_parquet
+
+STAGE = "dedup"
+MAX_TABLE_BITS = 22  # a band's direct-address table: 2^22 int32 starts = 16 MB
+PAIR_CHUNK = 4_000_000  # candidate pairs verified per numpy step (bounded memory)
+
+
+def _bands(m: int) -> list[tuple[int, int]]:
+    """(shift, width) of m bands covering the 64 bits, widths differing by at most one."""
+    widths = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
+    out, shift = [], 64
+    for w in widths:
+        shift -= w
+        out.append((shift, w))
+    return out
+
+
+def choose_bands(n: int, radius: int) -> int:
+    """The number of bands m minimising estimated probes + candidate pairs for n codes."""
+    best, best_cost = None, math.inf
+    for m in range(max(2, math.ceil(64 / MAX_TABLE_BITS)), 65):
+        r = radius // m
+        cost = 0.0
+        for _, w in _bands(m):
+            probes = sum(math.comb(w, k) for k in range(r + 1))
+            cost += probes * (n + n * n / 2.0 ** w)
+        if cost < best_cost:
+            best, best_cost = m, cost
+        if r == 0:  # more bands than radius+1 only add candidates
+            break
+    return int(best)
+
+
+def near_pairs(codes: np.ndarray, radius: int, bands: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs i < j of *distinct* uint64 codes within `radius` bits: (i, j, distance).
+
+    Exact (no false negatives, no false positives) by the pigeonhole argument above; cost is
+    about linear in len(codes) for random codes.
+
+    >>> i, j, d = near_pairs(np.array([0b1011, 0b0011, 1 << 40], np.uint64), 2)
+    >>> list(zip(i.tolist(), j.tolist(), d.tolist()))
+    [(0, 1, 1)]
+    """
+    codes = np.asarray(codes, np.uint64)
+    n = len(codes)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if n < 2 or radius < 0:
+        return empty
+    if radius >= 64:
+        i, j = np.triu_indices(n, 1)
+        return i.astype(np.int64), j.astype(np.int64), np.bitwise_count(codes[i] ^ codes[j]).astype(np.int64)
+    m = bands or choose_bands(n, radius)
+    r = radius // m
+    found_i, found_j = [], []
+    for shift, w in _bands(m):
+        key = ((codes >> np.uint64(shift)) & np.uint64((1 << w) - 1)).astype(np.int64)
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        flips = [sum(1 << b for b in bits) for k in range(r + 1) for bits in combinations(range(w), k)]
+        for flip in flips:
+            q = key ^ flip
+            lo = np.searchsorted(sorted_key, q, "left") if w > MAX_TABLE_BITS else None
+            if lo is None:
+                counts = np.bincount(key, minlength=1 << w)
+                starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+                lo, hi = starts[q], starts[q] + counts[q]
+            else:
+                hi = np.searchsorted(sorted_key, q, "right")
+            _expand(codes, order, lo, hi, radius, found_i, found_j)
+    if not found_i:
+        return empty
+    i, j = np.concatenate(found_i), np.concatenate(found_j)
+    pair = np.unique(i * n + j)
+    i, j = pair // n, pair % n
+    return i, j, np.bitwise_count(codes[i] ^ codes[j]).astype(np.int64)
+
+
+def _expand(codes: np.ndarray, order: np.ndarray, lo: np.ndarray, hi: np.ndarray, radius: int,
+            found_i: list[np.ndarray], found_j: list[np.ndarray]) -> None:
+    """Verify the candidates order[lo[q]:hi[q]] of every query q, in bounded chunks."""
+    lengths = hi - lo
+    queries = np.flatnonzero(lengths)
+    if not len(queries):
+        return
+    cum = np.cumsum(lengths[queries])
+    cuts = np.searchsorted(cum, np.arange(PAIR_CHUNK, cum[-1], PAIR_CHUNK))
+    for qs in np.split(queries, cuts + 1):
+        if not len(qs):
+            continue
+        lens = lengths[qs]
+        total = int(lens.sum())
+        i = np.repeat(qs, lens)
+        starts = np.repeat(lo[qs] - (np.cumsum(lens) - lens), lens)
+        j = order[starts + np.arange(total)]
+        keep = i < j
+        i, j = i[keep], j[keep]
+        keep = np.bitwise_count(codes[i] ^ codes[j]) <= radius
+        if keep.any():
+            found_i.append(i[keep])
+            found_j.append(j[keep])
+
+
+def _read_rows(ws: Workspace, n: int) -> dict[str, np.ndarray]:
+    """Per row: sha256 group id (-1 none), phash and dhash (valid mask), in row_id order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    meta = pa.concat_tables([pq.read_table(ws.path(p.path), columns=["row_id", "image_sha256", "image_status"])
+                             for p in ws.require_parts()])
+    sha = pc.if_else(pc.equal(meta["image_status"], "ok"), meta["image_sha256"], pa.scalar(None, pa.string()))
+    enc = pc.dictionary_encode(sha).combine_chunks()
+    group = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    out = {"sha_group": np.full(n, -1, np.int64)}
+    out["sha_group"][meta["row_id"].to_numpy()] = group
+    for name in ("phash", "dhash"):
+        out[name] = np.zeros(n, np.uint64)
+        out[name + "_ok"] = np.zeros(n, bool)
+    for p in ws.require_parts():
+        path = ws.path(f"hashes/part-{p.stem}.parquet")
+        t = pq.read_table(path, columns=["row_id", "phash", "dhash"])
+        ids = t["row_id"].to_numpy()
+        for name in ("phash", "dhash"):
+            out[name][ids] = t[name].fill_null(0).to_numpy()
+            out[name + "_ok"][ids] = t[name].is_valid().to_numpy(zero_copy_only=False)
+    return out
+
+
+def _embedding_edges(ws: Workspace, n: int, cosine: float, neighbours: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Row pairs (a, b) with cosine >= `cosine` among each row's `neighbours` nearest, and
+    (row_ids, float32 vectors) of the rows that have an embedding."""
+    import faiss
+
+    ids, vecs = [], []
+    for p in ws.require_parts():
+        v = np.load(ws.path(f"embeddings/img-{p.stem}.npy"))
+        keep = np.flatnonzero(np.any(v != 0, axis=1))
+        ids.append(p.row_offset + keep)
+        vecs.append(v[keep].astype(np.float32))
+    row_ids, x = np.concatenate(ids).astype(np.int64), np.concatenate(vecs)
+    index_path = ws.path("faiss/img.faiss")
+    if ws.stage_fingerprint("index") and index_path.exists():
+        index = faiss.read_index(str(index_path))
+        info = json.loads(ws.path("faiss/info.json").read_text()).get("image", {})
+        if "nprobe" in info:
+            faiss.extract_index_ivf(index).nprobe = info["nprobe"]
+    else:
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
+        index.add_with_ids(x, row_ids)
+    a, b = [], []
+    k = min(neighbours + 1, len(row_ids))
+    for s in range(0, len(row_ids), 8192):
+        scores, found = index.search(x[s:s + 8192], k)
+        src = np.repeat(row_ids[s:s + 8192], k)
+        hit = (scores.reshape(-1) >= cosine) & (found.reshape(-1) >= 0) & (found.reshape(-1) != src)
+        a.append(src[hit])
+        b.append(found.reshape(-1)[hit])
+    return np.concatenate(a), np.concatenate(b), (row_ids, x)
+
+
+def find(ws_root: str | os.PathLike[str], hamming: int = 6, cosine: float = 0.95, dhash: int | None = None,
+         embeddings: str = "trained", neighbours: int = 10) -> dict[str, Any]:
+    """Cluster exact and near duplicates (stage `dedup`); returns the summary.
+
+    `embeddings`: "trained" (use image embeddings only if the model was trained), "always", "never".
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not 0 <= hamming <= 64:
+        raise AuditError(f"hamming must be between 0 and 64 bits (got {hamming}).")
+    if not -1 <= cosine <= 1:
+        raise AuditError(f"cosine must be between -1 and 1 (got {cosine}).")
+    if embeddings not in ("trained", "always", "never"):
+        raise AuditError(f"embeddings must be trained, always or never (got {embeddings!r}).")
+    ws = Workspace.open(ws_root)
+    n = ws.num_rows
+    if not ws.stage_fingerprint("hash"):
+        raise AuditError(f"dedup needs perceptual hashes first. Run: audit hash {ws.root}")
+    use_emb, why = False, "embed stage not run"
+    if ws.stage_fingerprint("embed"):
+        trained = bool(json.loads(ws.path("embeddings/model.json").read_text()).get("trained"))
+        use_emb = embeddings == "always" or (embeddings == "trained" and trained)
+        why = "used" if use_emb else ("embeddings='never'" if embeddings == "never" else "embedding model is untrained")
+    deps = ["ingest", "hash"] + (["embed"] if use_emb else []) + (["index"] if use_emb and ws.stage_fingerprint("index") else [])
+    run = ws.start_stage(STAGE, {"hamming": hamming, "cosine": cosine, "dhash": dhash, "embeddings": embeddings,
+                                 "neighbours": neighbours}, depends_on=deps)
+    t0 = time.perf_counter()
+    rows = _read_rows(ws, n)
+    edges_a, edges_b, kinds = [], [], np.zeros(n, np.int8)  # 3 exact, 2 near_hash, 1 near_embedding
+
+    # exact: link every row to the first row of its sha256 group
+    g = rows["sha_group"]
+    has = np.flatnonzero(g >= 0)
+    order = has[np.argsort(g[has], kind="stable")]
+    grp = g[order]
+    head = np.concatenate([[True], grp[1:] != grp[:-1]]) if len(order) else np.zeros(0, bool)
+    leader = order[np.maximum.accumulate(np.where(head, np.arange(len(order)), 0))] if len(order) else order
+    dup = leader != order
+    edges_a.append(order[dup])
+    edges_b.append(leader[dup])
+    kinds[order[dup]] = 3
+    kinds[leader[dup]] = 3
+
+    # near_hash: collapse identical codes, then multi-index search over distinct codes
+    valid = np.flatnonzero(rows["phash_ok"])
+    uniq, first_pos, inverse = np.unique(rows["phash"][valid], return_index=True, return_inverse=True)
+    rep = valid[first_pos]  # a row per distinct code
+    same = rep[inverse] != valid
+    bands = choose_bands(len(uniq), hamming) if len(uniq) > 1 else None
+    i, j, _ = near_pairs(uniq, hamming, bands)
+    a, b = rep[i], rep[j]
+    if dhash is not None:
+        ok = rows["dhash_ok"][a] & rows["dhash_ok"][b] & (np.bitwise_count(rows["dhash"][a] ^ rows["dhash"][b]) <= dhash)
+        a, b = a[ok], b[ok]
+        same &= rows["dhash_ok"][valid] & (np.bitwise_count(rows["dhash"][valid] ^ rows["dhash"][rep[inverse]]) <= dhash)
+    hash_a = np.concatenate([valid[same], a])
+    hash_b = np.concatenate([rep[inverse][same], b])
+    edges_a.append(hash_a)
+    edges_b.append(hash_b)
+    for side in (hash_a, hash_b):
+        kinds[side] = np.maximum(kinds[side], 2)
+
+    emb = None
+    if use_emb:
+        ea, eb, emb = _embedding_edges(ws, n, cosine, neighbours)
+        edges_a.append(ea)
+        edges_b.append(eb)
+        for side in (ea, eb):
+            kinds[side] = np.maximum(kinds[side], 1)
+    src, dst = np.concatenate(edges_a), np.concatenate(edges_b)
+    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    summary = _write(ws, rows, label, kinds, emb)
+    summary.update(rows=n, near_hash_pairs=int(len(i)), bands=bands,
+                   embeddings=why, seconds=round(time.perf_counter() - t0, 3))
+    run.finish(summary, [Output("duplicates.parquet", summary["rows_in_clusters"])])
+    return summary
+
+
+def _write(ws: Workspace, rows: dict[str, np.ndarray], label: np.ndarray, kinds: np.ndarray, emb: Any) -> dict[str, Any]:
+    import pyarrow as pa
+
+    sizes = np.bincount(label)
+    members = np.flatnonzero(sizes[label] > 1)
+    lab = label[members]
+    rep_of = np.full(len(sizes), np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(rep_of, lab, members)
+    rep = rep_of[lab]
+    # clusters numbered by size (largest first), then by representative
+    cl = np.unique(lab)
+    rank = np.lexsort((rep_of[cl], -sizes[cl]))
+    cluster_id = np.empty(len(sizes), np.int64)
+    cluster_id[cl[rank]] = np.arange(len(cl))
+    ok = rows["phash_ok"][members] & rows["phash_ok"][rep]
+    ham = np.bitwise_count(rows["phash"][members] ^ rows["phash"][rep]).astype(np.int16)
+    cos, cos_ok = np.zeros(len(members), np.float32), np.zeros(len(members), bool)
+    if emb is not None:
+        emb_ids, x = emb
+        pos = np.full(len(label), -1, np.int64)
+        pos[emb_ids] = np.arange(len(emb_ids))
+        cos_ok = (pos[members] >= 0) & (pos[rep] >= 0)
+        cos[cos_ok] = np.einsum("ij,ij->i", x[pos[members[cos_ok]]], x[pos[rep[cos_ok]]])
+    # every member has at least one link, so kinds is never 0 here
+    kind = np.array(["", "near_embedding", "near_hash", "exact"], dtype=object)[kinds[members]]
+    distance = np.where(kind == "exact", 0.0, ham.astype(np.float32))
+    distance = np.where(kind == "near_embedding", 1 - cos, distance)
+    order = np.lexsort((members, cluster_id[lab]))
+    table = pa.table({
+        "row_id": pa.array(members[order], pa.int64()),
+        "cluster_id": pa.array(cluster_id[lab][order], pa.int64()),
+        "cluster_size": pa.array(sizes[lab][order], pa.int32()),
+        "kind": pa.array(kind[order].tolist(), pa.string()),
+        "representative": pa.array(rep[order], pa.int64()),
+        "distance": pa.array(distance[order], pa.float32()),
+        "hamming": pa.array(ham[order], pa.int16(), mask=~ok[order]),
+        "cosine": pa.array(cos[order], pa.float32(), mask=~cos_ok[order]),
+    })
+    atomic_write_parquet(ws.path("duplicates.parquet"), table)
+    by_kind = {k: int((kind == k).sum()) for k in ("exact", "near_hash", "near_embedding")}
+    return {"clusters": int(len(cl)), "rows_in_clusters": int(len(members)), "by_kind": by_kind,
+            "largest_cluster": int(sizes.max()) if len(cl) else 0}
