@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import signal
@@ -17,9 +18,9 @@ import torch
 from safetensors.torch import load_file
 
 from audit import diffusion
-from audit.diffusion import train as train_module
 from audit.errors import AuditError
 
+train_module = importlib.import_module("audit.diffusion.train")  # the module, not the function
 TINY = diffusion.ModelConfig(resolution=16, base_channels=8, channel_mults=(1, 2), attention_resolution=8)
 
 

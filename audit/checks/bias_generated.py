@@ -78,7 +78,7 @@ def default_grid(
 ) -> list[dict[str, Any]]:
     """Rows of the prompt grid: every profession x descriptor x seed, with the file name
     `audit generate --prompts` gives row i (`{i:06d}.png`)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for profession in professions:
         for descriptor in descriptors:
             prompt = " ".join(TEMPLATE.format(descriptor=descriptor, profession=profession).split())

@@ -322,7 +322,7 @@ def check(
     out_dir = Path(out_dir)
     atomic_write_parquet(out_dir / "matches.parquet", _table(rows))
     summary = summarise(rows, thresholds, reps, seed)
-    summary.update(generated=str(gen.root), training=str(train.root), k=k, model=train_info,
+    summary.update(generated_workspace=str(gen.root), training=str(train.root), k=k, model=train_info,
                    cosine_votes=use_cosine, defaults_source=DEFAULTS_SOURCE,
                    sscd="not used: SSCD copy-detection weights are not available offline; "
                         "embedding cosine stands in (Somepalli et al. count SSCD >= 0.5 as a copy)")

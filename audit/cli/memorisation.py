@@ -1,3 +1,107 @@
-"""Commands: memorisation."""
+"""Commands: match, calibrate, experiment (memorisation)."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import click
+
+
+def _default(fn_name: str, param: str):  # type: ignore[no-untyped-def]
+    """Defaults live in the library signature (audit.experiments imports nothing heavy)."""
+    from audit import experiments
+
+    return inspect.signature(getattr(experiments, fn_name)).parameters[param].default
+
+
+def _threshold_options(f):  # type: ignore[no-untyped-def]
+    """One option per field of `Thresholds`, named like the field; 'none' switches a vote off."""
+    from audit.checks.memorisation import Thresholds
+
+    for field in reversed(dataclasses.fields(Thresholds)):
+        default = getattr(Thresholds(), field.name)
+        f = click.option(f"--{field.name.replace('_', '-')}", field.name, default=str(default).lower(),
+                         show_default=True, help="'none' = this descriptor does not vote at this level."
+                         if field.name != "alpha" else "Carlini et al.'s alpha in the relative criterion.")(f)
+    return f
+
+
+def _thresholds(options: dict):  # type: ignore[no-untyped-def]
+    from audit.checks.memorisation import Thresholds
+    from audit.errors import AuditError
+
+    values = {}
+    for field in dataclasses.fields(Thresholds):
+        raw = options.pop(field.name)
+        try:
+            values[field.name] = None if raw == "none" else (int(raw) if "hamming" in field.name else float(raw))
+        except ValueError as e:
+            raise AuditError(f"--{field.name.replace('_', '-')} must be a number or 'none', got {raw!r}") from e
+    return Thresholds(**values)
+
+
+@click.command("match")
+@click.argument("generated", type=click.Path(exists=True))
+@click.option("--against", required=True, type=click.Path(file_okay=False, exists=True),
+              help="The training workspace (hashed, embedded).")
+@click.option("--name", default=None, help="Name of this check (default: GENERATED's folder name).")
+@click.option("--k", type=int, default=_default("match", "k"), show_default=True,
+              help="Candidates per index (embedding and phash).")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="Where memorisation.md/.html go (default reports/<dataset>/).")
+@_threshold_options
+def match_command(generated: str, against: str, **options) -> None:  # type: ignore[no-untyped-def]
+    """Find which generated images copy a training image of workspace --against.
+
+    Example: audit match generated/sample --against indexes/sample --name ddpm
+    """
+    from audit import experiments
+
+    th = _thresholds(options)
+    s = experiments.match(generated, against, thresholds=th, **options)
+    lo, hi = s["replication_ci95"]
+    click.echo(f"{s['generated']} generated images: {s['counts']}; replication rate {s['replication_rate']:.2%} "
+               f"(95% CI {lo:.2%}-{hi:.2%}) -> {against}/memorisation/")
+
+
+@click.command("calibrate")
+@click.argument("ws", type=click.Path(file_okay=False, exists=True))
+@click.option("--n", type=int, default=_default("calibrate", "n"), show_default=True, help="Images to sample.")
+@click.option("--seed", type=int, default=_default("calibrate", "seed"), show_default=True)
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="Where calibration.json/.md/.html go (default reports/<dataset>/).")
+def calibrate_command(ws: str, **options) -> None:  # type: ignore[no-untyped-def]
+    """Measure precision/recall of the copy descriptors on transformed copies of WS's images.
+
+    Example: audit calibrate indexes/sample --n 200 --seed 0
+    """
+    from audit import experiments
+
+    r = experiments.calibrate(ws, **options)
+    rule = r.get("rule", {}).get("pooled", {})
+    click.echo(f"{r['images']} images x {len(r['transforms'])} transforms: the check's rule finds "
+               f"{rule.get('copy_recall', 0):.1%} of copies as copy, {rule.get('near_or_copy_recall', 0):.1%} "
+               f"as copy or near; suggested thresholds {r['suggested']}")
+
+
+@click.command("experiment")
+@click.argument("name", type=click.Choice(["memorisation"]))
+@click.option("--sample", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Sample folder (default: the bundled audit/data/sample).")
+@click.option("--out", type=click.Path(file_okay=False), default=_default("memorisation", "out"), show_default=True)
+@click.option("--quick", is_flag=True, help="A smaller set and fewer steps (a few minutes).")
+@click.option("--seed", type=int, default=_default("memorisation", "seed"), show_default=True)
+def experiment_command(name: str, **options) -> None:  # type: ignore[no-untyped-def]
+    """Train the small DDPM on planted duplicates, then measure what it copied.
+
+    Example: audit experiment memorisation --quick --out reports/experiments/memorisation
+    """
+    from audit import experiments
+
+    s = experiments.memorisation(**options)
+    click.echo(f"replication rate {s['replication_rate']:.2%}; by duplication {s['copied_share_by_duplication']}; "
+               f"MIA AUC members vs held-out {s['mia']['auc_members_vs_heldout']:.3f} -> {options['out']}")
+
+
+COMMANDS = [match_command, calibrate_command, experiment_command]

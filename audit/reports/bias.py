@@ -425,7 +425,8 @@ def model_card_fragment(fig: dict[str, Any]) -> str:
     g = fig["captions"]["gender"]
     s, lang = fig["sources"], fig["language"]
     c = s["concentration"]
-    langs = [x["language"] for x in lang["detected"][:5]]
+    # front matter: languages of at least 5% of captions (the identifier misfires on a few short ones)
+    langs = [x["language"] for x in lang["detected"][:5] if x["share"] >= 0.05]
     occ = [o for o in fig["captions"]["occupations"] if o["with_female"] + o["with_male"] >= 5]
     skew = sorted(
         occ, key=lambda o: abs((o["female_share_of_gendered"] or 0.5) - 0.5), reverse=True
@@ -499,7 +500,8 @@ def model_card_fragment(fig: dict[str, Any]) -> str:
         "Full figures: `bias.md` / `bias.json` in the bias report folder (made by `audit bias`).",
         "",
     ]
-    return "\n".join(front + training + risks)
+    paragraphs = [line for t in training for line in (t, "")]  # one paragraph per statement
+    return "\n".join(front + paragraphs + risks)
 
 
 # -- the generated-image report ----------------------------------------------------------------

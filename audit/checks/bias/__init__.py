@@ -171,7 +171,7 @@ def _figures(
 
 
 def _any(values: list[Any] | None) -> bool:
-    return bool(values) and any(v not in (None, "") for v in values)
+    return values is not None and any(v not in (None, "") for v in values)
 
 
 def _image_embeddings(ws: Workspace, parts: list[Any]) -> list[np.ndarray]:

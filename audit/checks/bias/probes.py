@@ -112,11 +112,15 @@ def run(
                 "prompt": t,
                 "images": int(c),
                 "share": float(c / n),
-                "ci95": stats.bootstrap_cells(counts, lambda d, i=i, n=n: d[:, i] / n, reps, rng),
+                "ci95": stats.bootstrap_cells(counts, _column_share(i, n), reps, rng),
             }
             for i, (t, c) in enumerate(zip(texts, counts, strict=False))
         ]
     return out
+
+
+def _column_share(i: int, n: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda d: d[:, i] / n
 
 
 def _texts(encode_texts: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:

@@ -137,9 +137,7 @@ def quantiles(
     }
 
 
-def histogram(
-    values: np.ndarray, bins: int | Sequence[float] = 30, log: bool = False
-) -> dict[str, list] | None:
+def histogram(values: np.ndarray, bins: Any = 30, log: bool = False) -> dict[str, list] | None:
     """Counts and bin edges (plain lists, for JSON); `log` spaces the bins logarithmically."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]

@@ -1,0 +1,161 @@
+"""Pages for the memorisation check, its calibration and the memorisation experiment.
+
+Reads what `audit match`, `audit calibrate` and `audit experiment memorisation` wrote
+(matches.parquet, summary.json, calibration.json, experiment.json) and renders it; it
+computes nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from audit.images import ImageProblem, decode, read_bytes
+from audit.reports import UNTRAINED_WARNING, Section, save_figure, write_page
+from audit.workspace import Workspace, atomic_write_bytes
+
+PAIRS = 12  # side-by-side pairs shown
+
+
+def _images(ws: Workspace, row_ids: list[int]) -> dict[int, Any]:
+    """PIL images by row_id (unreadable ones left out)."""
+    if not row_ids:
+        return {}
+    con = ws.connect()
+    ids = ",".join(str(int(r)) for r in row_ids)
+    rows = con.execute("SELECT row_id, image_path, image_offset, image_size FROM metadata "
+                       f"WHERE image_status = 'ok' AND row_id IN ({ids})").fetchall()
+    out = {}
+    for rid, path, offset, size in rows:
+        try:
+            out[int(rid)] = decode(read_bytes(path, offset, size))
+        except ImageProblem:
+            continue
+    return out
+
+
+def _pair_png(gen: Any, train: Any, side: int = 128) -> bytes:
+    """generated | training, each scaled to `side` px, on white."""
+    from PIL import Image
+
+    from audit.reports import png_bytes
+
+    strip = Image.new("RGB", (2 * side + 8, side), (255, 255, 255))
+    for i, img in enumerate((gen, train)):
+        if img is not None:
+            img = img.convert("RGB").resize((side, side), Image.Resampling.NEAREST if max(img.size) < side else
+                                            Image.Resampling.LANCZOS)
+            strip.paste(img, (i * (side + 8), 0))
+    return png_bytes(strip)
+
+
+def _histograms(matches: Any, th: dict[str, Any], path: Path, cosine: bool) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = [("tile_distance", "tiled l2 of the best match", ("copy_tile", "near_tile")),
+              ("relative_distance", "relative tiled l2 (Carlini et al.)", ("copy_relative", "near_relative")),
+              ("phash_hamming", "phash Hamming (bits)", ("copy_hamming", "near_hamming"))]
+    if cosine:
+        panels.append(("cosine", "embedding cosine", ("copy_cosine", "near_cosine")))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
+    for ax, (col, label, (copy_key, near_key)) in zip(np.atleast_1d(axes), panels):
+        values = matches[col].dropna().to_numpy(dtype=float)
+        ax.hist(values, bins=30, color="#6a8caf")
+        for key, style in ((copy_key, "-"), (near_key, "--")):
+            if th.get(key) is not None:
+                ax.axvline(th[key], color="#c0392b", linestyle=style, label=f"{key} = {th[key]:.3g}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("generated images")
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
+    """`<out_dir>/memorisation.md|.html` for `WS/memorisation/<name>/`."""
+    import pandas as pd
+
+    train = Workspace.open(ws_root)
+    folder = train.path(f"memorisation/{name}")
+    summary = json.loads((folder / "summary.json").read_text("utf-8"))
+    matches = pd.read_parquet(folder / "matches.parquet")
+    gen = Workspace.open(summary["generated_workspace"])
+    order = {"copy": 0, "near": 1, "novel": 2}
+    top = matches.dropna(subset=["train_row_id"]).assign(o=matches["verdict"].map(order)).sort_values(
+        ["o", "tile_distance"]).head(PAIRS)
+    gen_img = _images(gen, top["generated_row_id"].astype(int).tolist())
+    train_img = _images(train, top["train_row_id"].astype(int).tolist())
+    pairs = []
+    for i, r in enumerate(top.itertuples()):
+        rel = f"memorisation/{name}-pair-{i:02d}.png"
+        atomic_write_bytes(out_dir / rel, _pair_png(gen_img.get(int(r.generated_row_id)),
+                                                    train_img.get(int(r.train_row_id))))
+        ham = "n/a" if pd.isna(r.phash_hamming) else int(r.phash_hamming)
+        pairs.append((rel, f"{r.verdict}: generated {r.generated_key} | training row {int(r.train_row_id)} "
+                           f"({r.train_key}); tile {r.tile_distance:.3f}, relative {r.relative_distance:.2f}, "
+                           f"phash {ham}, cosine {r.cosine:.3f}"))
+    hist = _histograms(matches, summary["thresholds"], out_dir / f"memorisation/{name}-histograms.png",
+                       bool(summary.get("cosine_votes")))
+    lo, hi = summary["replication_ci95"]
+    intro = (f"{summary['generated']} generated images ({summary['generated_workspace']}) matched against "
+             f"{summary['training']}: replication rate (verdict copy) {summary['replication_rate']:.2%} "
+             f"(95% bootstrap interval {lo:.2%} to {hi:.2%}), {summary['training_images_copied']} distinct "
+             "training images copied.")
+    if summary.get("warning"):
+        intro += f" {summary['warning']}. {UNTRAINED_WARNING}"
+    sections = [
+        Section("Verdicts", table=[{"verdict": v, "generated images": c} for v, c in summary["counts"].items()]
+                + [{"verdict": "unreadable / no candidate", "generated images": summary["errors"]}]),
+        Section("Top matches (generated | training)", text="Strongest evidence first.", images=pairs),
+        Section("Best-match scores", text="Red lines: copy (solid) and near (dashed) thresholds.",
+                images=[(str(hist.relative_to(out_dir)), "best-match score distributions")]),
+        Section("How a match is decided", text=_method_text(summary)),
+    ]
+    return write_page(out_dir, "memorisation", f"Memorisation check: {name}", sections, intro)
+
+
+def _method_text(summary: dict[str, Any]) -> str:
+    th = summary["thresholds"]
+    return (
+        f"Candidates: the k={summary['k']} nearest training images by embedding and the k nearest by phash. "
+        "Each candidate is verified with the tiled l2 distance of Carlini et al. (2023) (64x64, 4x4 tiles, max "
+        "of the per-tile RMS difference, 0..1), their relative criterion (distance / (alpha x mean distance to "
+        f"the distinct candidates), alpha={th['alpha']}), phash Hamming distance and embedding cosine "
+        f"(votes: {summary.get('cosine_votes')}).\n\n"
+        "copy = one descriptor past its copy threshold, or two past their near thresholds; near = one past "
+        f"its near threshold. Thresholds: {json.dumps(th)}. Source of the defaults: {summary.get('defaults_source')}."
+        f"\n\nSSCD: {summary.get('sscd')}\n\nInterval: {summary['bootstrap']['method']}, "
+        f"{summary['bootstrap']['reps']} replicates."
+    )
+
+
+def write_calibration_page(out_dir: Path) -> Path:
+    """`<out_dir>/calibration.md|.html` from `<out_dir>/calibration.json`."""
+    r = json.loads((Path(out_dir) / "calibration.json").read_text("utf-8"))
+    keys = ("auc", "best_f1_threshold", "precision_at_best_f1", "recall_at_best_f1", "chance_recall_at_best_f1",
+            "recall_at_p99", "threshold_at_p99")
+    pooled = [{"descriptor": d, **{k: s[k] for k in keys}} for d, s in r["pooled"].items()]
+    per = [{"transform": t, "descriptor": d, **{k: s[k] for k in keys}}
+           for t, ds in r["per_transform"].items() for d, s in ds.items()]
+    rule = [{"transform": t, **v} for t, v in r.get("rule", {}).items()]
+    intro = (f"{r['images']} distinct images of {r['dataset']} (seed {r['seed']}; skipped {r['skipped']}), each "
+             f"put through {len(r['transforms'])} copy transformations: {r['pairs']['positives']} positive and "
+             f"{r['pairs']['negatives']} negative pairs (every other image is a negative, a 1:{r['images'] - 1} "
+             "ratio, so precision is that of a search, not of a balanced test).")
+    if r.get("warning"):
+        intro += f" {r['warning']}."
+    sections = [
+        Section("Pooled over transformations", table=pooled,
+                text="Distances pass when <= threshold, cosine and combined when >=. chance_recall = the share "
+                     "of negatives passing the same threshold."),
+        Section("The check's rule at the thresholds in use", table=rule,
+                text=f"Thresholds in use: {json.dumps(r['in_use'])}\n\nSuggested by this run (copy at >= 99% "
+                     f"precision, near at best F1): {json.dumps(r['suggested'])}"),
+        Section("Per transformation", table=per),
+    ]
+    return write_page(out_dir, "calibration", f"Calibration of the copy descriptors: {r['dataset']}", sections,
+                      intro)
