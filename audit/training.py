@@ -7,9 +7,10 @@ them to the training resolution and hands the array to the `audit.diffusion` isl
 model folder records which rows it was trained on (`training_rows.parquet`), so the
 memorisation check knows the members.
 
-`generate` samples a trained model and writes the images as PNG files plus a LAION-shaped
-`generated.parquet` (key, url = file://..., caption = the prompt, width, height, ...), which
-`audit ingest` reads like any other source.
+`generate` samples a trained model and writes the images as `DIR/generated/<key>.png` plus a
+LAION-shaped `DIR/generated.parquet` (key, url = file://..., caption = the prompt, width,
+height, seed, ...): img2dataset's "files" layout, so `audit ingest WS DIR` reads images and
+metadata together.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from audit.workspace import Workspace, atomic_write_bytes, atomic_write_parquet,
 CONDITIONINGS = ("none", "category")
 KEPT = "optout/kept.parquet"
 NO_CATEGORY = "(none)"
+# generate's layout is img2dataset's "files" output: `generated.parquet` + `generated/<key>.png`,
+# which `audit ingest DIR` (and so `audit match DIR`) reads with every column of the parquet.
+IMAGES = "generated"
 
 
 def square_on_white(img: Any, size: int) -> Any:
@@ -51,7 +55,9 @@ def _selected_rows(ws: Workspace, all_rows: bool) -> tuple[set[int] | None, str]
         )
     import pyarrow.parquet as pq
 
-    return set(pq.read_table(kept, columns=["row_id"]).column("row_id").to_pylist()), f"{KEPT} sha256 {sha256_file(kept)}"
+    return set(
+        pq.read_table(kept, columns=["row_id"]).column("row_id").to_pylist()
+    ), f"{KEPT} sha256 {sha256_file(kept)}"
 
 
 def load_rows(
@@ -67,13 +73,25 @@ def load_rows(
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
     keep, selection = _selected_rows(ws, all_rows)
-    columns = ["row_id", "key", "caption", "source_file", "source_row", "image_path",
-               "image_offset", "image_size", "image_status", "image_sha256"]
+    columns = [
+        "row_id",
+        "key",
+        "caption",
+        "source_file",
+        "source_row",
+        "image_path",
+        "image_offset",
+        "image_size",
+        "image_status",
+        "image_sha256",
+    ]
     images, rows, errors = [], [], []
     for part in parts:
         names = pq.read_schema(ws.path(part.path)).names
         if conditioning == "category" and "category" not in names:
-            raise AuditError(f"{ws.path(part.path)} has no `category` column; use --conditioning none.")
+            raise AuditError(
+                f"{ws.path(part.path)} has no `category` column; use --conditioning none."
+            )
         cols = columns + (["category"] if conditioning == "category" else [])
         table = pq.read_table(ws.path(part.path), columns=cols)
         if keep is not None:
@@ -81,24 +99,37 @@ def load_rows(
         for rec in track(table.to_pylist(), table.num_rows, f"decoding part {part.stem}"):
             try:
                 if rec["image_status"] != "ok" or rec["image_path"] is None:
-                    raise ImageProblem("image_missing", f"row {rec['row_id']} has no usable image ({rec['image_status']})")
+                    raise ImageProblem(
+                        "image_missing",
+                        f"row {rec['row_id']} has no usable image ({rec['image_status']})",
+                    )
                 data = read_bytes(rec["image_path"], rec["image_offset"], rec["image_size"])
                 img = decode(data, DEFAULT_MAX_PIXELS, draft_size=(4 * resolution, 4 * resolution))
             except ImageProblem as p:
-                errors.append({"stage": "train", "row_id": rec["row_id"], "source_file": rec["source_file"],
-                               "source_row": rec["source_row"], "reason": p.reason, "detail": p.detail})
+                errors.append(
+                    {
+                        "stage": "train",
+                        "row_id": rec["row_id"],
+                        "source_file": rec["source_file"],
+                        "source_row": rec["source_row"],
+                        "reason": p.reason,
+                        "detail": p.detail,
+                    }
+                )
                 continue
             images.append(np.asarray(square_on_white(img, resolution), dtype=np.uint8))
             rows.append(rec)
     if not images:
-        raise AuditError(f"no usable images among the selected rows of {ws.root} ({selection}, {len(errors)} failed).")
+        raise AuditError(
+            f"no usable images among the selected rows of {ws.root} ({selection}, {len(errors)} failed)."
+        )
     labels, classes = None, []
     if conditioning == "category":
         # The top level of the category path ("people / bodypart" -> "people"): enough rows per class.
         tops = [(r.get("category") or NO_CATEGORY).split(" / ")[0].strip() for r in rows]
         classes = sorted(set(tops))
         labels = np.array([classes.index(c) for c in tops], dtype=np.int64)
-        for r, c in zip(rows, tops):
+        for r, c in zip(rows, tops, strict=True):
             r["class_label"] = c
     row_ids = np.array([r["row_id"] for r in rows], dtype=np.int64)
     provenance = {
@@ -111,14 +142,16 @@ def load_rows(
         "conditioning": conditioning,
         "classes": classes,
     }
-    keep_cols = ["row_id", "key", "caption", "image_sha256"] + (["category", "class_label"] if labels is not None else [])
+    keep_cols = ["row_id", "key", "caption", "image_sha256"] + (
+        ["category", "class_label"] if labels is not None else []
+    )
     table = pa.Table.from_pylist([{c: r[c] for c in keep_cols} for r in rows])
     if labels is not None:
         table = table.append_column("label", pa.array(labels, pa.int64()))
     return np.stack(images), labels, table, errors, provenance
 
 
-def train(
+def train_on_workspace(
     ws_root: str | Path,
     out: str | Path,
     resolution: int = 32,
@@ -134,13 +167,15 @@ def train(
 ) -> dict[str, Any]:
     """Train the small DDPM on a workspace's consented rows; resume if `out` holds a checkpoint.
 
-    >>> train("indexes/sample", "models/sample", steps=3000)  # doctest: +SKIP
+    >>> train_on_workspace("indexes/sample", "models/sample", steps=3000)  # doctest: +SKIP
     """
     from audit import diffusion
 
     if resolution not in (32, 64):
         raise AuditError(f"resolution must be 32 or 64, got {resolution}.")
-    images, labels, rows, errors, provenance = load_rows(ws_root, resolution, conditioning, all_rows)
+    images, labels, rows, errors, provenance = load_rows(
+        ws_root, resolution, conditioning, all_rows
+    )
     out = Path(out)
     atomic_write_parquet(out / "training_rows.parquet", rows)
     if errors:
@@ -148,28 +183,48 @@ def train(
     classes = provenance.pop("classes")
     # 64x64 gets one more level so attention still runs at 8x8.
     mults = (1, 2, 2) if resolution == 32 else (1, 2, 2, 2)
-    model = diffusion.ModelConfig(resolution=resolution, base_channels=32, channel_mults=mults,
-                                  attention_resolution=8, num_classes=len(classes))
-    config = diffusion.TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                                   checkpoint_every=checkpoint_every, sample_grid=sample_grid, model=model, classes=classes,
-                                   data=provenance)
+    model = diffusion.ModelConfig(
+        resolution=resolution,
+        base_channels=32,
+        channel_mults=mults,
+        attention_resolution=8,
+        num_classes=len(classes),
+    )
+    config = diffusion.TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        checkpoint_every=checkpoint_every,
+        sample_grid=sample_grid,
+        model=model,
+        classes=classes,
+        data=provenance,
+    )
     summary = diffusion.train(images, labels, config, out, progress=track)
     summary.update(rows=provenance["rows"], skipped=len(errors), classes=len(classes))
     return summary
 
 
-def _jobs(config: dict[str, Any], class_label: list[str] | None, prompts: str | Path | None) -> list[dict[str, Any]]:
+def _jobs(
+    config: dict[str, Any], class_label: list[str] | None, prompts: str | Path | None
+) -> list[dict[str, Any]]:
     """One entry per group of images: caption, prompt, class name and class id (None = no class)."""
     classes = list(config.get("classes") or [])
 
     def class_id(value: str) -> int:
         if not classes:
-            raise AuditError("this model was trained without classes (--conditioning none); drop --class-label.")
+            raise AuditError(
+                "this model was trained without classes (--conditioning none); drop --class-label."
+            )
         if value in classes:
             return classes.index(value)
         if value.isdigit() and int(value) < len(classes):
             return int(value)
-        raise AuditError(f"class label '{value}' is not one of the model's classes: {', '.join(classes)}.")
+        raise AuditError(
+            f"class label '{value}' is not one of the model's classes: {', '.join(classes)}."
+        )
 
     if prompts is not None:
         import pandas as pd
@@ -179,17 +234,27 @@ def _jobs(config: dict[str, Any], class_label: list[str] | None, prompts: str | 
         except (OSError, ValueError) as e:
             raise AuditError(f"cannot read prompts table {prompts}: {e}") from e
         if "prompt" not in table.columns:
-            raise AuditError(f"{prompts} needs a `prompt` column (optional: `class_label`); found {list(table.columns)}.")
+            raise AuditError(
+                f"{prompts} needs a `prompt` column (optional: `class_label`); found {list(table.columns)}."
+            )
         jobs = []
         for rec in table.to_dict("records"):
             label = rec.get("class_label") or None
             cid = class_id(label) if label else None
-            jobs.append({"caption": rec["prompt"], "prompt": rec["prompt"],
-                         "class_label": classes[cid] if cid is not None else None, "class_id": cid})
+            jobs.append(
+                {
+                    "caption": rec["prompt"],
+                    "prompt": rec["prompt"],
+                    "class_label": classes[cid] if cid is not None else None,
+                    "class_id": cid,
+                }
+            )
         return jobs
     if class_label:
-        return [{"caption": classes[c], "prompt": None, "class_label": classes[c], "class_id": c}
-                for c in map(class_id, class_label)]
+        return [
+            {"caption": classes[c], "prompt": None, "class_label": classes[c], "class_id": c}
+            for c in map(class_id, class_label)
+        ]
     return [{"caption": "", "prompt": None, "class_label": None, "class_id": None}]
 
 
@@ -223,37 +288,83 @@ def generate(
     model_dir, out = Path(model), Path(out)
     weights = model_dir / "model.safetensors"
     if not weights.exists():
-        raise AuditError(f"{weights} does not exist. Train a model first: audit train WS --out {model_dir}")
+        raise AuditError(
+            f"{weights} does not exist. Train a model first: audit train WS --out {model_dir}"
+        )
     _clear_previous(out)
     net, schedule, config = diffusion.load(model_dir, device=device)
     jobs = _jobs(config, class_label, prompts)
     per_image = [job for job in jobs for _ in range(n)]
     k = net.config.num_classes
     labels = [k if j["class_id"] is None else j["class_id"] for j in per_image] if k else None
-    images = diffusion.sample(net, schedule, len(per_image), seed=seed, sampler=sampler, steps=steps,
-                              eta=eta, class_labels=labels, guidance_scale=guidance_scale)
+    images = diffusion.sample(
+        net,
+        schedule,
+        len(per_image),
+        seed=seed,
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        class_labels=labels,
+        guidance_scale=guidance_scale,
+    )
     model_sha = sha256_file(weights)
     rows = []
-    for i, (img, job) in enumerate(zip(track(images, len(images), "writing images"), per_image)):
-        name = f"{i:06d}.png"
+    for i, (img, job) in enumerate(
+        zip(track(images, len(images), "writing images"), per_image, strict=True)
+    ):
+        name = f"{IMAGES}/{i:06d}.png"
         buf = io.BytesIO()
         Image.fromarray(np.asarray(img)).save(buf, format="PNG")
         atomic_write_bytes(out / name, buf.getvalue())
-        rows.append({"key": f"{i:06d}", "url": (out / name).resolve().as_uri(), "caption": job["caption"],
-                     "width": int(img.shape[1]), "height": int(img.shape[0]), "file": name, "seed": seed + i,
-                     "sampler": sampler, "steps": steps, "eta": eta, "guidance_scale": guidance_scale,
-                     "class_label": job["class_label"], "prompt": job["prompt"],
-                     "model_path": str(model_dir.resolve()), "model_sha256": model_sha,
-                     "model_step": int(config.get("step", 0))})
-    schema = pa.schema([("key", pa.string()), ("url", pa.string()), ("caption", pa.string()),
-                        ("width", pa.int32()), ("height", pa.int32()), ("file", pa.string()),
-                        ("seed", pa.int64()), ("sampler", pa.string()), ("steps", pa.int32()),
-                        ("eta", pa.float32()), ("guidance_scale", pa.float32()), ("class_label", pa.string()),
-                        ("prompt", pa.string()), ("model_path", pa.string()), ("model_sha256", pa.string()),
-                        ("model_step", pa.int64())])
+        rows.append(
+            {
+                "key": f"{i:06d}",
+                "url": (out / name).resolve().as_uri(),
+                "caption": job["caption"],
+                "width": int(img.shape[1]),
+                "height": int(img.shape[0]),
+                "file": name,
+                "seed": seed + i,
+                "sampler": sampler,
+                "steps": steps,
+                "eta": eta,
+                "guidance_scale": guidance_scale,
+                "class_label": job["class_label"],
+                "prompt": job["prompt"],
+                "model_path": str(model_dir.resolve()),
+                "model_sha256": model_sha,
+                "model_step": int(config.get("step", 0)),
+            }
+        )
+    schema = pa.schema(
+        [
+            ("key", pa.string()),
+            ("url", pa.string()),
+            ("caption", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("file", pa.string()),
+            ("seed", pa.int64()),
+            ("sampler", pa.string()),
+            ("steps", pa.int32()),
+            ("eta", pa.float32()),
+            ("guidance_scale", pa.float32()),
+            ("class_label", pa.string()),
+            ("prompt", pa.string()),
+            ("model_path", pa.string()),
+            ("model_sha256", pa.string()),
+            ("model_step", pa.int64()),
+        ]
+    )
     atomic_write_parquet(out / "generated.parquet", pa.Table.from_pylist(rows, schema=schema))
-    return {"images": len(rows), "out": str(out), "sampler": sampler, "steps": steps,
-            "model_step": int(config.get("step", 0))}
+    return {
+        "images": len(rows),
+        "out": str(out),
+        "sampler": sampler,
+        "steps": steps,
+        "model_step": int(config.get("step", 0)),
+    }
 
 
 def _clear_previous(out: Path) -> None:
@@ -264,7 +375,11 @@ def _clear_previous(out: Path) -> None:
         return
     previous = out / "generated.parquet"
     if not previous.exists():
-        raise AuditError(f"{out} is not empty and holds no generated.parquet; pass a new or empty --out folder.")
+        raise AuditError(
+            f"{out} is not empty and holds no generated.parquet; pass a new or empty --out folder."
+        )
     for name in pq.read_table(previous, columns=["file"]).column("file").to_pylist():
         (out / name).unlink(missing_ok=True)
     previous.unlink()
+    if (out / IMAGES).is_dir() and not any((out / IMAGES).iterdir()):
+        (out / IMAGES).rmdir()

@@ -33,8 +33,14 @@ def test_timestep_embedding_golden():
     assert torch.allclose(e[1], torch.tensor(expected), atol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", [TINY, ModelConfig(resolution=32, base_channels=8, num_classes=3),
-                                 ModelConfig(resolution=64, base_channels=8, channel_mults=(1, 2, 2, 2))])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TINY,
+        ModelConfig(resolution=32, base_channels=8, num_classes=3),
+        ModelConfig(resolution=64, base_channels=8, channel_mults=(1, 2, 2, 2)),
+    ],
+)
 def test_unet_keeps_the_shape_and_starts_at_zero(cfg):
     torch.manual_seed(0)
     model = UNet(cfg)
@@ -93,9 +99,13 @@ def test_per_example_loss_is_reproducible_and_shaped():
     a = diffusion.per_example_loss(model, schedule, imgs, timesteps=(10, 500), seed=3)
     b = diffusion.per_example_loss(model, schedule, imgs, timesteps=(10, 500), seed=3, batch_size=2)
     assert a.shape == (5,) and np.allclose(a, b)
-    full = diffusion.per_example_loss(model, schedule, imgs, timesteps=(10, 500), seed=3, reduce="none")
+    full = diffusion.per_example_loss(
+        model, schedule, imgs, timesteps=(10, 500), seed=3, reduce="none"
+    )
     assert full.shape == (5, 2) and np.allclose(full.mean(1), a)
     # One image scored alone gets the same loss as inside a batch (fixed noise per timestep).
-    assert np.allclose(diffusion.per_example_loss(model, schedule, imgs[2:3], timesteps=(10, 500), seed=3), a[2])
+    assert np.allclose(
+        diffusion.per_example_loss(model, schedule, imgs[2:3], timesteps=(10, 500), seed=3), a[2]
+    )
     with pytest.raises(AuditError, match="needs 16x16"):
         diffusion.per_example_loss(model, schedule, np.zeros((1, 32, 32, 3), np.uint8))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -22,7 +23,9 @@ def test_linear_betas_endpoints_and_cumprod():
     assert 1e-5 < s.alphas_cumprod[-1].item() < 1e-4
     # Another T keeps the same total noise roughly (betas scaled by 1000/T).
     s250 = Schedule(ScheduleConfig(timesteps=250, beta_schedule="linear"))
-    assert s250.betas[0].item() == pytest.approx(4e-4) and s250.betas[-1].item() == pytest.approx(0.08)
+    assert s250.betas[0].item() == pytest.approx(4e-4) and s250.betas[-1].item() == pytest.approx(
+        0.08
+    )
 
 
 def test_cosine_schedule_matches_nichol_dhariwal():
@@ -63,13 +66,20 @@ def test_q_sample_closed_form():
     out = s.q_sample(x0, t, noise)
     for i in range(2):
         a = s.alphas_cumprod[t[i]].item()
-        assert out[i].flatten()[0].item() == pytest.approx(math.sqrt(a) * 0.5 - math.sqrt(1 - a), abs=1e-6)
+        assert out[i].flatten()[0].item() == pytest.approx(
+            math.sqrt(a) * 0.5 - math.sqrt(1 - a), abs=1e-6
+        )
 
 
 def test_timestep_sequence_and_bad_arguments():
     s = Schedule(ScheduleConfig(timesteps=1000))
     seq = s.timestep_sequence(50)
-    assert len(seq) == 50 and seq[0] == 999 and seq[-1] == 0 and all(a > b for a, b in zip(seq, seq[1:]))
+    assert (
+        len(seq) == 50
+        and seq[0] == 999
+        and seq[-1] == 0
+        and all(a > b for a, b in itertools.pairwise(seq))
+    )
     assert s.timestep_sequence(1000) == list(range(999, -1, -1))
     with pytest.raises(AuditError, match="steps must be"):
         s.timestep_sequence(0)
@@ -123,7 +133,9 @@ def _analytic_chain(s: Schedule, sd: float, steps: int, stochastic: bool) -> tup
         a_prev = abar[seq[i + 1]]
         if stochastic:  # DDPM on the respaced chain (Nichol & Dhariwal sec. 4, Ho eq. 7)
             beta = 1 - a / a_prev
-            m = beta * math.sqrt(a_prev) / (1 - a) * x0_coef + (1 - a_prev) * math.sqrt(1 - beta) / (1 - a)
+            m = beta * math.sqrt(a_prev) / (1 - a) * x0_coef + (1 - a_prev) * math.sqrt(
+                1 - beta
+            ) / (1 - a)
             noise_var = beta * (1 - a_prev) / (1 - a)
         else:  # DDIM eta=0 (Song et al. eq. 12)
             eps_coef = math.sqrt(1 - a) / v

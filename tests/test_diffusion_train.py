@@ -21,7 +21,9 @@ from audit import diffusion
 from audit.errors import AuditError
 
 train_module = importlib.import_module("audit.diffusion.train")  # the module, not the function
-TINY = diffusion.ModelConfig(resolution=16, base_channels=8, channel_mults=(1, 2), attention_resolution=8)
+TINY = diffusion.ModelConfig(
+    resolution=16, base_channels=8, channel_mults=(1, 2), attention_resolution=8
+)
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +45,16 @@ def images(n: int = 6, seed: int = 0) -> np.ndarray:
 
 
 def config(**kw) -> diffusion.TrainConfig:
-    base = dict(steps=6, batch_size=4, lr=1e-3, warmup_steps=2, checkpoint_every=3, sample_grid=0,
-                model=TINY, schedule=diffusion.ScheduleConfig(timesteps=100))
+    base = dict(
+        steps=6,
+        batch_size=4,
+        lr=1e-3,
+        warmup_steps=2,
+        checkpoint_every=3,
+        sample_grid=0,
+        model=TINY,
+        schedule=diffusion.ScheduleConfig(timesteps=100),
+    )
     base.update(kw)
     return diffusion.TrainConfig(**base)
 
@@ -67,14 +77,24 @@ def test_model_folder_holds_everything(tmp_path):
         assert (out / name).stat().st_size > 0, name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["step"] == 6 and cfg["lr"] == 1e-3 and cfg["batch_size"] == 4 and cfg["seed"] == 0
-    assert cfg["model"]["base_channels"] == 8 and cfg["schedule"] == {"timesteps": 100, "beta_schedule": "cosine"}
+    assert cfg["model"]["base_channels"] == 8 and cfg["schedule"] == {
+        "timesteps": 100,
+        "beta_schedule": "cosine",
+    }
     assert cfg["data"]["images"] == 6 and len(cfg["data"]["images_sha256"]) == 64
     rows = list(csv.DictReader(open(out / "train_log.csv")))
     assert [int(r["step"]) for r in rows] == list(range(1, 7))
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000006"]  # older ones pruned
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [
+        "step-0000006"
+    ]  # older ones pruned
     assert not any(p.name.startswith(".tmp") for p in out.rglob("*"))
     # No pickles anywhere: only safetensors, json, csv, png.
-    assert {p.suffix for p in out.rglob("*") if p.is_file()} <= {".safetensors", ".json", ".csv", ".png"}
+    assert {p.suffix for p in out.rglob("*") if p.is_file()} <= {
+        ".safetensors",
+        ".json",
+        ".csv",
+        ".png",
+    }
 
 
 def test_save_and_load_give_identical_samples(tmp_path):
@@ -93,7 +113,9 @@ def test_save_and_load_give_identical_samples(tmp_path):
     b = diffusion.sample(model, schedule, 2, seed=6, steps=8, batch_size=1)
     assert np.array_equal(a[1:], b)
     ddpm = diffusion.sample(model, schedule, 3, seed=5, steps=8, sampler="ddpm")
-    assert np.array_equal(ddpm, diffusion.sample(model, schedule, 3, seed=5, steps=8, sampler="ddpm"))
+    assert np.array_equal(
+        ddpm, diffusion.sample(model, schedule, 3, seed=5, steps=8, sampler="ddpm")
+    )
 
 
 def test_resume_after_a_kill_equals_uninterrupted_training(tmp_path, monkeypatch):
@@ -122,7 +144,9 @@ def test_resume_after_a_kill_equals_uninterrupted_training(tmp_path, monkeypatch
     state = "checkpoints/step-0000006/training_state.safetensors"
     assert_same_weights(load_file(str(whole / state)), load_file(str(killed / state)))
     losses = [[r["step"], r["loss"]] for r in csv.DictReader(open(whole / "train_log.csv"))]
-    assert losses == [[r["step"], r["loss"]] for r in csv.DictReader(open(killed / "train_log.csv"))]
+    assert losses == [
+        [r["step"], r["loss"]] for r in csv.DictReader(open(killed / "train_log.csv"))
+    ]
 
 
 def test_more_steps_continue_a_finished_run(tmp_path):
@@ -159,7 +183,9 @@ def test_class_conditioned_training_and_bad_inputs(tmp_path):
     with pytest.raises(AuditError, match="class labels must be in 0..1"):
         diffusion.sample(model, schedule, 1, class_labels=[7])
     with pytest.raises(AuditError, match="labels must be"):
-        diffusion.train(images(), np.array([0, 1, 2, 0, 1, 2]), config(model=cond, steps=1), tmp_path / "bad")
+        diffusion.train(
+            images(), np.array([0, 1, 2, 0, 1, 2]), config(model=cond, steps=1), tmp_path / "bad"
+        )
     with pytest.raises(AuditError, match="uint8"):
         diffusion.train(images().astype(np.float32), None, config(), tmp_path / "bad2")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import synthetic_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,6 @@ from audit.checks.memorisation import (
     tile_distances,
     to_pixels,
 )
-from conftest import synthetic_image
 
 
 def test_tile_distance_identical_is_zero_and_symmetric():

@@ -53,7 +53,10 @@ def test_rfc9309_longest_match() -> None:
 
 
 def test_allow_wins_a_tie_and_order_does_not_matter() -> None:
-    for body in (b"User-agent: *\nDisallow: /page\nAllow: /page\n", b"User-agent: *\nAllow: /page\nDisallow: /page\n"):
+    for body in (
+        b"User-agent: *\nDisallow: /page\nAllow: /page\n",
+        b"User-agent: *\nAllow: /page\nDisallow: /page\n",
+    ):
         assert allowed(body, "x", "/page") is True
     body = b"User-agent: *\nAllow: /$\nDisallow: /\n"
     assert allowed(body, "x", "/") is True and allowed(body, "x", "/page.htm") is False
@@ -120,9 +123,17 @@ def test_evidence_quotes_the_deciding_line() -> None:
 
 @pytest.mark.parametrize(
     "status,expected,word",
-    [(200, True, ""), (301, True, "unavailable"), (404, True, "unavailable"), (410, True, "unavailable"),
-     (429, False, "429"), (500, False, "unreachable"), (503, False, "unreachable"), (0, False, "network"),
-     (None, None, "not fetched")],
+    [
+        (200, True, ""),
+        (301, True, "unavailable"),
+        (404, True, "unavailable"),
+        (410, True, "unavailable"),
+        (429, False, "429"),
+        (500, False, "unreachable"),
+        (503, False, "unreachable"),
+        (0, False, "network"),
+        (None, None, "not fetched"),
+    ],
 )
 def test_status_codes_follow_rfc9309(status: int | None, expected: bool | None, word: str) -> None:
     rf = robots.from_status(status, b"")
@@ -133,10 +144,14 @@ def test_status_codes_follow_rfc9309(status: int | None, expected: bool | None, 
 def test_signals_scope_and_uses() -> None:
     url = "https://Example.com/images/cat.jpg"
     sigs = robots.signals(robots.parse(b"User-agent: GPTBot\nDisallow: /images/\n"), url)
-    assert [(s.state, s.agent, s.uses) for s in sigs] == [("reserved", "GPTBot", ("genai_training", "ai_training"))]
+    assert [(s.state, s.agent, s.uses) for s in sigs] == [
+        ("reserved", "GPTBot", ("genai_training", "ai_training"))
+    ]
     assert sigs[0].location == "https://example.com/robots.txt"
     star = robots.signals(robots.parse(b"User-agent: *\nDisallow: /\n"), url)
-    assert [(s.state, s.agent, s.uses) for s in star] == [("reserved", "*", USES)]  # one signal, not one per agent
+    assert [(s.state, s.agent, s.uses) for s in star] == [
+        ("reserved", "*", USES)
+    ]  # one signal, not one per agent
     mine = robots.signals(robots.parse(f"User-agent: {AUDIT_AGENT}\nDisallow: /\n".encode()), url)
     assert [(s.agent, s.uses) for s in mine] == [(AUDIT_AGENT, USES)]
     other = robots.signals(robots.parse(b"User-agent: Googlebot\nDisallow: /\n"), url)
@@ -154,9 +169,15 @@ def test_signals_from_status_and_bad_urls() -> None:
 
 def test_content_signal_and_content_usage_lines_in_the_chosen_group() -> None:
     body = b"User-agent: *\nContent-Signal: search=yes, ai-train=no\nAllow: /\n\nUser-agent: GPTBot\nContent-Usage: /img/ train-ai=n\n"
-    sigs = robots.signals(robots.parse(body), "https://a.example/img/x.jpg", agents=["CCBot", "GPTBot"])
+    sigs = robots.signals(
+        robots.parse(body), "https://a.example/img/x.jpg", agents=["CCBot", "GPTBot"]
+    )
     got = {(s.signal, s.state, s.agent) for s in sigs}
-    assert ("content-signal", "reserved", "*") in got and ("content-usage", "reserved", "gptbot") in got
+    assert ("content-signal", "reserved", "*") in got and (
+        "content-usage",
+        "reserved",
+        "gptbot",
+    ) in got
     elsewhere = robots.signals(robots.parse(body), "https://a.example/doc/x.jpg", agents=["GPTBot"])
     assert not any(s.signal == "content-usage" for s in elsewhere)
 
@@ -167,10 +188,18 @@ SPAWNING = b"# Spawning AI\nUser-Agent: *\nDisallow: *.jpg\nDisallow: *.png\nAll
 
 def test_aitxt_file_patterns_case_insensitive() -> None:
     rf = robots.parse_aitxt(SPAWNING)
-    for path, ok in [("/a/b.jpg", False), ("/IMG_1.JPG", False), ("/x.png?w=10", False), ("/notes.txt", True), ("/a.gif", True)]:
+    for path, ok in [
+        ("/a/b.jpg", False),
+        ("/IMG_1.JPG", False),
+        ("/x.png?w=10", False),
+        ("/notes.txt", True),
+        ("/a.gif", True),
+    ]:
         assert rf.check("img2dataset", path)[0] is ok, path
     sigs = robots.aitxt_signals(rf, "https://a.example/IMG_1.JPG")
-    assert [(s.signal, s.state, s.agent, s.uses) for s in sigs] == [("ai.txt", "reserved", "*", ("genai_training", "ai_training"))]
+    assert [(s.signal, s.state, s.agent, s.uses) for s in sigs] == [
+        ("ai.txt", "reserved", "*", ("genai_training", "ai_training"))
+    ]
     assert robots.parse_aitxt(b"User-agent: *\nDisallow: /\n").check("x", "/ai.txt")[0] is False
 
 
@@ -184,12 +213,18 @@ def test_aitxt_statuses() -> None:
 
 # --- hostile input ----------------------------------------------------------------------------
 def test_20_mib_robots_txt_is_capped_and_fast() -> None:
-    body = b"User-agent: *\n" + b"Disallow: /aaaaaaaaaaaaaaaaaaaaaa\n" * (20 * 1024 * 1024 // 33) + b"Disallow: /late\n"
+    body = (
+        b"User-agent: *\n"
+        + b"Disallow: /aaaaaaaaaaaaaaaaaaaaaa\n" * (20 * 1024 * 1024 // 33)
+        + b"Disallow: /late\n"
+    )
     start = time.perf_counter()
     rf = robots.parse(body)
     ok, evidence = rf.check("GPTBot", "/late")
     assert time.perf_counter() - start < 2.0
-    assert rf.truncated and ok is True and "truncated" in evidence  # the rule past 500 KiB is not read
+    assert (
+        rf.truncated and ok is True and "truncated" in evidence
+    )  # the rule past 500 KiB is not read
 
 
 def test_truncation_drops_the_cut_line() -> None:
@@ -218,8 +253,11 @@ def _reference(pattern: str, path: str) -> bool:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text("ab/*", min_size=1, max_size=8).map(lambda s: "/" + s) | st.text("ab/*", max_size=8).map(lambda s: "/" + s + "$"),
-       st.text("ab/", max_size=12).map(lambda s: "/" + s))
+@given(
+    st.text("ab/*", min_size=1, max_size=8).map(lambda s: "/" + s)
+    | st.text("ab/*", max_size=8).map(lambda s: "/" + s + "$"),
+    st.text("ab/", max_size=12).map(lambda s: "/" + s),
+)
 def test_linear_matcher_agrees_with_a_regex_reference(pattern: str, path: str) -> None:
     body = f"User-agent: *\nDisallow: {pattern}\n".encode()
     assert (allowed(body, "x", path) is False) == _reference(pattern, path)

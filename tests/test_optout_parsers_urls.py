@@ -18,10 +18,16 @@ from audit.optouts import urls
         ("https://example.com:443/a", "https://example.com/a"),
         ("https://example.com:8443/a", "https://example.com:8443/a"),
         ("http://example.com/%7Euser/%41", "http://example.com/~user/A"),  # unreserved decoded
-        ("http://example.com/a%2fb", "http://example.com/a%2Fb"),  # reserved kept encoded, hex upper-cased
+        (
+            "http://example.com/a%2fb",
+            "http://example.com/a%2Fb",
+        ),  # reserved kept encoded, hex upper-cased
         ("http://example.com/a b/é", "http://example.com/a%20b/%C3%A9"),
         ("http://example.com/a/./b/../c", "http://example.com/a/c"),
-        ("http://example.com/x?b=%e2%98%83#frag", "http://example.com/x?b=%E2%98%83"),  # fragment dropped
+        (
+            "http://example.com/x?b=%e2%98%83#frag",
+            "http://example.com/x?b=%E2%98%83",
+        ),  # fragment dropped
         ("http://Bücher.example/", "http://xn--bcher-kva.example/"),  # IDNA
         ("http://example.com./", "http://example.com/"),
         ("http://example.com/100%", "http://example.com/100%25"),
@@ -32,9 +38,22 @@ def test_normalise(raw: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "example.com/x", "/relative/path", "http://", "http://exa mple.com/", "http://a.com:99999/",
-            "http://a.com:port/", "http://[::1/", "mailto:someone@example.com", "http://a\x00b.com/", None, 42,
-            "http://" + "a" * 64 + ".com/"],
+    "bad",
+    [
+        "",
+        "example.com/x",
+        "/relative/path",
+        "http://",
+        "http://exa mple.com/",
+        "http://a.com:99999/",
+        "http://a.com:port/",
+        "http://[::1/",
+        "mailto:someone@example.com",
+        "http://a\x00b.com/",
+        None,
+        42,
+        "http://" + "a" * 64 + ".com/",
+    ],
 )
 def test_malformed_urls_give_none(bad: object) -> None:
     assert urls.normalise(bad) is None  # type: ignore[arg-type]
@@ -51,10 +70,17 @@ def test_host_origin_path() -> None:
 
 @pytest.mark.parametrize(
     "host,domain,expected",
-    [("example.com", "example.com", True), ("a.example.com", "example.com", True),
-     ("A.B.Example.COM.", "example.com", True), ("badexample.com", "example.com", False),
-     ("example.com", "a.example.com", False), ("example.com.evil.net", "example.com", False),
-     ("xn--bcher-kva.example", "bücher.example", True), ("", "example.com", False), (None, "x.com", False)],
+    [
+        ("example.com", "example.com", True),
+        ("a.example.com", "example.com", True),
+        ("A.B.Example.COM.", "example.com", True),
+        ("badexample.com", "example.com", False),
+        ("example.com", "a.example.com", False),
+        ("example.com.evil.net", "example.com", False),
+        ("xn--bcher-kva.example", "bücher.example", True),
+        ("", "example.com", False),
+        (None, "x.com", False),
+    ],
 )
 def test_domain_matches(host: str, domain: str, expected: bool) -> None:
     assert urls.domain_matches(host, domain) is expected
@@ -62,7 +88,11 @@ def test_domain_matches(host: str, domain: str, expected: bool) -> None:
 
 _url_text = st.one_of(
     st.text(max_size=60),
-    st.builds(lambda h, p: f"http://{h}/{p}", st.from_regex(r"[a-zA-Z0-9.-]{1,20}", fullmatch=True), st.text(max_size=40)),
+    st.builds(
+        lambda h, p: f"http://{h}/{p}",
+        st.from_regex(r"[a-zA-Z0-9.-]{1,20}", fullmatch=True),
+        st.text(max_size=40),
+    ),
 )
 
 

@@ -226,7 +226,6 @@ def calibrate(images: list[Any], descriptors: Descriptors, seed: int = 0,
 
 def _rule_stats(codes: Any, eye: Any) -> dict[str, float]:
     """Recall and false-positive rate of the verdicts `copy` and `copy or near` on one transform."""
-    import numpy as np
 
     copy, flagged = codes == 0, codes <= 1
     # precision at the search's base rate: among pairs flagged, how many are the true original

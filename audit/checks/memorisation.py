@@ -10,9 +10,10 @@ pair with three descriptors and decide per generated image:
   of the tile's root-mean-square difference, so 0 = identical and 1 = black vs white. The
   max makes one copied-and-altered region count, where a whole-image l2 would average it
   away. Their *relative* criterion divides by alpha times the mean distance to the n
-  nearest training images (alpha = 0.5): a copy must be much closer than its neighbours.
-  We compute it over the verified candidates (n <= 2k, duplicates by sha256 collapsed so a
-  duplicated image does not hide its own copy) and apply it only when asked (`relative`).
+  nearest training images (alpha = 0.5): a copy must be much closer than its neighbours,
+  which is what keeps a plain or mostly-white picture from "copying" every other one. We
+  take the mean over the verified candidates (n <= 2k), duplicates by sha256 collapsed so
+  a duplicated image does not hide its own copy.
 - *phash Hamming distance* (64 bits): robust to rescaling and JPEG, not to flips or crops.
 - *embedding cosine*: the workspace's own model. Somepalli et al. (2023, "Diffusion Art or
   Digital Forgery?") count a replication at SSCD similarity >= 0.5 and found 1.88% of their
@@ -20,11 +21,13 @@ pair with three descriptors and decide per generated image:
   not available offline, so it is *not* used here and CLIP cosine stands in. With
   untrained weights the cosine carries no meaning and does not vote.
 
-Verdict: `copy` when the tile distance is at most `copy_tile`, or when two descriptors
-each pass their copy threshold; `near` when any descriptor passes its near threshold;
-`novel` otherwise. The default thresholds were measured with `audit calibrate` (see
-`DEFAULTS_SOURCE` and README), not copied from the papers, whose descriptors and image
-sizes differ from ours.
+Verdict, per candidate, keeping the strongest: `copy` when one descriptor passes its copy
+threshold or two pass their near thresholds; `near` when one passes its near threshold;
+`novel` otherwise. Defaults were measured with `audit calibrate` on the bundled clip-art
+sample (`DEFAULTS_SOURCE`): copy thresholds keep >= 99% precision with every other image as
+a negative, near thresholds maximise F1. They are not the papers' numbers (Carlini et al.
+threshold their own image sizes; Somepalli et al.'s 0.5 is an SSCD similarity), and on
+another kind of data `audit calibrate` should be re-run.
 """
 
 from __future__ import annotations
@@ -65,12 +68,17 @@ class Thresholds:
     near_relative: float | None = 1.5
     copy_hamming: int | None = None  # phash alone never reached 99% precision in calibration
     near_hamming: int | None = 6
+    # Not calibrated: no real weights offline, and random weights do not vote. With real
+    # weights, run `audit calibrate` and pass its suggested cosine thresholds.
     copy_cosine: float | None = 0.95
     near_cosine: float | None = 0.90
     alpha: float = 0.5  # Carlini et al.'s relative criterion: d / (alpha * mean of the n nearest)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DEFAULT_THRESHOLDS = Thresholds()
 
 
 # -- descriptors on arrays -------------------------------------------------------------------
@@ -266,7 +274,7 @@ def check(
     search_hashes: SearchHashes,
     out_dir: str | Path,
     k: int = 10,
-    thresholds: Thresholds = Thresholds(),
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
     reps: int = 2000,
     seed: int = 0,
     chunk: int = 256,
@@ -347,14 +355,14 @@ def _verify(i: int, cand: list[int], gen_px: dict, train_px: dict, gen_emb: Any,
         return row
     c = np.asarray(cand, np.int64)
     ok_px = [not isinstance(train_px.get(r), ImageProblem) for r in cand]
-    px = np.stack([train_px[r] if ok else np.zeros_like(g) for r, ok in zip(cand, ok_px)])
+    px = np.stack([train_px[r] if ok else np.zeros_like(g) for r, ok in zip(cand, ok_px, strict=True)])
     tile = np.where(ok_px, tile_distances(np.broadcast_to(g, px.shape), px), np.nan)
     hams = hamming(gen_codes[i][None, :], train_codes[c]).astype(np.float64)
     hams[~(train_ok[c] & gen_ok[i])] = np.nan
     cos = train_emb[c] @ gen_emb[i]
     # duplicates (same sha256) collapse to one neighbour, so a duplicated image does not hide its copy
     distinct: dict[Any, float] = {}
-    for r, d in zip(cand, tile):
+    for r, d in zip(cand, tile, strict=True):
         if np.isfinite(d):
             distinct[sha.get(r) or r] = min(distinct.get(sha.get(r) or r, np.inf), float(d))
     rel = relative_distances(tile, list(distinct.values()), th.alpha)

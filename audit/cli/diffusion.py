@@ -11,25 +11,59 @@ def _default(name: str):  # type: ignore[no-untyped-def]
     """Defaults live in the library signature; read them from there (without importing torch)."""
     from audit import training
 
-    fn = training.train if name.startswith("train.") else training.generate
+    fn = training.train_on_workspace if name.startswith("train.") else training.generate
     return inspect.signature(fn).parameters[name.split(".", 1)[1]].default
 
 
 @click.command("train")
 @click.argument("ws_root", metavar="WS", type=click.Path(file_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder, e.g. models/NAME.")
-@click.option("--resolution", type=click.Choice(["32", "64"]), default=str(_default("train.resolution")), show_default=True)
-@click.option("--steps", type=int, default=_default("train.steps"), show_default=True, help="Optimizer steps in total.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Model folder, e.g. models/NAME."
+)
+@click.option(
+    "--resolution",
+    type=click.Choice(["32", "64"]),
+    default=str(_default("train.resolution")),
+    show_default=True,
+)
+@click.option(
+    "--steps",
+    type=int,
+    default=_default("train.steps"),
+    show_default=True,
+    help="Optimizer steps in total.",
+)
 @click.option("--batch-size", type=int, default=_default("train.batch_size"), show_default=True)
 @click.option("--lr", type=float, default=_default("train.lr"), show_default=True)
 @click.option("--seed", type=int, default=_default("train.seed"), show_default=True)
-@click.option("--device", default=_default("train.device"), show_default=True, help="auto (CUDA when present), cpu, cuda.")
-@click.option("--conditioning", type=click.Choice(["none", "category"]), default=_default("train.conditioning"),
-              show_default=True, help="category: condition on the top level of the `category` column.")
-@click.option("--all-rows", is_flag=True, help="Train on every row, ignoring opt-outs (no `audit filter` needed).")
-@click.option("--checkpoint-every", type=int, default=_default("train.checkpoint_every"), show_default=True)
-@click.option("--sample-grid", type=int, default=_default("train.sample_grid"), show_default=True,
-              help="Images in samples.png at the end (0 = none).")
+@click.option(
+    "--device",
+    default=_default("train.device"),
+    show_default=True,
+    help="auto (CUDA when present), cpu, cuda.",
+)
+@click.option(
+    "--conditioning",
+    type=click.Choice(["none", "category"]),
+    default=_default("train.conditioning"),
+    show_default=True,
+    help="category: condition on the top level of the `category` column.",
+)
+@click.option(
+    "--all-rows",
+    is_flag=True,
+    help="Train on every row, ignoring opt-outs (no `audit filter` needed).",
+)
+@click.option(
+    "--checkpoint-every", type=int, default=_default("train.checkpoint_every"), show_default=True
+)
+@click.option(
+    "--sample-grid",
+    type=int,
+    default=_default("train.sample_grid"),
+    show_default=True,
+    help="Images in samples.png at the end (0 = none).",
+)
 def train_command(ws_root: str, out: str, resolution: str, **options) -> None:  # type: ignore[no-untyped-def]
     """Train a small DDPM on the consented rows of workspace WS (resumes from OUT's last checkpoint).
 
@@ -37,35 +71,77 @@ def train_command(ws_root: str, out: str, resolution: str, **options) -> None:  
     """
     from audit import training
 
-    s = training.train(ws_root, out, resolution=int(resolution), **options)
+    s = training.train_on_workspace(ws_root, out, resolution=int(resolution), **options)
     rate = f", {s['steps_per_s']} steps/s" if s["steps_per_s"] else ""
-    click.echo(f"trained {s['steps']} steps (from {s['resumed_from']}) on {s['rows']} images "
-               f"({s['skipped']} skipped){rate}, loss {s['final_loss']:.4f} -> {out}")
+    click.echo(
+        f"trained {s['steps']} steps (from {s['resumed_from']}) on {s['rows']} images "
+        f"({s['skipped']} skipped){rate}, loss {s['final_loss']:.4f} -> {out}"
+    )
 
 
 @click.command("generate")
 @click.argument("model", type=click.Path(file_okay=False, exists=True))
-@click.option("--n", type=int, default=_default("generate.n"), show_default=True,
-              help="Images (per prompt or class label when given).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for PNGs + generated.parquet.")
-@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default=_default("generate.sampler"), show_default=True)
-@click.option("--steps", type=int, default=_default("generate.steps"), show_default=True, help="Denoising steps.")
-@click.option("--seed", type=int, default=_default("generate.seed"), show_default=True, help="Image i uses seed+i.")
+@click.option(
+    "--n",
+    type=int,
+    default=_default("generate.n"),
+    show_default=True,
+    help="Images (per prompt or class label when given).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for PNGs + generated.parquet.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(["ddim", "ddpm"]),
+    default=_default("generate.sampler"),
+    show_default=True,
+)
+@click.option(
+    "--steps",
+    type=int,
+    default=_default("generate.steps"),
+    show_default=True,
+    help="Denoising steps.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=_default("generate.seed"),
+    show_default=True,
+    help="Image i uses seed+i.",
+)
 @click.option("--class-label", multiple=True, help="Class name or index; repeat for several.")
-@click.option("--prompts", type=click.Path(dir_okay=False, exists=True),
-              help="CSV with a `prompt` column (optional `class_label`); n images per row.")
-@click.option("--eta", type=float, default=_default("generate.eta"), show_default=True, help="DDIM noise (0 = deterministic).")
-@click.option("--guidance-scale", type=float, default=_default("generate.guidance_scale"), show_default=True)
+@click.option(
+    "--prompts",
+    type=click.Path(dir_okay=False, exists=True),
+    help="CSV with a `prompt` column (optional `class_label`); n images per row.",
+)
+@click.option(
+    "--eta",
+    type=float,
+    default=_default("generate.eta"),
+    show_default=True,
+    help="DDIM noise (0 = deterministic).",
+)
+@click.option(
+    "--guidance-scale", type=float, default=_default("generate.guidance_scale"), show_default=True
+)
 @click.option("--device", default=_default("generate.device"), show_default=True)
 def generate_command(model: str, out: str, class_label: tuple[str, ...], **options) -> None:  # type: ignore[no-untyped-def]
-    """Sample images from a trained MODEL folder into OUT (PNGs + LAION-like generated.parquet).
+    """Sample images from a trained MODEL folder into OUT (generated/*.png + LAION-like generated.parquet).
 
     Example: audit generate models/sample --n 64 --out generated/sample
     """
     from audit import training
 
     s = training.generate(model, out, class_label=list(class_label) or None, **options)
-    click.echo(f"wrote {s['images']} images ({s['sampler']}, {s['steps']} steps, model step {s['model_step']}) -> {out}")
+    click.echo(
+        f"wrote {s['images']} images ({s['sampler']}, {s['steps']} steps, model step {s['model_step']}) -> {out}"
+    )
 
 
 COMMANDS: list = [train_command, generate_command]

@@ -57,7 +57,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text("utf-8"))
     except (OSError, ValueError) as e:
-        raise AuditError(f"{path} is missing or unreadable ({e}). Is this a model folder from `audit train`?") from e
+        raise AuditError(
+            f"{path} is missing or unreadable ({e}). Is this a model folder from `audit train`?"
+        ) from e
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -110,7 +112,9 @@ def save_checkpoint(
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
     root = Path(out_dir) / CHECKPOINTS
-    done = sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp") and (p / STATE).exists())
+    done = sorted(
+        p for p in root.glob("step-*") if not p.name.endswith(".tmp") and (p / STATE).exists()
+    )
     return done[-1] if done else None
 
 

@@ -52,7 +52,9 @@ class ModelConfig:
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps: [sin(t*f_k), cos(t*f_k)], f_k = 10000^(-k/half)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+    )
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
@@ -136,8 +138,14 @@ class UNet(nn.Module):
                     block.append(AttentionBlock(cur, g))
                 self.up.append(block)
             if level > 0:
-                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
-                                              nn.Conv2d(cur, cur, 3, padding=1)]))
+                self.up.append(
+                    nn.ModuleList(
+                        [
+                            nn.Upsample(scale_factor=2, mode="nearest"),
+                            nn.Conv2d(cur, cur, 3, padding=1),
+                        ]
+                    )
+                )
                 res *= 2
         self.norm_out = nn.GroupNorm(g, cur)
         self.conv_out = nn.Conv2d(cur, c.channels, 3, padding=1)
@@ -145,7 +153,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Predicted noise for images `x` in [-1, 1] at integer timesteps `t`; `y` = class ids
         (`num_classes` means "no class"; None means "no class" for every image)."""
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))

@@ -28,11 +28,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AuditError(f"device '{device}' asked for, but CUDA is not available here. Use --device cpu.")
+        raise AuditError(
+            f"device '{device}' asked for, but CUDA is not available here. Use --device cpu."
+        )
     try:
         return torch.device(device)
     except RuntimeError as e:
-        raise AuditError(f"device '{device}' is not a torch device ({e}). Use auto, cpu or cuda.") from e
+        raise AuditError(
+            f"device '{device}' is not a torch device ({e}). Use auto, cpu or cuda."
+        ) from e
 
 
 def load(model_dir: str | Path, device: str = "cpu") -> tuple[UNet, Schedule, dict[str, Any]]:
@@ -58,7 +62,9 @@ def from_uint8(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise AuditError(f"images must be a uint8 array (N, H, W, 3), got {images.dtype} {images.shape}.")
+        raise AuditError(
+            f"images must be a uint8 array (N, H, W, 3), got {images.dtype} {images.shape}."
+        )
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
@@ -67,12 +73,16 @@ def _labels(model: UNet, class_labels: Sequence[int] | None, n: int) -> torch.Te
         return None
     k = model.config.num_classes
     if k == 0:
-        raise AuditError("class labels were given, but this model was trained unconditionally (num_classes=0).")
+        raise AuditError(
+            "class labels were given, but this model was trained unconditionally (num_classes=0)."
+        )
     labels = torch.as_tensor(list(class_labels), dtype=torch.long)
     if labels.shape != (n,):
         raise AuditError(f"need one class label per image ({n}), got {tuple(labels.shape)}.")
     if labels.numel() and (labels.min() < 0 or labels.max() > k):
-        raise AuditError(f"class labels must be in 0..{k - 1} (or {k} = no class), got {labels.tolist()}.")
+        raise AuditError(
+            f"class labels must be in 0..{k - 1} (or {k} = no class), got {labels.tolist()}."
+        )
     return labels
 
 
@@ -109,7 +119,13 @@ def sample(
         gens = [torch.Generator().manual_seed(seed + i) for i in idx]
         x = torch.stack([torch.randn(c, r, r, generator=g) for g in gens]).to(device)
         y = labels[start : start + len(idx)].to(device) if labels is not None else None
-        out.append(to_uint8(run_sampler(_eps_fn(model, y, guidance_scale), schedule, x, gens, sampler, steps, eta)))
+        out.append(
+            to_uint8(
+                run_sampler(
+                    _eps_fn(model, y, guidance_scale), schedule, x, gens, sampler, steps, eta
+                )
+            )
+        )
     if not out:
         return np.zeros((0, r, r, c), dtype=np.uint8)
     return np.concatenate(out)
@@ -151,7 +167,9 @@ def per_example_loss(
     x_all = from_uint8(images_uint8)
     r = model.config.resolution
     if x_all.shape[2:] != (r, r):
-        raise AuditError(f"images are {tuple(x_all.shape[2:])}, the model needs {r}x{r}; resize them first.")
+        raise AuditError(
+            f"images are {tuple(x_all.shape[2:])}, the model needs {r}x{r}; resize them first."
+        )
     if reduce not in ("mean", "none"):
         raise AuditError(f"reduce must be 'mean' or 'none', got '{reduce}'.")
     ts = [int(t) for t in timesteps]
@@ -170,5 +188,7 @@ def per_example_loss(
             tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=device)
             noise = noises[j].to(device).expand_as(x0)
             eps = model(schedule.q_sample(x0, tt, noise), tt, y)
-            losses[start : start + x0.shape[0], j] = (eps - noise).pow(2).mean(dim=(1, 2, 3)).double().cpu().numpy()
+            losses[start : start + x0.shape[0], j] = (
+                (eps - noise).pow(2).mean(dim=(1, 2, 3)).double().cpu().numpy()
+            )
     return losses.mean(axis=1) if reduce == "mean" else losses

@@ -58,7 +58,9 @@ class Schedule:
 
     def __init__(self, config: ScheduleConfig = ScheduleConfig()):
         if config.beta_schedule not in BETA_SCHEDULES:
-            raise AuditError(f"beta_schedule '{config.beta_schedule}' is unknown; use one of {BETA_SCHEDULES}.")
+            raise AuditError(
+                f"beta_schedule '{config.beta_schedule}' is unknown; use one of {BETA_SCHEDULES}."
+            )
         if config.timesteps < 2:
             raise AuditError(f"timesteps must be at least 2, got {config.timesteps}.")
         self.config = config
@@ -67,11 +69,19 @@ class Schedule:
         self.betas = make(self.T)
         self.alphas = 1 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, 0)
-        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.alphas_cumprod_prev = torch.cat(
+            [torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]]
+        )
         # q(x_{t-1} | x_t, x_0) = N(coef_x0 * x_0 + coef_xt * x_t, posterior_variance)  (Ho eq. 6-7)
-        self.posterior_variance = self.betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
-        self.posterior_coef_x0 = self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
-        self.posterior_coef_xt = (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
+        self.posterior_variance = (
+            self.betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
+        )
+        self.posterior_coef_x0 = (
+            self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
+        )
+        self.posterior_coef_xt = (
+            (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
+        )
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t given x_0, integer timesteps `t` (one per image) and the noise."""
@@ -81,7 +91,9 @@ class Schedule:
     def timestep_sequence(self, steps: int) -> list[int]:
         """`steps` timesteps from T-1 down to 0, evenly spaced (always ending at 0)."""
         if not 1 <= steps <= self.T:
-            raise AuditError(f"steps must be between 1 and {self.T} (the model's timesteps), got {steps}.")
+            raise AuditError(
+                f"steps must be between 1 and {self.T} (the model's timesteps), got {steps}."
+            )
         seq = torch.linspace(0, self.T - 1, steps, dtype=torch.float64).round().long().unique()
         return [int(t) for t in seq.flip(0)]
 

@@ -27,9 +27,16 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from audit.diffusion.checkpoint import (CONFIG, WEIGHTS, latest_checkpoint, read_json,
-                                        restore_checkpoint, save_checkpoint, write_atomic,
-                                        write_json)
+from audit.diffusion.checkpoint import (
+    CONFIG,
+    WEIGHTS,
+    latest_checkpoint,
+    read_json,
+    restore_checkpoint,
+    save_checkpoint,
+    write_atomic,
+    write_json,
+)
 from audit.diffusion.model import ModelConfig, UNet
 from audit.diffusion.sample import from_uint8, resolve_device, sample
 from audit.diffusion.schedule import Schedule, ScheduleConfig
@@ -63,7 +70,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     classes: list[str] = field(default_factory=list)  # names of class ids 0..K-1
-    data: dict[str, Any] = field(default_factory=dict)  # provenance from the caller (rows, workspace)
+    data: dict[str, Any] = field(
+        default_factory=dict
+    )  # provenance from the caller (rows, workspace)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,7 +95,9 @@ _MAY_CHANGE_ON_RESUME = ("steps", "checkpoint_every", "sample_grid")
 def _validate(images: np.ndarray, labels: np.ndarray | None, cfg: TrainConfig) -> None:
     r = cfg.model.resolution
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (r, r, 3):
-        raise AuditError(f"images must be uint8 (N, {r}, {r}, 3) for resolution {r}; got {images.dtype} {images.shape}.")
+        raise AuditError(
+            f"images must be uint8 (N, {r}, {r}, 3) for resolution {r}; got {images.dtype} {images.shape}."
+        )
     if len(images) == 0:
         raise AuditError("no images to train on.")
     k = cfg.model.num_classes
@@ -94,7 +105,9 @@ def _validate(images: np.ndarray, labels: np.ndarray | None, cfg: TrainConfig) -
         raise AuditError(f"the model is class-conditioned ({k} classes) but no labels were given.")
     if labels is not None:
         if not k:
-            raise AuditError("labels were given but model.num_classes is 0; set it to the number of classes.")
+            raise AuditError(
+                "labels were given but model.num_classes is 0; set it to the number of classes."
+            )
         if labels.shape != (len(images),) or labels.min() < 0 or labels.max() >= k:
             raise AuditError(f"labels must be (N,) ints in 0..{k - 1}; got shape {labels.shape}.")
     if cfg.classes and len(cfg.classes) != k:
@@ -131,7 +144,11 @@ def train(
     _validate(images, labels, cfg)
     out = Path(out_dir)
     full = cfg.to_dict()
-    full["data"] = {**cfg.data, "images": len(images), "images_sha256": data_fingerprint(images, labels)}
+    full["data"] = {
+        **cfg.data,
+        "images": len(images),
+        "images_sha256": data_fingerprint(images, labels),
+    }
     device = resolve_device(cfg.device)
 
     torch.manual_seed(cfg.seed)  # weight init
@@ -167,7 +184,9 @@ def train(
             x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(3), x0)
         y = None
         if y_all is not None:
-            y = torch.where(drop.to(device), torch.full_like(y_all[idx.to(device)], k), y_all[idx.to(device)])
+            y = torch.where(
+                drop.to(device), torch.full_like(y_all[idx.to(device)], k), y_all[idx.to(device)]
+            )
         t, noise = t.to(device), noise.to(device)
         loss = F.mse_loss(model(schedule.q_sample(x0, t, noise), t, y), noise)
         opt.zero_grad(set_to_none=True)
@@ -180,8 +199,14 @@ def train(
         opt.step()
         _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
         step += 1
-        log.append({"step": step, "loss": f"{loss.item():.6f}", "lr": f"{lr:.3g}",
-                    "seconds": f"{elapsed0 + time.perf_counter() - t0:.2f}"})
+        log.append(
+            {
+                "step": step,
+                "loss": f"{loss.item():.6f}",
+                "lr": f"{lr:.3g}",
+                "seconds": f"{elapsed0 + time.perf_counter() - t0:.2f}",
+            }
+        )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(out, full, step, ema, model, opt, gen)
         if step % LOG_EVERY == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -216,9 +241,9 @@ def train(
 
 @torch.no_grad()
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
         pe.lerp_(pm, 1 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
+    for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(bm)
 
 
@@ -267,7 +292,12 @@ def _plot_loss(losses: np.ndarray, path: Path) -> None:
     ax.plot(steps, losses, lw=0.5, alpha=0.4, label="per step")
     w = max(1, min(100, len(losses) // 10))
     if len(losses) >= w:
-        ax.plot(steps[w - 1 :], np.convolve(losses, np.ones(w) / w, mode="valid"), lw=1.5, label=f"mean of {w}")
+        ax.plot(
+            steps[w - 1 :],
+            np.convolve(losses, np.ones(w) / w, mode="valid"),
+            lw=1.5,
+            label=f"mean of {w}",
+        )
     ax.set(xlabel="step", ylabel="eps-MSE", yscale="log", title="training loss")
     ax.legend()
     buf = io.BytesIO()

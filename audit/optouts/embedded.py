@@ -70,7 +70,8 @@ _C2PA_USES = {
 
 
 def _jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
-    out, pos = [], 2
+    out: list[tuple[int, bytes]] = []
+    pos = 2
     while pos + 4 <= len(data) and len(out) < 10_000:
         if data[pos] != 0xFF:
             break  # lost sync: stop rather than guess
@@ -151,12 +152,12 @@ def _png(data: bytes) -> tuple[list[bytes], list[bytes]]:
 
 
 def _inflate(data: bytes) -> bytes:
-    d = zlib.decompressobj()
+    # At most MAX_XMP + 1 bytes are inflated: a bigger packet is then refused by its size, so a zlib
+    # bomb costs nothing. Undecompressable data is passed on as is and fails to parse, on the record.
     try:
-        out = d.decompress(data, MAX_XMP + 1)
+        return zlib.decompressobj().decompress(data, MAX_XMP + 1)
     except zlib.error:
-        return b"<!-- undecompressable XMP -->"
-    return out if len(out) <= MAX_XMP else b"<!-- XMP larger than the cap -->"
+        return data
 
 
 def _webp(data: bytes) -> tuple[list[bytes], list[bytes]]:
@@ -244,13 +245,12 @@ def xmp_signals(packet: bytes) -> list[Signal]:
     from defusedxml import DefusedXmlException
     from defusedxml.ElementTree import ParseError, fromstring
 
-    packet = packet.strip(b"\x00 \t\r\n")
     if len(packet) > MAX_XMP:
         return [
             Signal("iptc-xmp", "not_evaluable", USES, _XMP_LOC, f"XMP packet over {MAX_XMP} bytes")
         ]
     try:
-        root = fromstring(packet)
+        root = fromstring(packet.strip(b"\x00 \t\r\n"))
     except DefusedXmlException as e:
         return [
             Signal(

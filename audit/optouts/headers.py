@@ -61,6 +61,11 @@ def robots_directives(value: str) -> list[tuple[str, str]]:
             head, rest = item.split(":", 1)
             if _is_token(head.strip()) and head.strip().lower() not in _VALUE_DIRECTIVES:
                 scope, item = head.strip(), rest.strip()
+        name = item.split(":", 1)[0].strip().lower()
+        # "max-image-preview: none": here "none" is a value, not the "none" directive
+        if ":" in item and name in _VALUE_DIRECTIVES:
+            out.append((scope, name))
+            continue
         # "noai noimageai" (space-separated) is a common mistake we honour
         for word in item.split():
             directive = word.split(":", 1)[0].strip().lower()

@@ -8,7 +8,9 @@
 
 The page is decoded as UTF-8, falling back to Windows-1252 (the WHATWG default for legacy pages);
 the directives are ASCII so either decoding finds them. Only the first `max_bytes` are parsed, with
-the stdlib `html.parser`, which never raises on broken markup.
+a small linear-time tokenizer (comments, raw-text elements such as
+`<script>`, quoted attribute values containing ">"): the stdlib `html.parser` goes quadratic on
+hostile markup such as `<a<a<a...`.
 
 >>> page = b'<html><head><meta name="ROBOTS" content="noimageai"><meta name="tdm-reservation" content="1"></head></html>'
 >>> [(s.signal, s.state) for s in signals(page)]
@@ -17,8 +19,8 @@ the stdlib `html.parser`, which never raises on broken markup.
 
 from __future__ import annotations
 
+import html as html_lib
 from collections.abc import Sequence
-from html.parser import HTMLParser
 
 from audit.optouts import headers
 from audit.optouts.signals import DEFAULT_AGENTS, USES, Signal, expand_uses, product_token
@@ -27,20 +29,92 @@ MAX_BYTES = 1024 * 1024
 _MAX_METAS = 500
 
 
-class _MetaCollector(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.metas: list[tuple[str, str, int]] = []  # (name, content, line)
+_SPACE = " \t\n\r\f"
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_RAW_TEXT = (
+    "script",
+    "style",
+    "textarea",
+    "title",
+    "xmp",
+    "iframe",
+    "noembed",
+    "noframes",
+    "plaintext",
+)
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag != "meta" or len(self.metas) >= _MAX_METAS:
-            return
-        values = {k.lower(): (v or "") for k, v in attrs}
-        name = values.get("name", "").strip()
-        if name:
-            self.metas.append((name, values.get("content", ""), self.getpos()[0]))
 
-    handle_startendtag = handle_starttag
+def _tag_attrs(text: str, i: int) -> tuple[dict[str, str], int]:
+    """Attributes of the tag whose name ended at `i`, and the index after its ">" (HTML tokenizer rules:
+    quoted values may contain ">"; an unterminated quote runs to the end of the document)."""
+    n, attrs = len(text), dict[str, str]()
+    while i < n:
+        while i < n and (text[i] in _SPACE or text[i] == "/"):
+            i += 1
+        if i >= n or text[i] == ">":
+            return attrs, i + 1
+        start = i
+        i += 1  # a name may start with "="
+        while i < n and text[i] not in _SPACE and text[i] not in "/>=":
+            i += 1
+        name = text[start:i].lower()
+        while i < n and text[i] in _SPACE:
+            i += 1
+        value = ""
+        if i < n and text[i] == "=":
+            i += 1
+            while i < n and text[i] in _SPACE:
+                i += 1
+            if i < n and text[i] in "\"'":
+                end = text.find(text[i], i + 1)
+                if end < 0:
+                    return attrs, n
+                value, i = text[i + 1 : end], end + 1
+            else:
+                start = i
+                while i < n and text[i] not in _SPACE and text[i] != ">":
+                    i += 1
+                value = text[start:i]
+        attrs.setdefault(name, html_lib.unescape(value))
+    return attrs, n
+
+
+def _scan(text: str) -> list[tuple[str, str, int]]:
+    """(name, content, line) of named metas, in linear time: html.parser goes quadratic on "<a<a<a...",
+    so this is a small tokenizer that knows comments, raw-text elements and quoted attribute values."""
+    lower = text.translate(
+        _ASCII_LOWER
+    )  # str.lower() can change the length ("İ"), breaking indices
+    out: list[tuple[str, str, int]] = []
+    n, i, line, counted = len(text), 0, 1, 0
+    while len(out) < _MAX_METAS:
+        i = text.find("<", i)
+        if i < 0 or i + 1 >= n:
+            break
+        nxt = text[i + 1]
+        if lower.startswith("<!--", i):
+            end = lower.find("-->", i + 4)
+            i = n if end < 0 else end + 3
+        elif nxt in "!?/":  # doctype, bogus comment, end tag: up to the next ">"
+            end = text.find(">", i + 2)
+            i = n if end < 0 else end + 1
+        elif nxt.isascii() and nxt.isalpha():
+            j = i + 1
+            while j < n and text[j] not in _SPACE and text[j] not in "/>":
+                j += 1
+            tag = lower[i + 1 : j]
+            attrs, end = _tag_attrs(text, j)
+            if tag == "meta" and attrs.get("name", "").strip():
+                line += text.count("\n", counted, i)
+                counted = i
+                out.append((attrs["name"].strip(), attrs.get("content", ""), line))
+            if tag in _RAW_TEXT:
+                close = lower.find("</" + tag, end)
+                end = n if close < 0 else close
+            i = max(end, i + 1)
+        else:
+            i += 1  # "<" not starting a tag is text
+    return out
 
 
 def _decode(html: bytes) -> str:
@@ -56,10 +130,7 @@ def _decode(html: bytes) -> str:
 
 def metas(html: bytes, max_bytes: int = MAX_BYTES) -> list[tuple[str, str, int]]:
     """(name, content, line) of every named `<meta>` in the first `max_bytes` of `html`."""
-    collector = _MetaCollector()
-    collector.feed(_decode(bytes(html or b"")[:max_bytes]).replace("\x00", "\ufffd"))
-    collector.close()
-    return collector.metas
+    return _scan(_decode(bytes(html or b"")[:max_bytes]).replace("\x00", "\ufffd"))
 
 
 def signals(

@@ -63,7 +63,7 @@ def _histograms(matches: Any, th: dict[str, Any], path: Path, cosine: bool) -> P
     if cosine:
         panels.append(("cosine", "embedding cosine", ("copy_cosine", "near_cosine")))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
-    for ax, (col, label, (copy_key, near_key)) in zip(np.atleast_1d(axes), panels):
+    for ax, (col, label, (copy_key, near_key)) in zip(np.atleast_1d(axes), panels, strict=True):
         values = matches[col].dropna().to_numpy(dtype=float)
         ax.hist(values, bins=30, color="#6a8caf")
         for key, style in ((copy_key, "-"), (near_key, "--")):
@@ -71,7 +71,8 @@ def _histograms(matches: Any, th: dict[str, Any], path: Path, cosine: bool) -> P
                 ax.axvline(th[key], color="#c0392b", linestyle=style, label=f"{key} = {th[key]:.3g}")
         ax.set_xlabel(label)
         ax.set_ylabel("generated images")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 
@@ -158,4 +159,69 @@ def write_calibration_page(out_dir: Path) -> Path:
         Section("Per transformation", table=per),
     ]
     return write_page(out_dir, "calibration", f"Calibration of the copy descriptors: {r['dataset']}", sections,
+                      intro)
+
+
+def _duplication_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(rows))
+    share = np.array([r["share_copied"] for r in rows])
+    lo = share - np.array([r["share_copied_ci95"][0] for r in rows])
+    hi = np.array([r["share_copied_ci95"][1] for r in rows]) - share
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.bar(x, share, yerr=[lo, hi], color="#6a8caf", capsize=4)
+    a.set_ylabel("share of members copied (>= 1 sample)")
+    b.bar(x, [r["samples_copying_per_member"] for r in rows], color="#c97b63")
+    b.set_ylabel("copying samples per member")
+    for ax in (a, b):
+        ax.set_xticks(x, [f"x{r['copies_in_training']}" for r in rows])
+        ax.set_xlabel("copies of the image in the training set")
+    return save_figure(fig, path)
+
+
+def write_experiment_page(out_dir: Path) -> Path:
+    """`<out_dir>/experiment.md|.html` from `<out_dir>/experiment.json`."""
+    out_dir = Path(out_dir)
+    r = json.loads((out_dir / "experiment.json").read_text("utf-8"))
+    rows = r["by_duplication"]
+    plot = _duplication_plot(rows, out_dir / "replication_by_duplication.png")
+    mia = r["mia"]
+    auc_rows = [{"comparison": k.removeprefix("auc_").replace("_", " "), "AUC": v,
+                 "95% CI": f"{mia[k + '_ci95'][0]:.3f}-{mia[k + '_ci95'][1]:.3f}"}
+                for k, v in mia.items() if k.startswith("auc_") and not k.endswith("_ci95")]
+    top, single = rows[0], rows[-1]
+    if not any(x["members_copied"] for x in rows):
+        verdict = ("Not measurable from replication: no sample copies any member at this training length. "
+                   "The loss-based test below still shows whether duplication left a trace.")
+    elif top["share_copied"] > single["share_copied"] and top["share_copied_ci95"][0] > single["share_copied_ci95"][1]:
+        verdict = "Yes: the most duplicated images are replicated more often, with non-overlapping intervals."
+    elif top["share_copied"] > single["share_copied"]:
+        verdict = "In the same direction, but the intervals overlap: not conclusive at this size."
+    else:
+        verdict = "No: at this training length the model does not replicate duplicated images more often."
+    intro = (f"A {r['training'].get('steps', r['steps'])}-step 32x32 DDPM trained on {r['sets']['train']} distinct "
+             f"consented images with planted duplication {r['groups']} ([copies, images]); "
+             f"{r['sets']['heldout']} consented images held out, {r['sets']['optedout']} opted-out images never "
+             f"trained on. {r['samples']} samples ({r['sampler']['name']}, {r['sampler']['steps']} steps) matched "
+             f"against the members: replication rate {r['replication_rate']:.2%} "
+             f"(95% CI {r['replication_ci95'][0]:.2%}-{r['replication_ci95'][1]:.2%}). Sample pairs: memorisation.md. "
+             f"{UNTRAINED_WARNING}")
+    sections = [
+        Section("Replication vs duplication", table=rows, images=[(plot.name, "replication by duplication count")],
+                text="Carlini et al. (2023) and Somepalli et al. (2023) find that images duplicated in the training "
+                     f"set are replicated far more often. Does this model? {verdict}"),
+        Section("Membership inference (loss-based)", table=auc_rows,
+                text=f"{mia['method']}. Mean losses: {json.dumps(mia['mean_loss'])}. AUC 0.5 = no better than "
+                     "chance; members vs opted-out asks whether images whose creators opted out look like training "
+                     "data (they should not, as they were not trained on)."),
+        Section("Setup", text=json.dumps({"quick": r["quick"], "seed": r["seed"], "steps": r["steps"],
+                                          **{k: r["consent"].get(k) for k in ("rows", "kept", "removed", "by_signal")}},
+                                         default=str)),
+    ]
+    return write_page(out_dir, "experiment", "Memorisation experiment: does duplication cause copying?", sections,
                       intro)
