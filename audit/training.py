@@ -41,7 +41,7 @@ def square_on_white(img: Any, size: int) -> Any:
     side = max(img.size)
     canvas = Image.new("RGB", (side, side), (255, 255, 255))
     canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-    return canvas.resize((size, size), Image.LANCZOS)
+    return canvas.resize((size, size), Image.Resampling.LANCZOS)
 
 
 def _selected_rows(ws: Workspace, all_rows: bool) -> tuple[set[int] | None, str]:

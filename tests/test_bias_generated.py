@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import build_workspace, encode, synthetic_image
 
-from audit.checks import bias_generated as bg
+from audit.checks.bias import generated as bg
 from audit.cli import cli
 from audit.errors import AuditError
 from audit.workspace import atomic_write_json, atomic_write_npy

@@ -84,7 +84,7 @@ def test_entropy_and_distances():
 
 
 def test_vectorised_rows_match_scalar_versions():
-    from audit.checks import bias_generated as bg
+    from audit.checks.bias import generated as bg
 
     rng = np.random.default_rng(0)
     p, q = rng.integers(0, 5, (20, 4)) + 1, rng.integers(0, 5, (20, 4))

@@ -111,13 +111,17 @@ def test_train_then_generate(ws, tmp_path):
     net, schedule, _ = diffusion.load(model)
     expected = diffusion.sample(net, schedule, 3, seed=10, steps=4)
     for i in range(3):
-        assert np.array_equal(np.asarray(Image.open(out / "generated" / f"{i:06d}.png")), expected[i])
+        assert np.array_equal(
+            np.asarray(Image.open(out / "generated" / f"{i:06d}.png")), expected[i]
+        )
 
     # `audit ingest` reads the folder as img2dataset "files" output: images and every column.
     result = run("ingest", tmp_path / "ws-gen", out)
     assert result.exit_code == 0, result.output
     con = Workspace.open(tmp_path / "ws-gen").connect()
-    got = con.execute("SELECT key, image_status, seed, caption FROM metadata ORDER BY key").fetchall()
+    got = con.execute(
+        "SELECT key, image_status, seed, caption FROM metadata ORDER BY key"
+    ).fetchall()
     assert got == [(f"{i:06d}", "ok", 10 + i, "") for i in range(3)]
 
     # Running again replaces the earlier images; a folder of something else is refused.

@@ -12,11 +12,12 @@ from conftest import build_workspace, encode, synthetic_image
 from audit import hashes, knn
 from audit.cli import cli
 from audit.errors import AuditError
-from audit.workspace import Output, atomic_write_npy
+from audit.workspace import Output, Workspace, atomic_write_npy
 
 
 def write_embeddings(ws, vecs: np.ndarray) -> None:
     """Record an `embed` stage whose image vectors are `vecs` (files are the interface)."""
+    ws = Workspace.open(ws.root)
     run = ws.start_stage("embed", {"model": "planted", "trained": True})
     for part in ws.metadata_parts():
         rel = f"embeddings/img-{part.stem}.npy"

@@ -130,3 +130,18 @@ def test_decide_rule():
     # a None threshold switches that level off
     codes, _ = decide(tile, rel, ham, cos, Thresholds(**{**th.to_dict(), "copy_tile": None}))
     assert codes[0] == 1
+
+
+def test_loss_auc_on_planted_losses():
+    from audit.checks.memorisation import loss_auc
+
+    rng = np.random.default_rng(0)
+    members, others = rng.normal(0.1, 0.02, 40), rng.normal(0.3, 0.05, 60)
+    auc, (lo, hi) = loss_auc(members, others, reps=500)
+    assert auc > 0.99 and lo <= auc <= hi
+    same_auc, (lo, hi) = loss_auc(rng.normal(0.3, 0.05, 300), rng.normal(0.3, 0.05, 300), reps=500)
+    assert lo < 0.5 < hi and abs(same_auc - 0.5) < 0.08
+    # members with *higher* loss than the others: below chance, not flipped
+    assert loss_auc(others, members, reps=50)[0] < 0.01
+    with pytest.raises(Exception, match="needs losses"):
+        loss_auc([], others)

@@ -30,16 +30,25 @@ def _urls_sql(start: int, n: int) -> str:
     FROM range({start}, {start + n}) t(i)"""
 
 
-def _rules(n_urls: int, n_rules: int) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+def _rules(
+    n_urls: int, n_rules: int
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
     """(domain rules, URL rules) as `registry.Registry` holds them: (key, use, where)."""
     import duckdb
 
     con = duckdb.connect()
     half = n_rules // 2
-    domains = [(f"site{k}.com", "ai_training", f"bench line {k}") for k in range(0, SITES, 4)][:half]
+    domains = [(f"site{k}.com", "ai_training", f"bench line {k}") for k in range(0, SITES, 4)][
+        :half
+    ]
     step = max(1, n_urls // half)
-    rows = con.execute(f"SELECT url FROM ({_urls_sql(0, n_urls)}) WHERE row_id % {step} = 0 LIMIT {half}").fetchall()
-    urls = [(u.split("://", 1)[1].replace("%7E", "~"), "ai_training", f"bench url {i}") for i, (u,) in enumerate(rows)]
+    rows = con.execute(
+        f"SELECT url FROM ({_urls_sql(0, n_urls)}) WHERE row_id % {step} = 0 LIMIT {half}"
+    ).fetchall()
+    urls = [
+        (u.split("://", 1)[1].replace("%7E", "~"), "ai_training", f"bench url {i}")
+        for i, (u,) in enumerate(rows)
+    ]
     return domains, urls
 
 
@@ -57,8 +66,7 @@ def _candidate(n_urls: int, n_rules: int, part: int, q: Any) -> None:
     hits = subset_hits = 0
     join = 0.0
     for start in range(0, n_urls, part):
-        rows = gen.execute(_urls_sql(start, min(part, n_urls - start))).arrow()
-        rows = rows.read_all() if hasattr(rows, "read_all") else rows
+        rows = gen.sql(_urls_sql(start, min(part, n_urls - start))).to_arrow_table()
         t1 = time.perf_counter()
         found = registry.match(con, rows)
         join += time.perf_counter() - t1
@@ -66,9 +74,17 @@ def _candidate(n_urls: int, n_rules: int, part: int, q: Any) -> None:
         hits += len(ids)
         if start == 0:
             subset_hits = len(ids)
-    q.put({"rules_load_s": round(load, 2), "join_s": round(join, 2), "rows": n_urls,
-           "rows_per_s": round(n_urls / join), "rows_hit": hits, "first_part_hits": subset_hits,
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+    q.put(
+        {
+            "rules_load_s": round(load, 2),
+            "join_s": round(join, 2),
+            "rows": n_urls,
+            "rows_per_s": round(n_urls / join),
+            "rows_hit": hits,
+            "first_part_hits": subset_hits,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        }
+    )
 
 
 def _baseline(n_urls: int, n_rules: int, n_subset: int, q: Any) -> None:
@@ -91,9 +107,16 @@ def _baseline(n_urls: int, n_rules: int, n_subset: int, q: Any) -> None:
         if key in url_set or any(".".join(labels[i:]) in domain_set for i in range(len(labels))):
             hits += 1
     secs = time.perf_counter() - t0
-    q.put({"rows": n_subset, "join_s": round(secs, 2), "rows_per_s": round(n_subset / secs),
-           "extrapolated_s": round(secs * n_urls / n_subset, 1), "rows_hit": hits,
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+    q.put(
+        {
+            "rows": n_subset,
+            "join_s": round(secs, 2),
+            "rows_per_s": round(n_subset / secs),
+            "extrapolated_s": round(secs * n_urls / n_subset, 1),
+            "rows_hit": hits,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        }
+    )
 
 
 def _in_child(target: Any, *args: Any) -> dict[str, Any]:
@@ -101,35 +124,56 @@ def _in_child(target: Any, *args: Any) -> dict[str, Any]:
     q = ctx.Queue()
     p = ctx.Process(target=target, args=(*args, q))
     p.start()
-    result = q.get()
+    while True:  # a child that died must not leave us waiting forever
+        try:
+            result = q.get(timeout=5)
+            break
+        except Exception:  # noqa: BLE001 - queue.Empty; check the child is still alive
+            if not p.is_alive():
+                raise RuntimeError(
+                    f"benchmark child {target.__name__} exited with {p.exitcode}"
+                ) from None
     p.join()
     return result
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
-    n_urls, n_rules, n_subset, part = (1_000_000, 100_000, 100_000, 100_000) if quick else \
-        (10_000_000, 1_000_000, 1_000_000, 1_000_000)
+    n_urls, n_rules, n_subset, part = (
+        (1_000_000, 100_000, 100_000, 100_000)
+        if quick
+        else (10_000_000, 1_000_000, 1_000_000, 1_000_000)
+    )
     cand = _in_child(_candidate, n_urls, n_rules, part)
     base = _in_child(_baseline, n_urls, n_rules, n_subset)
     result = {
-        "urls": n_urls, "rules": n_rules, "quick": quick,
-        "duckdb": cand, "python_sets": base,
+        "urls": n_urls,
+        "rules": n_rules,
+        "quick": quick,
+        "duckdb": cand,
+        "python_sets": base,
         "speedup": round(base["extrapolated_s"] / max(cand["join_s"], 1e-9), 2),
-        "same_hits_on_subset": cand["first_part_hits"] == base["rows_hit"] if n_subset == part else None,
+        "same_hits_on_subset": cand["first_part_hits"] == base["rows_hit"]
+        if n_subset == part
+        else None,
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "optout.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
-        "# Opt-out registry join", "",
-        f"{n_urls:,} URLs against {n_rules:,} rules (half domain, half URL).", "",
-        "| join | rows | seconds | rows/s | rows hit | peak RSS MB |", "|---|---|---|---|---|---|",
+        "# Opt-out registry join",
+        "",
+        f"{n_urls:,} URLs against {n_rules:,} rules (half domain, half URL).",
+        "",
+        "| join | rows | seconds | rows/s | rows hit | peak RSS MB |",
+        "|---|---|---|---|---|---|",
         f"| duckdb (audit) | {n_urls:,} | {cand['join_s']} (+{cand['rules_load_s']} load) | "
         f"{cand['rows_per_s']:,} | {cand['rows_hit']:,} | {cand['peak_rss_mb']} |",
         f"| Python sets (baseline) | {n_subset:,} | {base['join_s']} (~{base['extrapolated_s']} for all) | "
-        f"{base['rows_per_s']:,} | {base['rows_hit']:,} | {base['peak_rss_mb']} |", "",
+        f"{base['rows_per_s']:,} | {base['rows_hit']:,} | {base['peak_rss_mb']} |",
+        "",
         f"Speed-up (extrapolated baseline / duckdb join): {result['speedup']}x. Same hits on the shared "
-        f"subset: {result['same_hits_on_subset']}.", "",
+        f"subset: {result['same_hits_on_subset']}.",
+        "",
     ]
     (out_dir / "optout.md").write_text("\n".join(md))
     return result

@@ -243,6 +243,8 @@ def suggest_thresholds(result: dict[str, Any]) -> dict[str, float | None]:
     p = result["pooled"]
     out: dict[str, float | None] = {
         "copy_tile": p["tile_l2"]["threshold_at_p99"], "near_tile": p["tile_l2"]["best_f1_threshold"],
+        "copy_relative": p["tile_relative"]["threshold_at_p99"],
+        "near_relative": p["tile_relative"]["best_f1_threshold"],
         "copy_hamming": p["phash_hamming"]["threshold_at_p99"], "near_hamming": p["phash_hamming"]["best_f1_threshold"],
     }
     if "cosine" in p:

@@ -98,7 +98,7 @@ def run(
             "--generated needs --prompts GRID.csv (write one with: audit bias grid --out grid.csv)"
         )
     from audit import pipeline
-    from audit.checks import bias_generated
+    from audit.checks.bias import generated as bias_generated
 
     ws = ws or Path("indexes") / f"{generated.name}-generated"
     from audit.checks.bias import probes
@@ -150,7 +150,7 @@ def grid(out: Path, seeds: int | None) -> None:
 
     Example: audit bias grid --out grid.csv --seeds 4
     """
-    from audit.checks import bias_generated
+    from audit.checks.bias import generated as bias_generated
 
     path = bias_generated.write_grid(out, **_given(seeds=seeds))
     rows = sum(1 for _ in open(path, encoding="utf-8")) - 1

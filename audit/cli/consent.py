@@ -25,16 +25,40 @@ def optout() -> None:
 
 @optout.command("decide")
 @click.argument("ws_root", type=click.Path(file_okay=False))
-@click.option("--registry", multiple=True, type=click.Path(dir_okay=False),
-              help="Opt-out list (txt/csv/parquet of domains or URLs); repeatable. Unreadable -> rows unchecked.")
-@click.option("--cache", type=click.Path(file_okay=False), default=None,
-              help="Crawl cache folder (audit optout crawl). Without it crawl signals are not consulted.")
-@click.option("--agent", multiple=True, help="User agent whose rules count; repeatable (default: AI crawlers + ours).")
-@click.option("--index-policy", is_flag=True, help="Also count noindex/noimageindex/none as a reservation.")
-@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
-              help="Where optout.md/.html go (default reports/<dataset>).")
-def decide(ws_root: str, registry: tuple[str, ...], cache: str | None, agent: tuple[str, ...],
-           index_policy: bool, report_dir: str | None) -> None:
+@click.option(
+    "--registry",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Opt-out list (txt/csv/parquet of domains or URLs); repeatable. Unreadable -> rows unchecked.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Crawl cache folder (audit optout crawl). Without it crawl signals are not consulted.",
+)
+@click.option(
+    "--agent",
+    multiple=True,
+    help="User agent whose rules count; repeatable (default: AI crawlers + ours).",
+)
+@click.option(
+    "--index-policy", is_flag=True, help="Also count noindex/noimageindex/none as a reservation."
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where optout.md/.html go (default reports/<dataset>).",
+)
+def decide(
+    ws_root: str,
+    registry: tuple[str, ...],
+    cache: str | None,
+    agent: tuple[str, ...],
+    index_policy: bool,
+    report_dir: str | None,
+) -> None:
     """Decide per row and use whether it was reserved; write optout/*.parquet and the report.
 
     Example: audit optout decide indexes/sample --registry audit/data/sample/optout/registry-urls.csv
@@ -42,25 +66,51 @@ def decide(ws_root: str, registry: tuple[str, ...], cache: str | None, agent: tu
     from audit import optouts
     from audit.reports import optout as report
 
-    s = optouts.compute(ws_root, registry=list(registry), cache=cache, agent=list(agent), index_policy=index_policy)
+    s = optouts.compute(
+        ws_root, registry=list(registry), cache=cache, agent=list(agent), index_policy=index_policy
+    )
     page = report.write(ws_root, report_dir)
     g = s["decisions"].get("genai_training", {})
-    click.echo(f"{s['rows']} rows; genai_training: " + ", ".join(f"{k} {v}" for k, v in sorted(g.items()))
-               + (f"; registry errors: {len(s['registry_errors'])}" if s["registry_errors"] else "")
-               + ("; crawl signals not consulted (no --cache)" if s["not_consulted"] else "") + f"; report {page}")
+    click.echo(
+        f"{s['rows']} rows; genai_training: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(g.items()))
+        + (f"; registry errors: {len(s['registry_errors'])}" if s["registry_errors"] else "")
+        + ("; crawl signals not consulted (no --cache)" if s["not_consulted"] else "")
+        + f"; report {page}"
+    )
 
 
 @optout.command("crawl")
 @click.argument("ws_root", type=click.Path(file_okay=False))
-@click.option("--cache", required=True, type=click.Path(file_okay=False), help="Cache folder to fill.")
-@click.option("--rate", type=float, default=1.0, show_default=True, help="Requests per second per host.")
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request, in total.")
-@click.option("--max-bytes", type=int, default=512 * 1024, show_default=True, help="Body cap per response.")
-@click.option("--agent", default=None, help="User-Agent header (default: audit-dataset-auditor/0.1 (+url)).")
-@click.option("--workers", type=int, default=8, show_default=True, help="Parallel requests (across hosts).")
+@click.option(
+    "--cache", required=True, type=click.Path(file_okay=False), help="Cache folder to fill."
+)
+@click.option(
+    "--rate", type=float, default=1.0, show_default=True, help="Requests per second per host."
+)
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds per request, in total."
+)
+@click.option(
+    "--max-bytes", type=int, default=512 * 1024, show_default=True, help="Body cap per response."
+)
+@click.option(
+    "--agent", default=None, help="User-Agent header (default: audit-dataset-auditor/0.1 (+url))."
+)
+@click.option(
+    "--workers", type=int, default=8, show_default=True, help="Parallel requests (across hosts)."
+)
 @click.option("--refresh", is_flag=True, help="Fetch again URLs already in the cache.")
-def crawl(ws_root: str, cache: str, rate: float, timeout: float, max_bytes: int, agent: str | None,
-          workers: int, refresh: bool) -> None:
+def crawl(
+    ws_root: str,
+    cache: str,
+    rate: float,
+    timeout: float,
+    max_bytes: int,
+    agent: str | None,
+    workers: int,
+    refresh: bool,
+) -> None:
     """Fetch robots.txt, ai.txt, tdmrep.json, image headers and pages into a crawl cache.
 
     Example: audit optout crawl indexes/mydata --cache indexes/mydata-cache --rate 0.5
@@ -68,16 +118,28 @@ def crawl(ws_root: str, cache: str, rate: float, timeout: float, max_bytes: int,
     from audit import optouts
 
     kw = {"agent": agent} if agent else {}
-    s = optouts.crawl(ws_root, cache, rate=rate, timeout=timeout, max_bytes=max_bytes, workers=workers,
-                      refresh=refresh, **kw)
+    s = optouts.crawl(
+        ws_root,
+        cache,
+        rate=rate,
+        timeout=timeout,
+        max_bytes=max_bytes,
+        workers=workers,
+        refresh=refresh,
+        **kw,
+    )
     errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items()) or "none"
-    click.echo(f"fetched {s['fetched']} of {s['targets']} ({s['cached_before']} cached before) from "
-               f"{s['hosts']} hosts in {s['seconds']}s; errors: {errors}; cache {s['cache']}")
+    click.echo(
+        f"fetched {s['fetched']} of {s['targets']} ({s['cached_before']} cached before) from "
+        f"{s['hosts']} hosts in {s['seconds']}s; errors: {errors}; cache {s['cache']}"
+    )
 
 
 @optout.command("import-warc")
 @click.argument("warc", type=click.Path(dir_okay=False))
-@click.option("--cache", required=True, type=click.Path(file_okay=False), help="Cache folder to add to.")
+@click.option(
+    "--cache", required=True, type=click.Path(file_okay=False), help="Cache folder to add to."
+)
 def import_warc(warc: str, cache: str) -> None:
     """Add a WARC file's HTTP responses to a crawl cache.
 
@@ -86,12 +148,19 @@ def import_warc(warc: str, cache: str) -> None:
     from audit import optouts
 
     s = optouts.import_warc(warc, cache)
-    click.echo(f"imported {s['imported']} responses ({s['skipped']} other records skipped) into {s['cache']}")
+    click.echo(
+        f"imported {s['imported']} responses ({s['skipped']} other records skipped) into {s['cache']}"
+    )
 
 
 @optout.command("export-warc")
 @click.argument("cache", type=click.Path(file_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="WARC file to write (.warc or .warc.gz).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="WARC file to write (.warc or .warc.gz).",
+)
 def export_warc(cache: str, out: str) -> None:
     """Write a crawl cache as a WARC file.
 
@@ -105,11 +174,22 @@ def export_warc(cache: str, out: str) -> None:
 
 @click.command("filter")
 @click.argument("ws_root", type=click.Path(file_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Consented subset (.parquet).")
-@click.option("--use", default="genai_training", show_default=True,
-              type=click.Choice(["genai_training", "ai_training", "data_mining"]), help="Use to filter for.")
-@click.option("--keep", multiple=True, type=click.Choice(["unchecked", "not_evaluable"]),
-              help="Also keep rows in this state (default: only allowed rows); repeatable.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Consented subset (.parquet)."
+)
+@click.option(
+    "--use",
+    default="genai_training",
+    show_default=True,
+    type=click.Choice(["genai_training", "ai_training", "data_mining"]),
+    help="Use to filter for.",
+)
+@click.option(
+    "--keep",
+    multiple=True,
+    type=click.Choice(["unchecked", "not_evaluable"]),
+    help="Also keep rows in this state (default: only allowed rows); repeatable.",
+)
 def filter_(ws_root: str, out: str, use: str, keep: tuple[str, ...]) -> None:
     """Write the rows consented for a use, in the input's own schema, plus a removal manifest.
 
@@ -118,9 +198,11 @@ def filter_(ws_root: str, out: str, use: str, keep: tuple[str, ...]) -> None:
     from audit import optouts
 
     s = optouts.filter_dataset(ws_root, out, use=use, keep=list(keep))
-    click.echo(f"kept {s['kept']} of {s['rows']} rows for {use} -> {s['out']}; removed {s['removed']} "
-               f"({', '.join(f'{k} {v}' for k, v in s['by_decision'].items()) or 'none'}); "
-               f"manifest {s['removed_manifest']}")
+    click.echo(
+        f"kept {s['kept']} of {s['rows']} rows for {use} -> {s['out']}; removed {s['removed']} "
+        f"({', '.join(f'{k} {v}' for k, v in s['by_decision'].items()) or 'none'}); "
+        f"manifest {s['removed_manifest']}"
+    )
 
 
 COMMANDS: list = [optout, filter_]

@@ -15,15 +15,21 @@ def _default(fn_name: str, param: str):  # type: ignore[no-untyped-def]
     return inspect.signature(getattr(experiments, fn_name)).parameters[param].default
 
 
+_HELP = {"tile": "tiled l2 (0..1) <=", "relative": "relative tiled l2 (Carlini et al.) <=",
+         "hamming": "phash Hamming bits <=", "cosine": "embedding cosine >= (votes only with trained weights)"}
+
+
 def _threshold_options(f):  # type: ignore[no-untyped-def]
     """One option per field of `Thresholds`, named like the field; 'none' switches a vote off."""
     from audit.checks.memorisation import Thresholds
 
     for field in reversed(dataclasses.fields(Thresholds)):
         default = getattr(Thresholds(), field.name)
+        level, _, descriptor = field.name.partition("_")
+        text = (f"{_HELP[descriptor]} this: {'copy on its own' if level == 'copy' else 'near; two nears = copy'}"
+                "; 'none' = no vote." if descriptor in _HELP else "alpha of Carlini et al.'s relative criterion.")
         f = click.option(f"--{field.name.replace('_', '-')}", field.name, default=str(default).lower(),
-                         show_default=True, help="'none' = this descriptor does not vote at this level."
-                         if field.name != "alpha" else "Carlini et al.'s alpha in the relative criterion.")(f)
+                         show_default=True, help=text)(f)
     return f
 
 
@@ -92,6 +98,7 @@ def calibrate_command(ws: str, **options) -> None:  # type: ignore[no-untyped-de
 @click.option("--out", type=click.Path(file_okay=False), default=_default("memorisation", "out"), show_default=True)
 @click.option("--quick", is_flag=True, help="A smaller set and fewer steps (a few minutes).")
 @click.option("--seed", type=int, default=_default("memorisation", "seed"), show_default=True)
+@click.option("--steps", type=int, default=None, help="Training steps (default 2500, 400 with --quick).")
 def experiment_command(name: str, **options) -> None:  # type: ignore[no-untyped-def]
     """Train the small DDPM on planted duplicates, then measure what it copied.
 

@@ -151,7 +151,7 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(cur, c.channels, 3, padding=1)
         # Start as "predict zero noise": a common trick that makes early training stable.
         nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        nn.init.zeros_(self.conv_out.bias)  # type: ignore[arg-type]
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
@@ -166,13 +166,13 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
-            h = _apply(block, h, emb)
+            h = _apply(block, h, emb)  # type: ignore[arg-type]
             hs.append(h)
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
         for block in self.up:
-            if isinstance(block[0], ResBlock):
+            if isinstance(block[0], ResBlock):  # type: ignore[index]
                 h = torch.cat([h, hs.pop()], dim=1)
-            h = _apply(block, h, emb)
+            h = _apply(block, h, emb)  # type: ignore[arg-type]
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

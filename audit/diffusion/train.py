@@ -158,7 +158,8 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     schedule = Schedule(cfg.schedule)
 
-    step, log = 0, []
+    step = 0
+    log: list[dict[str, Any]] = []
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
         _check_resumable(read_json(ckpt / CONFIG), full, ckpt)
@@ -318,7 +319,7 @@ def grid_png(images: np.ndarray, ncol: int = 8, scale: int = 2) -> bytes:
         r, c = divmod(i, ncol)
         canvas[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = img
     pil = Image.fromarray(canvas)
-    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return buf.getvalue()

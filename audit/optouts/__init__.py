@@ -63,15 +63,22 @@ def compute(
     store = CrawlCache.open(cache) if cache is not None else None
     agents = tuple(agent) or DEFAULT_AGENTS
     params = {
-        "registries": [{"path": r.path, "sha256": None if r.error else sha256_file(r.path), "error": r.error}
-                       for r in regs],
-        "cache": None if store is None else {"path": str(store.root),
-                                             "sha256": sha256_file(store.root / "responses.parquet")},
-        "agents": list(agents), "index_policy": index_policy,
+        "registries": [
+            {"path": r.path, "sha256": None if r.error else sha256_file(r.path), "error": r.error}
+            for r in regs
+        ],
+        "cache": None
+        if store is None
+        else {"path": str(store.root), "sha256": sha256_file(store.root / "responses.parquet")},
+        "agents": list(agents),
+        "index_policy": index_policy,
     }
     run = ws.start_stage("optout", params, depends_on=["ingest"])
-    if run.record.get("status") == "done" and all(run.is_done(p.number) for p in parts) \
-            and (ws.root / "optout/decisions.parquet").exists():
+    if (
+        run.record.get("status") == "done"
+        and all(run.is_done(p.number) for p in parts)
+        and (ws.root / "optout/decisions.parquet").exists()
+    ):
         return run.record["summary"]
     ctx = decide.Context(regs, store, agents, index_policy, rules=registries.connect_rules(regs))
     for part in track(parts, total=len(parts), description="opt-out signals"):
@@ -79,7 +86,9 @@ def compute(
             continue
         sig_rows, dec_rows, err_rows = decide.evaluate_part(ctx, pq.read_table(ws.path(part.path)))
         outputs = decide.write_part(ws, part, sig_rows, dec_rows, err_rows)
-        run.record_part(part.number, outputs, counts=decide.part_counts(sig_rows, dec_rows, err_rows))
+        run.record_part(
+            part.number, outputs, counts=decide.part_counts(sig_rows, dec_rows, err_rows)
+        )
     merged = decide.merge_parts(ws, parts)
     counts = [run.part_info(p.number)["counts"] for p in parts]
     summary = {
@@ -87,8 +96,16 @@ def compute(
         "decisions": _sum_nested([c["decisions"] for c in counts]),
         "signals": _sum_nested([c["signals"] for c in counts]),
         "errors": _sum_nested([{"_": c["errors"]} for c in counts]).get("_", {}),
-        "registries": [{"path": r.path, "domains": len(r.domains), "urls": len(r.urls),
-                        "skipped": r.skipped, "error": r.error} for r in regs],
+        "registries": [
+            {
+                "path": r.path,
+                "domains": len(r.domains),
+                "urls": len(r.urls),
+                "skipped": r.skipped,
+                "error": r.error,
+            }
+            for r in regs
+        ],
         "registry_errors": [r.error for r in regs if r.error],
         "cache": None if store is None else str(store.root),
         "not_consulted": [] if store is not None else list(decide.CRAWL_SIGNALS),

@@ -66,9 +66,18 @@ def schema() -> Any:
 
     header = pa.struct([("name", pa.string()), ("value", pa.string())])
     return pa.schema(
-        [("url", pa.string()), ("nurl", pa.string()), ("kind", pa.string()), ("status", pa.int32()),
-         ("headers", pa.list_(header)), ("body", pa.binary()), ("body_truncated", pa.bool_()),
-         ("final_url", pa.string()), ("fetched_at", pa.string()), ("error", pa.string())],
+        [
+            ("url", pa.string()),
+            ("nurl", pa.string()),
+            ("kind", pa.string()),
+            ("status", pa.int32()),
+            ("headers", pa.list_(header)),
+            ("body", pa.binary()),
+            ("body_truncated", pa.bool_()),
+            ("final_url", pa.string()),
+            ("fetched_at", pa.string()),
+            ("error", pa.string()),
+        ],
         metadata={"format": FORMAT},
     )
 
@@ -100,14 +109,21 @@ class CrawlCache:
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as e:  # noqa: BLE001 - any parquet failure means the same thing to the user
-            raise AuditError(f"{path} is unreadable ({type(e).__name__}: {e}); re-crawl into a new folder.") from e
+            raise AuditError(
+                f"{path} is unreadable ({type(e).__name__}: {e}); re-crawl into a new folder."
+            ) from e
         responses: dict[tuple[str, str], Response] = {}
         for r in rows:
             resp = Response(
-                url=r["url"], kind=r["kind"], status=r["status"],
-                headers=[(h["name"], h["value"]) for h in (r["headers"] or [])], body=r["body"],
-                fetched_at=r["fetched_at"] or "", error=r["error"],
-                body_truncated=bool(r["body_truncated"]), final_url=r["final_url"],
+                url=r["url"],
+                kind=r["kind"],
+                status=r["status"],
+                headers=[(h["name"], h["value"]) for h in (r["headers"] or [])],
+                body=r["body"],
+                fetched_at=r["fetched_at"] or "",
+                error=r["error"],
+                body_truncated=bool(r["body_truncated"]),
+                final_url=r["final_url"],
             )
             responses[(resp.kind, r["nurl"] or resp.nurl)] = resp
         return cls(root, responses)
@@ -131,10 +147,18 @@ class CrawlCache:
         import pyarrow.parquet as pq
 
         rows = [
-            {"url": r.url, "nurl": key[1], "kind": r.kind, "status": r.status,
-             "headers": [{"name": n, "value": v} for n, v in r.headers], "body": r.body,
-             "body_truncated": r.body_truncated, "final_url": r.final_url,
-             "fetched_at": r.fetched_at, "error": r.error}
+            {
+                "url": r.url,
+                "nurl": key[1],
+                "kind": r.kind,
+                "status": r.status,
+                "headers": [{"name": n, "value": v} for n, v in r.headers],
+                "body": r.body,
+                "body_truncated": r.body_truncated,
+                "final_url": r.final_url,
+                "fetched_at": r.fetched_at,
+                "error": r.error,
+            }
             for key, r in sorted(self.responses.items())
         ]
         path = self.root / RESPONSES
@@ -149,13 +173,17 @@ def kind_of(url: str, content_type: str | None) -> str:
     for kind, file in HOST_FILES.items():
         if path == file:
             return kind
-    if content_type and content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
+    if content_type and content_type.split(";")[0].strip().lower() in (
+        "text/html",
+        "application/xhtml+xml",
+    ):
         return "page"
     return "image"
 
 
-def import_warc(warc: str | os.PathLike[str], cache: str | os.PathLike[str],
-                max_bytes: int = 512 * 1024) -> dict[str, Any]:
+def import_warc(
+    warc: str | os.PathLike[str], cache: str | os.PathLike[str], max_bytes: int = 512 * 1024
+) -> dict[str, Any]:
     """Add the HTTP responses of a WARC (or .warc.gz) file to a crawl cache.
 
     >>> import_warc("crawl.warc.gz", "indexes/sample-cache")  # doctest: +SKIP
@@ -182,15 +210,23 @@ def import_warc(warc: str | os.PathLike[str], cache: str | os.PathLike[str],
                 headers = [(str(n), str(v)) for n, v in record.http_headers.headers]
                 kind = kind_of(url, record.http_headers.get_header("Content-Type"))
                 body = record.content_stream().read(max_bytes + 1)
-                added.append(Response(
-                    url=url, kind=kind, status=status, headers=headers,
-                    body=None if kind == "image" else body[:max_bytes],
-                    body_truncated=len(body) > max_bytes, final_url=url,
-                    fetched_at=record.rec_headers.get_header("WARC-Date") or now(),
-                ))
+                added.append(
+                    Response(
+                        url=url,
+                        kind=kind,
+                        status=status,
+                        headers=headers,
+                        body=None if kind == "image" else body[:max_bytes],
+                        body_truncated=len(body) > max_bytes,
+                        final_url=url,
+                        fetched_at=record.rec_headers.get_header("WARC-Date") or now(),
+                    )
+                )
         except Exception as e:  # noqa: BLE001 - warcio raises many types on a damaged archive
-            raise AuditError(f"{warc} is not a readable WARC file after {len(added)} records "
-                             f"({type(e).__name__}: {e}).") from e
+            raise AuditError(
+                f"{warc} is not a readable WARC file after {len(added)} records "
+                f"({type(e).__name__}: {e})."
+            ) from e
     store.add(added)
     path = store.save()
     return {"imported": len(added), "skipped": skipped, "cache": str(path)}
@@ -210,11 +246,15 @@ def export_warc(cache: str | os.PathLike[str], warc: str | os.PathLike[str]) -> 
                 continue
             body = r.body or b""
             # The stored body may be capped: drop length/encoding headers so readers trust the record.
-            headers = [(n, v) for n, v in r.headers
-                       if n.lower() not in ("content-length", "transfer-encoding", "content-encoding")]
+            headers = [
+                (n, v)
+                for n, v in r.headers
+                if n.lower() not in ("content-length", "transfer-encoding", "content-encoding")
+            ]
             http = StatusAndHeaders(f"{r.status} -", headers, protocol="HTTP/1.1")
-            record = writer.create_warc_record(r.url, "response", payload=io.BytesIO(body),
-                                               http_headers=http, length=len(body))
+            record = writer.create_warc_record(
+                r.url, "response", payload=io.BytesIO(body), http_headers=http, length=len(body)
+            )
             writer.write_record(record)
             written += 1
     return {"exported": written, "warc": str(warc)}
@@ -240,7 +280,11 @@ def sample_signals(sample_dir: str | os.PathLike[str]) -> dict[str, Any]:
     table = pq.read_table(sample_dir / "laion" / "sample.parquet")
     cols = {c.lower(): c for c in table.column_names}
     image_urls = [str(u) for u in table.column(cols["url"]).to_pylist()]
-    pages = table.column(cols["page_url"]).to_pylist() if "page_url" in cols else [None] * len(image_urls)
+    pages = (
+        table.column(cols["page_url"]).to_pylist()
+        if "page_url" in cols
+        else [None] * len(image_urls)
+    )
     out = sample_dir / "optout"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -248,7 +292,10 @@ def sample_signals(sample_dir: str | os.PathLike[str]) -> dict[str, Any]:
     (out / "registry-domains.txt").write_text(
         "# Synthetic domain opt-out registry for the bundled sample (one domain per line).\n"
         "# A domain covers its subdomains: pictures.example.org covers img.pictures.example.org.\n"
-        + "\n".join(domains) + "\n", "utf-8")
+        + "\n".join(domains)
+        + "\n",
+        "utf-8",
+    )
     # Every 40th openclipart row is listed by URL; the first one in a different spelling
     # (upper-case host, default port), which normalisation must still match.
     listed = [u for u in image_urls if "openclipart.org" in u][::40]
@@ -262,7 +309,7 @@ def sample_signals(sample_dir: str | os.PathLike[str]) -> dict[str, Any]:
     for origin in sorted({urls.origin(u) for u in image_urls if urls.origin(u)}):
         responses += _sample_host_files(origin)
     oc = 0
-    for i, (u, page) in enumerate(zip(image_urls, pages)):
+    for i, (u, page) in enumerate(zip(image_urls, pages, strict=True)):
         headers = [("Content-Type", "image/png" if u.endswith(".png") else "image/jpeg")]
         if "openclipart.org" in u:
             oc += 1
@@ -280,40 +327,72 @@ def sample_signals(sample_dir: str | os.PathLike[str]) -> dict[str, Any]:
     (out / "cache").mkdir(exist_ok=True)
     store.save()
     (out / "README.md").write_text(_SAMPLE_README, "utf-8")
-    return {"registry_domains": len(domains), "registry_urls": len(listed), "responses": len(responses),
-            "cache": str(out / "cache" / RESPONSES)}
+    return {
+        "registry_domains": len(domains),
+        "registry_urls": len(listed),
+        "responses": len(responses),
+        "cache": str(out / "cache" / RESPONSES),
+    }
 
 
 def _sample_host_files(origin: str) -> list[Response]:
     host = origin.split("://", 1)[1]
     robots, aitxt, tdm = (b"User-agent: *\nDisallow: /admin/\n", 200), (b"", 404), (b"", 404)
     if host == "www.example.net":
-        robots = (b"# blog\nUser-agent: GPTBot\nUser-agent: CCBot\nDisallow: /blog/wp-content/\n\n"
-                  b"User-agent: *\nAllow: /\n", 200)
+        robots = (
+            b"# blog\nUser-agent: GPTBot\nUser-agent: CCBot\nDisallow: /blog/wp-content/\n\n"
+            b"User-agent: *\nAllow: /\n",
+            200,
+        )
     elif host == "cdn.clipart-mirror.example.com":
         aitxt = (b"# Spawning ai.txt\nUser-Agent: *\nDisallow: *.png\nAllow: *.jpg\n", 200)
     elif host == "media.example.com":
-        tdm = (b'[{"location": "/free-clipart/*", "tdm-reservation": 1, '
-               b'"tdm-policy": "https://example.com/tdm-policy.json"}]', 200)
+        tdm = (
+            b'[{"location": "/free-clipart/*", "tdm-reservation": 1, '
+            b'"tdm-policy": "https://example.com/tdm-policy.json"}]',
+            200,
+        )
     elif host == "img.pictures.example.org":
         robots = (b"", 404)
     out = []
     for kind, (body, status) in (("robots", robots), ("ai.txt", aitxt), ("tdmrep", tdm)):
         url = origin + HOST_FILES[kind]
         ctype = "application/json" if kind == "tdmrep" else "text/plain"
-        out.append(Response(url, kind, status, [("Content-Type", ctype)], body, SAMPLE_TIME, final_url=url))
+        out.append(
+            Response(url, kind, status, [("Content-Type", ctype)], body, SAMPLE_TIME, final_url=url)
+        )
     return out
 
 
 def _sample_page(page: str, i: int) -> Response:
     if "example.net" in page and i % 2 == 0:  # some blog posts are gone
-        return Response(page, "page", 404, [("Content-Type", "text/html")], b"<h1>Not found</h1>",
-                        SAMPLE_TIME, final_url=page)
-    meta = '<meta name="robots" content="noimageai">' if i % 11 == 5 else '<meta name="robots" content="index, follow">'
-    body = (f"<!doctype html><html><head><meta charset='utf-8'><title>clip art {i}</title>{meta}</head>"
-            f"<body><img src='image.png' alt='clip art'></body></html>").encode()
-    return Response(page, "page", 200, [("Content-Type", "text/html; charset=utf-8")], body, SAMPLE_TIME,
-                    final_url=page)
+        return Response(
+            page,
+            "page",
+            404,
+            [("Content-Type", "text/html")],
+            b"<h1>Not found</h1>",
+            SAMPLE_TIME,
+            final_url=page,
+        )
+    meta = (
+        '<meta name="robots" content="noimageai">'
+        if i % 11 == 5
+        else '<meta name="robots" content="index, follow">'
+    )
+    body = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>clip art {i}</title>{meta}</head>"
+        f"<body><img src='image.png' alt='clip art'></body></html>"
+    ).encode()
+    return Response(
+        page,
+        "page",
+        200,
+        [("Content-Type", "text/html; charset=utf-8")],
+        body,
+        SAMPLE_TIME,
+        final_url=page,
+    )
 
 
 _SAMPLE_README = """# Opt-out signals for the bundled sample (synthetic)

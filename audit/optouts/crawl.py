@@ -73,11 +73,19 @@ def check_address(host: str, port: int, allow_private: bool) -> tuple[str | None
         ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         mapped = getattr(ip, "ipv4_mapped", None)
         ip = mapped or ip
-        for flag, label in (("is_loopback", "loopback"), ("is_link_local", "link-local"),
-                            ("is_private", "private"), ("is_multicast", "multicast"),
-                            ("is_reserved", "reserved"), ("is_unspecified", "unspecified")):
+        for flag, label in (
+            ("is_loopback", "loopback"),
+            ("is_link_local", "link-local"),
+            ("is_private", "private"),
+            ("is_multicast", "multicast"),
+            ("is_reserved", "reserved"),
+            ("is_unspecified", "unspecified"),
+        ):
             if getattr(ip, flag) and not allow_private:
-                return None, f"refused: {label} address {ip} (pass allow_private=True only in tests)"
+                return (
+                    None,
+                    f"refused: {label} address {ip} (pass allow_private=True only in tests)",
+                )
     return str(infos[0][4][0]), None
 
 
@@ -89,7 +97,9 @@ class _PinnedHTTP(http.client.HTTPConnection):
         self.address = address
 
     def connect(self) -> None:
-        self.sock = self.raw_sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self.raw_sock = socket.create_connection(
+            (self.address, self.port), self.timeout
+        )
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
@@ -102,8 +112,16 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
-def fetch(url: str, kind: str, *, limiter: HostLimiter, timeout: float = 10.0,
-          max_bytes: int = 512 * 1024, agent: str = DEFAULT_AGENT, allow_private: bool = False) -> Response:
+def fetch(
+    url: str,
+    kind: str,
+    *,
+    limiter: HostLimiter,
+    timeout: float = 10.0,
+    max_bytes: int = 512 * 1024,
+    agent: str = DEFAULT_AGENT,
+    allow_private: bool = False,
+) -> Response:
     """Fetch one URL for the cache; every failure is a Response with `error` set."""
     deadline = time.monotonic() + timeout
     method = "HEAD" if kind == "image" else "GET"
@@ -132,8 +150,16 @@ def fetch(url: str, kind: str, *, limiter: HostLimiter, timeout: float = 10.0,
         watchdog.start()
         try:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            conn.request(method, target, headers={"User-Agent": agent, "Accept-Encoding": "identity",
-                                                  "Accept": "*/*", "Connection": "close"})
+            conn.request(
+                method,
+                target,
+                headers={
+                    "User-Agent": agent,
+                    "Accept-Encoding": "identity",
+                    "Accept": "*/*",
+                    "Connection": "close",
+                },
+            )
             resp = conn.getresponse()
             headers = [(str(n), str(v)) for n, v in resp.msg.items()]
             status = resp.status
@@ -146,11 +172,23 @@ def fetch(url: str, kind: str, *, limiter: HostLimiter, timeout: float = 10.0,
             body, truncated = None, False
             if kind != "image" and method == "GET":
                 body, truncated = _read_capped(resp, max_bytes, deadline)
-            return Response(url=url, kind=kind, status=status, headers=headers, body=body,
-                            fetched_at=now(), body_truncated=truncated, final_url=current)
+            return Response(
+                url=url,
+                kind=kind,
+                status=status,
+                headers=headers,
+                body=body,
+                fetched_at=now(),
+                body_truncated=truncated,
+                final_url=current,
+            )
         except (OSError, http.client.HTTPException, ssl.SSLError) as e:
             late = time.monotonic() >= deadline - 0.01
-            reason = "timeout" if late or isinstance(e, TimeoutError) else f"connection: {type(e).__name__}: {e}"
+            reason = (
+                "timeout"
+                if late or isinstance(e, TimeoutError)
+                else f"connection: {type(e).__name__}: {e}"
+            )
             return _failed(url, kind, reason, current)
         finally:
             watchdog.cancel()
@@ -214,9 +252,18 @@ def targets(ws: Workspace) -> list[tuple[str, str]]:
     return out
 
 
-def crawl(ws_root: str | Path, cache: str | Path, rate: float = 1.0, timeout: float = 10.0,
-          max_bytes: int = 512 * 1024, agent: str = DEFAULT_AGENT, workers: int = 8,
-          allow_private: bool = False, refresh: bool = False, save_every: int = 500) -> dict[str, Any]:
+def crawl(
+    ws_root: str | Path,
+    cache: str | Path,
+    rate: float = 1.0,
+    timeout: float = 10.0,
+    max_bytes: int = 512 * 1024,
+    agent: str = DEFAULT_AGENT,
+    workers: int = 8,
+    allow_private: bool = False,
+    refresh: bool = False,
+    save_every: int = 500,
+) -> dict[str, Any]:
     """Fill the crawl cache `cache` for every host, image and page of the workspace.
 
     >>> crawl("indexes/mydata", "indexes/mydata-cache", rate=0.5)  # doctest: +SKIP
@@ -234,8 +281,19 @@ def crawl(ws_root: str | Path, cache: str | Path, rate: float = 1.0, timeout: fl
     errors: dict[str, int] = {}
     fetched = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(fetch, u, k, limiter=limiter, timeout=timeout, max_bytes=max_bytes,
-                               agent=agent, allow_private=allow_private) for k, u in todo]
+        futures = [
+            pool.submit(
+                fetch,
+                u,
+                k,
+                limiter=limiter,
+                timeout=timeout,
+                max_bytes=max_bytes,
+                agent=agent,
+                allow_private=allow_private,
+            )
+            for k, u in todo
+        ]
         for fut in track(as_completed(futures), total=len(futures), description="crawl"):
             resp = fut.result()
             store.add([resp])
@@ -246,10 +304,16 @@ def crawl(ws_root: str | Path, cache: str | Path, rate: float = 1.0, timeout: fl
             if fetched % save_every == 0:
                 store.save()
     store.save()
-    summary = {"targets": len(wanted), "fetched": fetched,
-               "cached_before": len(wanted) - len(todo), "errors": errors,
-               "hosts": len({urlsplit(u).hostname for _, u in todo}),
-               "seconds": round(time.monotonic() - started, 2), "agent": agent, "rate": rate,
-               "cache": str(store.root / "responses.parquet")}
+    summary = {
+        "targets": len(wanted),
+        "fetched": fetched,
+        "cached_before": len(wanted) - len(todo),
+        "errors": errors,
+        "hosts": len({urlsplit(u).hostname for _, u in todo}),
+        "seconds": round(time.monotonic() - started, 2),
+        "agent": agent,
+        "rate": rate,
+        "cache": str(store.root / "responses.parquet"),
+    }
     atomic_write_json(store.root / "crawl.json", {"finished": now(), **summary})
     return summary

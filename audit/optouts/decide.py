@@ -35,7 +35,14 @@ from audit.optouts import embedded, headers, htmlmeta, registry, robots, tdmrep,
 from audit.optouts.cache import CrawlCache, Response
 from audit.optouts.signals import STATES, USES, Signal, expand_uses
 
-CRAWL_SIGNALS = ("x-robots-tag", "tdm-header", "html-meta-robots", "tdmrep.json", "robots.txt", "ai.txt")
+CRAWL_SIGNALS = (
+    "x-robots-tag",
+    "tdm-header",
+    "html-meta-robots",
+    "tdmrep.json",
+    "robots.txt",
+    "ai.txt",
+)
 _RANK = {s: i for i, s in enumerate(STATES)}
 
 
@@ -52,7 +59,9 @@ class Context:
 
     @property
     def consulted(self) -> str:
-        names = [f"{r.unreadable_signal if r.error else 'registry'} {r.name}" for r in self.registries]
+        names = [
+            f"{r.unreadable_signal if r.error else 'registry'} {r.name}" for r in self.registries
+        ]
         names.append("embedded XMP/C2PA")
         if self.cache is not None:
             names.append("crawl cache (headers, page meta, robots.txt, ai.txt, tdmrep.json)")
@@ -96,7 +105,9 @@ def _host_file(ctx: Context, kind: str, url: str) -> Any:
         if kind == "tdmrep":
             ctx.host_files[key] = tdmrep.from_status(status, body)
         else:
-            ctx.host_files[key] = robots.from_status(status, body, kind="ai.txt" if kind == "ai.txt" else "robots.txt")
+            ctx.host_files[key] = robots.from_status(
+                status, body, kind="ai.txt" if kind == "ai.txt" else "robots.txt"
+            )
     return ctx.host_files[key]
 
 
@@ -113,26 +124,44 @@ def crawl_signals(ctx: Context, url: str | None, page_url: str | None) -> list[S
     if problem:
         out += [_unchecked("x-robots-tag", url, problem), _unchecked("tdm-header", url, problem)]
     else:
-        sigs = headers.signals(resp.headers, ctx.agents, index_policy=ctx.index_policy,  # type: ignore[union-attr]
-                               location=f"{url} response headers")
+        sigs = headers.signals(
+            resp.headers,
+            ctx.agents,
+            index_policy=ctx.index_policy,  # type: ignore[union-attr]
+            location=f"{url} response headers",
+        )
         out += [s for s in sigs if s.signal != "tdm-header"]
         resource += [s for s in sigs if s.signal == "tdm-header"]
     if not page_url:
-        out.append(Signal("html-meta-robots", "not_evaluable", USES, "page_url column",
-                          "row has no page_url: page-level signals cannot be checked"))
+        out.append(
+            Signal(
+                "html-meta-robots",
+                "not_evaluable",
+                USES,
+                "page_url column",
+                "row has no page_url: page-level signals cannot be checked",
+            )
+        )
     else:
         page = ctx.cache.get("page", page_url)
         problem = _fetch_problem(page, "page")
         if problem:
             out.append(_unchecked("html-meta-robots", page_url, problem))
         else:
-            sigs = htmlmeta.signals(page.body or b"", ctx.agents, index_policy=ctx.index_policy,  # type: ignore[union-attr]
-                                    location=page_url)
+            sigs = htmlmeta.signals(
+                page.body or b"",
+                ctx.agents,
+                index_policy=ctx.index_policy,  # type: ignore[union-attr]
+                location=page_url,
+            )
             out += [s for s in sigs if s.signal != "tdm-meta"]
             resource += [s for s in sigs if s.signal == "tdm-meta"]
     file_sigs = _host_file(ctx, "tdmrep", url).signals(url)
-    out += tdmrep.combine(file_sigs, [s for s in resource if s.signal == "tdm-header"],
-                          [s for s in resource if s.signal == "tdm-meta"])
+    out += tdmrep.combine(
+        file_sigs,
+        [s for s in resource if s.signal == "tdm-header"],
+        [s for s in resource if s.signal == "tdm-meta"],
+    )
     out += robots.signals(_host_file(ctx, "robots", url), url, agents=ctx.agents)
     out += robots.aitxt_signals(_host_file(ctx, "ai.txt", url), url, agents=ctx.agents)
     return out
@@ -142,21 +171,30 @@ def embedded_signals(row: dict[str, Any]) -> tuple[list[Signal], ImageProblem | 
     """XMP/C2PA signals from the row's image bytes; not_evaluable when there are no bytes."""
     if row.get("image_status") != "ok" or not row.get("image_path"):
         why = f"no image bytes (image_status={row.get('image_status')})"
-        return [Signal(n, "not_evaluable", USES, "image bytes", why) for n in ("iptc-xmp", "c2pa")], None
+        return [
+            Signal(n, "not_evaluable", USES, "image bytes", why) for n in ("iptc-xmp", "c2pa")
+        ], None
     try:
         data = read_bytes(row["image_path"], row.get("image_offset"), row.get("image_size"))
     except ImageProblem as p:
         why = f"image bytes unreadable: {p}"
-        return [Signal(n, "not_evaluable", USES, str(row["image_path"]), why) for n in ("iptc-xmp", "c2pa")], p
+        return [
+            Signal(n, "not_evaluable", USES, str(row["image_path"]), why)
+            for n in ("iptc-xmp", "c2pa")
+        ], p
     return embedded.signals(data), None
 
 
 def registry_signals(ctx: Context, hits: list[dict[str, Any]]) -> list[Signal]:
-    out = [Signal(h["signal"], "reserved", expand_uses([h["use"]]), h["location"], h["evidence"])
-           for h in hits]
+    out = [
+        Signal(h["signal"], "reserved", expand_uses([h["use"]]), h["location"], h["evidence"])
+        for h in hits
+    ]
     for reg in ctx.registries:
         if reg.error:
-            out.append(_unchecked(reg.unreadable_signal, reg.path, f"registry unreadable: {reg.error}"))
+            out.append(
+                _unchecked(reg.unreadable_signal, reg.path, f"registry unreadable: {reg.error}")
+            )
     return out
 
 
@@ -176,11 +214,21 @@ def decide(sigs: list[Signal], consulted: str) -> dict[str, dict[str, Any]]:
                 if best is None or _RANK[s.state] < _RANK[best.state]:
                     best = s
         if best is None or best.state == "allowed":
-            out[use] = {"decision": "allowed", "signal": "none", "location": "", "agent": "*",
-                        "evidence": f"{covering} signal(s) allow; {consulted}"}
+            out[use] = {
+                "decision": "allowed",
+                "signal": "none",
+                "location": "",
+                "agent": "*",
+                "evidence": f"{covering} signal(s) allow; {consulted}",
+            }
         else:
-            out[use] = {"decision": best.state, "signal": best.signal, "location": best.location,
-                        "evidence": best.evidence, "agent": best.agent}
+            out[use] = {
+                "decision": best.state,
+                "signal": best.signal,
+                "location": best.location,
+                "evidence": best.evidence,
+                "agent": best.agent,
+            }
     return out
 
 
@@ -189,13 +237,29 @@ def evaluate_part(ctx: Context, table: Any) -> tuple[list[dict], list[dict], lis
     import pyarrow as pa
 
     cols = {c: table.column(c) for c in ("row_id", "url")}
-    cols["page_url"] = (table.column("page_url") if "page_url" in table.column_names
-                        else pa.nulls(table.num_rows, pa.string()))
+    cols["page_url"] = (
+        table.column("page_url")
+        if "page_url" in table.column_names
+        else pa.nulls(table.num_rows, pa.string())
+    )
     hits: dict[int, list[dict[str, Any]]] = {}
     for hit in registry.match(ctx.rules, pa.table(cols)):
         hits.setdefault(hit["row_id"], []).append(hit)
-    wanted = [c for c in ("row_id", "url", "page_url", "source_file", "source_row", "image_status",
-                          "image_path", "image_offset", "image_size") if c in table.column_names]
+    wanted = [
+        c
+        for c in (
+            "row_id",
+            "url",
+            "page_url",
+            "source_file",
+            "source_row",
+            "image_status",
+            "image_path",
+            "image_offset",
+            "image_size",
+        )
+        if c in table.column_names
+    ]
     sig_rows, dec_rows, err_rows = [], [], []
     consulted = ctx.consulted
     for row in table.select(wanted).to_pylist():
@@ -207,12 +271,25 @@ def evaluate_part(ctx: Context, table: Any) -> tuple[list[dict], list[dict], lis
             sigs += crawl_signals(ctx, row["url"], row.get("page_url"))
         for s in sigs:
             for use in s.uses:
-                sig_rows.append({"row_id": rid, "signal": s.signal, "state": s.state, "use": use,
-                                 "location": s.location, "evidence": s.evidence, "agent": s.agent})
+                sig_rows.append(
+                    {
+                        "row_id": rid,
+                        "signal": s.signal,
+                        "state": s.state,
+                        "use": use,
+                        "location": s.location,
+                        "evidence": s.evidence,
+                        "agent": s.agent,
+                    }
+                )
         for use, d in decide(sigs, consulted).items():
             dec_rows.append({"row_id": rid, "use": use, **d})
-        base = {"stage": "optout", "row_id": rid, "source_file": row.get("source_file"),
-                "source_row": row.get("source_row")}
+        base = {
+            "stage": "optout",
+            "row_id": rid,
+            "source_file": row.get("source_file"),
+            "source_row": row.get("source_row"),
+        }
         if problem is not None:
             err_rows.append({**base, "reason": problem.reason, "detail": problem.detail})
         if not row["url"] or urls.normalise(row["url"]) is None:
@@ -225,14 +302,34 @@ def _schemas() -> tuple[Any, Any]:
     import pyarrow as pa
 
     s = pa.string()
-    signals = pa.schema([("row_id", pa.int64()), ("signal", s), ("state", s), ("use", s),
-                         ("location", s), ("evidence", s), ("agent", s)])
-    decisions = pa.schema([("row_id", pa.int64()), ("use", s), ("decision", s), ("signal", s),
-                           ("location", s), ("evidence", s), ("agent", s)])
+    signals = pa.schema(
+        [
+            ("row_id", pa.int64()),
+            ("signal", s),
+            ("state", s),
+            ("use", s),
+            ("location", s),
+            ("evidence", s),
+            ("agent", s),
+        ]
+    )
+    decisions = pa.schema(
+        [
+            ("row_id", pa.int64()),
+            ("use", s),
+            ("decision", s),
+            ("signal", s),
+            ("location", s),
+            ("evidence", s),
+            ("agent", s),
+        ]
+    )
     return signals, decisions
 
 
-def write_part(ws: Any, part: Any, sig_rows: list[dict], dec_rows: list[dict], err_rows: list[dict]) -> list[Any]:
+def write_part(
+    ws: Any, part: Any, sig_rows: list[dict], dec_rows: list[dict], err_rows: list[dict]
+) -> list[Any]:
     """Write one part's signals, decisions and errors atomically; returns the `Output`s."""
     import pyarrow as pa
 
@@ -241,7 +338,10 @@ def write_part(ws: Any, part: Any, sig_rows: list[dict], dec_rows: list[dict], e
 
     sig_schema, dec_schema = _schemas()
     outputs = []
-    for name, rows, schema in (("signals", sig_rows, sig_schema), ("decisions", dec_rows, dec_schema)):
+    for name, rows, schema in (
+        ("signals", sig_rows, sig_schema),
+        ("decisions", dec_rows, dec_schema),
+    ):
         rel = f"optout/parts/{name}-{part.stem}.parquet"
         atomic_write_parquet(ws.path(rel), pa.Table.from_pylist(rows, schema=schema))
         outputs.append(Output(rel, rows=len(rows), row_offset=part.row_offset))
@@ -259,7 +359,7 @@ def part_counts(sig_rows: list[dict], dec_rows: list[dict], err_rows: list[dict]
         per = decisions.setdefault(d["use"], {})
         per[d["decision"]] = per.get(d["decision"], 0) + 1
     signals: dict[str, dict[str, int]] = {}
-    for row_id, signal, state in {(r["row_id"], r["signal"], r["state"]) for r in sig_rows}:
+    for _row, signal, state in {(r["row_id"], r["signal"], r["state"]) for r in sig_rows}:
         per = signals.setdefault(signal, {})
         per[state] = per.get(state, 0) + 1
     errors: dict[str, int] = {}
@@ -275,7 +375,7 @@ def merge_parts(ws: Any, parts: list[Any]) -> list[tuple[str, int]]:
     from audit.workspace import atomic_path
 
     merged = []
-    for name, schema in zip(("signals", "decisions"), _schemas()):
+    for name, schema in zip(("signals", "decisions"), _schemas(), strict=True):
         rel, rows = f"optout/{name}.parquet", 0
         with atomic_path(ws.path(rel)) as tmp:
             with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:

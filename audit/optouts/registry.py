@@ -45,9 +45,7 @@ DEFAULT_USE = "ai_training"
 # Dot segments ("/./", "/../") are sent to Python too.
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _PCHARS = r"[A-Za-z0-9._~!$&'()*+,;=:@/-]"
-FAST_URL = (
-    rf"[hH][tT][tT][pP][sS]?://{_LABEL}(\.{_LABEL})*(/{_PCHARS}*)?(\?({_PCHARS}|\?)+)?"
-)
+FAST_URL = rf"[hH][tT][tT][pP][sS]?://{_LABEL}(\.{_LABEL})*(/{_PCHARS}*)?(\?({_PCHARS}|\?)+)?"
 DOT_SEGMENT = r"/\.\.?(/|\?|$)"
 
 
@@ -94,7 +92,9 @@ def load(path: str | os.PathLike[str]) -> Registry:
         reg.domains, reg.urls = [], []
         reg.error = f"{path}: {type(e).__name__}: {e}"
     if reg.error is None and not reg.domains and not reg.urls:
-        reg.error = f"{path}: no domain or URL entries found (an empty registry would allow everything)"
+        reg.error = (
+            f"{path}: no domain or URL entries found (an empty registry would allow everything)"
+        )
     return reg
 
 
@@ -184,28 +184,25 @@ def url_key(url: str) -> str | None:
 def connect_rules(registries: list[Registry]) -> Any:
     """A duckdb connection holding every readable registry as tables `reg_domains`, `reg_urls`.
 
-    The connection also has `url_key` (Python) and the SQL macro `ukey(u)` that normalises
-    the common case in SQL and falls back to Python for the rest.
+    The connection also has `py_url_key` (Python `url_key`) for the URLs `keys_sql` sends to it.
     """
     import duckdb
     import pyarrow as pa
 
     con = duckdb.connect()
     con.execute("SET threads TO 2")
-    con.create_function("py_url_key", _safe_url_key, ["VARCHAR"], "VARCHAR", null_handling="special",
-                        side_effects=False)
-    fast = FAST_URL.replace("'", "''")
-    con.execute(
-        f"""CREATE MACRO ukey(u) AS CASE
-          WHEN u IS NULL THEN NULL
-          WHEN regexp_full_match(u, '{fast}') AND NOT regexp_matches(u, '{DOT_SEGMENT}') THEN
-            lower(regexp_extract(u, '^[^/]*//([^/?]*)', 1))
-            || coalesce(nullif(regexp_extract(u, '^[^/]*//[^/?]*([^?]*)', 1), ''), '/')
-            || regexp_extract(u, '(\\?.*)$', 1)
-          ELSE py_url_key(u) END"""
+    con.create_function(
+        "py_url_key",
+        _safe_url_key,
+        ["VARCHAR"],
+        "VARCHAR",
+        null_handling="special",
+        side_effects=False,
     )
     # host of a url key: everything before the first "/", without user info and port
-    con.execute("CREATE MACRO khost(k) AS regexp_replace(regexp_replace(split_part(k, '/', 1), '^.*@', ''), ':[0-9]*$', '')")
+    con.execute(
+        "CREATE MACRO khost(k) AS regexp_replace(regexp_replace(split_part(k, '/', 1), '^.*@', ''), ':[0-9]*$', '')"
+    )
     con.execute(
         "CREATE MACRO suffixes(h) AS [array_to_string(list_slice(string_split(h, '.'), i, "
         "len(string_split(h, '.'))), '.') for i in range(1, len(string_split(h, '.')) + 1)]"
@@ -216,14 +213,32 @@ def connect_rules(registries: list[Registry]) -> Any:
             continue
         doms += [(d, u, w, i) for d, u, w in reg.domains]
         uls += [(k, u, w, i) for k, u, w in reg.urls]
-    rule = pa.schema([("key", pa.string()), ("use", pa.string()), ("entry", pa.string()), ("reg", pa.int32())])
+    rule = pa.schema(
+        [("key", pa.string()), ("use", pa.string()), ("entry", pa.string()), ("reg", pa.int32())]
+    )
     for name, rows in (("reg_domains", doms), ("reg_urls", uls)):
-        arrow = pa.Table.from_arrays([pa.array([r[j] for r in rows], rule.field(j).type) for j in range(4)],
-                                     schema=rule)
+        arrow = pa.Table.from_arrays(
+            [pa.array([r[j] for r in rows], rule.field(j).type) for j in range(4)], schema=rule
+        )
         con.register(f"{name}_arrow", arrow)
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
         con.unregister(f"{name}_arrow")
     return con
+
+
+def keys_sql(column: str, source: str) -> str:
+    """SQL selecting (row_id, k): the URL key of `column` of `source`, rows without a key dropped.
+
+    The common case is normalised with SQL string functions, the rest by `py_url_key`; the
+    regular expression runs once per row (a subquery column), not once per use.
+    """
+    fast = FAST_URL.replace("'", "''")
+    return f"""SELECT row_id, CASE WHEN fast THEN lower(s.h) || CASE WHEN s.p = '' THEN '/' ELSE s.p END || s.q
+                 ELSE py_url_key(u) END AS k
+               FROM (SELECT row_id, {column} AS u,
+                       regexp_full_match({column}, '{fast}') AND NOT regexp_matches({column}, '{DOT_SEGMENT}') AS fast,
+                       regexp_extract({column}, '^[^:]*://([^/?]*)([^?]*)(.*)$', ['h', 'p', 'q']) AS s
+                     FROM {source} WHERE {column} IS NOT NULL)"""
 
 
 def _safe_url_key(url: str) -> str | None:
@@ -242,18 +257,22 @@ def match(con: Any, rows: Any) -> list[dict[str, Any]]:
     con.register("rows_in", rows)
     try:
         con.execute(
-            """CREATE OR REPLACE TEMP TABLE keyed AS
-               SELECT row_id, 'url' AS col, ukey(url) AS k FROM rows_in WHERE url IS NOT NULL
-               UNION ALL
-               SELECT row_id, 'page_url', ukey(page_url) FROM rows_in WHERE page_url IS NOT NULL"""
+            f"""CREATE OR REPLACE TEMP TABLE keyed AS
+               SELECT row_id, col, k, khost(k) AS host FROM (
+                 SELECT row_id, 'url' AS col, k FROM ({keys_sql("url", "rows_in")})
+                 UNION ALL
+                 SELECT row_id, 'page_url', k FROM ({keys_sql("page_url", "rows_in")}))
+               WHERE k IS NOT NULL"""
         )
+        # Host suffixes are exploded once per distinct host (a column, so the macro's repeated use
+        # of its argument costs nothing), then equi-joined with the domain rules.
         hits = con.execute(
-            """WITH hosts AS (SELECT DISTINCT khost(k) AS host FROM keyed WHERE k IS NOT NULL),
+            """WITH hosts AS (SELECT DISTINCT host FROM keyed),
                     sfx AS (SELECT host, unnest(suffixes(host)) AS s FROM hosts),
                     hm AS (SELECT sfx.host, d.key, d.use, d.entry FROM sfx JOIN reg_domains d ON d.key = sfx.s)
                SELECT keyed.row_id, 'registry-domain' AS signal, hm.use, hm.entry,
                       'domain rule ' || hm.key || ' matches host ' || hm.host || ' of ' || keyed.col, keyed.col
-               FROM keyed JOIN hm ON khost(keyed.k) = hm.host
+               FROM keyed JOIN hm ON keyed.host = hm.host
                UNION ALL
                SELECT keyed.row_id, 'registry-url', u.use, u.entry,
                       'URL rule ' || u.key || ' matches ' || keyed.col, keyed.col
@@ -263,6 +282,13 @@ def match(con: Any, rows: Any) -> list[dict[str, Any]]:
     finally:
         con.unregister("rows_in")
     return [
-        {"row_id": r[0], "signal": r[1], "use": r[2], "location": r[3], "evidence": r[4], "column": r[5]}
+        {
+            "row_id": r[0],
+            "signal": r[1],
+            "use": r[2],
+            "location": r[3],
+            "evidence": r[4],
+            "column": r[5],
+        }
         for r in hits
     ]

@@ -29,8 +29,20 @@ from audit.workspace import Output, Workspace, atomic_path, atomic_write_json, a
 
 KEEPABLE = ("unchecked", "not_evaluable")
 # Columns ingest computes itself; they are not part of any input's schema.
-_COMPUTED = ("row_id", "source_file", "source_row", "image_path", "image_member", "image_offset",
-             "image_size", "image_sha256", "image_format", "image_width", "image_height", "image_status")
+_COMPUTED = (
+    "row_id",
+    "source_file",
+    "source_row",
+    "image_path",
+    "image_member",
+    "image_offset",
+    "image_size",
+    "image_sha256",
+    "image_format",
+    "image_width",
+    "image_height",
+    "image_status",
+)
 
 
 def filter_dataset(
@@ -56,8 +68,10 @@ def filter_dataset(
         raise AuditError(f"--use {use!r} is not a use; choose one of {', '.join(USES)}.")
     bad = [k for k in keep if k not in KEEPABLE]
     if bad:
-        raise AuditError(f"--keep {', '.join(bad)}: only {' and '.join(KEEPABLE)} rows can be kept "
-                         "on top of allowed ones (reserved rows are never kept).")
+        raise AuditError(
+            f"--keep {', '.join(bad)}: only {' and '.join(KEEPABLE)} rows can be kept "
+            "on top of allowed ones (reserved rows are never kept)."
+        )
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
     if (ws.stage("optout") or {}).get("status") != "done":
@@ -66,13 +80,21 @@ def filter_dataset(
     if out.suffix != ".parquet":
         raise AuditError(f"--out {out} must end in .parquet")
     states = ("allowed", *sorted(set(keep)))
-    run = ws.start_stage("filter", {"out": str(out), "use": use, "keep": list(states[1:])}, depends_on=["optout"])
+    run = ws.start_stage(
+        "filter", {"out": str(out), "use": use, "keep": list(states[1:])}, depends_on=["optout"]
+    )
 
     con = ws.connect()
-    con.execute("CREATE TEMP TABLE d AS SELECT row_id, decision, signal FROM optout WHERE use = ?", [use])
-    kept_ids = np.asarray(con.execute(
-        f"SELECT row_id FROM d WHERE decision IN ({', '.join('?' * len(states))}) ORDER BY row_id",
-        list(states)).fetchnumpy()["row_id"], dtype=np.int64)
+    con.execute(
+        "CREATE TEMP TABLE d AS SELECT row_id, decision, signal FROM optout WHERE use = ?", [use]
+    )
+    kept_ids = np.asarray(
+        con.execute(
+            f"SELECT row_id FROM d WHERE decision IN ({', '.join('?' * len(states))}) ORDER BY row_id",
+            list(states),
+        ).fetchnumpy()["row_id"],
+        dtype=np.int64,
+    )
     removal = _removal_counts(con, states)
 
     inputs = {rec["path"]: rec for rec in ws.manifest.get("inputs", [])}
@@ -85,54 +107,86 @@ def filter_dataset(
             continue
         meta = pq.read_table(ws.path(part.path)).filter(pa.array(mask))
         for source in meta.column("source_file").unique().to_pylist():
-            rows = meta.filter(pc.equal(meta.column("source_file"), source)) if source is not None \
+            rows = (
+                meta.filter(pc.equal(meta.column("source_file"), source))
+                if source is not None
                 else meta.filter(pc.is_null(meta.column("source_file")))
+            )
             for table, method in _source_rows(rows, inputs.get(source)):
                 how[method] += table.num_rows
                 tables.append(table)
-    schema = target or (pa.unify_schemas([t.schema for t in tables], promote_options="permissive")
-                        if tables else pa.schema([("url", pa.string()), ("caption", pa.string())]))
+    schema = target or (
+        pa.unify_schemas([t.schema for t in tables], promote_options="permissive")
+        if tables
+        else pa.schema([("url", pa.string()), ("caption", pa.string())])
+    )
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for t in tables:
                 writer.write_table(_conform(t, schema))
-    atomic_write_parquet(ws.path("optout/kept.parquet"), pa.table({"row_id": pa.array(kept_ids, pa.int64())}))
+    atomic_write_parquet(
+        ws.path("optout/kept.parquet"), pa.table({"row_id": pa.array(kept_ids, pa.int64())})
+    )
     optout = ws.stage("optout") or {}
     summary = {
-        "out": str(out), "use": use, "kept_states": list(states),
-        "rows": ws.num_rows, "kept": int(len(kept_ids)), "removed": ws.num_rows - int(len(kept_ids)),
-        **removal, "schema": "input" if target is not None else "canonical names (no parquet input)",
-        "rows_written": how, "optout_consulted": {k: optout.get("summary", {}).get(k)
-                                                  for k in ("registries", "cache", "not_consulted", "agents")},
+        "out": str(out),
+        "use": use,
+        "kept_states": list(states),
+        "rows": ws.num_rows,
+        "kept": int(len(kept_ids)),
+        "removed": ws.num_rows - int(len(kept_ids)),
+        **removal,
+        "schema": "input" if target is not None else "canonical names (no parquet input)",
+        "rows_written": how,
+        "optout_consulted": {
+            k: optout.get("summary", {}).get(k)
+            for k in ("registries", "cache", "not_consulted", "agents")
+        },
         "seconds": round(time.monotonic() - started, 2),
     }
     removed_path = out.with_name(out.stem + ".removed.json")
     atomic_write_json(removed_path, summary)
-    run.finish({k: v for k, v in summary.items() if k != "by_domain"},
-               [Output("optout/kept.parquet", rows=int(len(kept_ids)))])
+    run.finish(
+        {k: v for k, v in summary.items() if k != "by_domain"},
+        [Output("optout/kept.parquet", rows=int(len(kept_ids)))],
+    )
     return {**summary, "removed_manifest": str(removed_path)}
 
 
 def _removal_counts(con: Any, states: tuple[str, ...]) -> dict[str, Any]:
     """Removed rows per decision, deciding signal and host; rows kept although not allowed."""
+
     def counts(sql: str) -> dict[str, int]:
         return {str(k): int(n) for k, n in con.execute(sql).fetchall()}
 
     kept = ", ".join(f"'{s}'" for s in states)  # states are validated names, not user text
-    removed = f"SELECT d.*, m.url FROM d JOIN metadata m USING (row_id) WHERE d.decision NOT IN ({kept})"
+    removed = (
+        f"SELECT d.*, m.url FROM d JOIN metadata m USING (row_id) WHERE d.decision NOT IN ({kept})"
+    )
     return {
-        "by_decision": counts(f"SELECT decision, count(*) n FROM ({removed}) GROUP BY 1 ORDER BY n DESC, 1"),
-        "by_signal": counts(f"SELECT signal, count(*) n FROM ({removed}) GROUP BY 1 ORDER BY n DESC, 1"),
+        "by_decision": counts(
+            f"SELECT decision, count(*) n FROM ({removed}) GROUP BY 1 ORDER BY n DESC, 1"
+        ),
+        "by_signal": counts(
+            f"SELECT signal, count(*) n FROM ({removed}) GROUP BY 1 ORDER BY n DESC, 1"
+        ),
         "by_domain": counts(
             "SELECT coalesce(nullif(lower(regexp_extract(url, '^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#:@]*)', 1)), ''), "
-            f"'(malformed)') h, count(*) n FROM ({removed}) GROUP BY 1 ORDER BY n DESC, 1 LIMIT 100"),
-        "kept_not_allowed": counts(f"SELECT decision, count(*) FROM d WHERE decision IN ({kept}) "
-                                   "AND decision <> 'allowed' GROUP BY 1 ORDER BY 1"),
+            f"'(malformed)') h, count(*) n FROM ({removed}) GROUP BY 1 ORDER BY n DESC, 1 LIMIT 100"
+        ),
+        "kept_not_allowed": counts(
+            f"SELECT decision, count(*) FROM d WHERE decision IN ({kept}) "
+            "AND decision <> 'allowed' GROUP BY 1 ORDER BY 1"
+        ),
     }
 
 
 def _input_parquet(rec: dict[str, Any] | None) -> Path | None:
-    if rec and rec.get("kind") in ("parquet", "webdataset", "files") and Path(rec["path"]).is_file():
+    if (
+        rec
+        and rec.get("kind") in ("parquet", "webdataset", "files")
+        and Path(rec["path"]).is_file()
+    ):
         return Path(rec["path"])
     return None
 
@@ -152,8 +206,11 @@ def _target_schema(inputs: dict[str, dict[str, Any]]) -> Any:
                 continue
     if not schemas:
         return None
-    return schemas[0] if all(s.equals(schemas[0]) for s in schemas) else \
-        pa.unify_schemas(schemas, promote_options="permissive")
+    return (
+        schemas[0]
+        if all(s.equals(schemas[0]) for s in schemas)
+        else pa.unify_schemas(schemas, promote_options="permissive")
+    )
 
 
 def _source_rows(meta: Any, rec: dict[str, Any] | None) -> list[tuple[Any, str]]:
@@ -177,8 +234,12 @@ def _source_rows(meta: Any, rec: dict[str, Any] | None) -> list[tuple[Any, str]]
         return [(_rebuild(meta, rec), "rebuilt_from_workspace")]
     agree = np.zeros(len(source_rows), dtype=bool)
     if taken is not None:
-        same = np.asarray(pc.equal(taken.column(mapping["url"]).cast(pa.string()),
-                                           meta.filter(pa.array(valid)).column("url")).fill_null(False))
+        same = np.asarray(
+            pc.equal(
+                taken.column(mapping["url"]).cast(pa.string()),
+                meta.filter(pa.array(valid)).column("url"),
+            ).fill_null(False)
+        )
         agree[np.flatnonzero(valid)[same]] = True
         taken = taken.filter(pa.array(same))
     out = []
@@ -223,7 +284,7 @@ def _rebuild(meta: Any, rec: dict[str, Any] | None) -> Any:
         else:
             names.append(name)
         cols.append(meta.column(name))
-    return pa.table(dict(zip(names, cols)))
+    return pa.table(dict(zip(names, cols, strict=True)))
 
 
 def _conform(table: Any, schema: Any) -> Any:
@@ -237,8 +298,10 @@ def _conform(table: Any, schema: Any) -> Any:
             try:
                 col = col.cast(field.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise AuditError(f"column {field.name!r} cannot be written back as {field.type} ({e}); "
-                                 "the input file changed since ingest? Re-run audit ingest.") from e
+                raise AuditError(
+                    f"column {field.name!r} cannot be written back as {field.type} ({e}); "
+                    "the input file changed since ingest? Re-run audit ingest."
+                ) from e
         else:
             col = pa.nulls(table.num_rows, field.type)
         cols.append(col)

@@ -35,8 +35,9 @@ _METHOD = (
 )
 
 
-def write(ws_root: str | Path, out_dir: str | Path | None = None, examples: int = 3,
-          thumbnails: int = 8) -> Path:
+def write(
+    ws_root: str | Path, out_dir: str | Path | None = None, examples: int = 3, thumbnails: int = 8
+) -> Path:
     """Render the opt-out report; returns the markdown path.
 
     >>> write("indexes/sample")  # doctest: +SKIP
@@ -51,38 +52,76 @@ def write(ws_root: str | Path, out_dir: str | Path | None = None, examples: int 
     con = ws.connect()
     sections = [
         Section("Decisions per use", _consulted(summary), table=_decisions(con)),
-        Section("Rows per signal and state", "How many rows each source spoke about, and what it said.",
-                table=_signals(con)),
-        Section("What decided the removals (genai_training)",
-                "For rows not allowed, the signal quoted by the decision.", table=_deciders(con)),
-        Section("Top 20 domains (genai_training)", "Image URL hosts with the most rows.", table=_domains(con)),
-        Section("Examples with evidence", "Reserved, unchecked and not-evaluable rows, a few per signal, "
-                "with the exact text that decided them.", table=_examples(con, examples)),
+        Section(
+            "Rows per signal and state",
+            "How many rows each source spoke about, and what it said.",
+            table=_signals(con),
+        ),
+        Section(
+            "What decided the removals (genai_training)",
+            "For rows not allowed, the signal quoted by the decision.",
+            table=_deciders(con),
+        ),
+        Section(
+            "Top 20 domains (genai_training)",
+            "Image URL hosts with the most rows.",
+            table=_domains(con),
+        ),
+        Section(
+            "Examples with evidence",
+            "Reserved, unchecked and not-evaluable rows, a few per signal, "
+            "with the exact text that decided them.",
+            table=_examples(con, examples),
+        ),
     ]
     thumbs = _thumbnails(con, out, thumbnails)
     if thumbs:
-        sections.append(Section("Some reserved images", "Thumbnails of rows reserved for genai_training.",
-                                images=thumbs))
+        sections.append(
+            Section(
+                "Some reserved images",
+                "Thumbnails of rows reserved for genai_training.",
+                images=thumbs,
+            )
+        )
     filt = ws.stage("filter")
     if filt and filt.get("status") == "done":
         s = filt.get("summary", {})
-        sections.append(Section("Consented subset", f"`audit filter` kept {s.get('kept')} of {s.get('rows')} rows "
-                                f"for {s.get('use')} (states kept: {', '.join(s.get('kept_states', []))}); "
-                                f"written to {s.get('out')}.", table=[{"removed because": k, "rows": v}
-                                                                      for k, v in s.get("by_decision", {}).items()]))
+        sections.append(
+            Section(
+                "Consented subset",
+                f"`audit filter` kept {s.get('kept')} of {s.get('rows')} rows "
+                f"for {s.get('use')} (states kept: {', '.join(s.get('kept_states', []))}); "
+                f"written to {s.get('out')}.",
+                table=[
+                    {"removed because": k, "rows": v} for k, v in s.get("by_decision", {}).items()
+                ],
+            )
+        )
     sections.append(Section("Method", _METHOD))
     intro = f"Dataset {ws.dataset}: {summary.get('rows', 0)} rows."
     return write_page(out, "optout", f"Consent audit: {ws.dataset}", sections, intro)
 
 
 def _consulted(summary: dict[str, Any]) -> str:
-    regs = ", ".join(Path(r["path"]).name + (" (UNREADABLE: rows unchecked)" if r.get("error") else
-                                             f" ({r['domains']} domains, {r['urls']} URLs)")
-                     for r in summary.get("registries", [])) or "none"
+    regs = (
+        ", ".join(
+            Path(r["path"]).name
+            + (
+                " (UNREADABLE: rows unchecked)"
+                if r.get("error")
+                else f" ({r['domains']} domains, {r['urls']} URLs)"
+            )
+            for r in summary.get("registries", [])
+        )
+        or "none"
+    )
     lines = [f"Registries: {regs}.", f"Crawl cache: {summary.get('cache') or 'none'}."]
     if summary.get("not_consulted"):
-        lines.append("Not consulted (no crawl cache given): " + ", ".join(summary["not_consulted"])
-                     + ". Allowed here means allowed by the sources that were consulted.")
+        lines.append(
+            "Not consulted (no crawl cache given): "
+            + ", ".join(summary["not_consulted"])
+            + ". Allowed here means allowed by the sources that were consulted."
+        )
     for err in summary.get("registry_errors", []):
         lines.append(f"Registry error: {err}")
     return "\n\n".join(lines)
@@ -102,20 +141,25 @@ def _decisions(con: Any) -> list[dict[str, Any]]:
 
 
 def _signals(con: Any) -> list[dict[str, Any]]:
-    rows = con.execute("SELECT signal, state, count(DISTINCT row_id) FROM optout_signals GROUP BY 1, 2").fetchall()
+    rows = con.execute(
+        "SELECT signal, state, count(DISTINCT row_id) FROM optout_signals GROUP BY 1, 2"
+    ).fetchall()
     return sorted(_pivot(rows, "signal"), key=lambda r: (-r["reserved"], r["signal"]))
 
 
 def _deciders(con: Any) -> list[dict[str, Any]]:
-    rows = con.execute("SELECT signal, decision, count(*) FROM optout WHERE use = 'genai_training' "
-                       "AND decision <> 'allowed' GROUP BY 1, 2 ORDER BY 3 DESC").fetchall()
+    rows = con.execute(
+        "SELECT signal, decision, count(*) FROM optout WHERE use = 'genai_training' "
+        "AND decision <> 'allowed' GROUP BY 1, 2 ORDER BY 3 DESC"
+    ).fetchall()
     return [{"signal": s, "decision": d, "rows": n} for s, d, n in rows]
 
 
 def _domains(con: Any) -> list[dict[str, Any]]:
     rows = con.execute(
         f"SELECT {_HOST} AS host, d.decision, count(*) FROM optout d JOIN metadata m USING (row_id) "
-        "WHERE d.use = 'genai_training' GROUP BY 1, 2").fetchall()
+        "WHERE d.use = 'genai_training' GROUP BY 1, 2"
+    ).fetchall()
     table = _pivot(rows, "host")
     for r in table:
         r["rows"] = sum(r[s] for s in STATES)
@@ -128,9 +172,21 @@ def _examples(con: Any, per_signal: int) -> list[dict[str, Any]]:
              SELECT s.*, m.url, row_number() OVER (PARTITION BY s.signal, s.state ORDER BY s.row_id) AS k
              FROM (SELECT DISTINCT row_id, signal, state, agent, location, evidence FROM optout_signals
                    WHERE state <> 'allowed') s JOIN metadata m USING (row_id))
-           WHERE k <= ? ORDER BY signal, state, row_id""", [per_signal]).fetchall()
-    return [{"row_id": r[0], "signal": r[1], "state": r[2], "agent": r[3], "where": r[4][:80],
-             "evidence": r[5][:160], "url": r[6][:80] if r[6] else ""} for r in rows]
+           WHERE k <= ? ORDER BY signal, state, row_id""",
+        [per_signal],
+    ).fetchall()
+    return [
+        {
+            "row_id": r[0],
+            "signal": r[1],
+            "state": r[2],
+            "agent": r[3],
+            "where": r[4][:80],
+            "evidence": r[5][:160],
+            "url": r[6][:80] if r[6] else "",
+        }
+        for r in rows
+    ]
 
 
 def _thumbnails(con: Any, out: Path, n: int) -> list[tuple[str, str]]:
@@ -138,7 +194,8 @@ def _thumbnails(con: Any, out: Path, n: int) -> list[tuple[str, str]]:
         """SELECT m.row_id, m.image_path, m.image_offset, m.image_size, d.signal, d.evidence
            FROM optout d JOIN metadata m USING (row_id)
            WHERE d.use = 'genai_training' AND d.decision = 'reserved' AND m.image_status = 'ok'
-           ORDER BY d.signal, m.row_id""").fetchall()
+           ORDER BY d.signal, m.row_id"""
+    ).fetchall()
     picked, seen = [], set()
     for r in rows:  # one per deciding signal first, then fill up
         if r[4] not in seen:

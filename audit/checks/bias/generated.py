@@ -19,7 +19,7 @@ profession, descriptor, seed. A table without `file` is joined to `generated.par
 by `audit generate --prompts`) on prompt and seed.
 
 Example:
-    >>> from audit.checks import bias_generated
+    >>> from audit.checks.bias import generated as bias_generated
     >>> bias_generated.write_grid("grid.csv")                          # doctest: +SKIP
     >>> bias_generated.compute("indexes/gen", "grid.csv", "generated/")  # doctest: +SKIP
 """

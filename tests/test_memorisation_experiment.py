@@ -1,0 +1,33 @@
+"""The memorisation experiment end to end on the bundled sample (slow: trains a model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from audit import pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(not (pipeline.sample_dir() / "shards").is_dir(), reason="bundled sample not built")
+def test_experiment_command_quick(tmp_path):
+    from audit.cli import cli
+
+    out = tmp_path / "exp"
+    r = CliRunner().invoke(cli, ["experiment", "memorisation", "--quick", "--steps", "30", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "experiment.json").read_text())
+    assert result["steps"] == 30 and result["sets"]["train"] == 24
+    groups = {row["copies_in_training"]: row["members"] for row in result["by_duplication"]}
+    assert groups == {16: 4, 4: 4, 1: 16}
+    mia = result["mia"]
+    for key in ("auc_members_vs_heldout", "auc_members_vs_optedout", "auc_x16_vs_heldout"):
+        lo, hi = mia[f"{key}_ci95"]
+        assert 0 <= lo <= mia[key] <= hi <= 1
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.startswith("---\nlicense:") and "## Memorisation experiment" in card and "mia_auc" in card
+    for page in ("experiment.md", "experiment.html", "memorisation.md", "replication_by_duplication.png"):
+        assert (out / page).exists(), page
