@@ -58,7 +58,9 @@ TINY_SEED = 0
 class ClipModel:
     """An open_clip model ready for inference, with what produced it in `.info`."""
 
-    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, info: dict[str, Any], device: str):
+    def __init__(
+        self, model: Any, preprocess: Any, tokenizer: Any, info: dict[str, Any], device: str
+    ):
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.info, self.device = info, device
 
@@ -148,16 +150,24 @@ def _resolve_weights(model: str, tag: str, cache_dir: str | None) -> str:
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model)
-        raise AuditError(f"'{tag}' is not an open_clip pretrained tag of {model} (known: {', '.join(tags) or 'none'}). "
-                         "Pass a tag, a checkpoint path, or --pretrained none.")
+        raise AuditError(
+            f"'{tag}' is not an open_clip pretrained tag of {model} (known: {', '.join(tags) or 'none'}). "
+            "Pass a tag, a checkpoint path, or --pretrained none."
+        )
     if cfg.get("file"):
         return str(cfg["file"])
     hub = cfg.get("hf_hub", "")
     if hub:
         from huggingface_hub import try_to_load_from_cache
 
-        repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
-        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        repo, filename = (
+            os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        )
+        names = (
+            [filename]
+            if filename
+            else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        )
         for name in names:
             hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
             if isinstance(hit, str):
@@ -169,23 +179,32 @@ def _resolve_weights(model: str, tag: str, cache_dir: str | None) -> str:
         if local.is_file():
             return str(local)
         wanted = url
-    fix = (f"Download it on a connected machine and pass --pretrained /path/to/open_clip_pytorch_model.bin, "
-           f"or use --model {TINY} --pretrained none for an untrained demo model.")
+    fix = (
+        f"Download it on a connected machine and pass --pretrained /path/to/open_clip_pytorch_model.bin, "
+        f"or use --model {TINY} --pretrained none for an untrained demo model."
+    )
     if _offline():
-        raise MissingWeightsError(f"weights for {model} / {tag} are not cached here ({wanted}) and HF_HUB_OFFLINE is set. {fix}")
+        raise MissingWeightsError(
+            f"weights for {model} / {tag} are not cached here ({wanted}) and HF_HUB_OFFLINE is set. {fix}"
+        )
     host = _unreachable(hub, cfg.get("url", ""))
     if host:  # the hub client would retry for about a minute before giving up
-        raise MissingWeightsError(f"weights for {model} / {tag} are not cached here ({wanted}) and {host} "
-                                  f"cannot be reached. {fix}")
+        raise MissingWeightsError(
+            f"weights for {model} / {tag} are not cached here ({wanted}) and {host} "
+            f"cannot be reached. {fix}"
+        )
     try:
         return str(open_clip.download_pretrained(cfg, cache_dir=cache_dir))
     except Exception as e:  # noqa: BLE001 - network, HTTP and hub errors all mean "not here"
-        raise MissingWeightsError(f"weights for {model} / {tag} could not be downloaded ({wanted}: "
-                                  f"{type(e).__name__}). {fix}") from e
+        raise MissingWeightsError(
+            f"weights for {model} / {tag} could not be downloaded ({wanted}: "
+            f"{type(e).__name__}). {fix}"
+        ) from e
 
 
-def load_model(model: str = TINY, pretrained: str = "none", device: str = "cpu",
-               cache_dir: str | None = None) -> ClipModel:
+def load_model(
+    model: str = TINY, pretrained: str = "none", device: str = "cpu", cache_dir: str | None = None
+) -> ClipModel:
     """Build an open_clip model with explicit weights.
 
     `pretrained` is an open_clip tag, a checkpoint file, or "none" (seeded random weights;
@@ -200,26 +219,39 @@ def load_model(model: str = TINY, pretrained: str = "none", device: str = "cpu",
 
     _register_tiny()
     if model not in open_clip.list_models():
-        raise AuditError(f"unknown model '{model}'. Use '{TINY}' or an open_clip architecture "
-                         "such as ViT-B-32 (see open_clip.list_models()).")
-    info: dict[str, Any] = {"model": model, "pretrained": pretrained, "trained": pretrained != "none"}
+        raise AuditError(
+            f"unknown model '{model}'. Use '{TINY}' or an open_clip architecture "
+            "such as ViT-B-32 (see open_clip.list_models())."
+        )
+    info: dict[str, Any] = {
+        "model": model,
+        "pretrained": pretrained,
+        "trained": pretrained != "none",
+    }
     checkpoint = None
     if pretrained != "none":
-        looks_like_path = os.sep in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors"))
+        looks_like_path = os.sep in pretrained or pretrained.endswith(
+            (".bin", ".pt", ".pth", ".safetensors")
+        )
         if looks_like_path:
             if not Path(pretrained).is_file():
-                raise MissingWeightsError(f"checkpoint file {pretrained} does not exist. Pass an existing "
-                                          f".bin/.safetensors file or --pretrained none.")
+                raise MissingWeightsError(
+                    f"checkpoint file {pretrained} does not exist. Pass an existing "
+                    f".bin/.safetensors file or --pretrained none."
+                )
             checkpoint = str(pretrained)
             info["checkpoint_sha256"] = sha256_file(checkpoint)
         else:
             checkpoint = _resolve_weights(model, pretrained, cache_dir)
         info["checkpoint"] = checkpoint
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)  # random weights are reproducible, and the global RNG untouched
+        torch.manual_seed(
+            TINY_SEED
+        )  # random weights are reproducible, and the global RNG untouched
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=checkpoint, device=device, pretrained_text=False)
+                model, pretrained=checkpoint, device=device, pretrained_text=False
+            )
         except RuntimeError as e:
             if checkpoint:
                 raise AuditError(f"could not load {checkpoint} into {model}: {e}") from e
@@ -251,9 +283,13 @@ class _Rows:
         item = {"i": i, "ok": False, "reason": "", "detail": ""}
         try:
             if self.c["image_status"][i] != "ok" or self.c["image_path"][i] is None:
-                raise ImageProblem("image_missing", f"row {self.c['row_id'][i]} has no usable image "
-                                                    f"({self.c['image_status'][i]})")
-            data = read_bytes(self.c["image_path"][i], self.c["image_offset"][i], self.c["image_size"][i])
+                raise ImageProblem(
+                    "image_missing",
+                    f"row {self.c['row_id'][i]} has no usable image ({self.c['image_status'][i]})",
+                )
+            data = read_bytes(
+                self.c["image_path"][i], self.c["image_offset"][i], self.c["image_size"][i]
+            )
             item["image"] = self.clip.prepare(decode(data, draft_size=(size, size)))
             item["ok"] = True
         except ImageProblem as p:
@@ -270,13 +306,24 @@ class _Rows:
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     import torch
 
-    return {"i": [it["i"] for it in items], "ok": [it["ok"] for it in items],
-            "reason": [it["reason"] for it in items], "detail": [it["detail"] for it in items],
-            "image": torch.stack([it["image"] for it in items]), "tokens": torch.stack([it["tokens"] for it in items])}
+    return {
+        "i": [it["i"] for it in items],
+        "ok": [it["ok"] for it in items],
+        "reason": [it["reason"] for it in items],
+        "detail": [it["detail"] for it in items],
+        "image": torch.stack([it["image"] for it in items]),
+        "tokens": torch.stack([it["tokens"] for it in items]),
+    }
 
 
-def compute(ws_root: str | os.PathLike[str], model: str = TINY, pretrained: str = "none",
-            batch_size: int = 64, workers: int = 2, device: str = "cpu") -> dict[str, Any]:
+def compute(
+    ws_root: str | os.PathLike[str],
+    model: str = TINY,
+    pretrained: str = "none",
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Embed every image and caption of the workspace (stage `embed`); returns the summary.
 
     >>> compute("indexes/sample", model="ViT-B-32", pretrained="laion2b_s34b_b79k")  # doctest: +SKIP
@@ -290,14 +337,24 @@ def compute(ws_root: str | os.PathLike[str], model: str = TINY, pretrained: str 
     parts = ws.require_parts()
     clip = load_model(model, pretrained, device)
     info = dict(clip.info)
-    params = {k: info.get(k) for k in ("model", "pretrained", "checkpoint_sha256", "trained", "dim")}
+    params = {
+        k: info.get(k) for k in ("model", "pretrained", "checkpoint_sha256", "trained", "dim")
+    }
     params.update(batch_size=batch_size, device=device)
     run = ws.start_stage(STAGE, params, depends_on=["ingest"])
     atomic_write_json(ws.path("embeddings/model.json"), info)
     todo = [p for p in parts if not run.is_done(p.number)]
 
-    cols = ["row_id", "caption", "image_path", "image_offset", "image_size", "image_status",
-            "source_file", "source_row"]
+    cols = [
+        "row_id",
+        "caption",
+        "image_path",
+        "image_offset",
+        "image_size",
+        "image_status",
+        "source_file",
+        "source_row",
+    ]
     columns: dict[str, list[Any]] = {c: [] for c in cols}
     batches, owner = [], []  # batches of dataset indices, each inside one part
     for p in todo:
@@ -321,20 +378,36 @@ def compute(ws_root: str | os.PathLike[str], model: str = TINY, pretrained: str 
     return summary
 
 
-def _embed(ws: Workspace, run: Any, clip: ClipModel, parts: list[Any], todo: list[Any],
-           columns: dict[str, list[Any]], batches: list[list[int]], owner: list[Any],
-           workers: int) -> dict[str, Any]:
+def _embed(
+    ws: Workspace,
+    run: Any,
+    clip: ClipModel,
+    parts: list[Any],
+    todo: list[Any],
+    columns: dict[str, list[Any]],
+    batches: list[list[int]],
+    owner: list[Any],
+    workers: int,
+) -> dict[str, Any]:
     import torch
 
     loader = torch.utils.data.DataLoader(
-        _Rows(columns, clip), batch_sampler=batches, num_workers=workers if batches else 0,
-        collate_fn=_collate, prefetch_factor=4 if workers and batches else None)
+        _Rows(columns, clip),
+        batch_sampler=batches,
+        num_workers=workers if batches else 0,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers and batches else None,
+    )
     dim, t0 = clip.info["dim"], time.perf_counter()
     acc: dict[int, dict[str, Any]] = {}
     for p in todo:
         if p.rows == 0:
-            _write_part(ws, run, p, np.zeros((0, dim), np.float16), np.zeros((0, dim), np.float16), [])
-    for batch, p in track(zip(loader, owner, strict=True), total=len(batches), description="embedding"):
+            _write_part(
+                ws, run, p, np.zeros((0, dim), np.float16), np.zeros((0, dim), np.float16), []
+            )
+    for batch, p in track(
+        zip(loader, owner, strict=True), total=len(batches), description="embedding"
+    ):
         a = acc.setdefault(p.number, {"img": [], "txt": [], "errors": [], "done": 0})
         ok = np.array(batch["ok"])
         img = np.zeros((len(ok), dim), np.float32)
@@ -343,14 +416,28 @@ def _embed(ws: Workspace, run: Any, clip: ClipModel, parts: list[Any], todo: lis
         txt = clip.encode_text_tokens(batch["tokens"])
         for j, i in enumerate(batch["i"]):
             if not ok[j]:
-                a["errors"].append({"stage": STAGE, "row_id": columns["row_id"][i], "reason": batch["reason"][j],
-                                    "detail": batch["detail"][j], "source_file": columns["source_file"][i],
-                                    "source_row": columns["source_row"][i]})
+                a["errors"].append(
+                    {
+                        "stage": STAGE,
+                        "row_id": columns["row_id"][i],
+                        "reason": batch["reason"][j],
+                        "detail": batch["detail"][j],
+                        "source_file": columns["source_file"][i],
+                        "source_row": columns["source_row"][i],
+                    }
+                )
             if columns["caption"][i] is None:
                 txt[j] = 0.0
-                a["errors"].append({"stage": STAGE, "row_id": columns["row_id"][i], "reason": "caption_missing",
-                                    "detail": "no caption to embed", "source_file": columns["source_file"][i],
-                                    "source_row": columns["source_row"][i]})
+                a["errors"].append(
+                    {
+                        "stage": STAGE,
+                        "row_id": columns["row_id"][i],
+                        "reason": "caption_missing",
+                        "detail": "no caption to embed",
+                        "source_file": columns["source_file"][i],
+                        "source_row": columns["source_row"][i],
+                    }
+                )
         a["img"].append(img)
         a["txt"].append(txt)
         a["done"] += len(ok)
@@ -360,13 +447,28 @@ def _embed(ws: Workspace, run: Any, clip: ClipModel, parts: list[Any], todo: lis
     seconds = time.perf_counter() - t0
     n_errors = sum(int(run.part_info(p.number).get("image_errors", 0)) for p in parts)
     rows = sum(p.rows for p in parts)
-    return {"rows": rows, "embedded": rows - n_errors, "errors": n_errors, "dim": dim,
-            "parts": len(parts), "resumed_parts": len(parts) - len(todo), "seconds": round(seconds, 3),
-            "rows_per_second": round(sum(p.rows for p in todo) / seconds, 1) if todo and seconds > 0 else None}
+    return {
+        "rows": rows,
+        "embedded": rows - n_errors,
+        "errors": n_errors,
+        "dim": dim,
+        "parts": len(parts),
+        "resumed_parts": len(parts) - len(todo),
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(sum(p.rows for p in todo) / seconds, 1)
+        if todo and seconds > 0
+        else None,
+    }
 
 
-def _write_part(ws: Workspace, run: Any, part: Any, img: np.ndarray, txt: np.ndarray,
-                errors: list[dict[str, Any]]) -> None:
+def _write_part(
+    ws: Workspace,
+    run: Any,
+    part: Any,
+    img: np.ndarray,
+    txt: np.ndarray,
+    errors: list[dict[str, Any]],
+) -> None:
     import pyarrow as pa
 
     # float16 halves the disk and memory; cosines move by < 1e-3.
@@ -374,14 +476,27 @@ def _write_part(ws: Workspace, run: Any, part: Any, img: np.ndarray, txt: np.nda
     has = (np.abs(img16).sum(1) > 0) & (np.abs(txt16).sum(1) > 0)
     sim = (img16.astype(np.float32) * txt16.astype(np.float32)).sum(1)
     row_ids = np.arange(part.row_offset, part.row_offset + part.rows, dtype=np.int64)
-    scores = pa.table({"row_id": row_ids, "clip_similarity": pa.array(sim, pa.float32(), mask=~has)})
-    rels = [f"embeddings/img-{part.stem}.npy", f"embeddings/txt-{part.stem}.npy",
-            f"embeddings/scores-{part.stem}.parquet", f"errors/{STAGE}-{part.stem}.parquet"]
+    scores = pa.table(
+        {"row_id": row_ids, "clip_similarity": pa.array(sim, pa.float32(), mask=~has)}
+    )
+    rels = [
+        f"embeddings/img-{part.stem}.npy",
+        f"embeddings/txt-{part.stem}.npy",
+        f"embeddings/scores-{part.stem}.parquet",
+        f"errors/{STAGE}-{part.stem}.parquet",
+    ]
     atomic_write_npy(ws.path(rels[0]), img16)
     atomic_write_npy(ws.path(rels[1]), txt16)
     atomic_write_parquet(ws.path(rels[2]), scores)
     atomic_write_parquet(ws.path(rels[3]), error_table(errors))
     image_errors = sum(1 for e in errors if e["reason"] != "caption_missing")
-    run.record_part(part.number, [Output(rels[0], part.rows, part.row_offset), Output(rels[1], part.rows, part.row_offset),
-                                  Output(rels[2], part.rows, part.row_offset), Output(rels[3], len(errors))],
-                    image_errors=image_errors)
+    run.record_part(
+        part.number,
+        [
+            Output(rels[0], part.rows, part.row_offset),
+            Output(rels[1], part.rows, part.row_offset),
+            Output(rels[2], part.rows, part.row_offset),
+            Output(rels[3], len(errors)),
+        ],
+        image_errors=image_errors,
+    )

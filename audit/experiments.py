@@ -21,8 +21,10 @@ from audit.workspace import Output, Workspace, atomic_write_bytes, atomic_write_
 def _embed_params(ws: Workspace) -> tuple[str, str]:
     rec = ws.stage("embed")
     if not rec or rec.get("status") != "done":
-        raise AuditError(f"{ws.root} has no finished embed stage, so its descriptors are unknown. "
-                         f"Run: audit embed {ws.root} && audit hash {ws.root} && audit index {ws.root}")
+        raise AuditError(
+            f"{ws.root} has no finished embed stage, so its descriptors are unknown. "
+            f"Run: audit embed {ws.root} && audit hash {ws.root} && audit index {ws.root}"
+        )
     return rec["params"]["model"], rec["params"]["pretrained"]
 
 
@@ -54,7 +56,9 @@ def match(
         knn.build(train.root)  # the candidates come from the training indexes
     generated = Path(generated)
     if not generated.exists():
-        raise AuditError(f"{generated} does not exist. Pass the folder (or parquet/webdataset) of generated images.")
+        raise AuditError(
+            f"{generated} does not exist. Pass the folder (or parquet/webdataset) of generated images."
+        )
     name = name or generated.name
     out_dir = train.path(f"memorisation/{name}")
     if (generated / "manifest.json").exists():
@@ -62,14 +66,34 @@ def match(
     else:
         gen_root = out_dir / "generated"
         source = _image_files_of_generate(generated, out_dir / "generated-files")
-        pipeline.describe(gen_root, [source], model=model, pretrained=pretrained, dataset=name, workers=workers)
-    run = train.start_stage(f"match-{name}", {"generated": str(generated.resolve()), "k": k,
-                                              "thresholds": thresholds.to_dict()}, depends_on=["embed", "hash"])
-    summary = memorisation.check(gen_root, train.root, knn.search_embeddings, knn.search_hashes, out_dir,
-                                 k=k, thresholds=thresholds)
+        pipeline.describe(
+            gen_root, [source], model=model, pretrained=pretrained, dataset=name, workers=workers
+        )
+    run = train.start_stage(
+        f"match-{name}",
+        {"generated": str(generated.resolve()), "k": k, "thresholds": thresholds.to_dict()},
+        depends_on=["embed", "hash"],
+    )
+    summary = memorisation.check(
+        gen_root,
+        train.root,
+        knn.search_embeddings,
+        knn.search_hashes,
+        out_dir,
+        k=k,
+        thresholds=thresholds,
+    )
     rel = f"memorisation/{name}"
-    run.finish({key: summary[key] for key in ("generated", "counts", "replication_rate", "replication_ci95")},
-               [Output(f"{rel}/matches.parquet", rows=summary["generated"]), Output(f"{rel}/summary.json")])
+    run.finish(
+        {
+            key: summary[key]
+            for key in ("generated", "counts", "replication_rate", "replication_ci95")
+        },
+        [
+            Output(f"{rel}/matches.parquet", rows=summary["generated"]),
+            Output(f"{rel}/summary.json"),
+        ],
+    )
     report.write_match_page(train.root, name, Path(report_dir or Path("reports") / train.dataset))
     return summary
 
@@ -92,7 +116,9 @@ def _image_files_of_generate(folder: Path, links: Path) -> Path:
     return links
 
 
-def calibrate(ws: str | Path, n: int = 200, seed: int = 0, report_dir: str | Path | None = None) -> dict[str, Any]:
+def calibrate(
+    ws: str | Path, n: int = 200, seed: int = 0, report_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Measure each copy descriptor on `n` images of `ws` and their transformed copies.
 
     Writes `<report_dir>/calibration.json|.md|.html` (default `reports/<dataset>/`); returns
@@ -115,13 +141,31 @@ def calibrate(ws: str | Path, n: int = 200, seed: int = 0, report_dir: str | Pat
     trained = bool(clip.info.get("trained"))
     th = Thresholds()
     descriptors = cal.Descriptors(
-        to_pixels=mem.to_pixels, tile_distance_matrix=mem.tile_distance_matrix,
-        hash_images=hashes.hash_images, hamming=mem.hamming, embed_images=clip.embed_images,
-        rule=lambda s: mem.decide(s["tile_l2"], s["tile_relative"], s["phash_hamming"], s.get("cosine"),
-                                  th, use_cosine=trained)[0])
+        to_pixels=mem.to_pixels,
+        tile_distance_matrix=mem.tile_distance_matrix,
+        hash_images=hashes.hash_images,
+        hamming=mem.hamming,
+        embed_images=clip.embed_images,
+        rule=lambda s: mem.decide(
+            s["tile_l2"],
+            s["tile_relative"],
+            s["phash_hamming"],
+            s.get("cosine"),
+            th,
+            use_cosine=trained,
+        )[0],
+    )
     result = cal.calibrate(images, descriptors, seed=seed)
-    result.update(workspace=str(w.root), dataset=w.dataset, requested=n, skipped=skipped, model=clip.info,
-                  suggested=cal.suggest_thresholds(result), in_use=th.to_dict(), cosine_votes=trained)
+    result.update(
+        workspace=str(w.root),
+        dataset=w.dataset,
+        requested=n,
+        skipped=skipped,
+        model=clip.info,
+        suggested=cal.suggest_thresholds(result),
+        in_use=th.to_dict(),
+        cosine_votes=trained,
+    )
     if not trained:
         result["warning"] = "untrained embedding weights: cosine figures describe a random network"
     out = Path(report_dir or Path("reports") / w.dataset)
@@ -146,8 +190,12 @@ def _distinct_images(ws: Workspace, n: int, seed: int) -> tuple[list[Any], dict[
     from audit.images import ImageProblem, decode, read_bytes
 
     cols = ["row_id", "image_path", "image_offset", "image_size", "image_status", "image_sha256"]
-    rows = [r for p in ws.require_parts() for r in pq.read_table(ws.path(p.path), columns=cols).to_pylist()
-            if r["image_status"] == "ok"]
+    rows = [
+        r
+        for p in ws.require_parts()
+        for r in pq.read_table(ws.path(p.path), columns=cols).to_pylist()
+        if r["image_status"] == "ok"
+    ]
     order = np.random.default_rng(seed).permutation(len(rows))
     seen, images, skipped = set(), [], {"duplicate": 0, "blank": 0, "unreadable": 0}
     for i in order:
@@ -159,7 +207,10 @@ def _distinct_images(ws: Workspace, n: int, seed: int) -> tuple[list[Any], dict[
             continue
         seen.add(r["image_sha256"])
         try:
-            img = decode(read_bytes(r["image_path"], r["image_offset"], r["image_size"]), draft_size=(256, 256))
+            img = decode(
+                read_bytes(r["image_path"], r["image_offset"], r["image_size"]),
+                draft_size=(256, 256),
+            )
         except ImageProblem:
             skipped["unreadable"] += 1
             continue
@@ -169,7 +220,9 @@ def _distinct_images(ws: Workspace, n: int, seed: int) -> tuple[list[Any], dict[
             continue
         images.append(img)
     if len(images) < 3:
-        raise AuditError(f"{ws.root} has only {len(images)} distinct, readable, non-blank images; calibration needs 3+.")
+        raise AuditError(
+            f"{ws.root} has only {len(images)} distinct, readable, non-blank images; calibration needs 3+."
+        )
     return images, skipped
 
 
@@ -208,7 +261,9 @@ def memorisation(
         torch.set_num_threads(threads)
 
 
-def _memorisation(sample: str | Path | None, out: Path, quick: bool, seed: int, steps: int | None) -> dict[str, Any]:
+def _memorisation(
+    sample: str | Path | None, out: Path, quick: bool, seed: int, steps: int | None
+) -> dict[str, Any]:
     import numpy as np
 
     from audit import diffusion, pipeline
@@ -220,42 +275,76 @@ def _memorisation(sample: str | Path | None, out: Path, quick: bool, seed: int, 
     steps = steps or (400 if quick else 2500)
     n_samples, sample_steps = (64, 25) if quick else (256, 50)
     sets = _experiment_sets(sample, work / "sample", groups, seed)
-    members = np.concatenate([np.repeat(sets["train"][i:i + 1], sets["copies"][i], axis=0)
-                              for i in range(len(sets["train"]))])
+    members = np.concatenate(
+        [
+            np.repeat(sets["train"][i : i + 1], sets["copies"][i], axis=0)
+            for i in range(len(sets["train"]))
+        ]
+    )
     config = diffusion.TrainConfig(
-        steps=steps, batch_size=32, lr=5e-4, warmup_steps=50, ema_decay=0.995, seed=seed, device="cpu",
-        flip=False, checkpoint_every=max(100, steps // 5), sample_grid=0,
-        model=diffusion.ModelConfig(resolution=32, base_channels=16, channel_mults=(1, 2, 2), attention_resolution=0),
-        data={"workspace": str(work / "sample"), "selection": "optout/kept.parquet, planted duplicates",
-              "distinct_images": len(sets["train"]), "groups": [list(g) for g in groups]})
+        steps=steps,
+        batch_size=32,
+        lr=5e-4,
+        warmup_steps=50,
+        ema_decay=0.995,
+        seed=seed,
+        device="cpu",
+        flip=False,
+        checkpoint_every=max(100, steps // 5),
+        sample_grid=0,
+        model=diffusion.ModelConfig(
+            resolution=32, base_channels=16, channel_mults=(1, 2, 2), attention_resolution=0
+        ),
+        data={
+            "workspace": str(work / "sample"),
+            "selection": "optout/kept.parquet, planted duplicates",
+            "distinct_images": len(sets["train"]),
+            "groups": [list(g) for g in groups],
+        },
+    )
     trained = diffusion.train(members, None, config, work / "model")
     model, schedule, _ = diffusion.load(work / "model")
     train_ws = work / "train"
     if not (train_ws / "manifest.json").exists():
-        _write_pngs(work / "train-images", sets["train"], [f"member-{c:02d}x-{i:03d}" for i, c in enumerate(sets["copies"])])
+        _write_pngs(
+            work / "train-images",
+            sets["train"],
+            [f"member-{c:02d}x-{i:03d}" for i, c in enumerate(sets["copies"])],
+        )
         pipeline.describe(train_ws, [work / "train-images"], dataset="memorisation-members")
     generated = diffusion.sample(model, schedule, n_samples, seed=seed + 10_000, steps=sample_steps)
     _write_pngs(work / "generated", generated, [f"sample-{i:04d}" for i in range(n_samples)])
     summary = match(work / "generated", train_ws, name="ddpm", report_dir=out)
     result = {
-        "quick": quick, "seed": seed, "steps": steps, "training": trained, "samples": n_samples,
-        "sampler": {"name": "ddim", "steps": sample_steps}, "groups": [list(g) for g in groups],
+        "quick": quick,
+        "seed": seed,
+        "steps": steps,
+        "training": trained,
+        "samples": n_samples,
+        "sampler": {"name": "ddim", "steps": sample_steps},
+        "groups": [list(g) for g in groups],
         "sets": {k: int(len(sets[k])) for k in ("train", "heldout", "optedout")},
         "consent": sets["consent"],
-        "replication_rate": summary["replication_rate"], "replication_ci95": summary["replication_ci95"],
+        "replication_rate": summary["replication_rate"],
+        "replication_ci95": summary["replication_ci95"],
         **_replication_by_duplication(train_ws, sets["copies"], seed),
         "mia": _membership_inference(model, schedule, sets, seed),
     }
     # the card reads WS/memorisation/*/summary.json: the MIA AUCs go in beside the match summary
     mem_summary = Workspace.open(train_ws).path("memorisation/ddpm/summary.json")
-    atomic_write_json(mem_summary, {**json.loads(mem_summary.read_text("utf-8")), "membership_inference": result["mia"]})
+    atomic_write_json(
+        mem_summary,
+        {**json.loads(mem_summary.read_text("utf-8")), "membership_inference": result["mia"]},
+    )
     atomic_write_json(out / "experiment.json", json.loads(json.dumps(result, default=_jsonable)))
     report.write_experiment_page(out)
     _model_card(work, out, result)
     return result
 
 
-def _experiment_sets(sample: Path, ws_root: Path, groups: tuple[tuple[int, int], ...], seed: int) -> dict[str, Any]:
+def _experiment_sets(
+    sample: Path, ws_root: Path, groups: tuple[tuple[int, int], ...], seed: int
+) -> dict[str, Any]:
     """Describe + consent-filter the sample; pick distinct members, held-out and opted-out images (32x32)."""
     import numpy as np
     import pyarrow.parquet as pq
@@ -270,11 +359,17 @@ def _experiment_sets(sample: Path, ws_root: Path, groups: tuple[tuple[int, int],
     cache = sample / "optout" / "cache"
     optouts.compute(ws.root, registry=registries, cache=cache if cache.is_dir() else None)
     consent = optouts.filter_dataset(ws.root, out=ws.path("consented.parquet"))
-    kept = set(pq.read_table(ws.path("optout/kept.parquet"), columns=["row_id"])["row_id"].to_pylist())
+    kept = set(
+        pq.read_table(ws.path("optout/kept.parquet"), columns=["row_id"])["row_id"].to_pylist()
+    )
     codes, valid = load_hashes(ws)
     cols = ["row_id", "image_path", "image_offset", "image_size", "image_status"]
-    rows = [r for p in ws.require_parts() for r in pq.read_table(ws.path(p.path), columns=cols).to_pylist()
-            if r["image_status"] == "ok" and valid[r["row_id"]]]
+    rows = [
+        r
+        for p in ws.require_parts()
+        for r in pq.read_table(ws.path(p.path), columns=cols).to_pylist()
+        if r["image_status"] == "ok" and valid[r["row_id"]]
+    ]
     chosen: list[int] = []
     images: dict[int, Any] = {}
     for i in np.random.default_rng(seed).permutation(len(rows)):
@@ -295,16 +390,25 @@ def _experiment_sets(sample: Path, ws_root: Path, groups: tuple[tuple[int, int],
     n_train = sum(n for _, n in groups)
     n_heldout = min(len(consented) - n_train, 48)
     if n_heldout < 8:
-        raise AuditError(f"the sample has only {len(consented)} distinct consented images; the experiment "
-                         f"needs {n_train} members + 8 held-out. Use --quick or a larger --sample.")
-    train_ids, heldout_ids = consented[:n_train], consented[n_train:n_train + n_heldout]
+        raise AuditError(
+            f"the sample has only {len(consented)} distinct consented images; the experiment "
+            f"needs {n_train} members + 8 held-out. Use --quick or a larger --sample."
+        )
+    train_ids, heldout_ids = consented[:n_train], consented[n_train : n_train + n_heldout]
     copies = [c for c, n in groups for _ in range(n)]
     optedout_ids = [r for r in chosen if r not in kept]
-    stack = lambda ids: np.stack([images[r] for r in ids]) if ids else np.zeros((0, 32, 32, 3), np.uint8)  # noqa: E731
-    return {"train": stack(train_ids), "copies": copies, "heldout": stack(heldout_ids),
-            "optedout": stack(optedout_ids), "row_ids": {"train": train_ids, "heldout": heldout_ids,
-                                                         "optedout": optedout_ids},
-            "consent": {k: v for k, v in consent.items() if isinstance(v, (int, float, str, dict))}}
+
+    def stack(ids: list[int]) -> Any:
+        return np.stack([images[r] for r in ids]) if ids else np.zeros((0, 32, 32, 3), np.uint8)
+
+    return {
+        "train": stack(train_ids),
+        "copies": copies,
+        "heldout": stack(heldout_ids),
+        "optedout": stack(optedout_ids),
+        "row_ids": {"train": train_ids, "heldout": heldout_ids, "optedout": optedout_ids},
+        "consent": {k: v for k, v in consent.items() if isinstance(v, (int, float, str, dict))},
+    }
 
 
 def _write_pngs(folder: Path, images: Any, names: list[str]) -> None:
@@ -337,34 +441,54 @@ def _replication_by_duplication(train_ws: Path, copies: list[int], seed: int) ->
         flags = np.isin(ids, copied["train_row_id"].to_numpy())
         rate, lo, hi = bootstrap_rate(flags, seed=seed)
         share[f"x{c}"] = rate
-        rows.append({"copies_in_training": c, "members": len(ids), "members_copied": int(flags.sum()),
-                     "share_copied": rate, "share_copied_ci95": [lo, hi], "samples_copying": int(hit.sum()),
-                     "samples_copying_per_member": float(hit.sum() / max(1, len(ids))),
-                     "near_or_copy_samples": int(m[(m["verdict"] != "novel") & m["train_row_id"].isin(ids)].shape[0])})
+        rows.append(
+            {
+                "copies_in_training": c,
+                "members": len(ids),
+                "members_copied": int(flags.sum()),
+                "share_copied": rate,
+                "share_copied_ci95": [lo, hi],
+                "samples_copying": int(hit.sum()),
+                "samples_copying_per_member": float(hit.sum() / max(1, len(ids))),
+                "near_or_copy_samples": int(
+                    m[(m["verdict"] != "novel") & m["train_row_id"].isin(ids)].shape[0]
+                ),
+            }
+        )
     return {"by_duplication": rows, "copied_share_by_duplication": share}
 
 
-def _membership_inference(model: Any, schedule: Any, sets: dict[str, Any], seed: int, reps: int = 2000) -> dict[str, Any]:
+def _membership_inference(
+    model: Any, schedule: Any, sets: dict[str, Any], seed: int, reps: int = 2000
+) -> dict[str, Any]:
     """Loss-based MIA: AUC of -loss for members vs held-out and vs opted-out, with bootstrap intervals."""
     import numpy as np
 
     from audit import diffusion
     from audit.checks.memorisation import loss_auc
 
-    loss = {k: diffusion.per_example_loss(model, schedule, sets[k], seed=seed) for k in ("train", "heldout", "optedout")
-            if len(sets[k])}
+    loss = {
+        k: diffusion.per_example_loss(model, schedule, sets[k], seed=seed)
+        for k in ("train", "heldout", "optedout")
+        if len(sets[k])
+    }
     copies = np.asarray(sets["copies"])
-    out: dict[str, Any] = {"method": "ROC AUC of negative per-example denoising loss (fixed timesteps and noise), "
-                                     f"percentile bootstrap over images, {reps} reps",
-                           "mean_loss": {k: float(v.mean()) for k, v in loss.items()}}
-    out["auc_members_vs_heldout"], out["auc_members_vs_heldout_ci95"] = loss_auc(loss["train"], loss["heldout"],
-                                                                                 reps, seed)
+    out: dict[str, Any] = {
+        "method": "ROC AUC of negative per-example denoising loss (fixed timesteps and noise), "
+        f"percentile bootstrap over images, {reps} reps",
+        "mean_loss": {k: float(v.mean()) for k, v in loss.items()},
+    }
+    out["auc_members_vs_heldout"], out["auc_members_vs_heldout_ci95"] = loss_auc(
+        loss["train"], loss["heldout"], reps, seed
+    )
     if "optedout" in loss and len(loss["optedout"]) >= 3:
         out["auc_members_vs_optedout"], out["auc_members_vs_optedout_ci95"] = loss_auc(
-            loss["train"], loss["optedout"], reps, seed)
+            loss["train"], loss["optedout"], reps, seed
+        )
     for c in sorted(set(copies.tolist()), reverse=True):
         out[f"auc_x{c}_vs_heldout"], out[f"auc_x{c}_vs_heldout_ci95"] = loss_auc(
-            loss["train"][copies == c], loss["heldout"], reps, seed)
+            loss["train"][copies == c], loss["heldout"], reps, seed
+        )
     return out
 
 
@@ -374,8 +498,12 @@ def _model_card(work: Path, out: Path, result: dict[str, Any]) -> None:
     from audit.workspace import atomic_write_text
 
     card = out / "MODEL_CARD.md"
-    cards.build_model_card(work / "sample", model_dir=work / "model", memorisation_dir=work / "train" / "memorisation",
-                           out=card)
+    cards.build_model_card(
+        work / "sample",
+        model_dir=work / "model",
+        memorisation_dir=work / "train" / "memorisation",
+        out=card,
+    )
     mia = result["mia"]
     extra = (
         "\n## Memorisation experiment\n\n"

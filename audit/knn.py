@@ -61,7 +61,9 @@ def _choose(kind: str, n: int, d: int, budget: int) -> dict[str, Any]:
         kind = "flat" if n <= FLAT_MAX else ("ivf" if n * d * 4 <= budget else "ivfpq")
     spec: dict[str, Any] = {"kind": kind}
     if kind in ("ivf", "ivfpq"):
-        nlist = int(min(65536, max(1, 4 * math.sqrt(n)), max(1, n // 39)))  # faiss wants >= 39 points/cell
+        nlist = int(
+            min(65536, max(1, 4 * math.sqrt(n)), max(1, n // 39))
+        )  # faiss wants >= 39 points/cell
         spec.update(nlist=nlist, nprobe=min(nlist, max(16, nlist // 16)))
     if kind == "ivfpq":
         m = d // 4
@@ -94,15 +96,19 @@ def _new_index(spec: dict[str, Any], d: int) -> Any:
     return index
 
 
-def _exact_top(parts: list[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
+def _exact_top(
+    parts: list[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int
+) -> np.ndarray:
     """Row ids of the exact top-k inner products, scanning the parts (no index, bounded memory)."""
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
     for row_ids, vecs in parts:
         for s in range(0, len(row_ids), 65536):
-            sims = queries @ np.asarray(vecs[s:s + 65536], np.float32).T
+            sims = queries @ np.asarray(vecs[s : s + 65536], np.float32).T
             best_s = np.concatenate([best_s, sims], 1)
-            best_i = np.concatenate([best_i, np.broadcast_to(row_ids[s:s + 65536], sims.shape)], 1)
+            best_i = np.concatenate(
+                [best_i, np.broadcast_to(row_ids[s : s + 65536], sims.shape)], 1
+            )
             top = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
             best_s, best_i = np.take_along_axis(best_s, top, 1), np.take_along_axis(best_i, top, 1)
     return best_i
@@ -134,7 +140,9 @@ def _build_image_index(ws: Workspace, kind: str, budget: int) -> dict[str, Any]:
         index.train(_gather(parts, np.sort(rng.choice(n, size=size, replace=False))))
     for row_ids, vecs in parts:
         for s in range(0, len(row_ids), 65536):
-            index.add_with_ids(np.ascontiguousarray(vecs[s:s + 65536], np.float32), row_ids[s:s + 65536])
+            index.add_with_ids(
+                np.ascontiguousarray(vecs[s : s + 65536], np.float32), row_ids[s : s + 65536]
+            )
     queries = _gather(parts, np.sort(rng.choice(n, size=min(RECALL_QUERIES, n), replace=False)))
     k = min(10, n)
     exact = _exact_top(parts, queries, k)
@@ -143,13 +151,22 @@ def _build_image_index(ws: Workspace, kind: str, budget: int) -> dict[str, Any]:
     rel = "faiss/img.faiss"
     with atomic_path(ws.path(rel)) as tmp:
         faiss.write_index(index, str(tmp))
-    return dict(spec, vectors=n, dim=d, path=rel, recall_at_10=round(recall, 4), recall_queries=len(queries),
-                bytes=ws.path(rel).stat().st_size)
+    return dict(
+        spec,
+        vectors=n,
+        dim=d,
+        path=rel,
+        recall_at_10=round(recall, 4),
+        recall_queries=len(queries),
+        bytes=ws.path(rel).stat().st_size,
+    )
 
 
 def codes_to_bytes(codes: np.ndarray) -> np.ndarray:
     """uint64 codes -> (N, 8) uint8 rows for faiss binary indexes (big-endian: hex order)."""
-    return np.ascontiguousarray(np.asarray(codes, np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8))
+    return np.ascontiguousarray(
+        np.asarray(codes, np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8)
+    )
 
 
 def _read_codes(ws: Workspace, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -177,10 +194,17 @@ def _build_hash_index(ws: Workspace) -> dict[str, Any]:
     rel = "faiss/phash.faiss"
     with atomic_path(ws.path(rel)) as tmp:
         faiss.write_index_binary(index, str(tmp))
-    return {"kind": "binary_flat", "codes": int(len(codes)), "path": rel, "bytes": ws.path(rel).stat().st_size}
+    return {
+        "kind": "binary_flat",
+        "codes": int(len(codes)),
+        "path": rel,
+        "bytes": ws.path(rel).stat().st_size,
+    }
 
 
-def build(ws_root: str | os.PathLike[str], memory_budget_mb: int = 1024, kind: str = "auto") -> dict[str, Any]:
+def build(
+    ws_root: str | os.PathLike[str], memory_budget_mb: int = 1024, kind: str = "auto"
+) -> dict[str, Any]:
     """Build the faiss indexes of the workspace (stage `index`); returns the summary.
 
     Needs `audit embed` (image index) and/or `audit hash` (pHash index); builds what it can.
@@ -193,10 +217,16 @@ def build(ws_root: str | os.PathLike[str], memory_budget_mb: int = 1024, kind: s
     ws.require_parts()
     deps = [s for s in ("embed", "hash") if ws.stage_fingerprint(s)]
     if not deps:
-        raise AuditError(f"nothing to index in {ws.root}: run `audit embed {ws.root}` and/or `audit hash {ws.root}` first.")
-    run = ws.start_stage(STAGE, {"memory_budget_mb": memory_budget_mb, "kind": kind}, depends_on=deps)
+        raise AuditError(
+            f"nothing to index in {ws.root}: run `audit embed {ws.root}` and/or `audit hash {ws.root}` first."
+        )
+    run = ws.start_stage(
+        STAGE, {"memory_budget_mb": memory_budget_mb, "kind": kind}, depends_on=deps
+    )
     t0 = time.perf_counter()
-    info: dict[str, Any] = {"rule": __doc__.split("Choice of the image index")[1].split("Example:")[0].strip()}
+    info: dict[str, Any] = {
+        "rule": __doc__.split("Choice of the image index")[1].split("Example:")[0].strip()
+    }
     outputs = []
     if "embed" in deps:
         info["image"] = _build_image_index(ws, kind, memory_budget_mb << 20)
@@ -208,9 +238,13 @@ def build(ws_root: str | os.PathLike[str], memory_budget_mb: int = 1024, kind: s
     atomic_write_json(ws.path("faiss/info.json"), info)
     outputs.append(Output("faiss/info.json"))
     image = info.get("image", {})
-    summary = {"image_index": image.get("kind"), "image_vectors": image.get("vectors", 0),
-               "recall_at_10": image.get("recall_at_10"), "hash_codes": info.get("phash", {}).get("codes", 0),
-               "seconds": round(time.perf_counter() - t0, 3)}
+    summary = {
+        "image_index": image.get("kind"),
+        "image_vectors": image.get("vectors", 0),
+        "recall_at_10": image.get("recall_at_10"),
+        "hash_codes": info.get("phash", {}).get("codes", 0),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     run.finish(summary, outputs)
     return summary
 
@@ -229,27 +263,34 @@ def open_embedding_index(ws_root: str | os.PathLike[str]) -> tuple[Any, dict[str
     ws = Workspace.open(ws_root)
     info = _info(ws).get("image") or {}
     if not info.get("path"):
-        raise AuditError(f"{ws.root} has no image index (no embeddings when it was built). "
-                         f"Run: audit embed {ws.root} && audit index {ws.root}")
+        raise AuditError(
+            f"{ws.root} has no image index (no embeddings when it was built). "
+            f"Run: audit embed {ws.root} && audit index {ws.root}"
+        )
     index = faiss.read_index(str(ws.path(info["path"])))
     if "nprobe" in info:
         faiss.extract_index_ivf(index).nprobe = info["nprobe"]
     return index, info
 
 
-def search_embeddings(ws_root: str | os.PathLike[str], queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def search_embeddings(
+    ws_root: str | os.PathLike[str], queries: np.ndarray, k: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (cosine scores, row_ids) for L2-normalised query vectors; row_id -1 = no result."""
     index, info = open_embedding_index(ws_root)
     q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
     if q.shape[1] != index.d:
-        raise AuditError(f"queries have dimension {q.shape[1]} but the index has {index.d}: "
-                         "embed them with the model recorded in embeddings/model.json.")
+        raise AuditError(
+            f"queries have dimension {q.shape[1]} but the index has {index.d}: "
+            "embed them with the model recorded in embeddings/model.json."
+        )
     scores, ids = index.search(q, k)
     return scores, ids
 
 
-def search_hashes(ws_root: str | os.PathLike[str], codes: np.ndarray, k: int = 10,
-                  which: str = "phash") -> tuple[np.ndarray, np.ndarray]:
+def search_hashes(
+    ws_root: str | os.PathLike[str], codes: np.ndarray, k: int = 10, which: str = "phash"
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (Hamming distances, row_ids) for uint64 codes; `which` picks the hash.
 
     pHash uses the stored index; other hashes are indexed in memory from hashes/ on the fly.
@@ -262,7 +303,9 @@ def search_hashes(ws_root: str | os.PathLike[str], codes: np.ndarray, k: int = 1
     if which == "phash":
         info = _info(ws).get("phash") or {}
         if not info.get("path"):
-            raise AuditError(f"{ws.root} has no pHash index. Run: audit hash {ws.root} && audit index {ws.root}")
+            raise AuditError(
+                f"{ws.root} has no pHash index. Run: audit hash {ws.root} && audit index {ws.root}"
+            )
         index = faiss.read_index_binary(str(ws.path(info["path"])))
     else:
         row_ids, stored = _read_codes(ws, which)
@@ -270,4 +313,3 @@ def search_hashes(ws_root: str | os.PathLike[str], codes: np.ndarray, k: int = 1
         index.add_with_ids(codes_to_bytes(stored), row_ids)
     dist, ids = index.search(codes_to_bytes(np.atleast_1d(codes)), k)
     return dist, ids
-

@@ -41,14 +41,19 @@ def test_every_transformation_is_found_above_chance(result):
         assert r["per_transform"][name]["tile_relative"]["auc"] > 0.95
         assert r["rule"][name]["copy_recall"] > r["rule"][name]["copy_false_positive_rate"]
     # phash is not mirror-invariant: a flip is far harder for it than a JPEG
-    assert r["per_transform"]["flip"]["phash_hamming"]["auc"] < r["per_transform"]["jpeg"]["phash_hamming"]["auc"]
+    assert (
+        r["per_transform"]["flip"]["phash_hamming"]["auc"]
+        < r["per_transform"]["jpeg"]["phash_hamming"]["auc"]
+    )
 
 
 def test_calibration_outputs(result):
     root, r = result
     assert r["warning"].startswith("untrained") and r["cosine_votes"] is False
     saved = json.loads((root / "reports" / "calibration.json").read_text())
-    assert saved["suggested"]["near_tile"] == pytest.approx(r["pooled"]["tile_l2"]["best_f1_threshold"])
+    assert saved["suggested"]["near_tile"] == pytest.approx(
+        r["pooled"]["tile_l2"]["best_f1_threshold"]
+    )
     assert "Per transformation" in (root / "reports" / "calibration.md").read_text()
     assert (root / "reports" / "calibration.html").exists()
 
@@ -70,14 +75,19 @@ def test_transforms_change_the_image_but_keep_its_size_class():
     for name, fn in cal.TRANSFORMS.items():
         out = fn(img, rng)
         assert out.mode == "RGB", name
-        assert np.asarray(out.resize(img.size)).astype(int).tolist() != np.asarray(img).astype(int).tolist(), name
+        assert (
+            np.asarray(out.resize(img.size)).astype(int).tolist()
+            != np.asarray(img).astype(int).tolist()
+        ), name
 
 
 def test_calibrate_command(result):
     from audit.cli import cli
 
     root, _ = result
-    r = CliRunner().invoke(cli, ["calibrate", str(root / "ws"), "--n", "6", "--report-dir", str(root / "r2")])
+    r = CliRunner().invoke(
+        cli, ["calibrate", str(root / "ws"), "--n", "6", "--report-dir", str(root / "r2")]
+    )
     assert r.exit_code == 0, r.output
     assert "6 images x 7 transforms" in r.output
     bad = CliRunner().invoke(cli, ["calibrate", str(root / "ws"), "--n", "2"])

@@ -33,8 +33,13 @@ def flip(code: int, bits: list[int]) -> int:
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300), radius=st.integers(0, 12),
-       planted=st.integers(0, 40), bands=st.sampled_from([None, 3, 4, 7]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 300),
+    radius=st.integers(0, 12),
+    planted=st.integers(0, 40),
+    bands=st.sampled_from([None, 3, 4, 7]),
+)
 def test_banding_equals_brute_force(seed, n, radius, planted, bands):
     rng = np.random.default_rng(seed)
     base = [int(x) for x in rng.integers(0, 2**64, size=n, dtype=np.uint64, endpoint=False)]
@@ -50,7 +55,10 @@ def test_banding_equals_brute_force(seed, n, radius, planted, bands):
 
 def test_bands_chosen_by_size():
     assert duplicates.choose_bands(100, 6) == 7  # d+1 exact bands for small sets
-    assert duplicates.choose_bands(1_000_000, 6) in (3, 4)  # probing within 1-2 bits beats 9-bit bands
+    assert duplicates.choose_bands(1_000_000, 6) in (
+        3,
+        4,
+    )  # probing within 1-2 bits beats 9-bit bands
     assert [w for _, w in duplicates._bands(7)] == [10, 9, 9, 9, 9, 9, 9]
 
 
@@ -59,12 +67,12 @@ def families_workspace(tmp_path):
     cat, dog = (FIX / "cat.png").read_bytes(), (FIX / "dog.png").read_bytes()
     images = [encode(synthetic_image(100 + s, 96), "PNG") for s in range(20)]
     images[3] = cat
-    images[11] = cat                                # exact copy of row 3
+    images[11] = cat  # exact copy of row 3
     images[7] = (FIX / "cat_resize.jpg").read_bytes()  # near copy of row 3
     images[15] = dog
     images[18] = encode(decode(dog), "JPEG", quality=70)  # near copy of row 15
     images[5] = encode(synthetic_image(999, 96), "PNG")
-    images[9] = images[5]                            # exact copy, nothing near
+    images[9] = images[5]  # exact copy, nothing near
     images.append(None)
     images.append((FIX / "broken_corrupt.jpg").read_bytes())
     return build_workspace(tmp_path / "ws", images, rows_per_part=8)
@@ -108,7 +116,9 @@ def plant_embeddings(ws, vecs, trained):
     run = ws.start_stage("embed", {"model": "planted", "trained": trained})
     for part in ws.metadata_parts():
         rel = f"embeddings/img-{part.stem}.npy"
-        atomic_write_npy(ws.path(rel), vecs[part.row_offset:part.row_offset + part.rows].astype(np.float16))
+        atomic_write_npy(
+            ws.path(rel), vecs[part.row_offset : part.row_offset + part.rows].astype(np.float16)
+        )
         run.record_part(part.number, [Output(rel, part.rows, part.row_offset)])
     atomic_write_json(ws.path("embeddings/model.json"), {"model": "planted", "trained": trained})
     run.finish({})
@@ -131,7 +141,9 @@ def test_embedding_near_duplicates_only_with_trained_model(tmp_path):
     assert s["by_kind"]["near_embedding"] == 2 and s["clusters"] == 4
     assert rows[13]["kind"] == "near_embedding" and rows[13]["representative"] == 1
     assert rows[13]["cosine"] > 0.95 and abs(rows[13]["distance"] - (1 - rows[13]["cosine"])) < 1e-6
-    assert json.loads(ws.path("manifest.json").read_text())["stages"]["dedup"]["depends_on"].keys() >= {"embed"}
+    assert json.loads(ws.path("manifest.json").read_text())["stages"]["dedup"][
+        "depends_on"
+    ].keys() >= {"embed"}
 
 
 def test_cli_dedup_with_report(tmp_path):

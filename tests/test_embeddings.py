@@ -43,7 +43,13 @@ def test_tiny_model_shapes_normalised_deterministic(tiny):
     assert np.array_equal(again.embed_images(imgs), a)
     assert np.array_equal(again.embed_texts(["a cat", "a dog", ""]), t)
     assert not np.allclose(a[0], a[1])  # different images, different vectors
-    assert tiny.info == {"model": "tiny", "pretrained": "none", "trained": False, "dim": 64, "image_size": 64}
+    assert tiny.info == {
+        "model": "tiny",
+        "pretrained": "none",
+        "trained": False,
+        "dim": 64,
+        "image_size": 64,
+    }
     assert tiny.embed_images([]).shape == (0, 64)
 
 
@@ -92,7 +98,11 @@ def test_compute_writes_aligned_float16_parts_and_error_rows(make_workspace, tin
     direct = tiny.embed_images([decode(imgs[0]), decode(imgs[5])])
     assert np.allclose(img[[0, 5]].astype(np.float32), direct, atol=2e-3)
     assert np.allclose(txt[7].astype(np.float32), tiny.embed_texts(["picture 7"])[0], atol=2e-3)
-    rows = ws.connect().execute("select row_id, clip_similarity from clip_scores order by row_id").fetchall()
+    rows = (
+        ws.connect()
+        .execute("select row_id, clip_similarity from clip_scores order by row_id")
+        .fetchall()
+    )
     scores = {"row_id": [r[0] for r in rows], "clip_similarity": [r[1] for r in rows]}
     assert scores["row_id"] == list(range(10))
     assert scores["clip_similarity"][4] is None and scores["clip_similarity"][9] is None
@@ -110,12 +120,34 @@ def test_cli_embed_warns_untrained(make_workspace):
     from audit.reports import UNTRAINED_WARNING
 
     ws = make_workspace([encode(synthetic_image(s, 64)) for s in range(3)])
-    r = CliRunner().invoke(cli, ["embed", str(ws.root), "--model", "tiny", "--pretrained", "none",
-                                 "--workers", "0", "--batch-size", "2"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(ws.root),
+            "--model",
+            "tiny",
+            "--pretrained",
+            "none",
+            "--workers",
+            "0",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert UNTRAINED_WARNING in r.output and "3 embedded" in r.output
-    r = CliRunner().invoke(cli, ["embed", str(ws.root), "--model", "ViT-B-32", "--pretrained",
-                                 "/nonexistent/open_clip_pytorch_model.bin"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(ws.root),
+            "--model",
+            "ViT-B-32",
+            "--pretrained",
+            "/nonexistent/open_clip_pytorch_model.bin",
+        ],
+    )
     assert r.exit_code == 1 and "does not exist" in r.output
 
 
@@ -128,14 +160,26 @@ def test_kill_dash_nine_then_resume_gives_identical_output(tmp_path):
     imgs = [encode(synthetic_image(s, 400), "PNG") for s in range(160)]
     a = build_workspace(tmp_path / "a", imgs, rows_per_part=20)
     b = build_workspace(tmp_path / "b", imgs, rows_per_part=20)
+
     def cmd(ws):
-        return [sys.executable, "-m", "audit", "embed", str(ws.root), "--batch-size", "5", "--workers", "0"]
+        return [
+            sys.executable,
+            "-m",
+            "audit",
+            "embed",
+            str(ws.root),
+            "--batch-size",
+            "5",
+            "--workers",
+            "0",
+        ]
 
     env = dict(os.environ, AUDIT_NO_PROGRESS="1")
     root = Path(__file__).parent.parent
     subprocess.run(cmd(b), check=True, env=env, cwd=root, capture_output=True)
-    proc = subprocess.Popen(cmd(a), env=env, cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd(a), env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         stage = json.loads((a.root / "manifest.json").read_text())["stages"].get("embed", {})
@@ -145,7 +189,9 @@ def test_kill_dash_nine_then_resume_gives_identical_output(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stage = json.loads((a.root / "manifest.json").read_text())["stages"]["embed"]
-    assert stage["status"] == "running" and 1 <= len(stage["parts"]) < 8, "killed too late to test resume"
+    assert stage["status"] == "running" and 1 <= len(stage["parts"]) < 8, (
+        "killed too late to test resume"
+    )
     r = subprocess.run(cmd(a), env=env, cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     manifest = json.loads((a.root / "manifest.json").read_text())

@@ -17,8 +17,12 @@ from audit.images import decode
 
 FIX = DATA / "descriptors"
 GOLDEN = json.loads((FIX / "golden.json").read_text())
-IMAGEHASH = {"phash": imagehash.phash, "dhash": imagehash.dhash, "whash": imagehash.whash,
-             "ahash": imagehash.average_hash}
+IMAGEHASH = {
+    "phash": imagehash.phash,
+    "dhash": imagehash.dhash,
+    "whash": imagehash.whash,
+    "ahash": imagehash.average_hash,
+}
 
 
 def hexcodes(codes: np.ndarray) -> dict[str, str]:
@@ -80,7 +84,14 @@ def test_compute_exact_mode_equals_golden_and_errors_are_rows(make_workspace):
 
 
 def test_fast_mode_close_to_exact_and_invariant_to_resize(make_workspace):
-    names = ["cat.png", "cat_resize.jpg", "cat_large.jpg", "cat_darker.png", "dog.png", "penguin.png"]
+    names = [
+        "cat.png",
+        "cat_resize.jpg",
+        "cat_large.jpg",
+        "cat_darker.png",
+        "dog.png",
+        "penguin.png",
+    ]
     ws = make_workspace([(FIX / n).read_bytes() for n in names])
     hashes.compute(ws.root, workers=1, fast_decode=True)
     fast = dict(zip(names, table(ws)["phash"].to_pylist(), strict=True))
@@ -105,7 +116,9 @@ def test_synthetic_images_far_apart_and_jpeg_recompression_close():
 def test_parallel_equals_serial_and_resume_keeps_parts(make_workspace, monkeypatch):
     imgs = [encode(synthetic_image(s, 80), "JPEG" if s % 2 else "PNG") for s in range(30)]
     ws = make_workspace(imgs, rows_per_part=10)
-    monkeypatch.setattr(hashes, "CHUNK_ROWS", 4)  # several chunks per part, out of order across workers
+    monkeypatch.setattr(
+        hashes, "CHUNK_ROWS", 4
+    )  # several chunks per part, out of order across workers
     hashes.compute(ws.root, workers=2)
     parallel = pq.read_table(ws.root / "hashes").sort_by("row_id")
     first = ws.path("hashes/part-00000.parquet").stat().st_mtime_ns

@@ -21,7 +21,9 @@ def write_embeddings(ws, vecs: np.ndarray) -> None:
     run = ws.start_stage("embed", {"model": "planted", "trained": True})
     for part in ws.metadata_parts():
         rel = f"embeddings/img-{part.stem}.npy"
-        atomic_write_npy(ws.path(rel), vecs[part.row_offset:part.row_offset + part.rows].astype(np.float16))
+        atomic_write_npy(
+            ws.path(rel), vecs[part.row_offset : part.row_offset + part.rows].astype(np.float16)
+        )
         run.record_part(part.number, [Output(rel, part.rows, part.row_offset)])
     run.finish({"rows": len(vecs)})
 
@@ -39,6 +41,7 @@ def ws_with_vectors(tmp_path):
         vecs[list(dead)] = 0
         write_embeddings(ws, vecs)
         return ws, vecs
+
     return make
 
 
@@ -94,11 +97,19 @@ def test_hash_index_search_and_cli(tmp_path):
     codes = hashes.hash_images([decode(imgs[7]), decode(imgs[2])])[:, 0]
     dist, ids = knn.search_hashes(ws.root, codes, k=3)
     assert ids[:, 0].tolist() == [7, 2] and dist[:, 0].tolist() == [0, 0]
-    assert dist[0, 1] == min(int(codes[0] ^ hashes.hash_images([decode(imgs[j])])[0, 0]).bit_count()
-                             for j in range(12) if j != 7)
-    dist, ids = knn.search_hashes(ws.root, hashes.hash_images([decode(imgs[4])])[:, 1], k=1, which="dhash")
+    assert dist[0, 1] == min(
+        int(codes[0] ^ hashes.hash_images([decode(imgs[j])])[0, 0]).bit_count()
+        for j in range(12)
+        if j != 7
+    )
+    dist, ids = knn.search_hashes(
+        ws.root, hashes.hash_images([decode(imgs[4])])[:, 1], k=1, which="dhash"
+    )
     assert ids[0, 0] == 4 and dist[0, 0] == 0
-    assert knn.codes_to_bytes(np.array([0x0123456789ABCDEF], np.uint64)).tobytes().hex() == "0123456789abcdef"
+    assert (
+        knn.codes_to_bytes(np.array([0x0123456789ABCDEF], np.uint64)).tobytes().hex()
+        == "0123456789abcdef"
+    )
 
 
 def test_index_needs_a_stage_first(tmp_path):

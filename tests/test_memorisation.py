@@ -112,8 +112,16 @@ def test_bootstrap_edge_cases():
 
 
 def test_decide_rule():
-    th = Thresholds(copy_tile=0.02, near_tile=0.1, copy_relative=0.3, near_relative=1.5, copy_hamming=None,
-                    near_hamming=6, copy_cosine=0.97, near_cosine=0.9)
+    th = Thresholds(
+        copy_tile=0.02,
+        near_tile=0.1,
+        copy_relative=0.3,
+        near_relative=1.5,
+        copy_hamming=None,
+        near_hamming=6,
+        copy_cosine=0.97,
+        near_cosine=0.9,
+    )
     nan = np.nan
     tile = np.array([0.01, 0.05, 0.05, 0.5, 0.5, nan, 0.5, 0.05])
     rel = np.array([1.9, 2.0, 1.0, 0.2, 1.9, nan, 1.9, 2.0])

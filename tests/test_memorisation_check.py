@@ -38,17 +38,30 @@ def planted(tmp_path_factory):
     (gen / "b-crop-jpeg.jpg").write_bytes(encode(crop, "JPEG", quality=75))
     for i, s in enumerate(range(1000, 1004)):
         (gen / f"c-novel-{i}.png").write_bytes(encode(synthetic_image(s, size=96)))
-    summary = experiments.match(gen, against=ws.root, name="planted", report_dir=root / "reports", workers=1)
+    summary = experiments.match(
+        gen, against=ws.root, name="planted", report_dir=root / "reports", workers=1
+    )
     return root, ws, gen, summary
 
 
 def test_match_finds_exactly_the_planted_copies(planted):
     root, ws, gen, summary = planted
-    m = pd.read_parquet(ws.path("memorisation/planted/matches.parquet")).sort_values("generated_key")
-    by_file = {os.path.basename(f).split(".")[0]: r for f, r in zip(m["generated_file"], m.itertuples(), strict=True)}
+    m = pd.read_parquet(ws.path("memorisation/planted/matches.parquet")).sort_values(
+        "generated_key"
+    )
+    by_file = {
+        os.path.basename(f).split(".")[0]: r
+        for f, r in zip(m["generated_file"], m.itertuples(), strict=True)
+    }
     assert by_file["a-exact"].verdict == "copy" and by_file["a-exact"].train_row_id == EXACT
-    assert by_file["a-exact"].tile_distance == pytest.approx(0, abs=1e-6) and by_file["a-exact"].phash_hamming == 0
-    assert by_file["b-crop-jpeg"].verdict == "copy" and by_file["b-crop-jpeg"].train_row_id == TRANSFORMED
+    assert (
+        by_file["a-exact"].tile_distance == pytest.approx(0, abs=1e-6)
+        and by_file["a-exact"].phash_hamming == 0
+    )
+    assert (
+        by_file["b-crop-jpeg"].verdict == "copy"
+        and by_file["b-crop-jpeg"].train_row_id == TRANSFORMED
+    )
     novel = [r for k, r in by_file.items() if k.startswith("c-novel")]
     assert [r.verdict for r in novel] == ["novel"] * 4
     assert summary["counts"] == {"copy": 2, "near": 0, "novel": 4}
@@ -56,7 +69,9 @@ def test_match_finds_exactly_the_planted_copies(planted):
     lo, hi = summary["replication_ci95"]
     assert lo <= 2 / 6 <= hi and hi - lo > 0.1  # six images: a wide interval
     assert summary["training_images_copied"] == 2
-    assert "warning" in summary and summary["cosine_votes"] is False  # tiny model has random weights
+    assert (
+        "warning" in summary and summary["cosine_votes"] is False
+    )  # tiny model has random weights
     # the generated images were described with the training workspace's model
     _, info = load_embeddings(type(ws).open(ws.path("memorisation/planted/generated")))
     assert info["model"] == "tiny"
@@ -73,17 +88,37 @@ def test_match_command_and_thresholds(planted):
     from audit.cli import cli
 
     root, ws, gen, _ = planted
-    described = ws.path("memorisation/planted/generated")  # an already described workspace is used as is
+    described = ws.path(
+        "memorisation/planted/generated"
+    )  # an already described workspace is used as is
     # switching every descriptor off at both levels leaves nothing but novel images
-    off = [a for f in ("tile", "relative", "hamming", "cosine") for a in (f"--copy-{f}", "none", f"--near-{f}", "none")]
-    r = CliRunner().invoke(cli, ["match", str(described), "--against", str(ws.root), "--name", "off",
-                                 "--report-dir", str(root / "r2"), *off])
+    off = [
+        a
+        for f in ("tile", "relative", "hamming", "cosine")
+        for a in (f"--copy-{f}", "none", f"--near-{f}", "none")
+    ]
+    r = CliRunner().invoke(
+        cli,
+        [
+            "match",
+            str(described),
+            "--against",
+            str(ws.root),
+            "--name",
+            "off",
+            "--report-dir",
+            str(root / "r2"),
+            *off,
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "replication rate 0.00%" in r.output
     s = json.loads(ws.path("memorisation/off/summary.json").read_text())
     assert s["counts"]["copy"] == 0 and s["thresholds"]["copy_tile"] is None
     assert not ws.path("memorisation/off/generated").exists()
-    bad = CliRunner().invoke(cli, ["match", str(gen), "--against", str(ws.root), "--copy-tile", "x"])
+    bad = CliRunner().invoke(
+        cli, ["match", str(gen), "--against", str(ws.root), "--copy-tile", "x"]
+    )
     assert bad.exit_code == 1 and "--copy-tile must be a number" in bad.output
 
 
@@ -123,7 +158,18 @@ def test_folder_written_by_generate_is_read_from_its_image_files(planted, tmp_pa
     out.mkdir()
     (out / "000000.png").write_bytes(encode(synthetic_image(EXACT, size=96)))
     (out / "000001.png").write_bytes(encode(synthetic_image(2000, size=96)))
-    pq.write_table(pa.table({"key": ["000000", "000001"], "url": ["file:///x/0.png", "file:///x/1.png"],
-                             "caption": ["", ""], "file": ["000000.png", "000001.png"]}), out / "generated.parquet")
-    s = experiments.match(out, against=ws.root, name="fromgenerate", report_dir=tmp_path / "r", workers=1)
+    pq.write_table(
+        pa.table(
+            {
+                "key": ["000000", "000001"],
+                "url": ["file:///x/0.png", "file:///x/1.png"],
+                "caption": ["", ""],
+                "file": ["000000.png", "000001.png"],
+            }
+        ),
+        out / "generated.parquet",
+    )
+    s = experiments.match(
+        out, against=ws.root, name="fromgenerate", report_dir=tmp_path / "r", workers=1
+    )
     assert s["counts"] == {"copy": 1, "near": 0, "novel": 1} and s["errors"] == 0

@@ -12,12 +12,16 @@ from audit import pipeline
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif(not (pipeline.sample_dir() / "shards").is_dir(), reason="bundled sample not built")
+@pytest.mark.skipif(
+    not (pipeline.sample_dir() / "shards").is_dir(), reason="bundled sample not built"
+)
 def test_experiment_command_quick(tmp_path):
     from audit.cli import cli
 
     out = tmp_path / "exp"
-    r = CliRunner().invoke(cli, ["experiment", "memorisation", "--quick", "--steps", "30", "--out", str(out)])
+    r = CliRunner().invoke(
+        cli, ["experiment", "memorisation", "--quick", "--steps", "30", "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     result = json.loads((out / "experiment.json").read_text())
     assert result["steps"] == 30 and result["sets"]["train"] == 24
@@ -28,6 +32,15 @@ def test_experiment_command_quick(tmp_path):
         lo, hi = mia[f"{key}_ci95"]
         assert 0 <= lo <= mia[key] <= hi <= 1
     card = (out / "MODEL_CARD.md").read_text()
-    assert card.startswith("---\nlicense:") and "## Memorisation experiment" in card and "mia_auc" in card
-    for page in ("experiment.md", "experiment.html", "memorisation.md", "replication_by_duplication.png"):
+    assert (
+        card.startswith("---\nlicense:")
+        and "## Memorisation experiment" in card
+        and "mia_auc" in card
+    )
+    for page in (
+        "experiment.md",
+        "experiment.html",
+        "memorisation.md",
+        "replication_by_duplication.png",
+    ):
         assert (out / page).exists(), page

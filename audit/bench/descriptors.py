@@ -50,12 +50,24 @@ def _workspace(root: Path, files: list[Path], captions: list[str]) -> Any:
     for i, (f, cap) in enumerate(zip(files, captions, strict=True)):
         data = f.read_bytes()
         rec = {name: None for name in METADATA.names}
-        rec.update(row_id=i, key=f"{i:09d}", url=f"file://{f}", caption=cap, source_file=str(f), source_row=0,
-                   image_path=str(f), image_offset=0, image_size=len(data),
-                   image_sha256=hashlib.sha256(data).hexdigest(), image_status="ok")
+        rec.update(
+            row_id=i,
+            key=f"{i:09d}",
+            url=f"file://{f}",
+            caption=cap,
+            source_file=str(f),
+            source_row=0,
+            image_path=str(f),
+            image_offset=0,
+            image_size=len(data),
+            image_sha256=hashlib.sha256(data).hexdigest(),
+            image_status="ok",
+        )
         rows.append(rec)
     run = ws.start_stage("ingest", {"sources": ["bench"]})
-    atomic_write_parquet(ws.path("metadata/part-00000.parquet"), pa.Table.from_pylist(rows, schema=METADATA))
+    atomic_write_parquet(
+        ws.path("metadata/part-00000.parquet"), pa.Table.from_pylist(rows, schema=METADATA)
+    )
     run.record_part(0, [Output("metadata/part-00000.parquet", len(rows), 0)])
     run.finish({"rows": len(rows)})
     return ws
@@ -90,13 +102,24 @@ def _bench_hash(tmp: Path, name: str, files: list[Path]) -> dict[str, Any]:
     s = hashes.compute(ws.root, workers=2, fast_decode=True)
     cand = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hashes.compute(_workspace(tmp / f"ws-{name}-exact", files, [""] * len(files)).root, workers=2, fast_decode=False)
+    hashes.compute(
+        _workspace(tmp / f"ws-{name}-exact", files, [""] * len(files)).root,
+        workers=2,
+        fast_decode=False,
+    )
     exact = time.perf_counter() - t0
-    return {"images": len(files), "errors": s["errors"],
-            "baseline_phash_loop_s": round(base, 3), "candidate_fast_4_hashes_s": round(cand, 3),
-            "candidate_exact_4_hashes_s": round(exact, 3), "speedup_fast": round(base / cand, 2),
-            "speedup_exact": round(base / exact, 2), "candidate_rows_per_s": round(len(files) / cand, 1),
-            "baseline_rows_per_s": round(len(files) / base, 1), "peak_rss_mb": _rss_mb()}
+    return {
+        "images": len(files),
+        "errors": s["errors"],
+        "baseline_phash_loop_s": round(base, 3),
+        "candidate_fast_4_hashes_s": round(cand, 3),
+        "candidate_exact_4_hashes_s": round(exact, 3),
+        "speedup_fast": round(base / cand, 2),
+        "speedup_exact": round(base / exact, 2),
+        "candidate_rows_per_s": round(len(files) / cand, 1),
+        "baseline_rows_per_s": round(len(files) / base, 1),
+        "peak_rss_mb": _rss_mb(),
+    }
 
 
 def agreement(datas: list[bytes]) -> dict[str, float]:
@@ -109,7 +132,9 @@ def agreement(datas: list[bytes]) -> dict[str, float]:
         fa.append(hashes._hash_bytes(d, 10**9, True))
     diff = np.bitwise_count(np.array(ex, np.uint64) ^ np.array(fa, np.uint64))
     out = {h: round(float(diff[:, k].mean()), 3) for k, h in enumerate(hashes.HASHES)}
-    out.update({f"{h}_p95": float(np.percentile(diff[:, k], 95)) for k, h in enumerate(hashes.HASHES)})
+    out.update(
+        {f"{h}_p95": float(np.percentile(diff[:, k], 95)) for k, h in enumerate(hashes.HASHES)}
+    )
     return out
 
 
@@ -122,7 +147,9 @@ def _bench_embed(tmp: Path, files: list[Path], captions: list[str]) -> dict[str,
     ws = _workspace(tmp / "ws-embed", files, captions)
     workers, batch = 1, 32
     t0 = time.perf_counter()
-    s = embeddings.compute(ws.root, model="ViT-B-32", pretrained="none", batch_size=batch, workers=workers)
+    s = embeddings.compute(
+        ws.root, model="ViT-B-32", pretrained="none", batch_size=batch, workers=workers
+    )
     pipeline = time.perf_counter() - t0
     clip = embeddings.load_model("ViT-B-32", "none")
     threads = torch.get_num_threads()
@@ -131,14 +158,22 @@ def _bench_embed(tmp: Path, files: list[Path], captions: list[str]) -> dict[str,
     tokens = clip.tokenizer(captions)
     t0 = time.perf_counter()
     for k in range(0, len(files), batch):
-        clip.encode_image_tensor(torch.stack(pre[k:k + batch]))
-        clip.encode_text_tokens(tokens[k:k + batch])
+        clip.encode_image_tensor(torch.stack(pre[k : k + batch]))
+        clip.encode_text_tokens(tokens[k : k + batch])
     bare = time.perf_counter() - t0
     torch.set_num_threads(threads)
-    return {"images": len(files), "model": "ViT-B-32 (random weights)", "batch_size": batch,
-            "decode_workers": workers, "torch_threads": max(1, (os.cpu_count() or 1) - workers),
-            "pipeline_s": round(pipeline, 3), "pipeline_stage_s": s["seconds"], "bare_forward_s": round(bare, 3),
-            "ratio_stage_over_bare": round(s["seconds"] / bare, 3), "peak_rss_mb": _rss_mb()}
+    return {
+        "images": len(files),
+        "model": "ViT-B-32 (random weights)",
+        "batch_size": batch,
+        "decode_workers": workers,
+        "torch_threads": max(1, (os.cpu_count() or 1) - workers),
+        "pipeline_s": round(pipeline, 3),
+        "pipeline_stage_s": s["seconds"],
+        "bare_forward_s": round(bare, 3),
+        "ratio_stage_over_bare": round(s["seconds"] / bare, 3),
+        "peak_rss_mb": _rss_mb(),
+    }
 
 
 def _bench_near(n: int, subset: int) -> dict[str, Any]:
@@ -162,17 +197,29 @@ def _bench_near(n: int, subset: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     index = faiss.IndexBinaryFlat(64)
     index.add(np.ascontiguousarray(sub.astype(">u8").view(np.uint8).reshape(-1, 8)))
-    lims, dist, ids = index.range_search(np.ascontiguousarray(sub.astype(">u8").view(np.uint8).reshape(-1, 8)), 7)
+    lims, dist, ids = index.range_search(
+        np.ascontiguousarray(sub.astype(">u8").view(np.uint8).reshape(-1, 8)), 7
+    )
     brute = time.perf_counter() - t0
     q = np.repeat(np.arange(len(sub)), np.diff(lims.astype(np.int64)))
     brute_pairs = {(int(a), int(b)) for a, b in zip(q, ids, strict=True) if a < b}
     si, sj, _ = duplicates.near_pairs(sub, 6)
     agree = brute_pairs == set(zip(si.tolist(), sj.tolist(), strict=True))
     extrapolated = brute * (len(codes) / len(sub)) ** 2
-    return {"codes": int(len(codes)), "pairs_found": int(len(i)), "planted": 1000, "bands": duplicates.choose_bands(len(codes), 6),
-            "candidate_s": round(cand, 2), "brute_subset": int(len(sub)), "brute_subset_s": round(brute, 3),
-            "brute_extrapolated_s": round(extrapolated, 1), "speedup": round(extrapolated / cand, 1),
-            "agree_on_subset": agree, "planted_pairs_seen": planted_found, "peak_rss_mb": _rss_mb()}
+    return {
+        "codes": int(len(codes)),
+        "pairs_found": int(len(i)),
+        "planted": 1000,
+        "bands": duplicates.choose_bands(len(codes), 6),
+        "candidate_s": round(cand, 2),
+        "brute_subset": int(len(sub)),
+        "brute_subset_s": round(brute, 3),
+        "brute_extrapolated_s": round(extrapolated, 1),
+        "speedup": round(extrapolated / cand, 1),
+        "agree_on_subset": agree,
+        "planted_pairs_seen": planted_found,
+        "peak_rss_mb": _rss_mb(),
+    }
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
@@ -202,7 +249,9 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
             result["agreement_openclipart_jpeg_q90"] = agreement(jpegs)
         n_embed = 64 if quick else 256
         result["embed"] = _bench_embed(tmp, files[:n_embed], captions[:n_embed])
-    result["near_duplicates"] = _bench_near(200_000 if quick else 1_000_000, 10_000 if quick else 20_000)
+    result["near_duplicates"] = _bench_near(
+        200_000 if quick else 1_000_000, 10_000 if quick else 20_000
+    )
     (out_dir / "descriptors.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "descriptors.md").write_text(_markdown(result))
     return result

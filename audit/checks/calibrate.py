@@ -94,8 +94,13 @@ def overlay_text(img: Any, rng: Any) -> Any:
 
 
 TRANSFORMS: dict[str, Callable[[Any, Any], Any]] = {
-    "crop": crop, "rescale": rescale, "jpeg": jpeg, "colour": colour,
-    "flip": flip, "rotation": rotation, "overlay_text": overlay_text,
+    "crop": crop,
+    "rescale": rescale,
+    "jpeg": jpeg,
+    "colour": colour,
+    "flip": flip,
+    "rotation": rotation,
+    "overlay_text": overlay_text,
 }
 
 
@@ -117,7 +122,13 @@ class Descriptors:
 
 
 # Lower is more similar for distances; every score is turned into "higher = more similar".
-LOWER_IS_CLOSER = {"tile_l2": True, "tile_relative": True, **{f"{h}_hamming": True for h in HASHES}, "cosine": False, "combined": False}
+LOWER_IS_CLOSER = {
+    "tile_l2": True,
+    "tile_relative": True,
+    **{f"{h}_hamming": True for h in HASHES},
+    "cosine": False,
+    "combined": False,
+}
 
 
 def pair_scores(originals: list[Any], copies: list[Any], d: Descriptors) -> dict[str, Any]:
@@ -132,7 +143,9 @@ def pair_scores(originals: list[Any], copies: list[Any], d: Descriptors) -> dict
     for j, h in enumerate(HASHES):
         scores[f"{h}_hamming"] = d.hamming(ch[:, j][:, None], oh[:, j][None, :]).astype(np.float32)
     if d.embed_images is not None:
-        scores["cosine"] = np.asarray(d.embed_images(copies)) @ np.asarray(d.embed_images(originals)).T
+        scores["cosine"] = (
+            np.asarray(d.embed_images(copies)) @ np.asarray(d.embed_images(originals)).T
+        )
     # a simple combination: mean of the similarities, each mapped onto [0, 1]
     parts = [1 - scores["tile_l2"], 1 - scores["phash_hamming"] / 64]
     if "cosine" in scores:
@@ -141,7 +154,9 @@ def pair_scores(originals: list[Any], copies: list[Any], d: Descriptors) -> dict
     return scores
 
 
-def relative_matrix(distances: Any, neighbours: int = RELATIVE_NEIGHBOURS, alpha: float = 0.5) -> Any:
+def relative_matrix(
+    distances: Any, neighbours: int = RELATIVE_NEIGHBOURS, alpha: float = 0.5
+) -> Any:
     """Carlini et al.'s relative distance of every pair: d / (alpha * mean of the row's nearest n).
 
     The match verifies up to 2k = 20 candidates per generated image, so n = 20 here too.
@@ -167,23 +182,31 @@ def pr_stats(similarity: Any, labels: Any, lower_is_closer: bool = False) -> dic
     y = np.asarray(labels, dtype=bool)
     precision, recall, thr = precision_recall_curve(y, s)
     precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    f1 = np.where(
+        precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0
+    )
     b = int(np.argmax(f1))
     ok = np.flatnonzero(precision >= 0.99)
     p99 = int(ok[np.argmax(recall[ok])]) if ok.size else None
     sign = -1.0 if lower_is_closer else 1.0
     return {
         "auc": float(roc_auc_score(y, s)),
-        "best_f1": float(f1[b]), "best_f1_threshold": sign * float(thr[b]),
-        "precision_at_best_f1": float(precision[b]), "recall_at_best_f1": float(recall[b]),
+        "best_f1": float(f1[b]),
+        "best_f1_threshold": sign * float(thr[b]),
+        "precision_at_best_f1": float(precision[b]),
+        "recall_at_best_f1": float(recall[b]),
         "recall_at_p99": float(recall[p99]) if p99 is not None else 0.0,
         "threshold_at_p99": sign * float(thr[p99]) if p99 is not None else None,
         "chance_recall_at_best_f1": float(np.mean(s[~y] >= thr[b])),  # = false-positive rate
     }
 
 
-def calibrate(images: list[Any], descriptors: Descriptors, seed: int = 0,
-              transforms: dict[str, Callable[[Any, Any], Any]] | None = None) -> dict[str, Any]:
+def calibrate(
+    images: list[Any],
+    descriptors: Descriptors,
+    seed: int = 0,
+    transforms: dict[str, Callable[[Any, Any], Any]] | None = None,
+) -> dict[str, Any]:
     """Measure every descriptor on `images` (PIL, RGB) and their transformed copies.
 
     Returns {"pooled": {descriptor: stats}, "per_transform": {transform: {descriptor: stats}},
@@ -193,7 +216,9 @@ def calibrate(images: list[Any], descriptors: Descriptors, seed: int = 0,
 
     transforms = transforms or TRANSFORMS
     if len(images) < 3:
-        raise AuditError(f"calibration needs at least 3 images, got {len(images)}: pass a larger --n")
+        raise AuditError(
+            f"calibration needs at least 3 images, got {len(images)}: pass a larger --n"
+        )
     n = len(images)
     rng = np.random.default_rng(seed)
     eye = np.eye(n, dtype=bool)
@@ -204,7 +229,9 @@ def calibrate(images: list[Any], descriptors: Descriptors, seed: int = 0,
     for name, fn in transforms.items():
         copies = [fn(im, rng) for im in images]
         scores = pair_scores(images, copies, descriptors)
-        per_transform[name] = {k: pr_stats(v.ravel(), eye.ravel(), LOWER_IS_CLOSER[k]) for k, v in scores.items()}
+        per_transform[name] = {
+            k: pr_stats(v.ravel(), eye.ravel(), LOWER_IS_CLOSER[k]) for k, v in scores.items()
+        }
         for k, v in scores.items():
             pooled.setdefault(k, []).append(v.ravel())
         if descriptors.rule is not None:
@@ -213,13 +240,22 @@ def calibrate(images: list[Any], descriptors: Descriptors, seed: int = 0,
             all_codes.append(codes)
     labels = np.tile(eye.ravel(), len(transforms))
     result = {
-        "images": n, "seed": seed, "transforms": list(transforms),
-        "pairs": {"positives": int(n * len(transforms)), "negatives": int(n * (n - 1) * len(transforms))},
-        "pooled": {k: pr_stats(np.concatenate(v), labels, LOWER_IS_CLOSER[k]) for k, v in pooled.items()},
+        "images": n,
+        "seed": seed,
+        "transforms": list(transforms),
+        "pairs": {
+            "positives": int(n * len(transforms)),
+            "negatives": int(n * (n - 1) * len(transforms)),
+        },
+        "pooled": {
+            k: pr_stats(np.concatenate(v), labels, LOWER_IS_CLOSER[k]) for k, v in pooled.items()
+        },
         "per_transform": per_transform,
     }
     if rule:
-        rule["pooled"] = _rule_stats(np.concatenate(all_codes), np.concatenate([eye] * len(all_codes)))
+        rule["pooled"] = _rule_stats(
+            np.concatenate(all_codes), np.concatenate([eye] * len(all_codes))
+        )
         result["rule"] = rule
     return result
 
@@ -230,7 +266,8 @@ def _rule_stats(codes: Any, eye: Any) -> dict[str, float]:
     copy, flagged = codes == 0, codes <= 1
     # precision at the search's base rate: among pairs flagged, how many are the true original
     return {
-        "copy_recall": float(copy[eye].mean()), "copy_false_positive_rate": float(copy[~eye].mean()),
+        "copy_recall": float(copy[eye].mean()),
+        "copy_false_positive_rate": float(copy[~eye].mean()),
         "copy_precision": float(copy[eye].sum() / max(1, copy.sum())),
         "near_or_copy_recall": float(flagged[eye].mean()),
         "near_or_copy_false_positive_rate": float(flagged[~eye].mean()),
@@ -242,11 +279,16 @@ def suggest_thresholds(result: dict[str, Any]) -> dict[str, float | None]:
     """Copy thresholds at >= 99% precision, near thresholds at the best F1 (pooled)."""
     p = result["pooled"]
     out: dict[str, float | None] = {
-        "copy_tile": p["tile_l2"]["threshold_at_p99"], "near_tile": p["tile_l2"]["best_f1_threshold"],
+        "copy_tile": p["tile_l2"]["threshold_at_p99"],
+        "near_tile": p["tile_l2"]["best_f1_threshold"],
         "copy_relative": p["tile_relative"]["threshold_at_p99"],
         "near_relative": p["tile_relative"]["best_f1_threshold"],
-        "copy_hamming": p["phash_hamming"]["threshold_at_p99"], "near_hamming": p["phash_hamming"]["best_f1_threshold"],
+        "copy_hamming": p["phash_hamming"]["threshold_at_p99"],
+        "near_hamming": p["phash_hamming"]["best_f1_threshold"],
     }
     if "cosine" in p:
-        out.update(copy_cosine=p["cosine"]["threshold_at_p99"], near_cosine=p["cosine"]["best_f1_threshold"])
+        out.update(
+            copy_cosine=p["cosine"]["threshold_at_p99"],
+            near_cosine=p["cosine"]["best_f1_threshold"],
+        )
     return out

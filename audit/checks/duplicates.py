@@ -77,7 +77,7 @@ def choose_bands(n: int, radius: int) -> int:
         cost = 0.0
         for _, w in _bands(m):
             probes = sum(math.comb(w, k) for k in range(r + 1))
-            cost += probes * (LOOKUP_COST * n + n * n / 2.0 ** w)
+            cost += probes * (LOOKUP_COST * n + n * n / 2.0**w)
         if cost < best_cost:
             best, best_cost = m, cost
         if r == 0:  # more bands than radius+1 only add candidates
@@ -85,7 +85,9 @@ def choose_bands(n: int, radius: int) -> int:
     return int(best)
 
 
-def near_pairs(codes: np.ndarray, radius: int, bands: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def near_pairs(
+    codes: np.ndarray, radius: int, bands: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs i < j of *distinct* uint64 codes within `radius` bits: (i, j, distance).
 
     Exact (no false negatives, no false positives) by the pigeonhole argument above; cost is
@@ -102,7 +104,11 @@ def near_pairs(codes: np.ndarray, radius: int, bands: int | None = None) -> tupl
         return empty
     if radius >= 64:
         i, j = np.triu_indices(n, 1)
-        return i.astype(np.int64), j.astype(np.int64), np.bitwise_count(codes[i] ^ codes[j]).astype(np.int64)
+        return (
+            i.astype(np.int64),
+            j.astype(np.int64),
+            np.bitwise_count(codes[i] ^ codes[j]).astype(np.int64),
+        )
     m = bands or choose_bands(n, radius)
     r = radius // m
     found_i, found_j = [], []
@@ -119,7 +125,10 @@ def near_pairs(codes: np.ndarray, radius: int, bands: int | None = None) -> tupl
                 if w <= MAX_TABLE_BITS:
                     lo, hi = starts[q], starts[q] + counts[q]
                 else:
-                    lo, hi = np.searchsorted(sorted_key, q, "left"), np.searchsorted(sorted_key, q, "right")
+                    lo, hi = (
+                        np.searchsorted(sorted_key, q, "left"),
+                        np.searchsorted(sorted_key, q, "right"),
+                    )
                 _expand(codes, order, lo, hi, radius, found_i, found_j)
     if not found_i:
         return empty
@@ -129,8 +138,15 @@ def near_pairs(codes: np.ndarray, radius: int, bands: int | None = None) -> tupl
     return i, j, np.bitwise_count(codes[i] ^ codes[j]).astype(np.int64)
 
 
-def _expand(codes: np.ndarray, order: np.ndarray, lo: np.ndarray, hi: np.ndarray, radius: int,
-            found_i: list[np.ndarray], found_j: list[np.ndarray]) -> None:
+def _expand(
+    codes: np.ndarray,
+    order: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    radius: int,
+    found_i: list[np.ndarray],
+    found_j: list[np.ndarray],
+) -> None:
     """Verify the candidates order[lo[q]:hi[q]] of every query q, in bounded chunks."""
     lengths = hi - lo
     queries = np.flatnonzero(lengths)
@@ -160,9 +176,15 @@ def _read_rows(ws: Workspace, n: int) -> dict[str, np.ndarray]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    meta = pa.concat_tables([pq.read_table(ws.path(p.path), columns=["row_id", "image_sha256", "image_status"])
-                             for p in ws.require_parts()])
-    sha = pc.if_else(pc.equal(meta["image_status"], "ok"), meta["image_sha256"], pa.scalar(None, pa.string()))
+    meta = pa.concat_tables(
+        [
+            pq.read_table(ws.path(p.path), columns=["row_id", "image_sha256", "image_status"])
+            for p in ws.require_parts()
+        ]
+    )
+    sha = pc.if_else(
+        pc.equal(meta["image_status"], "ok"), meta["image_sha256"], pa.scalar(None, pa.string())
+    )
     enc = pc.dictionary_encode(sha).combine_chunks()
     group = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     out = {"sha_group": np.full(n, -1, np.int64)}
@@ -180,7 +202,9 @@ def _read_rows(ws: Workspace, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _embedding_edges(ws: Workspace, n: int, cosine: float, neighbours: int) -> tuple[np.ndarray, np.ndarray, Any]:
+def _embedding_edges(
+    ws: Workspace, n: int, cosine: float, neighbours: int
+) -> tuple[np.ndarray, np.ndarray, Any]:
     """Row pairs (a, b) with cosine >= `cosine` among each row's `neighbours` nearest, and
     (row_ids, float32 vectors) of the rows that have an embedding."""
     import faiss
@@ -204,16 +228,22 @@ def _embedding_edges(ws: Workspace, n: int, cosine: float, neighbours: int) -> t
     a, b = [], []
     k = min(neighbours + 1, len(row_ids))
     for s in range(0, len(row_ids), 8192):
-        scores, found = index.search(x[s:s + 8192], k)
-        src = np.repeat(row_ids[s:s + 8192], k)
+        scores, found = index.search(x[s : s + 8192], k)
+        src = np.repeat(row_ids[s : s + 8192], k)
         hit = (scores.reshape(-1) >= cosine) & (found.reshape(-1) >= 0) & (found.reshape(-1) != src)
         a.append(src[hit])
         b.append(found.reshape(-1)[hit])
     return np.concatenate(a), np.concatenate(b), (row_ids, x)
 
 
-def find(ws_root: str | os.PathLike[str], hamming: int = 6, cosine: float = 0.95, dhash: int | None = None,
-         embeddings: str = "trained", neighbours: int = 10) -> dict[str, Any]:
+def find(
+    ws_root: str | os.PathLike[str],
+    hamming: int = 6,
+    cosine: float = 0.95,
+    dhash: int | None = None,
+    embeddings: str = "trained",
+    neighbours: int = 10,
+) -> dict[str, Any]:
     """Cluster exact and near duplicates (stage `dedup`); returns the summary.
 
     `embeddings`: "trained" (use image embeddings only if the model was trained), "always", "never".
@@ -235,10 +265,27 @@ def find(ws_root: str | os.PathLike[str], hamming: int = 6, cosine: float = 0.95
     if ws.stage_fingerprint("embed"):
         trained = bool(json.loads(ws.path("embeddings/model.json").read_text()).get("trained"))
         use_emb = embeddings == "always" or (embeddings == "trained" and trained)
-        why = "used" if use_emb else ("embeddings='never'" if embeddings == "never" else "embedding model is untrained")
-    deps = ["ingest", "hash"] + (["embed"] if use_emb else []) + (["index"] if use_emb and ws.stage_fingerprint("index") else [])
-    run = ws.start_stage(STAGE, {"hamming": hamming, "cosine": cosine, "dhash": dhash, "embeddings": embeddings,
-                                 "neighbours": neighbours}, depends_on=deps)
+        why = (
+            "used"
+            if use_emb
+            else ("embeddings='never'" if embeddings == "never" else "embedding model is untrained")
+        )
+    deps = (
+        ["ingest", "hash"]
+        + (["embed"] if use_emb else [])
+        + (["index"] if use_emb and ws.stage_fingerprint("index") else [])
+    )
+    run = ws.start_stage(
+        STAGE,
+        {
+            "hamming": hamming,
+            "cosine": cosine,
+            "dhash": dhash,
+            "embeddings": embeddings,
+            "neighbours": neighbours,
+        },
+        depends_on=deps,
+    )
     t0 = time.perf_counter()
     rows = _read_rows(ws, n)
     edges_a, edges_b, kinds = [], [], np.zeros(n, np.int8)  # 3 exact, 2 near_hash, 1 near_embedding
@@ -249,7 +296,11 @@ def find(ws_root: str | os.PathLike[str], hamming: int = 6, cosine: float = 0.95
     order = has[np.argsort(g[has], kind="stable")]
     grp = g[order]
     head = np.concatenate([[True], grp[1:] != grp[:-1]]) if len(order) else np.zeros(0, bool)
-    leader = order[np.maximum.accumulate(np.where(head, np.arange(len(order)), 0))] if len(order) else order
+    leader = (
+        order[np.maximum.accumulate(np.where(head, np.arange(len(order)), 0))]
+        if len(order)
+        else order
+    )
     dup = leader != order
     edges_a.append(order[dup])
     edges_b.append(leader[dup])
@@ -258,7 +309,9 @@ def find(ws_root: str | os.PathLike[str], hamming: int = 6, cosine: float = 0.95
 
     # near_hash: collapse identical codes, then multi-index search over distinct codes
     valid = np.flatnonzero(rows["phash_ok"])
-    uniq, first_pos, inverse = np.unique(rows["phash"][valid], return_index=True, return_inverse=True)
+    uniq, first_pos, inverse = np.unique(
+        rows["phash"][valid], return_index=True, return_inverse=True
+    )
     rep = valid[first_pos]  # a row per distinct code
     same = rep[inverse] != valid
     bands = choose_bands(len(uniq), hamming) if len(uniq) > 1 else None
@@ -271,7 +324,11 @@ def find(ws_root: str | os.PathLike[str], hamming: int = 6, cosine: float = 0.95
     weak = (bits < LOW_INFORMATION_BITS) | (bits > 64 - LOW_INFORMATION_BITS)
 
     def dhash_agrees(x: np.ndarray, y: np.ndarray, limit: int) -> np.ndarray:
-        return rows["dhash_ok"][x] & rows["dhash_ok"][y] & (np.bitwise_count(rows["dhash"][x] ^ rows["dhash"][y]) <= limit)
+        return (
+            rows["dhash_ok"][x]
+            & rows["dhash_ok"][y]
+            & (np.bitwise_count(rows["dhash"][x] ^ rows["dhash"][y]) <= limit)
+        )
 
     limit = hamming if dhash is None else dhash
     ok = dhash_agrees(a, b, limit) | ((dhash is None) & ~weak[a] & ~weak[b])
@@ -295,13 +352,20 @@ def find(ws_root: str | os.PathLike[str], hamming: int = 6, cosine: float = 0.95
     graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
     _, label = connected_components(graph, directed=False)
     summary = _write(ws, rows, label, kinds, emb)
-    summary.update(rows=n, near_hash_pairs=int(len(i)), bands=bands,
-                   embeddings=why, seconds=round(time.perf_counter() - t0, 3))
+    summary.update(
+        rows=n,
+        near_hash_pairs=int(len(i)),
+        bands=bands,
+        embeddings=why,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
     run.finish(summary, [Output("duplicates.parquet", summary["rows_in_clusters"])])
     return summary
 
 
-def _write(ws: Workspace, rows: dict[str, np.ndarray], label: np.ndarray, kinds: np.ndarray, emb: Any) -> dict[str, Any]:
+def _write(
+    ws: Workspace, rows: dict[str, np.ndarray], label: np.ndarray, kinds: np.ndarray, emb: Any
+) -> dict[str, Any]:
     import pyarrow as pa
 
     sizes = np.bincount(label)
@@ -329,17 +393,23 @@ def _write(ws: Workspace, rows: dict[str, np.ndarray], label: np.ndarray, kinds:
     distance = np.where(kind == "exact", 0.0, ham.astype(np.float32))
     distance = np.where(kind == "near_embedding", 1 - cos, distance)
     order = np.lexsort((members, cluster_id[lab]))
-    table = pa.table({
-        "row_id": pa.array(members[order], pa.int64()),
-        "cluster_id": pa.array(cluster_id[lab][order], pa.int64()),
-        "cluster_size": pa.array(sizes[lab][order], pa.int32()),
-        "kind": pa.array(kind[order].tolist(), pa.string()),
-        "representative": pa.array(rep[order], pa.int64()),
-        "distance": pa.array(distance[order], pa.float32()),
-        "hamming": pa.array(ham[order], pa.int16(), mask=~ok[order]),
-        "cosine": pa.array(cos[order], pa.float32(), mask=~cos_ok[order]),
-    })
+    table = pa.table(
+        {
+            "row_id": pa.array(members[order], pa.int64()),
+            "cluster_id": pa.array(cluster_id[lab][order], pa.int64()),
+            "cluster_size": pa.array(sizes[lab][order], pa.int32()),
+            "kind": pa.array(kind[order].tolist(), pa.string()),
+            "representative": pa.array(rep[order], pa.int64()),
+            "distance": pa.array(distance[order], pa.float32()),
+            "hamming": pa.array(ham[order], pa.int16(), mask=~ok[order]),
+            "cosine": pa.array(cos[order], pa.float32(), mask=~cos_ok[order]),
+        }
+    )
     atomic_write_parquet(ws.path("duplicates.parquet"), table)
     by_kind = {k: int((kind == k).sum()) for k in ("exact", "near_hash", "near_embedding")}
-    return {"clusters": int(len(cl)), "rows_in_clusters": int(len(members)), "by_kind": by_kind,
-            "largest_cluster": int(sizes.max()) if len(cl) else 0}
+    return {
+        "clusters": int(len(cl)),
+        "rows_in_clusters": int(len(members)),
+        "by_kind": by_kind,
+        "largest_cluster": int(sizes.max()) if len(cl) else 0,
+    }

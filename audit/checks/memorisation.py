@@ -102,8 +102,10 @@ def tile_distances(a: Any, b: Any, grid: int = TILE_GRID) -> Any:
         a, b = a[None], b[None]
     n, s, _, c = a.shape
     if b.shape != a.shape or s % grid:
-        raise AuditError(f"tile_distances needs equal (N, S, S, C) arrays with S divisible by {grid}; "
-                         f"got {a.shape} and {b.shape}")
+        raise AuditError(
+            f"tile_distances needs equal (N, S, S, C) arrays with S divisible by {grid}; "
+            f"got {a.shape} and {b.shape}"
+        )
     t = s // grid
     d = (a - b).reshape(n, grid, t, grid, t, c)
     per_tile = np.sqrt(np.mean(d * d, axis=(2, 4, 5)))
@@ -154,7 +156,9 @@ def hamming(a: Any, b: Any) -> Any:
     return np.bitwise_count(a ^ b).astype(np.int16)
 
 
-def bootstrap_rate(flags: Any, reps: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_rate(
+    flags: Any, reps: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """Rate of True in `flags` with a percentile bootstrap interval (resampling the items).
 
     The mean of n Bernoulli items resampled with replacement is Binomial(n, p)/n exactly, so
@@ -172,7 +176,9 @@ def bootstrap_rate(flags: Any, reps: int = 2000, seed: int = 0, level: float = 0
     return p, float(lo), float(hi)
 
 
-def loss_auc(member_losses: Any, other_losses: Any, reps: int = 2000, seed: int = 0) -> tuple[float, list[float]]:
+def loss_auc(
+    member_losses: Any, other_losses: Any, reps: int = 2000, seed: int = 0
+) -> tuple[float, list[float]]:
     """Loss-based membership inference: ROC AUC of -loss (members positive), with a percentile
     bootstrap interval resampling each group's images. 0.5 = members look like the others."""
     import numpy as np
@@ -180,15 +186,23 @@ def loss_auc(member_losses: Any, other_losses: Any, reps: int = 2000, seed: int 
 
     pos, neg = np.asarray(member_losses, np.float64), np.asarray(other_losses, np.float64)
     if pos.size == 0 or neg.size == 0:
-        raise AuditError(f"loss_auc needs losses of members and of others (got {pos.size} and {neg.size})")
+        raise AuditError(
+            f"loss_auc needs losses of members and of others (got {pos.size} and {neg.size})"
+        )
     y = np.r_[np.ones(pos.size), np.zeros(neg.size)]
     rng = np.random.default_rng(seed)
-    boot = [roc_auc_score(y, -np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]) for _ in range(reps)]
-    return float(roc_auc_score(y, -np.r_[pos, neg])), [float(v) for v in np.percentile(boot, [2.5, 97.5])]
+    boot = [
+        roc_auc_score(y, -np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        for _ in range(reps)
+    ]
+    return float(roc_auc_score(y, -np.r_[pos, neg])), [
+        float(v) for v in np.percentile(boot, [2.5, 97.5])
+    ]
 
 
-def decide(tile: Any, relative: Any, ham: Any, cos: Any, th: Thresholds,
-           use_cosine: bool = True) -> tuple[Any, Any]:
+def decide(
+    tile: Any, relative: Any, ham: Any, cos: Any, th: Thresholds, use_cosine: bool = True
+) -> tuple[Any, Any]:
     """Verdict codes (0 copy, 1 near, 2 novel) and the number of near-level votes, per pair.
 
     copy: one descriptor passes its copy threshold, or two pass their near thresholds;
@@ -197,22 +211,37 @@ def decide(tile: Any, relative: Any, ham: Any, cos: Any, th: Thresholds,
     import numpy as np
 
     tile, relative, ham = (np.asarray(x, dtype=np.float64) for x in (tile, relative, ham))
-    cos = np.full(tile.shape, np.nan) if cos is None or not use_cosine else np.asarray(cos, np.float64)
+    cos = (
+        np.full(tile.shape, np.nan)
+        if cos is None or not use_cosine
+        else np.asarray(cos, np.float64)
+    )
+
     def passes(x: Any, limit: float | None, upper: bool = True) -> Any:
         if limit is None:  # this descriptor never votes at this level
             return np.zeros(x.shape, bool)
         with np.errstate(invalid="ignore"):
             return x <= limit if upper else x >= limit
 
-    strong = (passes(tile, th.copy_tile) | passes(relative, th.copy_relative) | passes(ham, th.copy_hamming)
-              | passes(cos, th.copy_cosine, upper=False))
-    votes = (passes(tile, th.near_tile).astype(np.int8) + passes(relative, th.near_relative)
-             + passes(ham, th.near_hamming) + passes(cos, th.near_cosine, upper=False))
+    strong = (
+        passes(tile, th.copy_tile)
+        | passes(relative, th.copy_relative)
+        | passes(ham, th.copy_hamming)
+        | passes(cos, th.copy_cosine, upper=False)
+    )
+    votes = (
+        passes(tile, th.near_tile).astype(np.int8)
+        + passes(relative, th.near_relative)
+        + passes(ham, th.near_hamming)
+        + passes(cos, th.near_cosine, upper=False)
+    )
     return np.where(strong | (votes >= 2), 0, np.where(votes >= 1, 1, 2)).astype(np.int8), votes
 
 
 # -- reading a workspace ------------------------------------------------------------------------
-def read_rows(ws: Workspace, row_ids: Sequence[int], columns: list[str]) -> dict[int, dict[str, Any]]:
+def read_rows(
+    ws: Workspace, row_ids: Sequence[int], columns: list[str]
+) -> dict[int, dict[str, Any]]:
     """Metadata columns for the given row_ids, reading only the parts that hold them."""
     import numpy as np
     import pyarrow.parquet as pq
@@ -222,7 +251,9 @@ def read_rows(ws: Workspace, row_ids: Sequence[int], columns: list[str]) -> dict
     for part in ws.require_parts():
         sel = wanted[(wanted >= part.row_offset) & (wanted < part.row_offset + part.rows)]
         if sel.size:
-            table = pq.read_table(ws.path(part.path), columns=["row_id", *columns]).take(sel - part.row_offset)
+            table = pq.read_table(ws.path(part.path), columns=["row_id", *columns]).take(
+                sel - part.row_offset
+            )
             for rec in table.to_pylist():
                 out[int(rec["row_id"])] = rec
     return out
@@ -235,7 +266,9 @@ def load_embeddings(ws: Workspace) -> tuple[Any, dict[str, Any]]:
     info_path = ws.path("embeddings/model.json")
     if not info_path.exists():
         raise AuditError(f"{ws.root} has no embeddings. Run: audit embed {ws.root}")
-    arrays = [np.load(ws.path(f"embeddings/img-{p.stem}.npy"), mmap_mode="r") for p in ws.require_parts()]
+    arrays = [
+        np.load(ws.path(f"embeddings/img-{p.stem}.npy"), mmap_mode="r") for p in ws.require_parts()
+    ]
     emb = np.concatenate(arrays).astype(np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     return emb / np.where(norms > 0, norms, 1), json.loads(info_path.read_text("utf-8"))
@@ -312,10 +345,15 @@ def check(
         raise AuditError(f"k must be at least 1, got {k}")
     gen_emb, gen_info = load_embeddings(gen)
     train_emb, train_info = load_embeddings(train)
-    if (gen_info.get("model"), gen_info.get("pretrained")) != (train_info.get("model"), train_info.get("pretrained")):
-        raise AuditError(f"{gen.root} was embedded with {gen_info.get('model')}/{gen_info.get('pretrained')} but "
-                         f"{train.root} with {train_info.get('model')}/{train_info.get('pretrained')}: describe the "
-                         "generated images with the training workspace's model")
+    if (gen_info.get("model"), gen_info.get("pretrained")) != (
+        train_info.get("model"),
+        train_info.get("pretrained"),
+    ):
+        raise AuditError(
+            f"{gen.root} was embedded with {gen_info.get('model')}/{gen_info.get('pretrained')} but "
+            f"{train.root} with {train_info.get('model')}/{train_info.get('pretrained')}: describe the "
+            "generated images with the training workspace's model"
+        )
     use_cosine = bool(train_info.get("trained", False))
     gen_codes, gen_ok = load_hashes(gen)
     train_codes, train_ok = load_hashes(train)
@@ -326,18 +364,44 @@ def check(
     ids_e, ids_h = np.asarray(ids_e, np.int64), np.asarray(ids_h, np.int64)
     gen_meta = read_rows(gen, range(n), ["key", "image_path", "image_member"])
     all_cand = np.unique(np.r_[ids_e.ravel(), ids_h.ravel()])
-    sha = {r: m["image_sha256"] for r, m in read_rows(train, all_cand[all_cand >= 0], ["image_sha256"]).items()}
+    sha = {
+        r: m["image_sha256"]
+        for r, m in read_rows(train, all_cand[all_cand >= 0], ["image_sha256"]).items()
+    }
     rows: list[dict[str, Any]] = []
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        cand = {i: sorted({int(r) for r in np.r_[ids_e[i], ids_h[i]] if r >= 0}) for i in range(start, stop)}
+        cand = {
+            i: sorted({int(r) for r in np.r_[ids_e[i], ids_h[i]] if r >= 0})
+            for i in range(start, stop)
+        }
         gen_px = load_pixels(gen, range(start, stop))
         train_px = load_pixels(train, sorted({r for c in cand.values() for r in c}))
         for i in range(start, stop):
-            rows.append(_verify(i, cand[i], gen_px, train_px, gen_emb, train_emb, gen_codes, gen_ok,
-                                train_codes, train_ok, ids_e[i], ids_h[i], sha, thresholds, use_cosine))
-    train_meta = read_rows(train, [r["train_row_id"] for r in rows if r["train_row_id"] is not None],
-                           ["key", "url", "caption"])
+            rows.append(
+                _verify(
+                    i,
+                    cand[i],
+                    gen_px,
+                    train_px,
+                    gen_emb,
+                    train_emb,
+                    gen_codes,
+                    gen_ok,
+                    train_codes,
+                    train_ok,
+                    ids_e[i],
+                    ids_h[i],
+                    sha,
+                    thresholds,
+                    use_cosine,
+                )
+            )
+    train_meta = read_rows(
+        train,
+        [r["train_row_id"] for r in rows if r["train_row_id"] is not None],
+        ["key", "url", "caption"],
+    )
     for r in rows:
         g, t = gen_meta[r["generated_row_id"]], train_meta.get(r["train_row_id"], {})
         member = f"::{g['image_member']}" if g["image_member"] else ""
@@ -347,32 +411,61 @@ def check(
     out_dir = Path(out_dir)
     atomic_write_parquet(out_dir / "matches.parquet", _table(rows))
     summary = summarise(rows, thresholds, reps, seed)
-    summary.update(generated_workspace=str(gen.root), training=str(train.root), k=k, model=train_info,
-                   cosine_votes=use_cosine, defaults_source=DEFAULTS_SOURCE,
-                   sscd="not used: SSCD copy-detection weights are not available offline; "
-                        "embedding cosine stands in (Somepalli et al. count SSCD >= 0.5 as a copy)")
+    summary.update(
+        generated_workspace=str(gen.root),
+        training=str(train.root),
+        k=k,
+        model=train_info,
+        cosine_votes=use_cosine,
+        defaults_source=DEFAULTS_SOURCE,
+        sscd="not used: SSCD copy-detection weights are not available offline; "
+        "embedding cosine stands in (Somepalli et al. count SSCD >= 0.5 as a copy)",
+    )
     if not use_cosine:
-        summary["warning"] = ("the embedding model has untrained weights: cosine is reported but does not "
-                              "vote; verdicts rest on tiled l2 and phash")
+        summary["warning"] = (
+            "the embedding model has untrained weights: cosine is reported but does not "
+            "vote; verdicts rest on tiled l2 and phash"
+        )
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
 
-def _verify(i: int, cand: list[int], gen_px: dict, train_px: dict, gen_emb: Any, train_emb: Any,
-            gen_codes: Any, gen_ok: Any, train_codes: Any, train_ok: Any, ids_e: Any, ids_h: Any,
-            sha: dict, th: Thresholds, use_cosine: bool) -> dict[str, Any]:
+def _verify(
+    i: int,
+    cand: list[int],
+    gen_px: dict,
+    train_px: dict,
+    gen_emb: Any,
+    train_emb: Any,
+    gen_codes: Any,
+    gen_ok: Any,
+    train_codes: Any,
+    train_ok: Any,
+    ids_e: Any,
+    ids_h: Any,
+    sha: dict,
+    th: Thresholds,
+    use_cosine: bool,
+) -> dict[str, Any]:
     """Score one generated image against its candidates and keep the strongest match."""
     import numpy as np
 
-    row: dict[str, Any] = {"generated_row_id": i, "train_row_id": None, "candidates": len(cand),
-                           "verdict": "novel", "error": None}
+    row: dict[str, Any] = {
+        "generated_row_id": i,
+        "train_row_id": None,
+        "candidates": len(cand),
+        "verdict": "novel",
+        "error": None,
+    }
     g = gen_px.get(i)
     if isinstance(g, ImageProblem) or not cand:
         row["error"] = g.reason if isinstance(g, ImageProblem) else "no_candidates"
         return row
     c = np.asarray(cand, np.int64)
     ok_px = [not isinstance(train_px.get(r), ImageProblem) for r in cand]
-    px = np.stack([train_px[r] if ok else np.zeros_like(g) for r, ok in zip(cand, ok_px, strict=True)])
+    px = np.stack(
+        [train_px[r] if ok else np.zeros_like(g) for r, ok in zip(cand, ok_px, strict=True)]
+    )
     tile = np.where(ok_px, tile_distances(np.broadcast_to(g, px.shape), px), np.nan)
     hams = hamming(gen_codes[i][None, :], train_codes[c]).astype(np.float64)
     hams[~(train_ok[c] & gen_ok[i])] = np.nan
@@ -389,28 +482,51 @@ def _verify(i: int, cand: list[int], gen_px: dict, train_px: dict, gen_emb: Any,
     b = int(order[0])
     verdict = VERDICTS[codes[b]]
     found = {"embedding": cand[b] in set(ids_e.tolist()), "phash": cand[b] in set(ids_h.tolist())}
-    row.update(train_row_id=cand[b], verdict=verdict, tile_distance=float(tile[b]), cosine=float(cos[b]),
-               relative_distance=float(rel[b]), votes=int(votes[b]),
-               found_by="+".join(name for name, hit in found.items() if hit),
-               **{f"{h}_hamming": (None if np.isnan(hams[b, j]) else int(hams[b, j])) for j, h in enumerate(HASHES)})
+    row.update(
+        train_row_id=cand[b],
+        verdict=verdict,
+        tile_distance=float(tile[b]),
+        cosine=float(cos[b]),
+        relative_distance=float(rel[b]),
+        votes=int(votes[b]),
+        found_by="+".join(name for name, hit in found.items() if hit),
+        **{
+            f"{h}_hamming": (None if np.isnan(hams[b, j]) else int(hams[b, j]))
+            for j, h in enumerate(HASHES)
+        },
+    )
     return row
 
 
 def _table(rows: list[dict[str, Any]]) -> Any:
     import pyarrow as pa
 
-    schema = pa.schema([
-        ("generated_row_id", pa.int64()), ("generated_key", pa.string()), ("generated_file", pa.string()),
-        ("train_row_id", pa.int64()), ("train_key", pa.string()), ("train_url", pa.string()),
-        ("train_caption", pa.string()), ("verdict", pa.string()), ("tile_distance", pa.float32()),
-        ("relative_distance", pa.float32()), ("cosine", pa.float32()),
-        *[(f"{h}_hamming", pa.int16()) for h in HASHES],
-        ("votes", pa.int8()), ("candidates", pa.int16()), ("found_by", pa.string()), ("error", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("generated_row_id", pa.int64()),
+            ("generated_key", pa.string()),
+            ("generated_file", pa.string()),
+            ("train_row_id", pa.int64()),
+            ("train_key", pa.string()),
+            ("train_url", pa.string()),
+            ("train_caption", pa.string()),
+            ("verdict", pa.string()),
+            ("tile_distance", pa.float32()),
+            ("relative_distance", pa.float32()),
+            ("cosine", pa.float32()),
+            *[(f"{h}_hamming", pa.int16()) for h in HASHES],
+            ("votes", pa.int8()),
+            ("candidates", pa.int16()),
+            ("found_by", pa.string()),
+            ("error", pa.string()),
+        ]
+    )
     return pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows], schema=schema)
 
 
-def summarise(rows: list[dict[str, Any]], th: Thresholds, reps: int = 2000, seed: int = 0) -> dict[str, Any]:
+def summarise(
+    rows: list[dict[str, Any]], th: Thresholds, reps: int = 2000, seed: int = 0
+) -> dict[str, Any]:
     """Counts per verdict and the replication (copy) rate with a bootstrap interval."""
     import numpy as np
 
@@ -422,9 +538,15 @@ def summarise(rows: list[dict[str, Any]], th: Thresholds, reps: int = 2000, seed
         "generated": len(rows),
         "counts": {v: int((verdicts == v).sum()) for v in VERDICTS},
         "errors": sum(1 for r in rows if r["error"]),
-        "replication_rate": rate, "replication_ci95": [lo, hi],
-        "copy_or_near_rate": near, "copy_or_near_ci95": [near_lo, near_hi],
+        "replication_rate": rate,
+        "replication_ci95": [lo, hi],
+        "copy_or_near_rate": near,
+        "copy_or_near_ci95": [near_lo, near_hi],
         "training_images_copied": len(copied),
-        "bootstrap": {"reps": reps, "seed": seed, "method": "percentile, resampling generated images"},
+        "bootstrap": {
+            "reps": reps,
+            "seed": seed,
+            "method": "percentile, resampling generated images",
+        },
         "thresholds": th.to_dict(),
     }

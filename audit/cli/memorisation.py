@@ -15,8 +15,12 @@ def _default(fn_name: str, param: str):  # type: ignore[no-untyped-def]
     return inspect.signature(getattr(experiments, fn_name)).parameters[param].default
 
 
-_HELP = {"tile": "tiled l2 (0..1) <=", "relative": "relative tiled l2 (Carlini et al.) <=",
-         "hamming": "phash Hamming bits <=", "cosine": "embedding cosine >= (votes only with trained weights)"}
+_HELP = {
+    "tile": "tiled l2 (0..1) <=",
+    "relative": "relative tiled l2 (Carlini et al.) <=",
+    "hamming": "phash Hamming bits <=",
+    "cosine": "embedding cosine >= (votes only with trained weights)",
+}
 
 
 def _threshold_options(f):  # type: ignore[no-untyped-def]
@@ -26,10 +30,19 @@ def _threshold_options(f):  # type: ignore[no-untyped-def]
     for field in reversed(dataclasses.fields(Thresholds)):
         default = getattr(Thresholds(), field.name)
         level, _, descriptor = field.name.partition("_")
-        text = (f"{_HELP[descriptor]} this: {'copy on its own' if level == 'copy' else 'near; two nears = copy'}"
-                "; 'none' = no vote." if descriptor in _HELP else "alpha of Carlini et al.'s relative criterion.")
-        f = click.option(f"--{field.name.replace('_', '-')}", field.name, default=str(default).lower(),
-                         show_default=True, help=text)(f)
+        text = (
+            f"{_HELP[descriptor]} this: {'copy on its own' if level == 'copy' else 'near; two nears = copy'}"
+            "; 'none' = no vote."
+            if descriptor in _HELP
+            else "alpha of Carlini et al.'s relative criterion."
+        )
+        f = click.option(
+            f"--{field.name.replace('_', '-')}",
+            field.name,
+            default=str(default).lower(),
+            show_default=True,
+            help=text,
+        )(f)
     return f
 
 
@@ -41,21 +54,38 @@ def _thresholds(options: dict):  # type: ignore[no-untyped-def]
     for field in dataclasses.fields(Thresholds):
         raw = options.pop(field.name)
         try:
-            values[field.name] = None if raw == "none" else (int(raw) if "hamming" in field.name else float(raw))
+            values[field.name] = (
+                None if raw == "none" else (int(raw) if "hamming" in field.name else float(raw))
+            )
         except ValueError as e:
-            raise AuditError(f"--{field.name.replace('_', '-')} must be a number or 'none', got {raw!r}") from e
+            raise AuditError(
+                f"--{field.name.replace('_', '-')} must be a number or 'none', got {raw!r}"
+            ) from e
     return Thresholds(**values)
 
 
 @click.command("match")
 @click.argument("generated", type=click.Path(exists=True))
-@click.option("--against", required=True, type=click.Path(file_okay=False, exists=True),
-              help="The training workspace (hashed, embedded).")
+@click.option(
+    "--against",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="The training workspace (hashed, embedded).",
+)
 @click.option("--name", default=None, help="Name of this check (default: GENERATED's folder name).")
-@click.option("--k", type=int, default=_default("match", "k"), show_default=True,
-              help="Candidates per index (embedding and phash).")
-@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
-              help="Where memorisation.md/.html go (default reports/<dataset>/).")
+@click.option(
+    "--k",
+    type=int,
+    default=_default("match", "k"),
+    show_default=True,
+    help="Candidates per index (embedding and phash).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where memorisation.md/.html go (default reports/<dataset>/).",
+)
 @_threshold_options
 def match_command(generated: str, against: str, **options) -> None:  # type: ignore[no-untyped-def]
     """Find which generated images copy a training image of workspace --against.
@@ -67,16 +97,24 @@ def match_command(generated: str, against: str, **options) -> None:  # type: ign
     th = _thresholds(options)
     s = experiments.match(generated, against, thresholds=th, **options)
     lo, hi = s["replication_ci95"]
-    click.echo(f"{s['generated']} generated images: {s['counts']}; replication rate {s['replication_rate']:.2%} "
-               f"(95% CI {lo:.2%}-{hi:.2%}) -> {against}/memorisation/")
+    click.echo(
+        f"{s['generated']} generated images: {s['counts']}; replication rate {s['replication_rate']:.2%} "
+        f"(95% CI {lo:.2%}-{hi:.2%}) -> {against}/memorisation/"
+    )
 
 
 @click.command("calibrate")
 @click.argument("ws", type=click.Path(file_okay=False, exists=True))
-@click.option("--n", type=int, default=_default("calibrate", "n"), show_default=True, help="Images to sample.")
+@click.option(
+    "--n", type=int, default=_default("calibrate", "n"), show_default=True, help="Images to sample."
+)
 @click.option("--seed", type=int, default=_default("calibrate", "seed"), show_default=True)
-@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
-              help="Where calibration.json/.md/.html go (default reports/<dataset>/).")
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where calibration.json/.md/.html go (default reports/<dataset>/).",
+)
 def calibrate_command(ws: str, **options) -> None:  # type: ignore[no-untyped-def]
     """Measure precision/recall of the copy descriptors on transformed copies of WS's images.
 
@@ -86,19 +124,32 @@ def calibrate_command(ws: str, **options) -> None:  # type: ignore[no-untyped-de
 
     r = experiments.calibrate(ws, **options)
     rule = r.get("rule", {}).get("pooled", {})
-    click.echo(f"{r['images']} images x {len(r['transforms'])} transforms: the check's rule finds "
-               f"{rule.get('copy_recall', 0):.1%} of copies as copy, {rule.get('near_or_copy_recall', 0):.1%} "
-               f"as copy or near; suggested thresholds {r['suggested']}")
+    click.echo(
+        f"{r['images']} images x {len(r['transforms'])} transforms: the check's rule finds "
+        f"{rule.get('copy_recall', 0):.1%} of copies as copy, {rule.get('near_or_copy_recall', 0):.1%} "
+        f"as copy or near; suggested thresholds {r['suggested']}"
+    )
 
 
 @click.command("experiment")
 @click.argument("name", type=click.Choice(["memorisation"]))
-@click.option("--sample", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Sample folder (default: the bundled audit/data/sample).")
-@click.option("--out", type=click.Path(file_okay=False), default=_default("memorisation", "out"), show_default=True)
+@click.option(
+    "--sample",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Sample folder (default: the bundled audit/data/sample).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=_default("memorisation", "out"),
+    show_default=True,
+)
 @click.option("--quick", is_flag=True, help="A smaller set and fewer steps (a few minutes).")
 @click.option("--seed", type=int, default=_default("memorisation", "seed"), show_default=True)
-@click.option("--steps", type=int, default=None, help="Training steps (default 2500, 400 with --quick).")
+@click.option(
+    "--steps", type=int, default=None, help="Training steps (default 2500, 400 with --quick)."
+)
 def experiment_command(name: str, **options) -> None:  # type: ignore[no-untyped-def]
     """Train the small DDPM on planted duplicates, then measure what it copied.
 
@@ -107,8 +158,10 @@ def experiment_command(name: str, **options) -> None:  # type: ignore[no-untyped
     from audit import experiments
 
     s = experiments.memorisation(**options)
-    click.echo(f"replication rate {s['replication_rate']:.2%}; by duplication {s['copied_share_by_duplication']}; "
-               f"MIA AUC members vs held-out {s['mia']['auc_members_vs_heldout']:.3f} -> {options['out']}")
+    click.echo(
+        f"replication rate {s['replication_rate']:.2%}; by duplication {s['copied_share_by_duplication']}; "
+        f"MIA AUC members vs held-out {s['mia']['auc_members_vs_heldout']:.3f} -> {options['out']}"
+    )
 
 
 COMMANDS = [match_command, calibrate_command, experiment_command]

@@ -31,12 +31,18 @@ def _sheet(images: list[Any]) -> Any:
             img = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
         img = img.copy()
         img.thumbnail((THUMB, THUMB))
-        sheet.paste(img, (4 + k * (THUMB + 4) + (THUMB - img.width) // 2, 4 + (THUMB - img.height) // 2))
+        sheet.paste(
+            img, (4 + k * (THUMB + 4) + (THUMB - img.width) // 2, 4 + (THUMB - img.height) // 2)
+        )
     return sheet
 
 
-def write(ws_root: str | os.PathLike[str], out_dir: str | os.PathLike[str], max_clusters: int = 24,
-          per_cluster: int = 8) -> Path:
+def write(
+    ws_root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    max_clusters: int = 24,
+    per_cluster: int = 8,
+) -> Path:
     """Render the duplicates report; returns the markdown path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -49,25 +55,41 @@ def write(ws_root: str | os.PathLike[str], out_dir: str | os.PathLike[str], max_
         raise AuditError(f"{path} does not exist. Run: audit dedup {ws.root}")
     out_dir = Path(out_dir)
     dups = pq.read_table(path).to_pylist()
-    meta_cols = ["row_id", "caption", "url", "image_path", "image_offset", "image_size", "image_status"]
+    meta_cols = [
+        "row_id",
+        "caption",
+        "url",
+        "image_path",
+        "image_offset",
+        "image_size",
+        "image_status",
+    ]
     wanted = {r["row_id"] for r in dups if r["cluster_id"] < max_clusters}
     meta: dict[int, dict[str, Any]] = {}
     for part in ws.require_parts():
         lo, hi = part.row_offset, part.row_offset + part.rows
         if any(lo <= w < hi for w in wanted):
             t = pq.read_table(ws.path(part.path), columns=meta_cols)
-            for rec in t.filter(pa.compute.is_in(t["row_id"], pa.array(sorted(wanted), pa.int64()))).to_pylist():
+            for rec in t.filter(
+                pa.compute.is_in(t["row_id"], pa.array(sorted(wanted), pa.int64()))
+            ).to_pylist():
                 meta[rec["row_id"]] = rec
     rec = ws.stage("dedup") or {}
     params, summary = rec.get("params", {}), rec.get("summary", {})
     by_kind = summary.get("by_kind", {})
-    intro = (f"{summary.get('clusters', 0)} clusters holding {summary.get('rows_in_clusters', 0)} of "
-             f"{summary.get('rows', ws.num_rows)} rows. Links: same image_sha256 (exact), pHash within "
-             f"{params.get('hamming')} bits (near_hash), image-embedding cosine >= {params.get('cosine')} "
-             f"(near_embedding; {summary.get('embeddings', 'not used')}).")
+    intro = (
+        f"{summary.get('clusters', 0)} clusters holding {summary.get('rows_in_clusters', 0)} of "
+        f"{summary.get('rows', ws.num_rows)} rows. Links: same image_sha256 (exact), pHash within "
+        f"{params.get('hamming')} bits (near_hash), image-embedding cosine >= {params.get('cosine')} "
+        f"(near_embedding; {summary.get('embeddings', 'not used')})."
+    )
     sections = [Section("Rows by kind", table=[{"kind": k, "rows": v} for k, v in by_kind.items()])]
     model = ws.path("embeddings/model.json")
-    if summary.get("embeddings") == "used" and model.exists() and '"trained": false' in model.read_text():
+    if (
+        summary.get("embeddings") == "used"
+        and model.exists()
+        and '"trained": false' in model.read_text()
+    ):
         sections.insert(0, Section("Untrained embeddings", text=UNTRAINED_WARNING))
     clusters: dict[int, list[dict[str, Any]]] = {}
     for r in dups:
@@ -86,13 +108,30 @@ def write(ws_root: str | os.PathLike[str], out_dir: str | os.PathLike[str], max_
         rel = f"duplicates/cluster-{cid:05d}.png"
         atomic_write_bytes(out_dir / rel, png_bytes(_sheet(images)))
         size = clusters[cid][0]["cluster_size"]
-        table = [{"row_id": m["row_id"], "kind": m["kind"], "distance": m["distance"],
-                  "caption": (meta.get(m["row_id"], {}).get("caption") or "")[:80],
-                  "url": meta.get(m["row_id"], {}).get("url")} for m in members]
+        table = [
+            {
+                "row_id": m["row_id"],
+                "kind": m["kind"],
+                "distance": m["distance"],
+                "caption": (meta.get(m["row_id"], {}).get("caption") or "")[:80],
+                "url": meta.get(m["row_id"], {}).get("url"),
+            }
+            for m in members
+        ]
         more = f" (showing {len(members)})" if size > len(members) else ""
-        sections.append(Section(f"cluster {cid}: {size} rows, representative row {members[0]['representative']}{more}",
-                                table=table, images=[(rel, f"cluster {cid}")]))
+        sections.append(
+            Section(
+                f"cluster {cid}: {size} rows, representative row {members[0]['representative']}{more}",
+                table=table,
+                images=[(rel, f"cluster {cid}")],
+            )
+        )
     if len(clusters) < summary.get("clusters", 0):
-        sections.append(Section("More", text=f"{summary['clusters'] - len(clusters)} smaller clusters not shown; "
-                                             "query them with: audit query WS \"select * from duplicates\""))
+        sections.append(
+            Section(
+                "More",
+                text=f"{summary['clusters'] - len(clusters)} smaller clusters not shown; "
+                'query them with: audit query WS "select * from duplicates"',
+            )
+        )
     return write_page(out_dir, "duplicates", f"Duplicates in {ws.dataset}", sections, intro)

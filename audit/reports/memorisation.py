@@ -24,8 +24,10 @@ def _images(ws: Workspace, row_ids: list[int]) -> dict[int, Any]:
         return {}
     con = ws.connect()
     ids = ",".join(str(int(r)) for r in row_ids)
-    rows = con.execute("SELECT row_id, image_path, image_offset, image_size FROM metadata "
-                       f"WHERE image_status = 'ok' AND row_id IN ({ids})").fetchall()
+    rows = con.execute(
+        "SELECT row_id, image_path, image_offset, image_size FROM metadata "
+        f"WHERE image_status = 'ok' AND row_id IN ({ids})"
+    ).fetchall()
     out = {}
     for rid, path, offset, size in rows:
         try:
@@ -44,8 +46,10 @@ def _pair_png(gen: Any, train: Any, side: int = 128) -> bytes:
     strip = Image.new("RGB", (2 * side + 8, side), (255, 255, 255))
     for i, img in enumerate((gen, train)):
         if img is not None:
-            img = img.convert("RGB").resize((side, side), Image.Resampling.NEAREST if max(img.size) < side else
-                                            Image.Resampling.LANCZOS)
+            img = img.convert("RGB").resize(
+                (side, side),
+                Image.Resampling.NEAREST if max(img.size) < side else Image.Resampling.LANCZOS,
+            )
             strip.paste(img, (i * (side + 8), 0))
     return png_bytes(strip)
 
@@ -57,9 +61,15 @@ def _histograms(matches: Any, th: dict[str, Any], path: Path, cosine: bool) -> P
     import matplotlib.pyplot as plt
     import numpy as np
 
-    panels = [("tile_distance", "tiled l2 of the best match", ("copy_tile", "near_tile")),
-              ("relative_distance", "relative tiled l2 (Carlini et al.)", ("copy_relative", "near_relative")),
-              ("phash_hamming", "phash Hamming (bits)", ("copy_hamming", "near_hamming"))]
+    panels = [
+        ("tile_distance", "tiled l2 of the best match", ("copy_tile", "near_tile")),
+        (
+            "relative_distance",
+            "relative tiled l2 (Carlini et al.)",
+            ("copy_relative", "near_relative"),
+        ),
+        ("phash_hamming", "phash Hamming (bits)", ("copy_hamming", "near_hamming")),
+    ]
     if cosine:
         panels.append(("cosine", "embedding cosine", ("copy_cosine", "near_cosine")))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
@@ -68,7 +78,9 @@ def _histograms(matches: Any, th: dict[str, Any], path: Path, cosine: bool) -> P
         ax.hist(values, bins=30, color="#6a8caf")
         for key, style in ((copy_key, "-"), (near_key, "--")):
             if th.get(key) is not None:
-                ax.axvline(th[key], color="#c0392b", linestyle=style, label=f"{key} = {th[key]:.3g}")
+                ax.axvline(
+                    th[key], color="#c0392b", linestyle=style, label=f"{key} = {th[key]:.3g}"
+                )
         ax.set_xlabel(label)
         ax.set_ylabel("generated images")
         if ax.get_legend_handles_labels()[0]:
@@ -86,34 +98,59 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     matches = pd.read_parquet(folder / "matches.parquet")
     gen = Workspace.open(summary["generated_workspace"])
     order = {"copy": 0, "near": 1, "novel": 2}
-    top = matches.dropna(subset=["train_row_id"]).assign(o=matches["verdict"].map(order)).sort_values(
-        ["o", "tile_distance"]).head(PAIRS)
+    top = (
+        matches.dropna(subset=["train_row_id"])
+        .assign(o=matches["verdict"].map(order))
+        .sort_values(["o", "tile_distance"])
+        .head(PAIRS)
+    )
     gen_img = _images(gen, top["generated_row_id"].astype(int).tolist())
     train_img = _images(train, top["train_row_id"].astype(int).tolist())
     pairs = []
     for i, r in enumerate(top.itertuples()):
         rel = f"memorisation/{name}-pair-{i:02d}.png"
-        atomic_write_bytes(out_dir / rel, _pair_png(gen_img.get(int(r.generated_row_id)),
-                                                    train_img.get(int(r.train_row_id))))
+        atomic_write_bytes(
+            out_dir / rel,
+            _pair_png(gen_img.get(int(r.generated_row_id)), train_img.get(int(r.train_row_id))),
+        )
         ham = "n/a" if pd.isna(r.phash_hamming) else int(r.phash_hamming)
-        pairs.append((rel, f"{r.verdict}: generated {r.generated_key} | training row {int(r.train_row_id)} "
-                           f"({r.train_key}); tile {r.tile_distance:.3f}, relative {r.relative_distance:.2f}, "
-                           f"phash {ham}, cosine {r.cosine:.3f}"))
-    hist = _histograms(matches, summary["thresholds"], out_dir / f"memorisation/{name}-histograms.png",
-                       bool(summary.get("cosine_votes")))
+        pairs.append(
+            (
+                rel,
+                f"{r.verdict}: generated {r.generated_key} | training row {int(r.train_row_id)} "
+                f"({r.train_key}); tile {r.tile_distance:.3f}, relative {r.relative_distance:.2f}, "
+                f"phash {ham}, cosine {r.cosine:.3f}",
+            )
+        )
+    hist = _histograms(
+        matches,
+        summary["thresholds"],
+        out_dir / f"memorisation/{name}-histograms.png",
+        bool(summary.get("cosine_votes")),
+    )
     lo, hi = summary["replication_ci95"]
-    intro = (f"{summary['generated']} generated images ({summary['generated_workspace']}) matched against "
-             f"{summary['training']}: replication rate (verdict copy) {summary['replication_rate']:.2%} "
-             f"(95% bootstrap interval {lo:.2%} to {hi:.2%}), {summary['training_images_copied']} distinct "
-             "training images copied.")
+    intro = (
+        f"{summary['generated']} generated images ({summary['generated_workspace']}) matched against "
+        f"{summary['training']}: replication rate (verdict copy) {summary['replication_rate']:.2%} "
+        f"(95% bootstrap interval {lo:.2%} to {hi:.2%}), {summary['training_images_copied']} distinct "
+        "training images copied."
+    )
     if summary.get("warning"):
-        intro += f" {summary['warning']}. {UNTRAINED_WARNING}"
+        intro += f" {summary['warning'][:1].upper()}{summary['warning'][1:]}. {UNTRAINED_WARNING}"
     sections = [
-        Section("Verdicts", table=[{"verdict": v, "generated images": c} for v, c in summary["counts"].items()]
-                + [{"verdict": "unreadable / no candidate", "generated images": summary["errors"]}]),
-        Section("Top matches (generated | training)", text="Strongest evidence first.", images=pairs),
-        Section("Best-match scores", text="Red lines: copy (solid) and near (dashed) thresholds.",
-                images=[(str(hist.relative_to(out_dir)), "best-match score distributions")]),
+        Section(
+            "Verdicts",
+            table=[{"verdict": v, "generated images": c} for v, c in summary["counts"].items()]
+            + [{"verdict": "unreadable / no candidate", "generated images": summary["errors"]}],
+        ),
+        Section(
+            "Top matches (generated | training)", text="Strongest evidence first.", images=pairs
+        ),
+        Section(
+            "Best-match scores",
+            text="Red lines: copy (solid) and near (dashed) thresholds.",
+            images=[(str(hist.relative_to(out_dir)), "best-match score distributions")],
+        ),
         Section("How a match is decided", text=_method_text(summary)),
     ]
     return write_page(out_dir, "memorisation", f"Memorisation check: {name}", sections, intro)
@@ -137,29 +174,52 @@ def _method_text(summary: dict[str, Any]) -> str:
 def write_calibration_page(out_dir: Path) -> Path:
     """`<out_dir>/calibration.md|.html` from `<out_dir>/calibration.json`."""
     r = json.loads((Path(out_dir) / "calibration.json").read_text("utf-8"))
-    keys = ("auc", "best_f1_threshold", "precision_at_best_f1", "recall_at_best_f1", "chance_recall_at_best_f1",
-            "recall_at_p99", "threshold_at_p99")
+    keys = (
+        "auc",
+        "best_f1_threshold",
+        "precision_at_best_f1",
+        "recall_at_best_f1",
+        "chance_recall_at_best_f1",
+        "recall_at_p99",
+        "threshold_at_p99",
+    )
     pooled = [{"descriptor": d, **{k: s[k] for k in keys}} for d, s in r["pooled"].items()]
-    per = [{"transform": t, "descriptor": d, **{k: s[k] for k in keys}}
-           for t, ds in r["per_transform"].items() for d, s in ds.items()]
+    per = [
+        {"transform": t, "descriptor": d, **{k: s[k] for k in keys}}
+        for t, ds in r["per_transform"].items()
+        for d, s in ds.items()
+    ]
     rule = [{"transform": t, **v} for t, v in r.get("rule", {}).items()]
-    intro = (f"{r['images']} distinct images of {r['dataset']} (seed {r['seed']}; skipped {r['skipped']}), each "
-             f"put through {len(r['transforms'])} copy transformations: {r['pairs']['positives']} positive and "
-             f"{r['pairs']['negatives']} negative pairs (every other image is a negative, a 1:{r['images'] - 1} "
-             "ratio, so precision is that of a search, not of a balanced test).")
+    intro = (
+        f"{r['images']} distinct images of {r['dataset']} (seed {r['seed']}; skipped {r['skipped']}), each "
+        f"put through {len(r['transforms'])} copy transformations: {r['pairs']['positives']} positive and "
+        f"{r['pairs']['negatives']} negative pairs (every other image is a negative, a 1:{r['images'] - 1} "
+        "ratio, so precision is that of a search, not of a balanced test)."
+    )
     if r.get("warning"):
         intro += f" {r['warning']}."
     sections = [
-        Section("Pooled over transformations", table=pooled,
-                text="Distances pass when <= threshold, cosine and combined when >=. chance_recall = the share "
-                     "of negatives passing the same threshold."),
-        Section("The check's rule at the thresholds in use", table=rule,
-                text=f"Thresholds in use: {json.dumps(r['in_use'])}\n\nSuggested by this run (copy at >= 99% "
-                     f"precision, near at best F1): {json.dumps(r['suggested'])}"),
+        Section(
+            "Pooled over transformations",
+            table=pooled,
+            text="Distances pass when <= threshold, cosine and combined when >=. chance_recall = the share "
+            "of negatives passing the same threshold.",
+        ),
+        Section(
+            "The check's rule at the thresholds in use",
+            table=rule,
+            text=f"Thresholds in use: {json.dumps(r['in_use'])}\n\nSuggested by this run (copy at >= 99% "
+            f"precision, near at best F1): {json.dumps(r['suggested'])}",
+        ),
         Section("Per transformation", table=per),
     ]
-    return write_page(out_dir, "calibration", f"Calibration of the copy descriptors: {r['dataset']}", sections,
-                      intro)
+    return write_page(
+        out_dir,
+        "calibration",
+        f"Calibration of the copy descriptors: {r['dataset']}",
+        sections,
+        intro,
+    )
 
 
 def _duplication_plot(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -191,37 +251,73 @@ def write_experiment_page(out_dir: Path) -> Path:
     rows = r["by_duplication"]
     plot = _duplication_plot(rows, out_dir / "replication_by_duplication.png")
     mia = r["mia"]
-    auc_rows = [{"comparison": k.removeprefix("auc_").replace("_", " "), "AUC": v,
-                 "95% CI": f"{mia[k + '_ci95'][0]:.3f}-{mia[k + '_ci95'][1]:.3f}"}
-                for k, v in mia.items() if k.startswith("auc_") and not k.endswith("_ci95")]
+    auc_rows = [
+        {
+            "comparison": k.removeprefix("auc_").replace("_", " "),
+            "AUC": v,
+            "95% CI": f"{mia[k + '_ci95'][0]:.3f}-{mia[k + '_ci95'][1]:.3f}",
+        }
+        for k, v in mia.items()
+        if k.startswith("auc_") and not k.endswith("_ci95")
+    ]
     top, single = rows[0], rows[-1]
     if not any(x["members_copied"] for x in rows):
-        verdict = ("Not measurable from replication: no sample copies any member at this training length. "
-                   "The loss-based test below still shows whether duplication left a trace.")
-    elif top["share_copied"] > single["share_copied"] and top["share_copied_ci95"][0] > single["share_copied_ci95"][1]:
+        verdict = (
+            "Not measurable from replication: no sample copies any member at this training length. "
+            "The loss-based test below still shows whether duplication left a trace."
+        )
+    elif (
+        top["share_copied"] > single["share_copied"]
+        and top["share_copied_ci95"][0] > single["share_copied_ci95"][1]
+    ):
         verdict = "Yes: the most duplicated images are replicated more often, with non-overlapping intervals."
     elif top["share_copied"] > single["share_copied"]:
         verdict = "In the same direction, but the intervals overlap: not conclusive at this size."
     else:
-        verdict = "No: at this training length the model does not replicate duplicated images more often."
-    intro = (f"A {r['training'].get('steps', r['steps'])}-step 32x32 DDPM trained on {r['sets']['train']} distinct "
-             f"consented images with planted duplication {r['groups']} ([copies, images]); "
-             f"{r['sets']['heldout']} consented images held out, {r['sets']['optedout']} opted-out images never "
-             f"trained on. {r['samples']} samples ({r['sampler']['name']}, {r['sampler']['steps']} steps) matched "
-             f"against the members: replication rate {r['replication_rate']:.2%} "
-             f"(95% CI {r['replication_ci95'][0]:.2%}-{r['replication_ci95'][1]:.2%}). Sample pairs: memorisation.md. "
-             f"{UNTRAINED_WARNING}")
+        verdict = (
+            "No: at this training length the model does not replicate duplicated images more often."
+        )
+    intro = (
+        f"A {r['training'].get('steps', r['steps'])}-step 32x32 DDPM trained on {r['sets']['train']} distinct "
+        f"consented images with planted duplication {r['groups']} ([copies, images]); "
+        f"{r['sets']['heldout']} consented images held out, {r['sets']['optedout']} opted-out images never "
+        f"trained on. {r['samples']} samples ({r['sampler']['name']}, {r['sampler']['steps']} steps) matched "
+        f"against the members: replication rate {r['replication_rate']:.2%} "
+        f"(95% CI {r['replication_ci95'][0]:.2%}-{r['replication_ci95'][1]:.2%}). Sample pairs: memorisation.md. "
+        f"{UNTRAINED_WARNING}"
+    )
     sections = [
-        Section("Replication vs duplication", table=rows, images=[(plot.name, "replication by duplication count")],
-                text="Carlini et al. (2023) and Somepalli et al. (2023) find that images duplicated in the training "
-                     f"set are replicated far more often. Does this model? {verdict}"),
-        Section("Membership inference (loss-based)", table=auc_rows,
-                text=f"{mia['method']}. Mean losses: {json.dumps(mia['mean_loss'])}. AUC 0.5 = no better than "
-                     "chance; members vs opted-out asks whether images whose creators opted out look like training "
-                     "data (they should not, as they were not trained on)."),
-        Section("Setup", text=json.dumps({"quick": r["quick"], "seed": r["seed"], "steps": r["steps"],
-                                          **{k: r["consent"].get(k) for k in ("rows", "kept", "removed", "by_signal")}},
-                                         default=str)),
+        Section(
+            "Replication vs duplication",
+            table=rows,
+            images=[(plot.name, "replication by duplication count")],
+            text="Carlini et al. (2023) and Somepalli et al. (2023) find that images duplicated in the training "
+            f"set are replicated far more often. Does this model? {verdict}",
+        ),
+        Section(
+            "Membership inference (loss-based)",
+            table=auc_rows,
+            text=f"{mia['method']}. Mean losses: {json.dumps(mia['mean_loss'])}. AUC 0.5 = no better than "
+            "chance; members vs opted-out asks whether images whose creators opted out look like training "
+            "data (they should not, as they were not trained on).",
+        ),
+        Section(
+            "Setup",
+            text=json.dumps(
+                {
+                    "quick": r["quick"],
+                    "seed": r["seed"],
+                    "steps": r["steps"],
+                    **{k: r["consent"].get(k) for k in ("rows", "kept", "removed", "by_signal")},
+                },
+                default=str,
+            ),
+        ),
     ]
-    return write_page(out_dir, "experiment", "Memorisation experiment: does duplication cause copying?", sections,
-                      intro)
+    return write_page(
+        out_dir,
+        "experiment",
+        "Memorisation experiment: does duplication cause copying?",
+        sections,
+        intro,
+    )
