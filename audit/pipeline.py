@@ -75,17 +75,29 @@ Step = tuple[str, Callable[[], Any]]
 
 def run(ws_root: str | Path, options: RunOptions, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Every stage on one dataset, then the reports. Returns {stage: summary}."""
-    from audit import cards, embeddings, hashes, knn, metadata, optouts, training
+    from audit import cards, embeddings, experiments, hashes, knn, metadata, optouts, training
     from audit.checks import bias, duplicates
-    from audit.reports import bias as bias_report
+    from audit.reports import duplicates as duplicates_report
+    from audit.reports import optout as optout_report
 
-    if not options.sources and not (Path(ws_root) / "manifest.json").exists():
-        raise AuditError("nothing to run: pass SOURCE paths, or --demo for the bundled sample")
     ws_root = Path(ws_root)
+    if not options.sources and not (ws_root / "manifest.json").exists():
+        raise AuditError("nothing to run: pass SOURCE paths, or --demo for the bundled sample")
     dataset = ws_root.name
     report_dir = Path(options.report_dir or Path("reports") / dataset)
     model_dir = ws_root / "models" / "ddpm"
-    generated = ws_root / "generated"
+    generated = ws_root / "generated" / "ddpm"
+    memorisation_dir = ws_root / "memorisation" / "ddpm"
+
+    def dedup() -> dict[str, Any]:
+        summary = duplicates.find(ws_root)
+        duplicates_report.write(ws_root, report_dir)
+        return summary
+
+    def optout() -> dict[str, Any]:
+        summary = optouts.compute(ws_root, registry=options.registries, cache=options.crawl_cache)
+        optout_report.write(ws_root, report_dir)
+        return summary
 
     steps: list[Step] = []
     if options.sources:
@@ -95,33 +107,36 @@ def run(ws_root: str | Path, options: RunOptions, echo: Callable[[str], None] = 
         ("embed", lambda: embeddings.compute(ws_root, model=options.model, pretrained=options.pretrained,
                                              workers=options.workers)),
         ("index", lambda: knn.build(ws_root)),
-        ("dedup", lambda: duplicates.find(ws_root, report_dir=report_dir)),
-        ("optout", lambda: optouts.compute(ws_root, registries=options.registries,
-                                           cache=options.crawl_cache, report_dir=report_dir)),
+        ("dedup", dedup),
+        ("optout", optout),
         ("filter", lambda: optouts.filter_dataset(ws_root, out=ws_root / "consented.parquet")),
-        ("bias", lambda: bias_report.write(bias.compute(ws_root), report_dir / "bias")),
+        ("bias", lambda: bias.compute(ws_root, report_dir=report_dir / "bias")),
     ]
     if options.train_steps:
-        from audit import experiments
-
         steps += [
             ("train", lambda: training.train_on_workspace(ws_root, model_dir, steps=options.train_steps,
                                                           seed=options.seed)),
-            ("generate", lambda: training.generate(model_dir, n=options.generate, out=generated,
-                                                   seed=options.seed)),
+            ("generate", lambda: training.generate(model_dir, generated, n=options.generate, seed=options.seed)),
             ("match", lambda: experiments.match(generated, against=ws_root, name="ddpm",
-                                                report_dir=report_dir)),
+                                                report_dir=report_dir, workers=options.workers)),
         ]
     steps.append(("card", lambda: cards.build_model_card(
-        ws_root, model_dir=model_dir if options.train_steps else None,
-        bias_dir=report_dir / "bias", out=report_dir / "MODEL_CARD.md")))
+        ws_root, model_dir=model_dir if options.train_steps else None, bias_dir=report_dir / "bias",
+        memorisation_dir=memorisation_dir if options.train_steps else None,
+        out=report_dir / "MODEL_CARD.md")))
 
+    from audit.reports import UNTRAINED_WARNING
+    from audit.reports import overview
+
+    if options.pretrained == "none":
+        echo(UNTRAINED_WARNING)
     results: dict[str, Any] = {}
     for name, step in steps:
         started = time.perf_counter()
         echo(f"[{name}] ...")
         results[name] = step()
         echo(f"[{name}] done in {time.perf_counter() - started:.1f}s: {_brief(results[name])}")
+    echo(f"report: {overview.write(ws_root, report_dir)}")
     return results
 
 

@@ -106,7 +106,7 @@ def test_train_then_generate(ws, tmp_path):
         table["width"] == [32] * 3
         and table["model_sha256"] == [sha256_file(model / "model.safetensors")] * 3
     )
-    assert table["sampler"] == ["ddim"] * 3 and table["model_step"] == [2] * 3
+    assert table["sampler"] == ["ddpm"] * 3 and table["model_step"] == [2] * 3
     # The files are exactly what the library samples for those seeds.
     net, schedule, _ = diffusion.load(model)
     expected = diffusion.sample(net, schedule, 3, seed=10, steps=4)

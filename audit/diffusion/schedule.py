@@ -29,7 +29,7 @@ import torch
 from audit.errors import AuditError
 
 BETA_SCHEDULES = ("linear", "cosine")
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddpm", "ddim")
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def run_sampler(
     schedule: Schedule,
     x: torch.Tensor,
     generators: Sequence[torch.Generator],
-    sampler: str = "ddim",
+    sampler: str = "ddpm",
     steps: int = 50,
     eta: float = 0.0,
 ) -> torch.Tensor:

@@ -54,9 +54,9 @@ def _plain(items: Iterable[int], total: int, description: str) -> Iterable[int]:
 class TrainConfig:
     """Everything that decides the trained weights (plus where/how often to write)."""
 
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 32
-    lr: float = 2e-4
+    lr: float = 5e-4
     warmup_steps: int = 100
     weight_decay: float = 0.0
     grad_clip: float = 1.0
