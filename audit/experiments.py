@@ -197,7 +197,9 @@ def _distinct_images(ws: Workspace, n: int, seed: int) -> tuple[list[Any], dict[
         if r["image_status"] == "ok"
     ]
     order = np.random.default_rng(seed).permutation(len(rows))
-    seen, images, skipped = set(), [], {"duplicate": 0, "blank": 0, "unreadable": 0}
+    seen: set[str] = set()
+    images: list[Any] = []
+    skipped = {"duplicate": 0, "blank": 0, "unreadable": 0}
     for i in order:
         r = rows[i]
         if len(images) >= n:

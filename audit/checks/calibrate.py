@@ -169,7 +169,9 @@ def relative_matrix(
     return d / np.maximum(alpha * mean, 1e-9)
 
 
-def pr_stats(similarity: Any, labels: Any, lower_is_closer: bool = False) -> dict[str, float]:
+def pr_stats(
+    similarity: Any, labels: Any, lower_is_closer: bool = False
+) -> dict[str, float | None]:
     """ROC AUC, best-F1 threshold and recall at >= 99% precision for one descriptor.
 
     Thresholds are reported in the descriptor's own unit (a distance: pass when <=).

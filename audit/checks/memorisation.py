@@ -240,7 +240,7 @@ def decide(
 
 # -- reading a workspace ------------------------------------------------------------------------
 def read_rows(
-    ws: Workspace, row_ids: Sequence[int], columns: list[str]
+    ws: Workspace, row_ids: Sequence[int] | Any, columns: list[str]
 ) -> dict[int, dict[str, Any]]:
     """Metadata columns for the given row_ids, reading only the parts that hold them."""
     import numpy as np
@@ -466,7 +466,7 @@ def _verify(
     px = np.stack(
         [train_px[r] if ok else np.zeros_like(g) for r, ok in zip(cand, ok_px, strict=True)]
     )
-    tile = np.where(ok_px, tile_distances(np.broadcast_to(g, px.shape), px), np.nan)
+    tile = np.where(ok_px, tile_distances(np.broadcast_to(np.asarray(g), px.shape), px), np.nan)
     hams = hamming(gen_codes[i][None, :], train_codes[c]).astype(np.float64)
     hams[~(train_ok[c] & gen_ok[i])] = np.nan
     cos = train_emb[c] @ gen_emb[i]

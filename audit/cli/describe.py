@@ -113,7 +113,7 @@ def index(ws: Path, memory_budget_mb: int | None, kind: str | None) -> None:
 @click.option(
     "--report-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Also write duplicates.md/.html here (e.g. reports/sample).",
+    help="Where duplicates.md/.html go (default reports/<dataset>).",
 )
 def dedup(ws: Path, hamming: int | None, cosine: float | None, report_dir: Path | None) -> None:
     """Exact and near-duplicate clusters: duplicates.parquet (and a report page).
@@ -127,10 +127,11 @@ def dedup(ws: Path, hamming: int | None, cosine: float | None, report_dir: Path 
         f"{s['clusters']} cluster(s), {s['rows_in_clusters']} rows "
         f"({s['by_kind']}) -> {ws}/duplicates.parquet"
     )
-    if report_dir is not None:
-        from audit.reports import duplicates as page
+    from audit.reports import duplicates as page
+    from audit.workspace import Workspace
 
-        line += f"; report {page.write(ws, report_dir)}"
+    report_dir = report_dir or Path("reports") / Workspace.open(ws).dataset
+    line += f"; report {page.write(ws, report_dir)}"
     click.echo(line)
 
 

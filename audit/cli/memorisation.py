@@ -61,7 +61,7 @@ def _thresholds(options: dict):  # type: ignore[no-untyped-def]
             raise AuditError(
                 f"--{field.name.replace('_', '-')} must be a number or 'none', got {raw!r}"
             ) from e
-    return Thresholds(**values)
+    return Thresholds(**values)  # type: ignore[arg-type]
 
 
 @click.command("match")
