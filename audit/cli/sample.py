@@ -14,7 +14,10 @@ _DEFAULTS = {k: v.default for k, v in inspect.signature(lib.build).parameters.it
 
 @click.group("sample")
 def sample() -> None:
-    """The bundled real sample: public-domain clip art shaped like a LAION download."""
+    """The bundled real sample: public-domain clip art shaped like a LAION download.
+
+    Example: audit sample build --n 300 --out /tmp/sample
+    """
 
 
 @sample.command("build")
