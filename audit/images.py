@@ -37,7 +37,9 @@ def read_bytes(path: str, offset: int | None = 0, size: int | None = None) -> by
     except OSError as e:
         raise ImageProblem("image_unreadable", f"{path}: {e.strerror or e}") from e
     if size is not None and len(data) != size:
-        raise ImageProblem("image_truncated", f"{path}: expected {size} bytes at {offset}, got {len(data)}")
+        raise ImageProblem(
+            "image_truncated", f"{path}: expected {size} bytes at {offset}, got {len(data)}"
+        )
     return data
 
 
@@ -58,7 +60,9 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
         raise ImageProblem("image_undecodable", f"{type(e).__name__}: {e}") from e
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageProblem("decompression_bomb", f"{w}x{h} = {w * h} pixels exceeds the limit {max_pixels}")
+        raise ImageProblem(
+            "decompression_bomb", f"{w}x{h} = {w * h} pixels exceeds the limit {max_pixels}"
+        )
     if w <= 0 or h <= 0:
         raise ImageProblem("image_undecodable", f"invalid size {w}x{h}")
     return img
@@ -100,10 +104,19 @@ def iter_rows_images(rows: Any) -> Iterator[tuple[int, bytes | None, ImageProble
     """For an Arrow table/batch of metadata rows: (row_id, bytes or None, problem or None)."""
     cols = rows.to_pydict() if hasattr(rows, "to_pydict") else rows
     for row_id, path, offset, size, status in zip(
-        cols["row_id"], cols["image_path"], cols["image_offset"], cols["image_size"], cols["image_status"]
+        cols["row_id"],
+        cols["image_path"],
+        cols["image_offset"],
+        cols["image_size"],
+        cols["image_status"],
+        strict=True,
     ):
         if status != "ok" or path is None:
-            yield row_id, None, ImageProblem("image_missing", f"row {row_id} has no usable image ({status})")
+            yield (
+                row_id,
+                None,
+                ImageProblem("image_missing", f"row {row_id} has no usable image ({status})"),
+            )
             continue
         try:
             yield row_id, read_bytes(path, offset, size), None

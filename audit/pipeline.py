@@ -73,7 +73,9 @@ class RunOptions:
 Step = tuple[str, Callable[[], Any]]
 
 
-def run(ws_root: str | Path, options: RunOptions, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    ws_root: str | Path, options: RunOptions, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Every stage on one dataset, then the reports. Returns {stage: summary}."""
     from audit import cards, embeddings, experiments, hashes, knn, metadata, optouts, training
     from audit.checks import bias, duplicates
@@ -104,8 +106,12 @@ def run(ws_root: str | Path, options: RunOptions, echo: Callable[[str], None] = 
         steps.append(("ingest", lambda: metadata.ingest(ws_root, options.sources, dataset=dataset)))
     steps += [
         ("hash", lambda: hashes.compute(ws_root, workers=options.workers)),
-        ("embed", lambda: embeddings.compute(ws_root, model=options.model, pretrained=options.pretrained,
-                                             workers=options.workers)),
+        (
+            "embed",
+            lambda: embeddings.compute(
+                ws_root, model=options.model, pretrained=options.pretrained, workers=options.workers
+            ),
+        ),
         ("index", lambda: knn.build(ws_root)),
         ("dedup", dedup),
         ("optout", optout),
@@ -114,19 +120,43 @@ def run(ws_root: str | Path, options: RunOptions, echo: Callable[[str], None] = 
     ]
     if options.train_steps:
         steps += [
-            ("train", lambda: training.train_on_workspace(ws_root, model_dir, steps=options.train_steps,
-                                                          seed=options.seed)),
-            ("generate", lambda: training.generate(model_dir, generated, n=options.generate, seed=options.seed)),
-            ("match", lambda: experiments.match(generated, against=ws_root, name="ddpm",
-                                                report_dir=report_dir, workers=options.workers)),
+            (
+                "train",
+                lambda: training.train_on_workspace(
+                    ws_root, model_dir, steps=options.train_steps, seed=options.seed
+                ),
+            ),
+            (
+                "generate",
+                lambda: training.generate(
+                    model_dir, generated, n=options.generate, seed=options.seed
+                ),
+            ),
+            (
+                "match",
+                lambda: experiments.match(
+                    generated,
+                    against=ws_root,
+                    name="ddpm",
+                    report_dir=report_dir,
+                    workers=options.workers,
+                ),
+            ),
         ]
-    steps.append(("card", lambda: cards.build_model_card(
-        ws_root, model_dir=model_dir if options.train_steps else None, bias_dir=report_dir / "bias",
-        memorisation_dir=memorisation_dir if options.train_steps else None,
-        out=report_dir / "MODEL_CARD.md")))
+    steps.append(
+        (
+            "card",
+            lambda: cards.build_model_card(
+                ws_root,
+                model_dir=model_dir if options.train_steps else None,
+                bias_dir=report_dir / "bias",
+                memorisation_dir=memorisation_dir if options.train_steps else None,
+                out=report_dir / "MODEL_CARD.md",
+            ),
+        )
+    )
 
-    from audit.reports import UNTRAINED_WARNING
-    from audit.reports import overview
+    from audit.reports import UNTRAINED_WARNING, overview
 
     if options.pretrained == "none":
         echo(UNTRAINED_WARNING)
@@ -142,6 +172,10 @@ def run(ws_root: str | Path, options: RunOptions, echo: Callable[[str], None] = 
 
 def _brief(summary: Any) -> str:
     if isinstance(summary, dict):
-        items = [f"{k}={v}" for k, v in summary.items() if isinstance(v, (int, float, str)) and len(str(v)) < 40]
+        items = [
+            f"{k}={v}"
+            for k, v in summary.items()
+            if isinstance(v, (int, float, str)) and len(str(v)) < 40
+        ]
         return ", ".join(items[:8])
     return str(summary)[:120]

@@ -14,17 +14,30 @@ def enabled() -> bool:
     return sys.stderr.isatty() and not os.environ.get("AUDIT_NO_PROGRESS")
 
 
-def track(items: Iterable[T], total: int | None = None, description: str = "working") -> Iterator[T]:
+def track(
+    items: Iterable[T], total: int | None = None, description: str = "working"
+) -> Iterator[T]:
     """Iterate `items`, drawing a progress bar on stderr when that is a terminal."""
     if not enabled():
         yield from items
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(description, total=total)
         for item in items:

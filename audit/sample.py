@@ -46,32 +46,98 @@ LICENSE = "https://creativecommons.org/licenses/publicdomain/"
 PLUS_NS = "http://ns.useplus.org/ldf/xmp/1.0/"
 DMI = "http://ns.useplus.org/ldf/vocab/"
 # Planted opt-out values, cycled in this order (prohibitions outnumber the neutral ones).
-OPTOUT_CYCLE = ("DMI-PROHIBITED-AIMLTRAINING", "DMI-PROHIBITED-GENAIMLTRAINING",
-                "DMI-PROHIBITED", "DMI-PROHIBITED-AIMLTRAINING", "DMI-ALLOWED",
-                "DMI-PROHIBITED-GENAIMLTRAINING", "DMI-UNSPECIFIED")
+OPTOUT_CYCLE = (
+    "DMI-PROHIBITED-AIMLTRAINING",
+    "DMI-PROHIBITED-GENAIMLTRAINING",
+    "DMI-PROHIBITED",
+    "DMI-PROHIBITED-AIMLTRAINING",
+    "DMI-ALLOWED",
+    "DMI-PROHIBITED-GENAIMLTRAINING",
+    "DMI-UNSPECIFIED",
+)
 # Synthetic re-hosts, all under RFC 2606 reserved domains: (weight, image url, page url).
 MIRRORS = (
-    (4, "https://cdn.clipart-mirror.example.com/{cat}/{stem}.{ext}",
-     "https://www.clipart-mirror.example.com/{cat}/{slug}.html"),
-    (3, "https://img.pictures.example.org/i/{h2}/{h8}.{ext}", "https://pictures.example.org/p/{h8}"),
-    (2, "https://www.example.net/blog/wp-content/uploads/20{yy}/{mm}/{stem}.{ext}",
-     "https://www.example.net/blog/20{yy}/{mm}/{slug}/"),
-    (1, "https://media.example.com/free-clipart/{slug}.{ext}", "https://example.com/free-clipart/{slug}"),
+    (
+        4,
+        "https://cdn.clipart-mirror.example.com/{cat}/{stem}.{ext}",
+        "https://www.clipart-mirror.example.com/{cat}/{slug}.html",
+    ),
+    (
+        3,
+        "https://img.pictures.example.org/i/{h2}/{h8}.{ext}",
+        "https://pictures.example.org/p/{h8}",
+    ),
+    (
+        2,
+        "https://www.example.net/blog/wp-content/uploads/20{yy}/{mm}/{stem}.{ext}",
+        "https://www.example.net/blog/20{yy}/{mm}/{slug}/",
+    ),
+    (
+        1,
+        "https://media.example.com/free-clipart/{slug}.{ext}",
+        "https://example.com/free-clipart/{slug}",
+    ),
 )
 # Authors whose names recur in the file names (longest form seen there). A file's author is
 # the part of its name that matches one of these, cut exactly as the file name cuts it.
 AUTHORS = (
-    "architetto_francesc", "benji_park", "nicu_buculei", "peterm", "jarno_vasamaa", "gerald_g.",
-    "juliane_krug", "linda_kim", "mimooh", "mateya", "yves_guillou", "jon_phillips",
-    "dan_gerhards", "frouke", "dave_pena", "enrique_meza_c", "fudriot_omic.ch", "romus",
-    "susan_park", "christoph_brill", "toh_yen_cheng", "dirk_struve", "nathan_eady",
-    "stefan_bazelkov", "marcelo_staudt", "leif_lodahl", "tanguy_jacq", "guillaume_boitel",
-    "anthony_liekens", "charles_mccolm", "frederic_moser", "aj_ashton", "costea_bogdan",
-    "mauro_olivo", "brice_boyer", "ganson", "rory_mccann", "kurt_cagle", "orlando_karam",
-    "jasper_van_de_grond", "alex_kuehne", "lumen_desig", "joel_montes_d", "matthew_gates",
-    "jonathan_dietrich", "arjen_meijer", "a.j._ashton", "gabrielle_nowicki", "cedric_bosdonnat",
-    "kilian_valkhof", "roman_bertle", "matt_todd", "anton_yu", "patricia_fidi", "astrid_graeber",
-    "alex_fernandez", "tess_brady",
+    "architetto_francesc",
+    "benji_park",
+    "nicu_buculei",
+    "peterm",
+    "jarno_vasamaa",
+    "gerald_g.",
+    "juliane_krug",
+    "linda_kim",
+    "mimooh",
+    "mateya",
+    "yves_guillou",
+    "jon_phillips",
+    "dan_gerhards",
+    "frouke",
+    "dave_pena",
+    "enrique_meza_c",
+    "fudriot_omic.ch",
+    "romus",
+    "susan_park",
+    "christoph_brill",
+    "toh_yen_cheng",
+    "dirk_struve",
+    "nathan_eady",
+    "stefan_bazelkov",
+    "marcelo_staudt",
+    "leif_lodahl",
+    "tanguy_jacq",
+    "guillaume_boitel",
+    "anthony_liekens",
+    "charles_mccolm",
+    "frederic_moser",
+    "aj_ashton",
+    "costea_bogdan",
+    "mauro_olivo",
+    "brice_boyer",
+    "ganson",
+    "rory_mccann",
+    "kurt_cagle",
+    "orlando_karam",
+    "jasper_van_de_grond",
+    "alex_kuehne",
+    "lumen_desig",
+    "joel_montes_d",
+    "matthew_gates",
+    "jonathan_dietrich",
+    "arjen_meijer",
+    "a.j._ashton",
+    "gabrielle_nowicki",
+    "cedric_bosdonnat",
+    "kilian_valkhof",
+    "roman_bertle",
+    "matt_todd",
+    "anton_yu",
+    "patricia_fidi",
+    "astrid_graeber",
+    "alex_fernandez",
+    "tess_brady",
 )
 TRUNCATED = 24  # Debian cut "<title>_<author>" to this many characters
 MAX_PIXELS = 16_000_000  # 17 Debian files are larger (up to 623 Mpx); they are skipped
@@ -101,7 +167,9 @@ def split_name(stem: str) -> tuple[str, str | None]:
     return base.replace("_", " ").strip(), None
 
 
-def scan(source_root: str | os.PathLike[str] = SOURCE_ROOT, max_pixels: int = MAX_PIXELS) -> list[Source]:
+def scan(
+    source_root: str | os.PathLike[str] = SOURCE_ROOT, max_pixels: int = MAX_PIXELS
+) -> list[Source]:
     """Every PNG under `source_root` (symlinks included, as aliases), in sorted order.
 
     Files that are not PNGs or have more than `max_pixels` pixels (a few posters of 16000 px
@@ -109,8 +177,10 @@ def scan(source_root: str | os.PathLike[str] = SOURCE_ROOT, max_pixels: int = MA
     """
     root = Path(source_root)
     if not root.is_dir():
-        raise AuditError(f"{root} does not exist: install Debian's openclipart-png "
-                         "(apt-get install openclipart-png) or pass --source-root")
+        raise AuditError(
+            f"{root} does not exist: install Debian's openclipart-png "
+            "(apt-get install openclipart-png) or pass --source-root"
+        )
     out = []
     for path in sorted(root.rglob("*.png")):
         rel = path.relative_to(root).as_posix()
@@ -124,15 +194,25 @@ def scan(source_root: str | os.PathLike[str] = SOURCE_ROOT, max_pixels: int = MA
         width, height = struct.unpack(">II", head[16:24])
         if width * height > max_pixels:
             continue
-        family = path.parent.relative_to(root).as_posix() + "/" + re.sub(r"[_-]?\d+$", "", path.stem)
+        family = (
+            path.parent.relative_to(root).as_posix() + "/" + re.sub(r"[_-]?\d+$", "", path.stem)
+        )
         out.append(Source(rel, real.relative_to(root.resolve()).as_posix(), family))
     if not out:
-        raise AuditError(f"no PNG files under {root}: pass --source-root pointing at openclipart's png/")
+        raise AuditError(
+            f"no PNG files under {root}: pass --source-root pointing at openclipart's png/"
+        )
     return out
 
 
-def choose(sources: list[Source], n: int, seed: int = 0, family_share: float = 0.3,
-           alias_pairs: int | None = None, max_family: int = 6) -> list[Source]:
+def choose(
+    sources: list[Source],
+    n: int,
+    seed: int = 0,
+    family_share: float = 0.3,
+    alias_pairs: int | None = None,
+    max_family: int = 6,
+) -> list[Source]:
     """Pick `n` rows: whole numbered families (~`family_share`), alias pairs, then singles by category."""
     rng = random.Random(seed)
     files = [s for s in sources if s.rel == s.real]
@@ -141,8 +221,11 @@ def choose(sources: list[Source], n: int, seed: int = 0, family_share: float = 0
         families.setdefault(s.family, []).append(s)
     by_rel = {s.rel: s for s in files}
     singles = [s for s in files if len(families[s.family]) == 1]
-    aliases = [a for a in sources if a.rel != a.real and a.real in by_rel
-               and len(families[by_rel[a.real].family]) == 1]
+    aliases = [
+        a
+        for a in sources
+        if a.rel != a.real and a.real in by_rel and len(families[by_rel[a.real].family]) == 1
+    ]
     groups = [g for g in families.values() if 2 <= len(g) <= max_family]
     rng.shuffle(groups)
     rng.shuffle(aliases)
@@ -175,13 +258,16 @@ def choose(sources: list[Source], n: int, seed: int = 0, family_share: float = 0
             if by_cat[c] and len(chosen) < n:
                 chosen.append(by_cat[c].pop())
     if len(chosen) < n:
-        raise AuditError(f"only {len(chosen)} pictures can be chosen from the source tree; use --n {len(chosen)} or less")
+        raise AuditError(
+            f"only {len(chosen)} pictures can be chosen from the source tree; use --n {len(chosen)} or less"
+        )
     rng.shuffle(chosen)  # duplicates are scattered in real data, not adjacent
     return chosen
 
 
-def shrink(data: bytes, max_side: int = 256, png_max_bytes: int = 12_000,
-           jpeg_quality: int = 85) -> tuple[bytes, str, int, int, str]:
+def shrink(
+    data: bytes, max_side: int = 256, png_max_bytes: int = 12_000, jpeg_quality: int = 85
+) -> tuple[bytes, str, int, int, str]:
     """Resize so the longer side <= max_side; keep PNG (alpha too) if small, else JPEG on white.
 
     Returns (bytes, "png"|"jpg", width, height, description of what was done).
@@ -195,7 +281,9 @@ def shrink(data: bytes, max_side: int = 256, png_max_bytes: int = 12_000,
     steps = [f"debian {ow}x{oh} {omode} png"]
     if max(ow, oh) > max_side:
         scale = max_side / max(ow, oh)
-        im = im.resize((max(1, round(ow * scale)), max(1, round(oh * scale))), Image.Resampling.LANCZOS)
+        im = im.resize(
+            (max(1, round(ow * scale)), max(1, round(oh * scale))), Image.Resampling.LANCZOS
+        )
         steps.append(f"resized to {im.width}x{im.height} (lanczos)")
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
@@ -216,15 +304,19 @@ def xmp_packet(value: str, element_form: bool = False) -> bytes:
     """An XMP packet carrying IPTC PLUS `plus:DataMining` = `DMI + value` (attribute or element form)."""
     uri = DMI + value
     if element_form:
-        desc = (f'<rdf:Description rdf:about="" xmlns:plus="{PLUS_NS}">\n'
-                f"   <plus:DataMining>{uri}</plus:DataMining>\n  </rdf:Description>")
+        desc = (
+            f'<rdf:Description rdf:about="" xmlns:plus="{PLUS_NS}">\n'
+            f"   <plus:DataMining>{uri}</plus:DataMining>\n  </rdf:Description>"
+        )
     else:
         desc = f'<rdf:Description rdf:about="" xmlns:plus="{PLUS_NS}" plus:DataMining="{uri}"/>'
-    return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
-            '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
-            ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
-            f"  {desc}\n </rdf:RDF>\n</x:xmpmeta>\n"
-            '<?xpacket end="r"?>').encode()
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
+        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        f"  {desc}\n </rdf:RDF>\n</x:xmpmeta>\n"
+        '<?xpacket end="r"?>'
+    ).encode()
 
 
 def embed_xmp(data: bytes, fmt: str, xmp: bytes) -> bytes:
@@ -244,26 +336,47 @@ def embed_xmp(data: bytes, fmt: str, xmp: bytes) -> bytes:
     return data[:at] + segment + data[at:]
 
 
-def _urls(src: Source, title: str, fmt: str, rng: random.Random, mirror_share: float) -> tuple[str, str, bool]:
+def _urls(
+    src: Source, title: str, fmt: str, rng: random.Random, mirror_share: float
+) -> tuple[str, str, bool]:
     """(image url, page url, re-hosted?) of the shape a crawl would record."""
     h = hashlib.sha256(src.real.encode()).hexdigest()
     stem = Path(src.rel).stem
     slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
     if rng.random() >= mirror_share:
         oc_id = int(h[:8], 16) % 999_983 + 1  # synthetic: Debian does not ship openclipart ids
-        return (f"https://openclipart.org/image/800px/svg_to_png/{oc_id}/{stem}.png",
-                f"https://openclipart.org/detail/{oc_id}/{slug}", False)
+        return (
+            f"https://openclipart.org/image/800px/svg_to_png/{oc_id}/{stem}.png",
+            f"https://openclipart.org/detail/{oc_id}/{slug}",
+            False,
+        )
     weights = [m[0] for m in MIRRORS]
     _, image, page = rng.choices(MIRRORS, weights=weights)[0]
-    fields = dict(cat=src.rel.split("/")[0], stem=stem, slug=slug, ext=fmt, h2=h[:2], h8=h[:8],
-                  yy=f"{10 + int(h[8:10], 16) % 14:02d}", mm=f"{1 + int(h[10:12], 16) % 12:02d}")
+    fields = dict(
+        cat=src.rel.split("/")[0],
+        stem=stem,
+        slug=slug,
+        ext=fmt,
+        h2=h[:2],
+        h8=h[:8],
+        yy=f"{10 + int(h[8:10], 16) % 14:02d}",
+        mm=f"{1 + int(h[10:12], 16) % 12:02d}",
+    )
     return image.format(**fields), page.format(**fields), True
 
 
-def build(out_dir: str | os.PathLike[str] = BUNDLED, n: int = 300, seed: int = 0,
-          source_root: str | os.PathLike[str] = SOURCE_ROOT, max_side: int = 256,
-          optout_share: float = 0.05, mirror_share: float = 0.3, family_share: float = 0.3,
-          png_max_bytes: int = 12_000, jpeg_quality: int = 85) -> dict[str, Any]:
+def build(
+    out_dir: str | os.PathLike[str] = BUNDLED,
+    n: int = 300,
+    seed: int = 0,
+    source_root: str | os.PathLike[str] = SOURCE_ROOT,
+    max_side: int = 256,
+    optout_share: float = 0.05,
+    mirror_share: float = 0.3,
+    family_share: float = 0.3,
+    png_max_bytes: int = 12_000,
+    jpeg_quality: int = 85,
+) -> dict[str, Any]:
     """Write `n` sample rows to `out_dir` (laion/, shards/, README.md); returns a summary.
 
     Replaces what an earlier build wrote there (including surplus `shards/NNNNN*` files).
@@ -290,10 +403,13 @@ def build(out_dir: str | os.PathLike[str] = BUNDLED, n: int = 300, seed: int = 0
     nflag = 0
     for i, src in enumerate(track(rows, total=n, description="sample")):
         try:
-            data, fmt, w, h, how = shrink((root / src.real).read_bytes(), max_side, png_max_bytes,
-                                          jpeg_quality)
+            data, fmt, w, h, how = shrink(
+                (root / src.real).read_bytes(), max_side, png_max_bytes, jpeg_quality
+            )
         except (OSError, ValueError) as e:  # PIL raises these for broken files
-            raise AuditError(f"cannot read {root / src.real}: {e}; remove it or try another --seed") from e
+            raise AuditError(
+                f"cannot read {root / src.real}: {e}; remove it or try another --seed"
+            ) from e
         optout = None
         if i in flagged:
             optout = OPTOUT_CYCLE[nflag % len(OPTOUT_CYCLE)]
@@ -305,43 +421,79 @@ def build(out_dir: str | os.PathLike[str] = BUNDLED, n: int = 300, seed: int = 0
         url, page_url, rehosted = _urls(src, title, fmt, rng, mirror_share)
         by = f" by {author}" if author else ""
         caption = f"{title} clip art{by} ({category.replace('_', ' ')})"
-        records.append(dict(
-            key=f"{i // SAMPLES_PER_SHARD:05d}{i % SAMPLES_PER_SHARD:04d}", url=url, caption=caption,
-            width=w, height=h, sha256=hashlib.sha256(data).hexdigest(), fmt=fmt, data=data,
-            title=title, author=author, category=category, license=LICENSE, page_url=page_url,
-            source_file=f"{root.as_posix()}/{src.rel}", transform=how, embedded_optout=optout,
-            rehosted=rehosted))
-    laion = pa.table({
-        "URL": [r["url"] for r in records], "TEXT": [r["caption"] for r in records],
-        "WIDTH": pa.array([r["width"] for r in records], pa.int64()),
-        "HEIGHT": pa.array([r["height"] for r in records], pa.int64()),
-        "similarity": pa.nulls(n, pa.float64()), "punsafe": pa.nulls(n, pa.float64()),
-        "pwatermark": pa.nulls(n, pa.float64()),
-        # laion2B's `hash` is an int64 of url+text; ours is the first 8 bytes of their sha256
-        "hash": pa.array([struct.unpack(">q", hashlib.sha256(f"{r['url']}\t{r['caption']}".encode())
-                                        .digest()[:8])[0] for r in records], pa.int64()),
-        "LANGUAGE": ["en"] * n, "LICENSE": [r["license"] for r in records],
-        **_extra_columns(records),
-    })
+        records.append(
+            dict(
+                key=f"{i // SAMPLES_PER_SHARD:05d}{i % SAMPLES_PER_SHARD:04d}",
+                url=url,
+                caption=caption,
+                width=w,
+                height=h,
+                sha256=hashlib.sha256(data).hexdigest(),
+                fmt=fmt,
+                data=data,
+                title=title,
+                author=author,
+                category=category,
+                license=LICENSE,
+                page_url=page_url,
+                source_file=f"{root.as_posix()}/{src.rel}",
+                transform=how,
+                embedded_optout=optout,
+                rehosted=rehosted,
+            )
+        )
+    laion = pa.table(
+        {
+            "URL": [r["url"] for r in records],
+            "TEXT": [r["caption"] for r in records],
+            "WIDTH": pa.array([r["width"] for r in records], pa.int64()),
+            "HEIGHT": pa.array([r["height"] for r in records], pa.int64()),
+            "similarity": pa.nulls(n, pa.float64()),
+            "punsafe": pa.nulls(n, pa.float64()),
+            "pwatermark": pa.nulls(n, pa.float64()),
+            # laion2B's `hash` is an int64 of url+text; ours is the first 8 bytes of their sha256
+            "hash": pa.array(
+                [
+                    struct.unpack(
+                        ">q", hashlib.sha256(f"{r['url']}\t{r['caption']}".encode()).digest()[:8]
+                    )[0]
+                    for r in records
+                ],
+                pa.int64(),
+            ),
+            "LANGUAGE": ["en"] * n,
+            "LICENSE": [r["license"] for r in records],
+            **_extra_columns(records),
+        }
+    )
     atomic_write_parquet(out / "laion" / "sample.parquet", laion)
-    shards = [records[s:s + SAMPLES_PER_SHARD] for s in range(0, n, SAMPLES_PER_SHARD)]
+    shards = [records[s : s + SAMPLES_PER_SHARD] for s in range(0, n, SAMPLES_PER_SHARD)]
     for number, shard in enumerate(shards):
         _write_shard(out / "shards" / f"{number:05d}", shard)
     files = [out / "laion" / "sample.parquet"] + sorted(
-        out / "shards" / name for k in range(len(shards))
-        for name in (f"{k:05d}.tar", f"{k:05d}.parquet", f"{k:05d}_stats.json"))
+        out / "shards" / name
+        for k in range(len(shards))
+        for name in (f"{k:05d}.tar", f"{k:05d}.parquet", f"{k:05d}_stats.json")
+    )
     summary = dict(
-        rows=n, seed=seed, max_side=max_side, shards=len(shards),
-        png=sum(r["fmt"] == "png" for r in records), jpg=sum(r["fmt"] == "jpg" for r in records),
-        rehosted=sum(r["rehosted"] for r in records), embedded_optout=nflag,
+        rows=n,
+        seed=seed,
+        max_side=max_side,
+        shards=len(shards),
+        png=sum(r["fmt"] == "png" for r in records),
+        jpg=sum(r["fmt"] == "jpg" for r in records),
+        rehosted=sum(r["rehosted"] for r in records),
+        embedded_optout=nflag,
         families=sum(k > 1 for k in Counter(s.family for s in rows).values()),
         alias_rows=sum(s.rel != s.real for s in rows),
         categories=len({r["category"].split(" / ")[0] for r in records}),
         bytes=sum(p.stat().st_size for p in files),
         sha256={p.relative_to(out).as_posix(): sha256_file(p) for p in files},
     )
-    command = (f"audit sample build --n {n} --seed {seed} --max-side {max_side} "
-               f"--out {'audit/data/sample' if out.resolve() == BUNDLED.resolve() else out}")
+    command = (
+        f"audit sample build --n {n} --seed {seed} --max-side {max_side} "
+        f"--out {'audit/data/sample' if out.resolve() == BUNDLED.resolve() else out}"
+    )
     atomic_write_text(out / "README.md", _readme(summary, records, command))
     return summary
 
@@ -361,31 +513,62 @@ def _write_shard(stem: Path, shard: list[dict[str, Any]]) -> None:
     import pyarrow as pa
 
     m = len(shard)
-    with atomic_path(stem.with_suffix(".tar")) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with (
+        atomic_path(stem.with_suffix(".tar")) as tmp,
+        tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
         for r in shard:
-            meta = {"url": r["url"], "caption": r["caption"], "key": r["key"], "status": "success",
-                    "error_message": None, "width": r["width"], "height": r["height"],
-                    "original_width": r["width"], "original_height": r["height"], "exif": None,
-                    "sha256": r["sha256"], "title": r["title"], "author": r["author"],
-                    "category": r["category"], "license": r["license"], "page_url": r["page_url"]}
-            for name, payload in ((f"{r['key']}.{r['fmt']}", r["data"]),
-                                  (f"{r['key']}.txt", r["caption"].encode()),
-                                  (f"{r['key']}.json", json.dumps(meta, indent=4).encode())):
+            meta = {
+                "url": r["url"],
+                "caption": r["caption"],
+                "key": r["key"],
+                "status": "success",
+                "error_message": None,
+                "width": r["width"],
+                "height": r["height"],
+                "original_width": r["width"],
+                "original_height": r["height"],
+                "exif": None,
+                "sha256": r["sha256"],
+                "title": r["title"],
+                "author": r["author"],
+                "category": r["category"],
+                "license": r["license"],
+                "page_url": r["page_url"],
+            }
+            for name, payload in (
+                (f"{r['key']}.{r['fmt']}", r["data"]),
+                (f"{r['key']}.txt", r["caption"].encode()),
+                (f"{r['key']}.json", json.dumps(meta, indent=4).encode()),
+            ):
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(payload), 1_600_000_000, 0o644
                 tar.addfile(info, io.BytesIO(payload))
     ints = {c: pa.array([r[c] for r in shard], pa.int64()) for c in ("width", "height")}
-    table = pa.table({
-        "key": [r["key"] for r in shard], "url": [r["url"] for r in shard],
-        "caption": [r["caption"] for r in shard], **ints,
-        "original_width": ints["width"], "original_height": ints["height"],
-        "status": ["success"] * m, "error_message": pa.nulls(m, pa.string()),
-        "sha256": [r["sha256"] for r in shard], "exif": pa.nulls(m, pa.string()),
-        "license": [r["license"] for r in shard], **_extra_columns(shard),
-    })
+    table = pa.table(
+        {
+            "key": [r["key"] for r in shard],
+            "url": [r["url"] for r in shard],
+            "caption": [r["caption"] for r in shard],
+            **ints,
+            "original_width": ints["width"],
+            "original_height": ints["height"],
+            "status": ["success"] * m,
+            "error_message": pa.nulls(m, pa.string()),
+            "sha256": [r["sha256"] for r in shard],
+            "exif": pa.nulls(m, pa.string()),
+            "license": [r["license"] for r in shard],
+            **_extra_columns(shard),
+        }
+    )
     atomic_write_parquet(stem.with_suffix(".parquet"), table)
-    stats = {"count": m, "successes": m, "failed_to_download": 0, "failed_to_resize": 0,
-             "status_dict": {"success": m}}
+    stats = {
+        "count": m,
+        "successes": m,
+        "failed_to_download": 0,
+        "failed_to_resize": 0,
+        "status_dict": {"success": m},
+    }
     atomic_write_text(Path(f"{stem}_stats.json"), json.dumps(stats, indent=4) + "\n")
 
 

@@ -32,14 +32,38 @@ MANIFEST = "manifest.json"
 # it is). `audit query` and the reports share these views. Keep in step with the
 # "What is on disk" section of README.md.
 TABLES: dict[str, tuple[str, str]] = {
-    "metadata": ("metadata/part-*.parquet", "one row per record: canonical columns, provenance, image location"),
-    "errors": ("errors/*.parquet", "one row per problem with a row or an input: stage, reason, detail"),
-    "hashes": ("hashes/part-*.parquet", "row_id and 64-bit perceptual hashes (phash, dhash, whash, ahash)"),
-    "clip_scores": ("embeddings/scores-*.parquet", "row_id and image-caption cosine of the embedding model"),
-    "duplicates": ("duplicates.parquet", "row_id, cluster_id, kind of duplicate, distance to the cluster's representative"),
-    "optout": ("optout/decisions.parquet", "one row per record and use: decision, signal, where found, evidence"),
-    "optout_signals": ("optout/signals.parquet", "every opt-out signal found, one row per signal and record"),
-    "matches": ("memorisation/*/matches.parquet", "one row per generated image: best training match, scores, verdict"),
+    "metadata": (
+        "metadata/part-*.parquet",
+        "one row per record: canonical columns, provenance, image location",
+    ),
+    "errors": (
+        "errors/*.parquet",
+        "one row per problem with a row or an input: stage, reason, detail",
+    ),
+    "hashes": (
+        "hashes/part-*.parquet",
+        "row_id and 64-bit perceptual hashes (phash, dhash, whash, ahash)",
+    ),
+    "clip_scores": (
+        "embeddings/scores-*.parquet",
+        "row_id and image-caption cosine of the embedding model",
+    ),
+    "duplicates": (
+        "duplicates.parquet",
+        "row_id, cluster_id, kind of duplicate, distance to the cluster's representative",
+    ),
+    "optout": (
+        "optout/decisions.parquet",
+        "one row per record and use: decision, signal, where found, evidence",
+    ),
+    "optout_signals": (
+        "optout/signals.parquet",
+        "every opt-out signal found, one row per signal and record",
+    ),
+    "matches": (
+        "memorisation/*/matches.parquet",
+        "one row per generated image: best training match, scores, verdict",
+    ),
 }
 
 
@@ -182,7 +206,9 @@ class Workspace:
         try:
             manifest = json.loads(path.read_text("utf-8"))
         except (OSError, ValueError) as e:
-            raise AuditError(f"{path} is unreadable ({e}). Restore it or re-run `audit ingest`.") from e
+            raise AuditError(
+                f"{path} is unreadable ({e}). Restore it or re-run `audit ingest`."
+            ) from e
         version = manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise AuditError(
@@ -216,7 +242,9 @@ class Workspace:
     def require_parts(self) -> list[Part]:
         parts = self.metadata_parts()
         if not parts:
-            raise AuditError(f"{self.root} has no ingested rows yet. Run: audit ingest {self.root} SOURCE...")
+            raise AuditError(
+                f"{self.root} has no ingested rows yet. Run: audit ingest {self.root} SOURCE..."
+            )
         return parts
 
     @property
@@ -381,5 +409,12 @@ def _all_outputs(rec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # The command that produces each stage, for "run this first" messages.
-_COMMAND = {"ingest": "ingest", "hash": "hash", "embed": "embed", "index": "index",
-            "dedup": "dedup", "optout": "optout", "filter": "filter"}
+_COMMAND = {
+    "ingest": "ingest",
+    "hash": "hash",
+    "embed": "embed",
+    "index": "index",
+    "dedup": "dedup",
+    "optout": "optout",
+    "filter": "filter",
+}

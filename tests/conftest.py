@@ -29,13 +29,18 @@ def synthetic_image(seed: int, size: int = 64) -> Any:
 
     rng = np.random.default_rng(seed)
     base = np.linspace(0, 255, size, dtype=np.float32)
-    arr = np.stack([np.add.outer(base * rng.random(), base * rng.random()) % 256 for _ in range(3)], -1)
+    arr = np.stack(
+        [np.add.outer(base * rng.random(), base * rng.random()) % 256 for _ in range(3)], -1
+    )
     img = Image.fromarray(arr.astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for _ in range(4):
         x0, y0 = rng.integers(0, size - 8, 2)
         x1, y1 = x0 + rng.integers(6, size // 2), y0 + rng.integers(6, size // 2)
-        draw.ellipse([int(x0), int(y0), int(x1), int(y1)], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        draw.ellipse(
+            [int(x0), int(y0), int(x1), int(y1)],
+            fill=tuple(int(c) for c in rng.integers(0, 255, 3)),
+        )
     return img
 
 
@@ -67,15 +72,26 @@ def build_workspace(
         for i in range(start, min(n, start + rows_per_part)):
             data = images[i]
             rec = {name: None for name in METADATA.names}
-            rec.update(row_id=i, key=f"{i:09d}", url=urls[i], caption=captions[i],
-                       source_file="fixture", source_row=i)
+            rec.update(
+                row_id=i,
+                key=f"{i:09d}",
+                url=urls[i],
+                caption=captions[i],
+                source_file="fixture",
+                source_row=i,
+            )
             if data is None:
                 rec["image_status"] = "missing"
             else:
                 path = files / f"{i:09d}.img"
                 path.write_bytes(data)
-                rec.update(image_path=str(path), image_offset=0, image_size=len(data),
-                           image_sha256=hashlib.sha256(data).hexdigest(), image_status="ok")
+                rec.update(
+                    image_path=str(path),
+                    image_offset=0,
+                    image_size=len(data),
+                    image_sha256=hashlib.sha256(data).hexdigest(),
+                    image_status="ok",
+                )
             for col, values in (extra or {}).items():
                 rec[col] = values[i]
             rows.append(rec)

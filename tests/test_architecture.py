@@ -9,8 +9,23 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "audit"
-BASE = {"audit", "audit.errors", "audit.schema", "audit.workspace", "audit.images", "audit.progress", "audit.reports"}
-COMPOSERS = {"audit.pipeline", "audit.experiments", "audit.training", "audit.bench", "audit.sample", "audit.__main__"}
+BASE = {
+    "audit",
+    "audit.errors",
+    "audit.schema",
+    "audit.workspace",
+    "audit.images",
+    "audit.progress",
+    "audit.reports",
+}
+COMPOSERS = {
+    "audit.pipeline",
+    "audit.experiments",
+    "audit.training",
+    "audit.bench",
+    "audit.sample",
+    "audit.__main__",
+}
 
 
 def module_name(path: Path) -> str:
@@ -23,7 +38,9 @@ def module_name(path: Path) -> str:
 
 def is_module(name: str) -> bool:
     rel = Path(*name.split("."))
-    return (PACKAGE.parent / rel).with_suffix(".py").exists() or (PACKAGE.parent / rel / "__init__.py").exists()
+    return (PACKAGE.parent / rel).with_suffix(".py").exists() or (
+        PACKAGE.parent / rel / "__init__.py"
+    ).exists()
 
 
 def audit_imports(path: Path) -> set[str]:
@@ -34,7 +51,11 @@ def audit_imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             # `from audit.checks import bias` imports a module; `from audit.reports import Section` does not.
-            found |= {f"{node.module}.{a.name}" for a in node.names if is_module(f"{node.module}.{a.name}")}
+            found |= {
+                f"{node.module}.{a.name}"
+                for a in node.names
+                if is_module(f"{node.module}.{a.name}")
+            }
     return found
 
 
@@ -51,41 +72,61 @@ def modules():
 
 
 def test_click_only_in_cli():
-    offenders = [n for n, p in modules() if not n.startswith("audit.cli") and any(
-        i == "click" or i.startswith("click.") for i in audit_imports(p))]
+    offenders = [
+        n
+        for n, p in modules()
+        if not n.startswith("audit.cli")
+        and any(i == "click" or i.startswith("click.") for i in audit_imports(p))
+    ]
     assert offenders == []
 
 
 def test_base_layer_imports_only_base():
     for name, path in modules():
         if owner(name) in BASE or name in BASE:
-            bad = {i for i in audit_imports(path) if i.startswith("audit.") and owner(i) not in BASE and i not in BASE}
+            bad = {
+                i
+                for i in audit_imports(path)
+                if i.startswith("audit.") and owner(i) not in BASE and i not in BASE
+            }
             assert not bad, f"{name} (base layer) imports {bad}"
 
 
 def test_stages_do_not_import_each_other():
     for name, path in modules():
         unit = owner(name)
-        if unit in BASE or name in BASE or unit in COMPOSERS or name.startswith(("audit.cli", "audit.bench")):
+        if (
+            unit in BASE
+            or name in BASE
+            or unit in COMPOSERS
+            or name.startswith(("audit.cli", "audit.bench"))
+        ):
             continue
         for imp in audit_imports(path):
             if not imp.startswith("audit.") or imp in BASE or owner(imp) in BASE:
                 continue
             # A check may render its own report page (audit.checks.bias -> audit.reports.bias).
             own_report = owner(imp) == "audit.reports." + unit.rsplit(".", 1)[-1]
-            assert owner(imp) == unit or own_report, f"{name} imports {imp}: stages talk through files, not imports"
+            assert owner(imp) == unit or own_report, (
+                f"{name} imports {imp}: stages talk through files, not imports"
+            )
 
 
 def test_diffusion_is_an_island():
     for name, path in modules():
         if name.startswith("audit.diffusion"):
-            bad = {i for i in audit_imports(path)
-                   if i.startswith("audit.") and not i.startswith(("audit.diffusion", "audit.errors"))}
+            bad = {
+                i
+                for i in audit_imports(path)
+                if i.startswith("audit.") and not i.startswith(("audit.diffusion", "audit.errors"))
+            }
             assert not bad, f"{name} imports {bad}"
 
 
 def test_help_is_fast_and_light():
-    code = ("import sys, audit.cli; heavy = [m for m in ('torch', 'open_clip', 'faiss', 'sklearn', "
-            "'matplotlib', 'pandas', 'duckdb') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, audit.cli; heavy = [m for m in ('torch', 'open_clip', 'faiss', 'sklearn', "
+        "'matplotlib', 'pandas', 'duckdb') if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -27,7 +27,9 @@ def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tupl
 def test_command_has_help_with_example_and_is_in_readme(path):
     result = CliRunner().invoke(cli, [*path, "--help"])
     assert result.exit_code == 0, result.output
-    assert "Example" in result.output or "example" in result.output, f"`audit {' '.join(path)} --help` has no example"
+    assert "Example" in result.output or "example" in result.output, (
+        f"`audit {' '.join(path)} --help` has no example"
+    )
     assert f"audit {' '.join(path)}" in README, f"README has no `audit {' '.join(path)}`"
 
 

@@ -25,8 +25,11 @@ from audit.errors import AuditError
 
 RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
 PLUS = "{" + sample.PLUS_NS + "}"
-FAMILIES = {"animals/birds/acquila_architetto_franc": 4, "recreation/games/hummer": 3,
-            "shapes/jigsaw/jigsaw_red": 12}  # the last is too big to be taken whole
+FAMILIES = {
+    "animals/birds/acquila_architetto_franc": 4,
+    "recreation/games/hummer": 3,
+    "shapes/jigsaw/jigsaw_red": 12,
+}  # the last is too big to be taken whole
 
 
 def _picture(seed: int, size: tuple[int, int], noisy: bool, alpha: bool) -> Image.Image:
@@ -41,8 +44,10 @@ def _picture(seed: int, size: tuple[int, int], noisy: bool, alpha: bool) -> Imag
     draw = ImageDraw.Draw(img)
     for _ in range(3):
         x, y = (int(v) for v in rng.integers(0, min(size) // 2, 2))
-        draw.ellipse([x, y, x + size[0] // 3, y + size[1] // 3],
-                     fill=tuple(int(c) for c in rng.integers(0, 255, len(mode))))
+        draw.ellipse(
+            [x, y, x + size[0] // 3, y + size[1] // 3],
+            fill=tuple(int(c) for c in rng.integers(0, 255, len(mode))),
+        )
     return img
 
 
@@ -108,8 +113,12 @@ def test_build_is_deterministic(built: tuple[Path, dict], fake_root: Path, tmp_p
     out, summary = built
     again = sample.build(tmp_path / "again", n=20, seed=3, source_root=fake_root, optout_share=0.25)
     assert again["sha256"] == summary["sha256"]
-    assert set(summary["sha256"]) == {"laion/sample.parquet", "shards/00000.tar",
-                                      "shards/00000.parquet", "shards/00000_stats.json"}
+    assert set(summary["sha256"]) == {
+        "laion/sample.parquet",
+        "shards/00000.tar",
+        "shards/00000.parquet",
+        "shards/00000_stats.json",
+    }
     other = sample.build(tmp_path / "other", n=20, seed=4, source_root=fake_root, optout_share=0.25)
     assert other["sha256"]["shards/00000.tar"] != summary["sha256"]["shards/00000.tar"]
 
@@ -126,14 +135,18 @@ def test_rows_families_and_aliases(built: tuple[Path, dict], fake_root: Path) ->
         assert got in (0, size) if size <= 6 else got == 0, fam
     assert any(fam in present for fam, size in FAMILIES.items() if size <= 6)
     # the symlink and its target are both rows: an exact duplicate under two categories
-    assert "education/thing20_benji_park_01.png" in rels and "people/thing20_benji_park_01.png" in rels
+    assert (
+        "education/thing20_benji_park_01.png" in rels and "people/thing20_benji_park_01.png" in rels
+    )
     for r in rows:
         assert max(r["WIDTH"], r["HEIGHT"]) <= 256
         assert r["LANGUAGE"] == "en" and r["LICENSE"] == sample.LICENSE
         assert r["TEXT"].startswith(r["title"] + " clip art")
         assert (f"by {r['author']}" in r["TEXT"]) == (r["author"] is not None)
         host = r["URL"].split("/")[2]
-        assert host == "openclipart.org" or host.endswith(("example.com", "example.org", "example.net"))
+        assert host == "openclipart.org" or host.endswith(
+            ("example.com", "example.org", "example.net")
+        )
         assert r["rehosted"] == (host != "openclipart.org")
     assert {r["author"] for r in rows} >= {"benji park"}
 
@@ -147,7 +160,7 @@ def test_tar_matches_parquets(built: tuple[Path, dict]) -> None:
     formats = set()
     for i, (row, lrow) in enumerate(zip(shard, laion, strict=True)):
         assert row["key"] == f"{i:09d}" and row["url"] == lrow["URL"] and row["status"] == "success"
-        (img_name, img, _), (txt_name, txt, _), (js_name, js, _) = members[3 * i: 3 * i + 3]
+        (img_name, img, _), (txt_name, txt, _), (js_name, js, _) = members[3 * i : 3 * i + 3]
         ext = img_name.rsplit(".", 1)[1]
         formats.add(ext)
         assert img_name == f"{row['key']}.{ext}" and txt_name == f"{row['key']}.txt"
@@ -166,7 +179,9 @@ def test_tar_matches_parquets(built: tuple[Path, dict]) -> None:
 def test_embedded_optouts(built: tuple[Path, dict]) -> None:
     out, summary = built
     shard = pq.read_table(out / "shards" / "00000.parquet").to_pylist()
-    images = [m for m in _members(out / "shards" / "00000.tar") if not m[0].endswith((".txt", ".json"))]
+    images = [
+        m for m in _members(out / "shards" / "00000.tar") if not m[0].endswith((".txt", ".json"))
+    ]
     flagged = [r["embedded_optout"] for r in shard if r["embedded_optout"]]
     assert len(flagged) == summary["embedded_optout"] == 5
     assert flagged == list(sample.OPTOUT_CYCLE[:5])
@@ -213,24 +228,52 @@ def _cli():  # type: ignore[no-untyped-def]
 
 def test_cli_build(fake_root: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(_cli(), ["sample", "build", "--n", "6", "--out", str(tmp_path / "o"),
-                                    "--source-root", str(fake_root), "--max-side", "64"])
+    result = runner.invoke(
+        _cli(),
+        [
+            "sample",
+            "build",
+            "--n",
+            "6",
+            "--out",
+            str(tmp_path / "o"),
+            "--source-root",
+            str(fake_root),
+            "--max-side",
+            "64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.startswith("6 rows (")
     assert pq.read_metadata(tmp_path / "o" / "laion" / "sample.parquet").num_rows == 6
-    result = runner.invoke(_cli(), ["sample", "build", "--source-root", str(tmp_path / "nowhere"),
-                                    "--out", str(tmp_path / "p")])
+    result = runner.invoke(
+        _cli(),
+        [
+            "sample",
+            "build",
+            "--source-root",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "p"),
+        ],
+    )
     assert result.exit_code == 1 and "openclipart-png" in result.output
 
 
 def test_committed_sample() -> None:
     root = sample.BUNDLED
     readme = (root / "README.md").read_text()
-    sums = dict(reversed(line.split("  ", 1)) for line in
-                re.search(r"sha256:\n\n```\n(.*?)\n```", readme, re.S).group(1).splitlines())
+    sums = dict(
+        reversed(line.split("  ", 1))
+        for line in re.search(r"sha256:\n\n```\n(.*?)\n```", readme, re.S).group(1).splitlines()
+    )
     # other helpers keep their own fixtures beside ours (e.g. optout/); laion/ and shards/ are ours
-    files = {p.relative_to(root).as_posix() for d in ("laion", "shards")
-             for p in (root / d).rglob("*") if p.is_file()}
+    files = {
+        p.relative_to(root).as_posix()
+        for d in ("laion", "shards")
+        for p in (root / d).rglob("*")
+        if p.is_file()
+    }
     assert set(sums) == files
     for rel, digest in sums.items():
         assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == digest, rel

@@ -52,9 +52,13 @@ def test_stage_resumes_only_with_same_params_and_upstream(tmp_path, make_workspa
     assert again.is_done(0) and not again.is_done(1)
     # A truncated output is not done.
     ws.path("toy/00000.npy").write_bytes(b"xx")
-    assert not Workspace.open(ws.root).start_stage("toy", {"k": 1}, depends_on=["ingest"]).is_done(0)
+    assert (
+        not Workspace.open(ws.root).start_stage("toy", {"k": 1}, depends_on=["ingest"]).is_done(0)
+    )
     # Different parameters start afresh.
-    assert not Workspace.open(ws.root).start_stage("toy", {"k": 2}, depends_on=["ingest"]).is_done(0)
+    assert (
+        not Workspace.open(ws.root).start_stage("toy", {"k": 2}, depends_on=["ingest"]).is_done(0)
+    )
 
 
 def test_downstream_stage_goes_stale_when_upstream_changes(make_workspace):
@@ -112,7 +116,12 @@ def test_parts_cover_row_ids_densely(tmp_path_factory, n, per_part):
 
 def test_views_only_for_tables_present(make_workspace):
     ws = make_workspace([encode(synthetic_image(0))])
-    views = {r[0] for r in ws.connect().execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    views = {
+        r[0]
+        for r in ws.connect()
+        .execute("SELECT view_name FROM duckdb_views() WHERE NOT internal")
+        .fetchall()
+    }
     assert views == {"metadata"}
 
 

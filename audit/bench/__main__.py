@@ -15,14 +15,19 @@ BENCHES = ("ingest", "descriptors", "optout")
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m audit.bench")
-    parser.add_argument("names", nargs="*", default=list(BENCHES), help=f"any of {', '.join(BENCHES)}")
+    parser.add_argument(
+        "names", nargs="*", default=list(BENCHES), help=f"any of {', '.join(BENCHES)}"
+    )
     parser.add_argument("--out", default="reports/bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    machine = {"python": platform.python_version(), "machine": platform.machine(),
-               "cpus": __import__("os").cpu_count()}
+    machine = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": __import__("os").cpu_count(),
+    }
     for name in args.names:
         if name not in BENCHES:
             parser.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")

@@ -12,15 +12,61 @@ from audit import pipeline
 @click.command("run")
 @click.argument("workspace", type=click.Path(path_type=Path))
 @click.argument("sources", nargs=-1, type=click.Path(exists=True))
-@click.option("--demo", is_flag=True, help="Use the bundled openclipart sample with its opt-out signals, and train the small model.")
-@click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Where reports go (default reports/<dataset>).")
-@click.option("--model", default="tiny", show_default=True, help="open_clip model name, or 'tiny' (built in code, untrained).")
-@click.option("--pretrained", default="none", show_default=True, help="open_clip pretrained tag or checkpoint path; 'none' = untrained.")
-@click.option("--registry", "registries", multiple=True, type=click.Path(exists=True), help="Opt-out registry file (repeatable).")
-@click.option("--crawl-cache", type=click.Path(exists=True), default=None, help="Crawl cache folder for header/robots/TDMRep signals.")
-@click.option("--train-steps", type=int, default=None, help="Train the small diffusion model for this many steps (0 = skip).")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Use the bundled openclipart sample with its opt-out signals, and train the small model.",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where reports go (default reports/<dataset>).",
+)
+@click.option(
+    "--model",
+    default="tiny",
+    show_default=True,
+    help="open_clip model name, or 'tiny' (built in code, untrained).",
+)
+@click.option(
+    "--pretrained",
+    default="none",
+    show_default=True,
+    help="open_clip pretrained tag or checkpoint path; 'none' = untrained.",
+)
+@click.option(
+    "--registry",
+    "registries",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Opt-out registry file (repeatable).",
+)
+@click.option(
+    "--crawl-cache",
+    type=click.Path(exists=True),
+    default=None,
+    help="Crawl cache folder for header/robots/TDMRep signals.",
+)
+@click.option(
+    "--train-steps",
+    type=int,
+    default=None,
+    help="Train the small diffusion model for this many steps (0 = skip).",
+)
 @click.option("--workers", type=int, default=2, show_default=True)
-def run(workspace, sources, demo, report_dir, model, pretrained, registries, crawl_cache, train_steps, workers):
+def run(
+    workspace,
+    sources,
+    demo,
+    report_dir,
+    model,
+    pretrained,
+    registries,
+    crawl_cache,
+    train_steps,
+    workers,
+):
     """Run every stage on a dataset and write its reports.
 
     Example: audit run indexes/sample --demo
@@ -35,7 +81,9 @@ def run(workspace, sources, demo, report_dir, model, pretrained, registries, cra
     if train_steps is not None:
         options.train_steps = train_steps
     results = pipeline.run(workspace, options, echo=click.echo)
-    click.echo(f"ran {len(results)} stages on {workspace}; reports in {options.report_dir or 'reports/' + workspace.name}")
+    click.echo(
+        f"ran {len(results)} stages on {workspace}; reports in {options.report_dir or 'reports/' + workspace.name}"
+    )
 
 
 COMMANDS = [run]

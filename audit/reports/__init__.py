@@ -76,7 +76,9 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ") if v is not None else ""
 
 
-def write_page(out_dir: Path, name: str, title: str, sections: list[Section], intro: str = "") -> Path:
+def write_page(
+    out_dir: Path, name: str, title: str, sections: list[Section], intro: str = ""
+) -> Path:
     """Write `<out_dir>/<name>.md` and `<name>.html`; images are paths relative to out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,15 +96,18 @@ def write_page(out_dir: Path, name: str, title: str, sections: list[Section], in
         for rel, caption in s.images:
             md.append(f"![{caption}]({rel})\n")
             png = (out_dir / rel).read_bytes()
-            body.append(f'<figure><img src="{data_uri(png)}" alt="{html.escape(caption)}">'
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            body.append(
+                f'<figure><img src="{data_uri(png)}" alt="{html.escape(caption)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
         if s.html_extra:
             body.append(s.html_extra)
     atomic_write_text(out_dir / f"{name}.md", "\n".join(md))
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        + "\n".join(body) + "</body></html>\n"
+        + "\n".join(body)
+        + "</body></html>\n"
     )
     atomic_write_text(out_dir / f"{name}.html", page)
     return out_dir / f"{name}.md"
@@ -114,7 +119,8 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
     cols = list(rows[0])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in cols) + "</tr>"
+        for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

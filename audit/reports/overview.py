@@ -50,13 +50,13 @@ def write(ws_root: str | Path, report_dir: str | Path) -> Path:
         }
         for name, info in status.items()
     ]
-    pages = [
-        {"page": rel, "answers": what}
-        for rel, what in PAGES
-        if (report_dir / rel).exists()
+    pages = [{"page": rel, "answers": what} for rel, what in PAGES if (report_dir / rel).exists()]
+    sections = [
+        Section("Stages", "From the workspace manifest.", table=stages),
+        Section(
+            "Reports", "Each page has a .md and a self-contained .html beside it.", table=pages
+        ),
     ]
-    sections = [Section("Stages", "From the workspace manifest.", table=stages),
-                Section("Reports", "Each page has a .md and a self-contained .html beside it.", table=pages)]
     model = _embedding_model(ws)
     if model and not model.get("trained", True):
         sections.insert(0, Section("Warning", UNTRAINED_WARNING))
