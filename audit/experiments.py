@@ -65,9 +65,10 @@ def match(
         gen_root = generated
     else:
         gen_root = out_dir / "generated"
-        source = _image_files_of_generate(generated, out_dir / "generated-files")
+        # `audit generate` output (generated.parquet + generated/*.png) is img2dataset's
+        # "files" layout, which ingest reads as it is.
         pipeline.describe(
-            gen_root, [source], model=model, pretrained=pretrained, dataset=name, workers=workers
+            gen_root, [generated], model=model, pretrained=pretrained, dataset=name, workers=workers
         )
     run = train.start_stage(
         f"match-{name}",
@@ -96,24 +97,6 @@ def match(
     )
     report.write_match_page(train.root, name, Path(report_dir or Path("reports") / train.dataset))
     return summary
-
-
-def _image_files_of_generate(folder: Path, links: Path) -> Path:
-    """`audit generate` writes PNGs beside `generated.parquet`; ingest would read that folder as a
-    metadata-only parquet (every image missing), so its image files are linked into `links`,
-    a plain image folder, and that is described instead."""
-    import pyarrow.parquet as pq
-
-    table = folder / "generated.parquet" if folder.is_dir() else None
-    if table is None or not table.exists() or "file" not in pq.read_schema(table).names:
-        return folder
-    if links.exists():
-        for old in links.iterdir():
-            old.unlink()
-    links.mkdir(parents=True, exist_ok=True)
-    for name in pq.read_table(table, columns=["file"])["file"].to_pylist():
-        (links / name).symlink_to((folder / name).resolve())
-    return links
 
 
 def calibrate(

@@ -89,7 +89,7 @@ def run(
     report_dir = Path(options.report_dir or Path("reports") / dataset)
     model_dir = ws_root / "models" / "ddpm"
     generated = ws_root / "generated" / "ddpm"
-    memorisation_dir = ws_root / "memorisation" / "ddpm"
+    memorisation_dir = ws_root / "memorisation"
 
     def dedup() -> dict[str, Any]:
         summary = duplicates.find(ws_root)
