@@ -147,7 +147,8 @@ def test_tile_distance_of_identical_workspace_images_is_zero(planted):
 
 
 def test_folder_written_by_generate_is_read_from_its_image_files(planted, tmp_path):
-    """`audit generate` puts PNGs beside generated.parquet; the images must not come out missing."""
+    """`audit generate` writes generated.parquet + generated/*.png (img2dataset's "files" layout);
+    the images must not come out missing."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -155,16 +156,16 @@ def test_folder_written_by_generate_is_read_from_its_image_files(planted, tmp_pa
 
     _, ws, _, _ = planted
     out = tmp_path / "gen"
-    out.mkdir()
-    (out / "000000.png").write_bytes(encode(synthetic_image(EXACT, size=96)))
-    (out / "000001.png").write_bytes(encode(synthetic_image(2000, size=96)))
+    (out / "generated").mkdir(parents=True)
+    (out / "generated" / "000000.png").write_bytes(encode(synthetic_image(EXACT, size=96)))
+    (out / "generated" / "000001.png").write_bytes(encode(synthetic_image(2000, size=96)))
     pq.write_table(
         pa.table(
             {
                 "key": ["000000", "000001"],
                 "url": ["file:///x/0.png", "file:///x/1.png"],
                 "caption": ["", ""],
-                "file": ["000000.png", "000001.png"],
+                "file": ["generated/000000.png", "generated/000001.png"],
             }
         ),
         out / "generated.parquet",
