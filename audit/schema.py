@@ -89,6 +89,22 @@ METADATA = pa.schema(
 
 CANONICAL = frozenset(METADATA.names)
 
+# Columns ingest fills itself (identity, provenance, image location); no input feeds them and
+# they are not part of any input's own schema.
+PROVENANCE = ("row_id", "source_file", "source_row")
+IMAGE_COLUMNS = (
+    "image_path",
+    "image_member",
+    "image_offset",
+    "image_size",
+    "image_sha256",
+    "image_format",
+    "image_width",
+    "image_height",
+    "image_status",
+)
+COMPUTED = PROVENANCE + IMAGE_COLUMNS
+
 # Rows of errors/<stage>-*.parquet.
 ERRORS = pa.schema(
     [

@@ -17,22 +17,8 @@ import pyarrow as pa
 
 from audit.errors import AuditError
 from audit.schema import CANONICAL, METADATA, REQUIRED_GROUPS, SOURCE_COLUMNS
+from audit.schema import COMPUTED as COMPUTED
 
-# Filled by ingest itself, never taken from a source column of the same name.
-COMPUTED = (
-    "row_id",
-    "source_file",
-    "source_row",
-    "image_path",
-    "image_member",
-    "image_offset",
-    "image_size",
-    "image_sha256",
-    "image_format",
-    "image_width",
-    "image_height",
-    "image_status",
-)
 # Canonical columns a source can feed, in schema order.
 FROM_SOURCE = tuple(name for name in METADATA.names if name not in COMPUTED)
 # Sidecar-based sources keep unknown JSON keys here, as one JSON object per row.

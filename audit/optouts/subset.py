@@ -25,24 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import AuditError
+from audit.schema import COMPUTED as _COMPUTED
 from audit.workspace import Output, Workspace, atomic_path, atomic_write_json, atomic_write_parquet
 
 KEEPABLE = ("unchecked", "not_evaluable")
-# Columns ingest computes itself; they are not part of any input's schema.
-_COMPUTED = (
-    "row_id",
-    "source_file",
-    "source_row",
-    "image_path",
-    "image_member",
-    "image_offset",
-    "image_size",
-    "image_sha256",
-    "image_format",
-    "image_width",
-    "image_height",
-    "image_status",
-)
 
 
 def filter_dataset(
