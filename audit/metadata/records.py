@@ -20,7 +20,7 @@ import pyarrow as pa
 from audit.images import ImageProblem, open_image, read_bytes
 from audit.metadata.columns import FROM_SOURCE, convert
 from audit.metadata.scan import Loc, RawBatch
-from audit.schema import METADATA
+from audit.schema import IMAGE_COLUMNS, METADATA
 
 
 @dataclass
@@ -107,20 +107,7 @@ def build(
     for i, reason, detail in raw.problems:
         error(i, reason, detail)
 
-    img: dict[str, list[Any]] = {
-        k: [None] * n
-        for k in (
-            "image_path",
-            "image_member",
-            "image_offset",
-            "image_size",
-            "image_sha256",
-            "image_format",
-            "image_width",
-            "image_height",
-            "image_status",
-        )
-    }
+    img: dict[str, list[Any]] = {k: [None] * n for k in IMAGE_COLUMNS}
     if not any(raw.images) and not any(raw.expect_image):
         # metadata only (the common case for LAION parquet): no per-row work at all
         cols.update({k: pa.nulls(n, METADATA.field(k).type) for k in img if k != "image_status"})
