@@ -14,14 +14,27 @@ Two decoding modes:
   600 sample and openclipart images).
 * fast (default): only what a 32x32 hash needs is decoded. JPEGs decode at 1/2..1/8 scale
   (DCT scaling, `Image.draft`), every image is box-reduced (`Image.reduce`) to a short side of
-  `FAST_SIDE` pixels before the final Lanczos resize, and wHash uses an image scale of at most
+  `FAST_SIDE` pixels before the final Lanczos resize (transparent images as premultiplied
+  gray+alpha, composited onto white after the reduction), and wHash uses an image scale of at most
   `FAST_WHASH_SCALE`. Measured against exact mode (`audit.bench.descriptors.agreement`, run by
   `python -m audit.bench descriptors`), mean Hamming difference in bits of 64 is in
   `FAST_MODE_AGREEMENT`. wHash agrees worst: imagehash's wHash compares 8x8 block sums to
   their median after a wavelet round trip, so on clip art, where many blocks are equally
   white, floating-point noise decides ties and no other resampling reproduces it.
 
-Decoding is the cost, so rows are hashed in chunks by a process pool (`workers`).
+Speed (`python -m audit.bench descriptors`, against a plain `imagehash.phash(Image.open(p))`
+loop on 2 cores): the win is in JPEG, the format img2dataset stores downloads in, where DCT
+scaling skips most of the decode; `which=("phash",)` is the like-for-like comparison. PNG
+cannot be decoded at reduced size and its full decode is half or more of the baseline's time
+per image, so on PNG clip art two workers cannot reach 5x (Amdahl), whatever the hashing
+costs. A Lanczos resize costs about six multiply-adds per input pixel whatever the output
+size, so each extra hash costs nearly as much as the first; cheaper shortcuts (box-reducing
+further, or deriving the 8x8 hashes from the 32x32 image) were measured and doubled the
+dHash/aHash drift, so they are not used.
+
+Decoding is the cost, so rows are hashed in chunks by a process pool (`workers`). Only the
+hashes in `which` are computed; the others are stored as null and the stages that need them
+refuse to run (`Workspace.require_hashes`) instead of silently skipping rows.
 Resumable per part: a finished part is kept when the stage is re-run with the same parameters.
 
 Example:
@@ -41,23 +54,23 @@ import numpy as np
 
 from audit.images import DEFAULT_MAX_PIXELS, ImageProblem, open_image, read_bytes
 from audit.progress import track
-from audit.schema import error_table
+from audit.schema import HASHES, error_table
 from audit.workspace import Output, Workspace, atomic_write_parquet
 
-HASHES = ("phash", "dhash", "whash", "ahash")
 STAGE = "hash"
 HASH_SIZE = 8
-FAST_SIDE = 128  # short side of the reduced image fast mode hashes from
+FAST_SIDE = 96  # short side of the reduced image fast mode hashes from
 FAST_WHASH_SCALE = 64  # wHash image scale cap in fast mode (its ties make more pixels pointless)
 CHUNK_ROWS = 128  # rows per task sent to a worker
 # Mean Hamming difference (bits of 64) fast vs exact, measured as described in the docstring.
 FAST_MODE_AGREEMENT = {
-    # 1,000 random full-size openclipart PNGs (seed 1), and the same flattened and saved as JPEG q90
-    "openclipart_png": {"phash": 0.52, "dhash": 0.37, "whash": 2.96, "ahash": 0.14},
-    "openclipart_jpeg_q90": {"phash": 0.67, "dhash": 0.40, "whash": 2.84, "ahash": 0.15},
+    # 1,000 random openclipart PNGs (seed 1, median short side 208 px), and the same as
+    # img2dataset stores them (RGB on white, JPEG q95)
+    "openclipart_png": {"phash": 0.75, "dhash": 0.49, "whash": 2.81, "ahash": 0.21},
+    "openclipart_jpeg_q95": {"phash": 0.83, "dhash": 0.48, "whash": 2.89, "ahash": 0.23},
     # the 300 bundled sample images (<= 256 px, so little is reduced)
-    "sample": {"phash": 0.11, "dhash": 0.15, "whash": 2.20, "ahash": 0.08},
-}  # 95th percentiles: 2 bits for phash and dhash, 1 for ahash, ~20 for whash
+    "sample": {"phash": 0.34, "dhash": 0.21, "whash": 3.99, "ahash": 0.12},
+}  # 95th percentiles: 4 bits for phash, 3 for dhash, 1 for ahash, ~20 for whash
 
 
 def _natural_scale(size: tuple[int, int]) -> int:
@@ -65,17 +78,21 @@ def _natural_scale(size: tuple[int, int]) -> int:
     return max(2 ** int(np.log2(min(size))), HASH_SIZE)
 
 
-def _small(gray: Any, whash_scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The four working-size grayscale arrays of one image (imagehash's resizes, one each)."""
+def _small(
+    gray: Any, whash_scale: int, which: tuple[str, ...] = HASHES
+) -> tuple[np.ndarray | None, ...]:
+    """The working-size grayscale arrays of one image in `HASHES` order (imagehash's resizes,
+    one per hash); None for a hash not in `which`."""
     from PIL import Image
 
     lanczos = Image.Resampling.LANCZOS
-    return (
-        np.asarray(gray.resize((HASH_SIZE * 4, HASH_SIZE * 4), lanczos)),
-        np.asarray(gray.resize((HASH_SIZE + 1, HASH_SIZE), lanczos)),
-        np.asarray(gray.resize((whash_scale, whash_scale), lanczos)),
-        np.asarray(gray.resize((HASH_SIZE, HASH_SIZE), lanczos)),
-    )
+    sizes = {
+        "phash": (HASH_SIZE * 4, HASH_SIZE * 4),
+        "dhash": (HASH_SIZE + 1, HASH_SIZE),
+        "whash": (whash_scale, whash_scale),
+        "ahash": (HASH_SIZE, HASH_SIZE),
+    }
+    return tuple(np.asarray(gray.resize(sizes[h], lanczos)) if h in which else None for h in HASHES)
 
 
 def _bits_to_codes(bits: np.ndarray) -> np.ndarray:
@@ -84,8 +101,8 @@ def _bits_to_codes(bits: np.ndarray) -> np.ndarray:
     return packed.view(">u8").reshape(-1).astype(np.uint64)
 
 
-def _codes(smalls: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """(N, 4) codes from `_small` arrays, all images of a batch at once.
+def _codes(smalls: list[tuple[np.ndarray | None, ...]]) -> np.ndarray:
+    """(N, 4) codes from `_small` arrays, all images of a batch at once (0 where not computed).
 
     The arithmetic is imagehash's, step for step (scipy DCT per axis, numpy median and mean,
     pywt Haar round trip), applied along a leading batch axis, which leaves every image's
@@ -98,14 +115,20 @@ def _codes(smalls: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) 
     out = np.zeros((n, len(HASHES)), np.uint64)
     if not n:
         return out
-    p = np.stack([s[0] for s in smalls])
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(p, axis=1), axis=2)[:, :HASH_SIZE, :HASH_SIZE]
-    med = np.median(dct.reshape(n, -1), axis=1)
-    out[:, 0] = _bits_to_codes(dct > med[:, None, None])
-    d = np.stack([s[1] for s in smalls])
-    out[:, 1] = _bits_to_codes(d[:, :, 1:] > d[:, :, :-1])
-    a = np.stack([s[3] for s in smalls])
-    out[:, 3] = _bits_to_codes(a > a.reshape(n, -1).mean(axis=1)[:, None, None])
+    have = [smalls[0][k] is not None for k in range(len(HASHES))]
+    if have[0]:
+        p = np.stack([s[0] for s in smalls])
+        dct = scipy.fftpack.dct(scipy.fftpack.dct(p, axis=1), axis=2)[:, :HASH_SIZE, :HASH_SIZE]
+        med = np.median(dct.reshape(n, -1), axis=1)
+        out[:, 0] = _bits_to_codes(dct > med[:, None, None])
+    if have[1]:
+        d = np.stack([s[1] for s in smalls])
+        out[:, 1] = _bits_to_codes(d[:, :, 1:] > d[:, :, :-1])
+    if have[3]:
+        a = np.stack([s[3] for s in smalls])
+        out[:, 3] = _bits_to_codes(a > a.reshape(n, -1).mean(axis=1)[:, None, None])
+    if not have[2]:
+        return out
     scales = np.array([s[2].shape[0] for s in smalls])
     for scale in np.unique(scales):  # wHash: one batch per image scale
         idx = np.flatnonzero(scales == scale)
@@ -135,8 +158,10 @@ def hash_images(images: list[Any]) -> np.ndarray:
 def _fast_gray(data: bytes, max_pixels: int) -> tuple[Any, tuple[int, int]]:
     """A grayscale image with short side about `FAST_SIDE` (never smaller unless the image is).
 
-    Returns it with the original size. Transparent images are reduced premultiplied and then
-    composited onto white, matching `audit.images.decode` up to rounding at edges.
+    Returns it with the original size. A transparent image becomes premultiplied gray+alpha
+    ("La") at full size, one cheap pass, is box-reduced, and only then composited onto white:
+    gray is linear in the colour channels, so this equals `audit.images.decode`'s white
+    background followed by grayscale, up to rounding.
     """
     from PIL import Image
 
@@ -148,29 +173,34 @@ def _fast_gray(data: bytes, max_pixels: int) -> tuple[Any, tuple[int, int]]:
         img.load()
         transparent = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
         if transparent:
-            img = img.convert("RGBA").convert("RGBa")
+            if img.mode not in ("RGBA", "LA"):
+                img = img.convert("RGBA")  # palette/RGB/L with a transparency key
+            img = img.convert("LA").convert("La")
         elif img.mode != "L":
             img = img.convert("L")
         factor = min(img.size) // FAST_SIDE
         if factor > 1:
             img = img.reduce(factor)
         if transparent:
-            rgba = img.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(white, rgba).convert("RGB").convert("L")
+            la = np.asarray(img).astype(np.int16)
+            gray = np.clip(la[:, :, 0] + (255 - la[:, :, 1]), 0, 255).astype(np.uint8)
+            img = Image.fromarray(gray, "L")
     except Exception as e:  # noqa: BLE001 - truncated/corrupt data raises OSError, SyntaxError, ...
         raise ImageProblem("image_undecodable", f"{type(e).__name__}: {e}") from e
     return img, size
 
 
-def _small_from_bytes(data: bytes, max_pixels: int, fast_decode: bool) -> tuple[np.ndarray, ...]:
+def _small_from_bytes(
+    data: bytes, max_pixels: int, fast_decode: bool, which: tuple[str, ...] = HASHES
+) -> tuple[np.ndarray | None, ...]:
     from audit.images import decode
 
     if not fast_decode:
         img = decode(data, max_pixels, mode="RGB")
-        return _small(img.convert("L"), _natural_scale(img.size))
+        return _small(img.convert("L"), _natural_scale(img.size), which)
     gray, size = _fast_gray(data, max_pixels)
-    return _small(gray, min(_natural_scale(size), _natural_scale(gray.size), FAST_WHASH_SCALE))
+    scale = min(_natural_scale(size), _natural_scale(gray.size), FAST_WHASH_SCALE)
+    return _small(gray, scale, which)
 
 
 def _hash_bytes(data: bytes, max_pixels: int, fast_decode: bool) -> tuple[int, int, int, int]:
@@ -190,7 +220,9 @@ def _hash_chunk(task: dict[str, Any]) -> dict[str, Any]:
             if status != "ok" or path is None:
                 raise ImageProblem("image_missing", f"row {row_id} has no usable image ({status})")
             data = read_bytes(path, task["image_offset"][i], task["image_size"][i])
-            smalls.append(_small_from_bytes(data, task["max_pixels"], task["fast_decode"]))
+            smalls.append(
+                _small_from_bytes(data, task["max_pixels"], task["fast_decode"], task["which"])
+            )
             ok[i] = True
         except ImageProblem as p:
             errors.append(
@@ -222,7 +254,7 @@ def _hash_chunk(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tasks(ws: Workspace, part: Any, max_pixels: int, fast_decode: bool) -> list[dict[str, Any]]:
+def _tasks(ws: Workspace, part: Any, **settings: Any) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     cols = [
@@ -238,12 +270,14 @@ def _tasks(ws: Workspace, part: Any, max_pixels: int, fast_decode: bool) -> list
     tasks = []
     for start in range(0, part.rows, CHUNK_ROWS):
         task = {c: v[start : start + CHUNK_ROWS] for c, v in table.items()}
-        task.update(part=part.number, start=start, max_pixels=max_pixels, fast_decode=fast_decode)
+        task.update(part=part.number, start=start, **settings)
         tasks.append(task)
     return tasks
 
 
-def _write_part(ws: Workspace, part: Any, chunks: list[dict[str, Any]]) -> tuple[list[Output], int]:
+def _write_part(
+    ws: Workspace, part: Any, chunks: list[dict[str, Any]], which: tuple[str, ...]
+) -> tuple[list[Output], int]:
     import pyarrow as pa
 
     chunks.sort(key=lambda c: c["start"])
@@ -254,7 +288,8 @@ def _write_part(ws: Workspace, part: Any, chunks: list[dict[str, Any]]) -> tuple
         "row_id": pa.array(np.arange(part.row_offset, part.row_offset + part.rows, dtype=np.int64))
     }
     for j, name in enumerate(HASHES):
-        columns[name] = pa.array(codes[:, j], type=pa.uint64(), mask=~ok)
+        computed = ok if name in which else np.zeros_like(ok)  # a hash not asked for is null
+        columns[name] = pa.array(codes[:, j], type=pa.uint64(), mask=~computed)
     rel, err_rel = f"hashes/part-{part.stem}.parquet", f"errors/{STAGE}-{part.stem}.parquet"
     atomic_write_parquet(ws.path(rel), pa.table(columns))
     atomic_write_parquet(ws.path(err_rel), error_table(errors))
@@ -266,20 +301,29 @@ def compute(
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fast_decode: bool = True,
+    which: tuple[str, ...] | list[str] = HASHES,
 ) -> dict[str, Any]:
     """Hash every image of the workspace (stage `hash`); returns the summary.
 
     `workers` processes decode in parallel (1 = in this process). `fast_decode=False` gives
     codes bit-identical to `imagehash`; the default decodes at reduced size (see module doc).
+    `which` limits the work to some of `HASHES` (the others are stored as null, and stages
+    that need them say so: `Workspace.require_hashes`); dedup needs phash and dhash, match all four.
 
     >>> compute("indexes/sample", workers=2, fast_decode=False)   # doctest: +SKIP
     """
+    from audit.errors import AuditError
+
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
     if workers < 1:
-        from audit.errors import AuditError
-
         raise AuditError(f"workers must be >= 1 (got {workers}); use 1 to hash in this process.")
+    unknown = sorted(set(which) - set(HASHES))
+    if unknown or not which:
+        raise AuditError(
+            f"unknown hash {', '.join(unknown) or '(none given)'}; choose from {', '.join(HASHES)}."
+        )
+    which = tuple(h for h in HASHES if h in which)
     run = ws.start_stage(
         STAGE,
         {
@@ -287,24 +331,26 @@ def compute(
             "max_pixels": max_pixels,
             "hash_size": HASH_SIZE,
             "fast_side": FAST_SIDE,
+            **({} if which == HASHES else {"hashes": list(which)}),  # old manifests stay current
         },
         depends_on=["ingest"],
     )
     todo = [p for p in parts if not run.is_done(p.number)]
-    tasks = [t for p in todo for t in _tasks(ws, p, max_pixels, fast_decode)]
+    settings = {"max_pixels": max_pixels, "fast_decode": fast_decode, "which": which}
+    tasks = [t for p in todo for t in _tasks(ws, p, **settings)]
     by_part = {p.number: p for p in todo}
     need = {p.number: math.ceil(p.rows / CHUNK_ROWS) for p in todo}
     got: dict[int, list[dict[str, Any]]] = {p.number: [] for p in todo}
     t0 = time.perf_counter()
     for p in todo:  # a part with no rows has no tasks
         if need[p.number] == 0:
-            outputs, _ = _write_part(ws, p, [])
+            outputs, _ = _write_part(ws, p, [], which)
             run.record_part(p.number, outputs, errors=0)
     for result in track(_run_tasks(tasks, workers), total=len(tasks), description="hashing"):
         number = result["part"]
         got[number].append(result)
         if len(got[number]) == need[number]:
-            outputs, n_err = _write_part(ws, by_part[number], got.pop(number))
+            outputs, n_err = _write_part(ws, by_part[number], got.pop(number), which)
             run.record_part(number, outputs, errors=n_err)
     seconds = time.perf_counter() - t0
     rows = sum(p.rows for p in parts)
@@ -316,6 +362,7 @@ def compute(
         "parts": len(parts),
         "resumed_parts": len(parts) - len(todo),
         "fast_decode": fast_decode,
+        "hashes": list(which),
         "seconds": round(seconds, 3),
         "rows_per_second": round(sum(p.rows for p in todo) / seconds, 1)
         if seconds > 0 and todo

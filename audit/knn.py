@@ -34,13 +34,14 @@ from typing import Any
 import numpy as np
 
 from audit.errors import AuditError
+from audit.schema import HASHES
 from audit.workspace import Output, Workspace, atomic_path, atomic_write_json
 
 STAGE = "index"
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 FLAT_MAX = 20_000
 RECALL_QUERIES = 200
-HASH_COLUMNS = ("phash", "dhash", "whash", "ahash")
+HASH_COLUMNS = HASHES
 
 
 def _embedding_parts(ws: Workspace) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -172,6 +173,7 @@ def codes_to_bytes(codes: np.ndarray) -> np.ndarray:
 def _read_codes(ws: Workspace, which: str) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.parquet as pq
 
+    ws.require_hashes([which], by=f"a {which} index")
     ids, codes = [], []
     for part in ws.require_parts():
         path = ws.path(f"hashes/part-{part.stem}.parquet")

@@ -106,6 +106,9 @@ IMAGE_COLUMNS = (
 COMPUTED = PROVENANCE + IMAGE_COLUMNS
 
 # Rows of errors/<stage>-*.parquet.
+# The perceptual hashes of `hashes/part-*.parquet`, in column order (uint64, imagehash's bits).
+HASHES = ("phash", "dhash", "whash", "ahash")
+
 ERRORS = pa.schema(
     [
         pa.field("stage", pa.string()),

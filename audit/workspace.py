@@ -255,6 +255,22 @@ class Workspace:
     def stage(self, name: str) -> dict[str, Any] | None:
         return self.manifest["stages"].get(name)
 
+    def require_hashes(self, needed: tuple[str, ...] | list[str], by: str) -> None:
+        """Raise unless stage `hash` ran and computed every hash in `needed` (`audit hash
+        --hashes` can compute fewer than all of `schema.HASHES`)."""
+        from audit.schema import HASHES
+
+        rec = self.stage("hash")
+        if rec is None:
+            raise AuditError(f"{by} needs perceptual hashes. Run: audit hash {self.root}")
+        have = rec.get("params", {}).get("hashes", list(HASHES))
+        missing = [h for h in needed if h not in have]
+        if missing:
+            raise AuditError(
+                f"{by} needs {', '.join(missing)}, but `audit hash` computed only "
+                f"{', '.join(have)}. Run: audit hash {self.root} --hashes {','.join(HASHES)}"
+            )
+
     def stage_fingerprint(self, name: str) -> str | None:
         """A digest of everything the stage wrote; downstream stages record it."""
         rec = self.stage(name)

@@ -153,3 +153,43 @@ def test_fast_decode_never_decodes_jpeg_at_full_size(name):
     assert size == (2000, 1600)
     assert min(gray.size) < 2 * hashes.FAST_SIDE and gray.mode == "L"
     assert isinstance(gray, Image.Image)
+
+
+def test_chosen_hashes_only_and_stages_that_need_others_say_so(tmp_path):
+    from conftest import build_workspace
+
+    from audit.checks import duplicates
+    from audit.errors import AuditError
+
+    imgs = [encode(synthetic_image(s, 90), "PNG") for s in range(6)]
+    full = build_workspace(tmp_path / "full", imgs)
+    hashes.compute(full.root, workers=1)
+    ws = build_workspace(tmp_path / "some", imgs)
+    summary = hashes.compute(ws.root, workers=1, which=["phash"])
+    assert summary["hashes"] == ["phash"] and summary["hashed"] == 6
+    t, ref = table(ws), table(full)
+    assert t["phash"].equals(ref["phash"])  # the same codes as a full run
+    assert t["dhash"].null_count == t["whash"].null_count == t["ahash"].null_count == 6
+    with pytest.raises(AuditError, match=r"needs dhash.*--hashes phash,dhash,whash,ahash"):
+        duplicates.find(ws.root)
+    with pytest.raises(AuditError, match="unknown hash qhash"):
+        hashes.compute(ws.root, workers=1, which=["phash", "qhash"])
+    hashes.compute(ws.root, workers=1)  # different parameters: everything is hashed again
+    assert table(ws).equals(ref)
+    out = CliRunner().invoke(cli, ["hash", str(ws.root), "--workers", "1", "--hashes", "ahash"])
+    assert out.exit_code == 0 and "(ahash)" in out.output
+
+
+def test_fast_transparent_path_matches_white_background():
+    """Premultiplied gray+alpha, reduced, then put on white == decode's white composite."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (400, 300, 4), dtype=np.uint8)
+    rgba[:200, :, 3] = 0  # fully transparent top half with random colour underneath
+    rgba[200:, :150, 3] = 128
+    data = encode(Image.fromarray(rgba, "RGBA"), "PNG")
+    gray, _ = hashes._fast_gray(data, 10**9)
+    expect = decode(data).convert("L").reduce(min(300, 400) // hashes.FAST_SIDE)
+    diff = np.abs(np.asarray(gray, np.int16) - np.asarray(expect, np.int16))
+    assert gray.size == expect.size and diff.max() <= 2

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from audit.errors import AuditError
+from audit.schema import HASHES
 
-HASHES = ("phash", "dhash", "whash", "ahash")
 RELATIVE_NEIGHBOURS = 20
 
 

@@ -172,6 +172,7 @@ def _expand(
 
 def _read_rows(ws: Workspace, n: int) -> dict[str, np.ndarray]:
     """Per row: sha256 group id (-1 none), phash and dhash (valid mask), in row_id order."""
+    ws.require_hashes(["phash", "dhash"], by="audit dedup")
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq

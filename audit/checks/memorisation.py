@@ -40,11 +40,11 @@ from typing import Any
 
 from audit.errors import AuditError
 from audit.images import ImageProblem, decode, read_bytes
+from audit.schema import HASHES
 from audit.workspace import Workspace, atomic_write_json, atomic_write_parquet
 
 TILE_SIZE = 64
 TILE_GRID = 4
-HASHES = ("phash", "dhash", "whash", "ahash")
 VERDICTS = ("copy", "near", "novel")
 
 DEFAULTS_SOURCE = (
@@ -280,6 +280,7 @@ def load_hashes(ws: Workspace) -> tuple[Any, Any]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    ws.require_hashes(HASHES, by="audit match")
     n = ws.num_rows
     codes, valid = np.zeros((n, len(HASHES)), np.int64), np.zeros(n, bool)
     for part in ws.require_parts():

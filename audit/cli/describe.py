@@ -25,16 +25,24 @@ def _given(**kw: Any) -> dict[str, Any]:
     default=None,
     help="Decode at reduced size (default) or at full size, bit-identical to imagehash.",
 )
-def hash_(ws: Path, workers: int | None, fast_decode: bool | None) -> None:
+@click.option(
+    "--hashes",
+    "which",
+    help="Comma-separated subset of phash,dhash,whash,ahash (default all four; dedup needs "
+    "phash,dhash, match all four).",
+)
+def hash_(ws: Path, workers: int | None, fast_decode: bool | None, which: str | None) -> None:
     """pHash, dHash, wHash and aHash of every image: hashes/part-*.parquet.
 
     Example: audit hash indexes/sample --workers 2
     """
     from audit import hashes
 
-    s = hashes.compute(ws, **_given(workers=workers, fast_decode=fast_decode))
+    chosen = [h.strip() for h in which.split(",") if h.strip()] if which is not None else None
+    s = hashes.compute(ws, **_given(workers=workers, fast_decode=fast_decode, which=chosen))
     click.echo(
-        f"{s['hashed']} hashed, {s['errors']} error(s), {s['resumed_parts']} part(s) resumed "
+        f"{s['hashed']} hashed ({','.join(s['hashes'])}), {s['errors']} error(s), "
+        f"{s['resumed_parts']} part(s) resumed "
         f"in {s['seconds']} s -> {ws}/hashes/"
     )
 
