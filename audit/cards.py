@@ -143,6 +143,30 @@ def _find_auc(d: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     return found
 
 
+PICTURES = (  # (file in the model folder, caption); copied next to the card as <model>_<file>
+    ("samples.png", "samples of the trained model (EMA weights, DDPM sampler)"),
+    ("training_images.png", "training images at the same resolution, for comparison"),
+    ("loss.png", "training loss"),
+)
+
+
+def _pictures(model_dir: Path, card: Path) -> str:
+    """Copy the model's pictures beside the card and return markdown that shows them."""
+    import shutil
+
+    lines = []
+    for name, caption in PICTURES:
+        src = model_dir / name
+        if src.exists():
+            dst = src  # a card inside the model folder links the files where they are
+            if card.parent.resolve() != model_dir.resolve():
+                dst = card.parent / f"{model_dir.name}_{name}"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+            lines.append(f"![{caption}]({dst.name})  \n*{caption}* (`{dst.name}`)")
+    return "\n\n".join(lines)
+
+
 def _model_details(model_dir: Path | None) -> tuple[str, dict[str, Any]]:
     if model_dir is None:
         return (
@@ -259,6 +283,9 @@ def build_model_card(
     )
     frag_sections = sections(frag)
     details, cfg = _model_details(model_dir)
+    if cfg and model_dir is not None:
+        pictures = _pictures(model_dir, out)
+        details += f"\n\n{pictures}" if pictures else ""
     mem_text, metrics = _memorisation(
         sorted(mem_dir.glob("*/summary.json")) if mem_dir.is_dir() else []
     )

@@ -66,7 +66,7 @@ class RunOptions:
             sources=[str(sample / "shards")],
             registries=[str(p) for p in sorted((sample / "optout").glob("registry-*"))],
             crawl_cache=str(sample / "optout" / "cache"),
-            train_steps=1500,
+            train_steps=3000,
         )
 
 

@@ -87,6 +87,18 @@ def test_card_with_every_part(ws: Workspace, tmp_path: Path):
     assert "`mia.auc`: 0.61 (95% CI 0.52-0.7)" in sec["Evaluation"]
     assert "female-to-male ratio" in sec["Bias, Risks, and Limitations"]
     assert "model_details, bias, optout, filter; 1 memorisation result(s)" in r.output
+    # the model's pictures: linked in place inside the model folder, copied beside a card elsewhere
+    (model / "samples.png").write_bytes(b"png")
+    (model / "training_images.png").write_bytes(b"png2")
+    assert "![samples" not in sec["Model Details"]
+    elsewhere = tmp_path / "report" / "CARD.md"
+    cards.build_model_card(ws.root, model_dir=model, out=elsewhere)
+    details = cards.sections(cards.split_front_matter(elsewhere.read_text())[1])["Model Details"]
+    assert "(m_samples.png)" in details and "(m_training_images.png)" in details
+    assert "loss.png" not in details  # only pictures that exist
+    assert (tmp_path / "report" / "m_training_images.png").read_bytes() == b"png2"
+    cards.build_model_card(ws.root, model_dir=model)
+    assert "](samples.png)" in (model / "MODEL_CARD.md").read_text()
 
 
 def test_front_matter_is_yaml():

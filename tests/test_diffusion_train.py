@@ -217,3 +217,18 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     whole = tmp_path / "whole"
     diffusion.train(images(), None, config(steps=60, checkpoint_every=10), whole)
     assert_same_weights(weights(whole), weights(killed))
+
+
+def test_bf16_precision_is_recorded_and_a_resume_must_match(tmp_path):
+    out = tmp_path / "bf16"
+    s = diffusion.train(images(), None, config(steps=3, precision="bf16"), out)
+    assert s["precision"] == "bf16" and np.isfinite(s["final_loss"])
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
+    fp32 = diffusion.train(images(), None, config(steps=3), tmp_path / "fp32")
+    assert fp32["precision"] == "fp32" and fp32["final_loss"] != s["final_loss"]
+    with pytest.raises(AuditError, match="precision"):  # a fp32 run cannot continue a bf16 one
+        diffusion.train(images(), None, config(steps=6, precision="fp32"), out)
+    with pytest.raises(AuditError, match="precision must be"):
+        diffusion.train(images(), None, config(precision="fp16"), tmp_path / "bad")
+    auto = diffusion.train(images(), None, config(steps=1, precision="auto"), tmp_path / "auto")
+    assert auto["precision"] == ("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")

@@ -64,6 +64,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     flip: bool = True  # horizontal flip augmentation
+    # "bf16": forward pass under bfloat16 autocast (weights, optimiser and loss stay float32);
+    # about 1.7x the steps per second on CPUs with native bf16 (AVX512-BF16/AMX), slower on
+    # others. "auto" picks bf16 only where the CPU has it, so the choice is recorded resolved.
+    precision: str = "fp32"
     cfg_dropout: float = 0.1  # how often a class label is replaced by "no class"
     checkpoint_every: int = 500
     sample_grid: int = 64  # images in samples.png at the end (0 = none)
@@ -150,6 +154,8 @@ def train(
         "images_sha256": data_fingerprint(images, labels),
     }
     device = resolve_device(cfg.device)
+    bf16 = _use_bf16(cfg.precision, device)
+    full["precision"] = "bf16" if bf16 else "fp32"  # resolved: a resume must match it
 
     torch.manual_seed(cfg.seed)  # weight init
     model = UNet(cfg.model).to(device)
@@ -189,7 +195,9 @@ def train(
                 drop.to(device), torch.full_like(y_all[idx.to(device)], k), y_all[idx.to(device)]
             )
         t, noise = t.to(device), noise.to(device)
-        loss = F.mse_loss(model(schedule.q_sample(x0, t, noise), t, y), noise)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            predicted = model(schedule.q_sample(x0, t, noise), t, y)
+        loss = F.mse_loss(predicted.float(), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -227,6 +235,9 @@ def train(
         class_labels = [i % k for i in range(cfg.sample_grid)] if k else None
         grid = sample(ema, schedule, cfg.sample_grid, seed=cfg.seed, class_labels=class_labels)
         write_atomic(out / "samples.png", grid_png(grid))
+        # The same number of training images at the same size, to judge the samples against.
+        pick = np.random.default_rng(cfg.seed).permutation(n)[: cfg.sample_grid]
+        write_atomic(out / "training_images.png", grid_png(images[np.sort(pick)]))
     done = step - resumed_from
     return {
         "steps": step,
@@ -236,6 +247,7 @@ def train(
         "seconds": round(seconds, 1),
         "steps_per_s": round(done / seconds, 3) if done and seconds > 0 else None,
         "device": str(device),
+        "precision": full["precision"],
         "out": str(out),
     }
 
@@ -246,6 +258,16 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         pe.lerp_(pm, 1 - decay)
     for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(bm)
+
+
+def _use_bf16(precision: str, device: torch.device) -> bool:
+    if precision not in ("fp32", "bf16", "auto"):
+        raise AuditError(f"precision must be fp32, bf16 or auto (got {precision!r}).")
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return precision == "bf16"
 
 
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], ckpt: Path) -> None:
