@@ -25,6 +25,8 @@ def test_experiment_command_quick(tmp_path):
     assert r.exit_code == 0, r.output
     result = json.loads((out / "experiment.json").read_text())
     assert result["steps"] == 30 and result["sets"]["train"] == 24
+    assert result["sampler"]["name"] == "ddpm"  # what was run is what is recorded
+    assert result["training"]["precision"] in ("bf16", "fp32")
     groups = {row["copies_in_training"]: row["members"] for row in result["by_duplication"]}
     assert groups == {16: 4, 4: 4, 1: 16}
     mia = result["mia"]
