@@ -35,7 +35,7 @@ import numpy as np
 from audit.errors import AuditError, MissingWeightsError
 from audit.images import ImageProblem, decode, read_bytes
 from audit.progress import track
-from audit.schema import error_table
+from audit.schema import IMAGE_LOCATION, PROVENANCE, error_table
 from audit.workspace import (
     Output,
     Workspace,
@@ -345,16 +345,7 @@ def compute(
     atomic_write_json(ws.path("embeddings/model.json"), info)
     todo = [p for p in parts if not run.is_done(p.number)]
 
-    cols = [
-        "row_id",
-        "caption",
-        "image_path",
-        "image_offset",
-        "image_size",
-        "image_status",
-        "source_file",
-        "source_row",
-    ]
+    cols = [*PROVENANCE, "caption", *IMAGE_LOCATION]
     columns: dict[str, list[Any]] = {c: [] for c in cols}
     batches, owner = [], []  # batches of dataset indices, each inside one part
     for p in todo:

@@ -15,6 +15,7 @@ from typing import Any
 
 from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
+from audit.schema import IMAGE_LOCATION
 from audit.workspace import Output, Workspace, atomic_write_bytes, atomic_write_json
 
 
@@ -172,7 +173,7 @@ def _distinct_images(ws: Workspace, n: int, seed: int) -> tuple[list[Any], dict[
     from audit.checks.memorisation import to_pixels
     from audit.images import ImageProblem, decode, read_bytes
 
-    cols = ["row_id", "image_path", "image_offset", "image_size", "image_status", "image_sha256"]
+    cols = ["row_id", *IMAGE_LOCATION, "image_sha256"]
     rows = [
         r
         for p in ws.require_parts()
@@ -352,7 +353,7 @@ def _experiment_sets(
         pq.read_table(ws.path("optout/kept.parquet"), columns=["row_id"])["row_id"].to_pylist()
     )
     codes, valid = load_hashes(ws)
-    cols = ["row_id", "image_path", "image_offset", "image_size", "image_status"]
+    cols = ["row_id", *IMAGE_LOCATION]
     rows = [
         r
         for p in ws.require_parts()

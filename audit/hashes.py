@@ -52,9 +52,10 @@ from typing import Any
 
 import numpy as np
 
+from audit.errors import AuditError
 from audit.images import DEFAULT_MAX_PIXELS, ImageProblem, open_image, read_bytes
 from audit.progress import track
-from audit.schema import HASHES, error_table
+from audit.schema import HASHES, IMAGE_LOCATION, PROVENANCE, error_table
 from audit.workspace import Output, Workspace, atomic_write_parquet
 
 STAGE = "hash"
@@ -257,15 +258,7 @@ def _hash_chunk(task: dict[str, Any]) -> dict[str, Any]:
 def _tasks(ws: Workspace, part: Any, **settings: Any) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    cols = [
-        "row_id",
-        "image_path",
-        "image_offset",
-        "image_size",
-        "image_status",
-        "source_file",
-        "source_row",
-    ]
+    cols = [*PROVENANCE, *IMAGE_LOCATION]
     table = pq.read_table(ws.path(part.path), columns=cols).to_pydict()
     tasks = []
     for start in range(0, part.rows, CHUNK_ROWS):
@@ -312,8 +305,6 @@ def compute(
 
     >>> compute("indexes/sample", workers=2, fast_decode=False)   # doctest: +SKIP
     """
-    from audit.errors import AuditError
-
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
     if workers < 1:

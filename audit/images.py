@@ -128,6 +128,6 @@ def image_columns(part_path: Path) -> Any:
     """The columns of a metadata part that locate its images (a pyarrow Table)."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(
-        part_path, columns=["row_id", "image_path", "image_offset", "image_size", "image_status"]
-    )
+    from audit.schema import IMAGE_LOCATION
+
+    return pq.read_table(part_path, columns=["row_id", *IMAGE_LOCATION])

@@ -41,7 +41,6 @@ STAGE = "index"
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 FLAT_MAX = 20_000
 RECALL_QUERIES = 200
-HASH_COLUMNS = HASHES
 
 
 def _embedding_parts(ws: Workspace) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -299,8 +298,8 @@ def search_hashes(
     """
     import faiss
 
-    if which not in HASH_COLUMNS:
-        raise AuditError(f"which must be one of {', '.join(HASH_COLUMNS)} (got {which!r}).")
+    if which not in HASHES:
+        raise AuditError(f"which must be one of {', '.join(HASHES)} (got {which!r}).")
     ws = Workspace.open(ws_root)
     if which == "phash":
         info = _info(ws).get("phash") or {}

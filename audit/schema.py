@@ -104,6 +104,9 @@ IMAGE_COLUMNS = (
     "image_status",
 )
 COMPUTED = PROVENANCE + IMAGE_COLUMNS
+# What a stage reads to fetch a row's image bytes (`audit.images.read_bytes`) and to know
+# whether there is one.
+IMAGE_LOCATION = ("image_path", "image_offset", "image_size", "image_status")
 
 # Rows of errors/<stage>-*.parquet.
 # The perceptual hashes of `hashes/part-*.parquet`, in column order (uint64, imagehash's bits).

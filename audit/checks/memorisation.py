@@ -40,7 +40,7 @@ from typing import Any
 
 from audit.errors import AuditError
 from audit.images import ImageProblem, decode, read_bytes
-from audit.schema import HASHES
+from audit.schema import HASHES, IMAGE_LOCATION
 from audit.workspace import Workspace, atomic_write_json, atomic_write_parquet
 
 TILE_SIZE = 64
@@ -299,7 +299,7 @@ def load_hashes(ws: Workspace) -> tuple[Any, Any]:
 
 def load_pixels(ws: Workspace, row_ids: Sequence[int], size: int = TILE_SIZE) -> dict[int, Any]:
     """Decoded (size, size, 3) arrays by row_id; unreadable images map to an ImageProblem."""
-    cols = ["image_path", "image_offset", "image_size", "image_status", "image_sha256"]
+    cols = [*IMAGE_LOCATION, "image_sha256"]
     out: dict[int, Any] = {}
     for rid, rec in read_rows(ws, row_ids, cols).items():
         if rec["image_status"] != "ok" or not rec["image_path"]:
