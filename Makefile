@@ -7,25 +7,42 @@ DATASET ?= sample
 export AUDIT_NO_PROGRESS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow bench lint format typecheck experiment sample clean
+.PHONY: help install system demo test test-slow bench lint format typecheck experiment sample clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+# Debian packages the tests and the demo use (a headless browser for the page checks, exiftool
+# for the XMP round trip). Installed only where missing, and only when we may (root with apt).
+SYSTEM_PACKAGES := chromium chromium-driver libimage-exiftool-perl
+SYSTEM_STAMP    := $(VENV)/.system-$(shell echo $(SYSTEM_PACKAGES) | cksum | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
+$(SYSTEM_STAMP): $(STAMP)
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null; \
+	  else echo "warning: missing Debian packages:$$missing (tests that need them are skipped; run: sudo apt-get install$$missing)"; fi; \
+	fi
+	touch $(SYSTEM_STAMP)
+
+system: $(SYSTEM_STAMP)  ## Install the Debian packages the tests use (chromium, exiftool) where missing
+
 install: $(STAMP)  ## Create .venv/ and install audit with its dev tools
 
-demo: $(STAMP)  ## Run every stage on the bundled sample; reports land in reports/sample/
+demo: $(SYSTEM_STAMP)  ## Run every stage on the bundled sample; reports land in reports/sample/
 	$(BIN)/audit run indexes/$(DATASET) --demo --report-dir reports/$(DATASET)
 
-test: $(STAMP)  ## Run the test suite (under 10 minutes on 2 cores)
+test: $(SYSTEM_STAMP)  ## Run the test suite (under 10 minutes on 2 cores)
 	$(BIN)/pytest -m "not slow" -p no:cacheprovider
 
-test-slow: $(STAMP)  ## Run the slow tests too (kill -9 resume, longer training)
+test-slow: $(SYSTEM_STAMP)  ## Run the slow tests too (kill -9 resume, longer training)
 	$(BIN)/pytest -p no:cacheprovider
 
 bench: $(STAMP)  ## Benchmarks against baselines, side by side; results in reports/bench/
