@@ -54,6 +54,7 @@ import numpy as np
 
 from audit.errors import AuditError
 from audit.images import DEFAULT_MAX_PIXELS, ImageProblem, open_image, read_bytes
+from audit import threads
 from audit.progress import track
 from audit.schema import HASHES, IMAGE_LOCATION, PROVENANCE, error_table
 from audit.workspace import Output, Workspace, atomic_write_parquet
@@ -291,14 +292,15 @@ def _write_part(
 
 def compute(
     ws_root: str | os.PathLike[str],
-    workers: int = 2,
+    workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fast_decode: bool = True,
     which: tuple[str, ...] | list[str] = HASHES,
 ) -> dict[str, Any]:
     """Hash every image of the workspace (stage `hash`); returns the summary.
 
-    `workers` processes decode in parallel (1 = in this process). `fast_decode=False` gives
+    `workers` processes decode in parallel (1 = in this process; None = the process's thread
+    budget, `audit.threads.budget()`). `fast_decode=False` gives
     codes bit-identical to `imagehash`; the default decodes at reduced size (see module doc).
     `which` limits the work to some of `HASHES` (the others are stored as null, and stages
     that need them say so: `Workspace.require_hashes`); dedup needs phash and dhash, match all four.
@@ -307,6 +309,8 @@ def compute(
     """
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
+    if workers is None:
+        workers = threads.budget()
     if workers < 1:
         raise AuditError(f"workers must be >= 1 (got {workers}); use 1 to hash in this process.")
     unknown = sorted(set(which) - set(HASHES))

@@ -16,6 +16,7 @@ BASE = {
     "audit.workspace",
     "audit.images",
     "audit.progress",
+    "audit.threads",
     "audit.reports",
 }
 COMPOSERS = {

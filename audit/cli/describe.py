@@ -19,7 +19,7 @@ def _given(**kw: Any) -> dict[str, Any]:
 
 @click.command("hash")
 @WS
-@click.option("--workers", type=int, help="Decoding processes (default 2; 1 = in this process).")
+@click.option("--workers", type=int, help="Decoding processes (default: the thread budget, --threads; 1 = in this process).")
 @click.option(
     "--fast-decode/--exact-decode",
     default=None,
@@ -52,7 +52,7 @@ def hash_(ws: Path, workers: int | None, fast_decode: bool | None, which: str | 
 @click.option("--model", help="open_clip architecture, or 'tiny' (built in code; default).")
 @click.option("--pretrained", help="open_clip tag, a .bin/.safetensors path, or 'none' (default).")
 @click.option("--batch-size", type=int, help="Images per forward pass (default 64).")
-@click.option("--workers", type=int, help="Decoding processes feeding the model (default 2).")
+@click.option("--workers", type=int, help="Decoding processes feeding the model (default: the thread budget, --threads).")
 @click.option("--device", help="torch device (default cpu).")
 def embed(
     ws: Path,
