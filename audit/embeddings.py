@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from audit import threads
 from audit.errors import AuditError, MissingWeightsError
 from audit.images import ImageProblem, decode, read_bytes
-from audit import threads
 from audit.progress import track
 from audit.schema import IMAGE_LOCATION, PROVENANCE, error_table
 from audit.workspace import (
@@ -361,12 +361,12 @@ def compute(
             owner.append(p)
     # Decoding workers and the forward pass share the cores; torch threads beyond the cores
     # left over spin against the workers (and other jobs) and run many times slower.
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads.budget() - max(1, workers)))
     try:
         summary = _embed(ws, run, clip, parts, todo, columns, batches, owner, workers)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     summary.update(model=model, pretrained=pretrained, trained=info["trained"])
     run.finish(summary, [Output("embeddings/model.json")])
     return summary

@@ -52,9 +52,9 @@ from typing import Any
 
 import numpy as np
 
+from audit import threads
 from audit.errors import AuditError
 from audit.images import DEFAULT_MAX_PIXELS, ImageProblem, open_image, read_bytes
-from audit import threads
 from audit.progress import track
 from audit.schema import HASHES, IMAGE_LOCATION, PROVENANCE, error_table
 from audit.workspace import Output, Workspace, atomic_write_parquet

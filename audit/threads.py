@@ -79,7 +79,9 @@ def _parse(value: str | int | None, where: str) -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        raise AuditError(f"{where} must be a whole number of threads >= 1 or 'auto' (got {value!r}).")
+        raise AuditError(
+            f"{where} must be a whole number of threads >= 1 or 'auto' (got {value!r})."
+        )
     return n
 
 

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from audit import progress
 from audit.errors import AuditError
 from audit.images import DEFAULT_MAX_PIXELS, ImageProblem, decode, read_bytes
 from audit.progress import track
@@ -156,6 +159,7 @@ def train_on_workspace(
     out: str | Path,
     resolution: int = 32,
     steps: int = 2000,
+    minutes: float = 0.0,
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
@@ -165,10 +169,15 @@ def train_on_workspace(
     all_rows: bool = False,
     checkpoint_every: int = 500,
     sample_grid: int = 64,
+    base_channels: int = 32,
 ) -> dict[str, Any]:
     """Train the small DDPM on a workspace's consented rows; resume if `out` holds a checkpoint.
 
+    `minutes > 0` trains for that wall-clock budget instead of `steps` (the steps that fit
+    are planned from the measured rate and recorded in `config.json`).
+
     >>> train_on_workspace("indexes/sample", "models/sample", steps=3000)  # doctest: +SKIP
+    >>> train_on_workspace("indexes/sample", "models/sample", minutes=10)  # doctest: +SKIP
     """
     from audit import diffusion
 
@@ -186,13 +195,14 @@ def train_on_workspace(
     mults = (1, 2, 2) if resolution == 32 else (1, 2, 2, 2)
     model = diffusion.ModelConfig(
         resolution=resolution,
-        base_channels=32,
+        base_channels=base_channels,
         channel_mults=mults,
         attention_resolution=8,
         num_classes=len(classes),
     )
     config = diffusion.TrainConfig(
         steps=steps,
+        minutes=minutes,
         batch_size=batch_size,
         lr=lr,
         seed=seed,
@@ -204,9 +214,75 @@ def train_on_workspace(
         classes=classes,
         data=provenance,
     )
-    summary = diffusion.train(images, labels, config, out, progress=track)
+    with _bar("training") as on_step, _bar("sampling the grid") as on_sample:
+        summary = diffusion.train(
+            images,
+            labels,
+            config,
+            out,
+            on_step=on_step and (lambda i: on_step(i.step, i.total, _train_fields(i))),
+            on_sample=on_sample and (lambda done, total: on_sample(done, total, {})),
+        )
     summary.update(rows=provenance["rows"], skipped=len(errors), classes=len(classes))
     return summary
+
+
+@contextmanager
+def _bar(description: str) -> Iterator[Callable[[int, int, dict[str, str]], None] | None]:
+    """A progress bar in steps with steps/s, loss and ETA columns; None when bars are off.
+
+    The bar appears at its first update, so a bar for later work (sampling after training)
+    stays hidden until then.
+    """
+    if not progress.enabled():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    task = None
+
+    def update(done: int, total: int, fields: dict[str, str]) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(description, total=total, rate="", loss="")
+        if not fields:  # plain steps: show the rate rich measures
+            speed = bar.tasks[0].speed
+            fields = {"rate": f"{speed:.2f} steps/s" if speed else ""}
+        bar.update(task, completed=done, total=total, **fields)
+
+    try:
+        yield update
+    finally:
+        bar.stop()
+
+
+def _train_fields(info: Any) -> dict[str, str]:
+    rate = f"{info.steps_per_s:.2f} steps/s" if info.steps_per_s else ""
+    left = f", {max(0.0, info.budget_seconds - info.seconds) / 60:.1f} min of budget left"
+    return {
+        "rate": rate + (left if info.budget_seconds else ""),
+        "loss": f"loss {info.loss:.4f}",
+    }
 
 
 def _jobs(
@@ -299,17 +375,19 @@ def generate(
     per_image = [job for job in jobs for _ in range(n)]
     k = net.config.num_classes
     labels = [k if j["class_id"] is None else j["class_id"] for j in per_image] if k else None
-    images = diffusion.sample(
-        net,
-        schedule,
-        len(per_image),
-        seed=seed,
-        sampler=sampler,
-        steps=steps,
-        eta=eta,
-        class_labels=labels,
-        guidance_scale=guidance_scale,
-    )
+    with _bar(f"sampling {len(per_image)} images") as on_step:
+        images = diffusion.sample(
+            net,
+            schedule,
+            len(per_image),
+            seed=seed,
+            sampler=sampler,
+            steps=steps,
+            eta=eta,
+            class_labels=labels,
+            guidance_scale=guidance_scale,
+            on_step=on_step and (lambda done, total: on_step(done, total, {})),
+        )
     model_sha = sha256_file(weights)
     rows = []
     for i, (img, job) in enumerate(
