@@ -17,6 +17,8 @@ BASE = {
     "audit.images",
     "audit.progress",
     "audit.reports",
+    "audit.stages",
+    "audit.results",
 }
 COMPOSERS = {
     "audit.pipeline",

@@ -92,10 +92,10 @@ def match_command(generated: str, against: str, **options) -> None:  # type: ign
 
     Example: audit match generated/sample --against indexes/sample --name ddpm
     """
-    from audit import experiments
+    from audit import pipeline
 
     th = _thresholds(options)
-    s = experiments.match(generated, against, thresholds=th, **options)
+    s = pipeline.match(generated, against, thresholds=th, **options)
     lo, hi = s["replication_ci95"]
     click.echo(
         f"{s['generated']} generated images: {s['counts']}; replication rate {s['replication_rate']:.2%} "
@@ -120,9 +120,9 @@ def calibrate_command(ws: str, **options) -> None:  # type: ignore[no-untyped-de
 
     Example: audit calibrate indexes/sample --n 200 --seed 0
     """
-    from audit import experiments
+    from audit import pipeline
 
-    r = experiments.calibrate(ws, **options)
+    r = pipeline.calibrate(ws, **options)
     rule = r.get("rule", {}).get("pooled", {})
     click.echo(
         f"{r['images']} images x {len(r['transforms'])} transforms: the check's rule finds "
