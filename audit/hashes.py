@@ -372,5 +372,26 @@ def _run_tasks(tasks: list[dict[str, Any]], workers: int):  # type: ignore[no-un
     from concurrent.futures import ProcessPoolExecutor
 
     # fork: workers start instantly and inherit the imports; they run no torch code.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("fork"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         yield from pool.map(_hash_chunk, tasks, chunksize=1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: the worker ends when the process that started it does, even after a
+    `kill -9` (which runs no cleanup); a forked worker also holds the workspace lock's
+    descriptor, so an orphan would keep the workspace locked."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)

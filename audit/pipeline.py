@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import AuditError
-from audit.workspace import Workspace
+from audit.workspace import Workspace, safe_name
 
 
 def describe(
@@ -85,8 +85,10 @@ def run(
     ws_root = Path(ws_root)
     if not options.sources and not (ws_root / "manifest.json").exists():
         raise AuditError("nothing to run: pass SOURCE paths, or --demo for the bundled sample")
-    dataset = ws_root.name
-    report_dir = Path(options.report_dir or Path("reports") / dataset)
+    from audit.reports import writable_dir
+
+    dataset = safe_name(ws_root.resolve().name, "workspace folder name")
+    report_dir = writable_dir(options.report_dir or Path("reports") / dataset)
     model_dir = ws_root / "models" / "ddpm"
     generated = ws_root / "generated" / "ddpm"
     memorisation_dir = ws_root / "memorisation"

@@ -133,6 +133,13 @@ def crawl(
         f"fetched {s['fetched']} of {s['targets']} ({s['cached_before']} cached before) from "
         f"{s['hosts']} hosts in {s['seconds']}s; errors: {errors}; cache {s['cache']}"
     )
+    if s["fetched"] and sum(s["errors"].values()) == s["fetched"]:
+        from audit.errors import AuditError
+
+        raise AuditError(
+            f"every one of the {s['fetched']} fetches failed ({errors}): the cache holds no "
+            "response. Check the network, or the addresses the URLs resolve to."
+        )
 
 
 @optout.command("import-warc")

@@ -45,6 +45,13 @@ def hash_(ws: Path, workers: int | None, fast_decode: bool | None, which: str | 
         f"{s['resumed_parts']} part(s) resumed "
         f"in {s['seconds']} s -> {ws}/hashes/"
     )
+    if s["rows"] and not s["hashed"]:
+        from audit.errors import AuditError
+
+        raise AuditError(
+            f"no image could be hashed: all {s['rows']:,} rows are errors (see: audit query {ws} "
+            "\"SELECT reason, count(*) FROM errors WHERE stage = 'hash' GROUP BY 1\")."
+        )
 
 
 @click.command("embed")
@@ -129,16 +136,16 @@ def dedup(ws: Path, hamming: int | None, cosine: float | None, report_dir: Path 
     Example: audit dedup indexes/sample --hamming 6 --report-dir reports/sample
     """
     from audit.checks import duplicates
+    from audit.reports import duplicates as page
+    from audit.reports import writable_dir
+    from audit.workspace import Workspace
 
+    report_dir = writable_dir(report_dir or Path("reports") / Workspace.open(ws).dataset)
     s = duplicates.find(ws, **_given(hamming=hamming, cosine=cosine))
     line = (
         f"{s['clusters']} cluster(s), {s['rows_in_clusters']} rows "
         f"({s['by_kind']}) -> {ws}/duplicates.parquet"
     )
-    from audit.reports import duplicates as page
-    from audit.workspace import Workspace
-
-    report_dir = report_dir or Path("reports") / Workspace.open(ws).dataset
     line += f"; report {page.write(ws, report_dir)}"
     click.echo(line)
 
