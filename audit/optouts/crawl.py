@@ -97,8 +97,9 @@ def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
             embedded.append(ip.sixtofour)
         if ip.teredo:
             embedded.extend(ip.teredo)
-        if any(ip in net for net in _NAT64):
-            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if any(ip in net for net in _NAT64):  # ::/8 is "reserved": judge what it reaches
+            why = refusal(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+            return f"{why} via NAT64 {ip}" if why else None
     for flag, label in (
         ("is_loopback", "loopback"),
         ("is_link_local", "link-local"),
