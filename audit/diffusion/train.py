@@ -147,8 +147,8 @@ def _validate(images: np.ndarray, labels: np.ndarray | None, cfg: TrainConfig) -
             raise AuditError(f"labels must be (N,) ints in 0..{k - 1}; got shape {labels.shape}.")
     if cfg.classes and len(cfg.classes) != k:
         raise AuditError(f"{len(cfg.classes)} class names for {k} classes.")
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
-        raise AuditError("steps, batch_size and checkpoint_every must be positive.")
+    if (cfg.steps < 1 and not cfg.minutes > 0) or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
+        raise AuditError("steps (or minutes), batch_size and checkpoint_every must be positive.")
     if cfg.minutes < 0:
         raise AuditError(f"minutes must be positive (or 0 to train by steps), got {cfg.minutes}.")
 
