@@ -214,38 +214,31 @@ def train_on_workspace(
         classes=classes,
         data=provenance,
     )
-    with _bar("training") as on_step, _bar("sampling the grid") as on_sample:
+    with _bars() as bar:
         summary = diffusion.train(
             images,
             labels,
             config,
             out,
-            on_step=on_step and (lambda i: on_step(i.step, i.total, _train_fields(i))),
-            on_sample=on_sample and (lambda done, total: on_sample(done, total, {})),
+            on_step=bar and (lambda i: bar("training", i.step, i.total, _train_fields(i))),
+            on_sample=bar and (lambda done, total: bar("sampling the grid", done, total, {})),
         )
     summary.update(rows=provenance["rows"], skipped=len(errors), classes=len(classes))
     return summary
 
 
 @contextmanager
-def _bar(description: str) -> Iterator[Callable[[int, int, dict[str, str]], None] | None]:
-    """A progress bar in steps with steps/s, loss and ETA columns; None when bars are off.
+def _bars() -> Iterator[Callable[[str, int, int, dict[str, str]], None] | None]:
+    """Progress bars in steps with steps/s, loss, elapsed and ETA; None when bars are off.
 
-    The bar appears at its first update, so a bar for later work (sampling after training)
-    stays hidden until then.
+    `update(description, done, total, fields)` draws the bar of that description, which
+    appears at its first update (so sampling's bar shows up once training is done).
     """
     if not progress.enabled():
         yield None
         return
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(
         TextColumn("{task.description}"),
@@ -254,20 +247,20 @@ def _bar(description: str) -> Iterator[Callable[[int, int, dict[str, str]], None
         TextColumn("{task.fields[rate]}"),
         TextColumn("{task.fields[loss]}"),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
         console=Console(stderr=True),
     )
-    task = None
+    tasks: dict[str, Any] = {}
+    bar.start()
 
-    def update(done: int, total: int, fields: dict[str, str]) -> None:
-        nonlocal task
-        if task is None:
-            bar.start()
-            task = bar.add_task(description, total=total, rate="", loss="")
-        if not fields:  # plain steps: show the rate rich measures
-            speed = bar.tasks[0].speed
+    def update(description: str, done: int, total: int, fields: dict[str, str]) -> None:
+        if description not in tasks:
+            tasks[description] = bar.add_task(description, total=total, rate="", loss="", eta="")
+        task = tasks[description]
+        if not fields:  # plain steps: the rate rich measures
+            speed = bar.tasks[list(tasks).index(description)].speed
             fields = {"rate": f"{speed:.2f} steps/s" if speed else ""}
+            fields["eta"] = _clock((total - done) / speed) if speed else ""
         bar.update(task, completed=done, total=total, **fields)
 
     try:
@@ -276,12 +269,23 @@ def _bar(description: str) -> Iterator[Callable[[int, int, dict[str, str]], None
         bar.stop()
 
 
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
+
+
 def _train_fields(info: Any) -> dict[str, str]:
-    rate = f"{info.steps_per_s:.2f} steps/s" if info.steps_per_s else ""
-    left = f", {max(0.0, info.budget_seconds - info.seconds) / 60:.1f} min of budget left"
+    """steps/s, loss and ETA of a training step: a budgeted run ends at the earlier of its
+    planned steps and its budget."""
+    rate = info.steps_per_s
+    left = (info.total - info.step) / rate if rate else None
+    if info.budget_seconds:
+        budget_left = max(0.0, info.budget_seconds - info.seconds)
+        left = budget_left if left is None else min(left, budget_left)
     return {
-        "rate": rate + (left if info.budget_seconds else ""),
+        "rate": f"{rate:.2f} steps/s" if rate else "",
         "loss": f"loss {info.loss:.4f}",
+        "eta": _clock(left) if left is not None else "",
     }
 
 
@@ -375,7 +379,7 @@ def generate(
     per_image = [job for job in jobs for _ in range(n)]
     k = net.config.num_classes
     labels = [k if j["class_id"] is None else j["class_id"] for j in per_image] if k else None
-    with _bar(f"sampling {len(per_image)} images") as on_step:
+    with _bars() as bar:
         images = diffusion.sample(
             net,
             schedule,
@@ -386,7 +390,8 @@ def generate(
             eta=eta,
             class_labels=labels,
             guidance_scale=guidance_scale,
-            on_step=on_step and (lambda done, total: on_step(done, total, {})),
+            on_step=bar
+            and (lambda done, total: bar(f"sampling {len(per_image)} images", done, total, {})),
         )
     model_sha = sha256_file(weights)
     rows = []

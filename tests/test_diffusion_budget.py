@@ -140,6 +140,7 @@ def test_a_different_budget_is_a_different_run(tmp_path):
         diffusion.train(images(), None, config(0), out)  # by steps from a budgeted run
 
 
+@pytest.mark.slow  # a real subprocess, killed: ~15 s quiet, longer on a busy machine
 def test_resume_after_kill_9_continues_within_the_same_budget(tmp_path):
     out = tmp_path / "m"
     budget = 8.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -272,7 +273,9 @@ def train(
             t_first, rate = now, 1 / max(now, 1e-6)
         else:  # the first step of a session pays for allocations: measure from its end
             rate = (done - 1) / max(now - t_first, 1e-6)
-        if budget_s is not None and (done in (1, 5) or step % REPLAN_EVERY == 0):
+        if budget_s is not None and (
+            done in (1, 5) or step % REPLAN_EVERY == 0 or step >= plan.steps
+        ):  # a budgeted run ends when its time is up, not at a plan made from one step
             plan = _Plan.fit(step, spent0 + now, budget_s, rate, cfg.warmup_steps)
         log.append(
             {
@@ -293,10 +296,13 @@ def train(
         if budget_s is not None and now - last_budget_write >= BUDGET_EVERY_S:
             _write_spent(out / BUDGET, full, step, spent0 + now)
             last_budget_write = now
+        info = StepInfo(step, plan.steps, loss.item(), lr, spent0 + now, rate, budget_s)
         if on_step is not None:
-            on_step(StepInfo(step, plan.steps, loss.item(), lr, spent0 + now, rate, budget_s))
+            on_step(info)
 
     seconds = time.perf_counter() - t0
+    if on_step is not None and step > resumed_from and info.total != step:
+        on_step(dataclasses.replace(info, total=step))  # the budget ended it: show it done
     if budget_s is not None:  # record the steps done; the last checkpoint is the final state
         full = _budgeted(full, plan, budget_s, spent0 + seconds, rate, step)
         if saved_at != step or latest_checkpoint(out) is None:
