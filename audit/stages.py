@@ -189,6 +189,7 @@ STAGES: tuple[Stage, ...] = (
             ("steps", "train_steps"),
             ("minutes", "train_minutes"),
             ("base_channels", "train_base_channels"),
+            ("batch_size", "train_batch_size"),
             ("seed", "seed"),
         ),
         reads=("ingest",),
