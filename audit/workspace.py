@@ -234,7 +234,7 @@ class Workspace:
         """Take the workspace lock for this process (re-entrant); raise if another holds it."""
         import fcntl
 
-        key = str(self.root.resolve())
+        key = self._lock_key = str(self.root.resolve())
         held = _HELD.get(key)
         if held is not None:
             held[1] += 1
@@ -259,7 +259,7 @@ class Workspace:
 
     def unlock(self) -> None:
         """Release one `lock`; the last release frees the workspace for other processes."""
-        key = str(self.root.resolve())
+        key = getattr(self, "_lock_key", None) or str(self.root.resolve())
         held = _HELD.get(key)
         if held is None:
             return
@@ -494,6 +494,14 @@ class StageRun:
 
     def __init__(self, ws: Workspace, name: str, record: dict[str, Any]):
         self.ws, self.name, self.record = ws, name, record
+        self._holds_lock = True  # `start_stage` took the workspace lock for this run
+
+    def __del__(self) -> None:
+        # A stage that raised never calls `finish`; once its run is dropped, the lock goes
+        # too, so a long-lived process (a notebook) does not keep the workspace locked.
+        if getattr(self, "_holds_lock", False):
+            self._holds_lock = False
+            self.ws.unlock()
 
     @property
     def params(self) -> dict[str, Any]:
@@ -528,7 +536,9 @@ class StageRun:
         self.record["status"] = "done"
         self.record["finished"] = now()
         self.ws.save()
-        self.ws.unlock()
+        if self._holds_lock:
+            self._holds_lock = False
+            self.ws.unlock()
 
 
 def safe_name(name: str, what: str = "name") -> str:

@@ -162,6 +162,29 @@ def test_query_refuses_writes_attach_install_and_reads_outside(sample_ws, tmp_pa
     assert "refused" in line or "exactly one" in line
 
 
+def test_query_output_cannot_replace_a_workspace_file(sample_ws):
+    part = sample_ws / "metadata" / "part-00000.parquet"
+    before = part.read_bytes()
+    args = ["query", sample_ws, "SELECT 1 AS x", "--format", "parquet", "--output", part]
+    assert "inside the workspace" in one_red_line(run(*args))
+    assert part.read_bytes() == before
+
+
+def test_a_stage_that_raised_releases_the_lock_when_its_run_is_dropped(hashed):
+    import gc
+
+    from audit import workspace
+
+    def failing_stage() -> None:
+        hashed.start_stage("boom", {})
+        raise RuntimeError("the stage failed")
+
+    with pytest.raises(RuntimeError):
+        failing_stage()
+    gc.collect()
+    assert str(hashed.root.resolve()) not in workspace._HELD
+
+
 def test_query_answers_every_readme_example(sample_ws):
     readme = (REPO / "README.md").read_text()
     examples = re.findall(r'audit query indexes/sample "(.*?)"((?: --format \w+)?)', readme, re.S)
