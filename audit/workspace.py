@@ -257,6 +257,24 @@ class Workspace:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _HELD[key] = [fd, 1]
 
+    def lock_holder(self) -> str | None:
+        """The pid recorded by the process holding the workspace lock, or None if it is free."""
+        import fcntl
+
+        if str(self.root.resolve()) in _HELD:
+            return str(os.getpid())
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDONLY)
+        except OSError:
+            return None  # never locked (or unreadable): nothing says a stage is running
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)  # also drops the shared lock the probe may have taken
+        return None
+
     def unlock(self) -> None:
         """Release one `lock`; the last release frees the workspace for other processes."""
         key = getattr(self, "_lock_key", None) or str(self.root.resolve())
@@ -453,7 +471,13 @@ class Workspace:
                             state, why = "stale", f"{out['path']} changed on disk"
                             break
             elif state == "running":
-                why = f"{len(rec.get('parts', {}))} part(s) finished; re-run to resume"
+                holder = self.lock_holder()
+                done = f"{len(rec.get('parts', {}))} part(s) finished"
+                why = (
+                    f"{done}; an audit holds the workspace lock (pid {holder})"
+                    if holder
+                    else f"{done}, interrupted: no audit is running; re-run to resume"
+                )
             result[name] = {
                 "status": state,
                 "why": why,

@@ -268,11 +268,16 @@ def test_workspace_lock_fails_fast_naming_the_other_process(hashed):
         assert f"(pid {holder.pid})" in line
         # nothing was recorded by the refused runs: hash is still the fast-decode run, done
         assert Workspace.open(hashed.root).stage("hash")["params"]["fast_decode"] is True
+        # a stage the other process left running is reported as running there
+        other = Workspace.open(hashed.root)
+        other.manifest["stages"]["embed"] = {"status": "running", "parts": {"0": {"outputs": []}}}
+        assert f"lock (pid {holder.pid})" in other.status()["embed"]["why"]
     finally:
         holder.kill()
         holder.wait()
     hashes.compute(hashed.root, workers=1, fast_decode=False)  # free again once it is gone
     assert (hashed.root / LOCK).exists()
+    assert "interrupted: no audit is running" in other.status()["embed"]["why"]
 
 
 def test_two_workspace_objects_keep_each_others_records(hashed):
