@@ -137,6 +137,7 @@ class Workspace:
     def __init__(self, root: str | os.PathLike[str], manifest: dict[str, Any]):
         self.root = Path(root)
         self.manifest = manifest
+        self._started: set[str] = set()  # stages this object started: its records win in `save`
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -261,15 +262,14 @@ class Workspace:
             _check_manifest(path, disk)
         except (OSError, ValueError, AuditError):
             return self.manifest
-        mine = getattr(self, "_started", set())
-        stages = dict(disk["stages"])
-        for name in mine:
+        records = dict(disk["stages"])
+        for name in self._started:
             if name in self.manifest["stages"]:
-                stages[name] = self.manifest["stages"][name]
+                records[name] = self.manifest["stages"][name]
         for name, rec in self.manifest["stages"].items():
-            stages.setdefault(name, rec)
+            records.setdefault(name, rec)
         merged = {**disk, **{k: v for k, v in self.manifest.items() if k != "stages"}}
-        merged["stages"] = stages
+        merged["stages"] = records
         return merged
 
     def _remove_recorded(self, rec: dict[str, Any]) -> None:
@@ -411,8 +411,6 @@ class Workspace:
                 "started": now(),
             }
         self.manifest["stages"][name] = rec
-        if not hasattr(self, "_started"):
-            self._started: set[str] = set()
         self._started.add(name)
         self.save()
         return StageRun(self, name, rec)
