@@ -60,6 +60,10 @@ TABLES: dict[str, tuple[str, str]] = {
         "optout/signals.parquet",
         "every opt-out signal found, one row per signal and record",
     ),
+    "optout_coverage": (
+        "optout/coverage.parquet",
+        "one row per record: per source, evaluated / absent / not_consulted / missing",
+    ),
     "matches": (
         "memorisation/*/matches.parquet",
         "one row per generated image: best training match, scores, verdict",
