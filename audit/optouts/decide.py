@@ -213,14 +213,20 @@ def spawning_signals(ctx: Context, url: str | None) -> list[Signal]:
     return [Signal("spawning-api", "allowed", USES, result.endpoint, f"optOut false for {url}")]
 
 
-def coverage(ctx: Context, sigs: list[Signal]) -> dict[str, tuple[str, str]]:
+def coverage(
+    ctx: Context, sigs: list[Signal], page_url: str | None = "?"
+) -> dict[str, tuple[str, str]]:
     """(state, why) per source for one row's signals (see the module doc for the states)."""
     by_source: dict[str, list[Signal]] = {src: [] for src in SOURCES}
     for s in sigs:
         by_source[_SOURCE_OF[s.signal]].append(s)
     out: dict[str, tuple[str, str]] = {}
     for src, found in by_source.items():
-        if src == "registry" and not ctx.registries:
+        if src == "page" and not page_url:
+            # With or without a crawl cache: a row without a page URL has no page to read.
+            why = "no page_url" if ctx.has_page_column else "the dataset has no page URL column"
+            out[src] = ("absent", why)
+        elif src == "registry" and not ctx.registries:
             out[src] = ("not_consulted", "no --registry")
         elif src == "spawning" and ctx.spawning is None:
             out[src] = ("not_consulted", "Spawning API not asked (--spawning)")
@@ -331,7 +337,7 @@ def evaluate_part(
                         "agent": s.agent,
                     }
                 )
-        cover = coverage(ctx, sigs)
+        cover = coverage(ctx, sigs, row.get("page_url"))
         cov_rows.append(
             {
                 "row_id": rid,

@@ -8,7 +8,8 @@ argument (`AuditError`), never an empty list. Four kinds of rule:
 | exact URL | `https://a.example.com/x.png`, `a.example.com/x.png` | `url` | that URL after normalisation, any scheme |
 | URL prefix | `https://a.example.com/photos/*` (a final `*`) | `url_prefix` (or a `url` ending in `*`) | every URL starting with it |
 | host | `host:a.example.com` | `host` | URLs on exactly that host |
-| domain | `example.com`, `*.example.com`, `.example.com` | `domain` | the domain and every subdomain (write the registrable domain, `example.co.uk`, to cover a whole site) |
+| domain | `example.com`, `*.example.com`, `.example.com` | `domain` | the domain and every subdomain |
+| registrable domain | `site:img.example.co.uk` | `site` | every host under the same registrable domain (Public Suffix List): here all of `example.co.uk` |
 
 Text (`.txt`, `.lst`, anything not below): one entry per line, `#` starts a comment, blank lines
 ignored; an optional second word names the use (`example.com data_mining`). Spawning's
@@ -119,7 +120,14 @@ def _add(reg: Registry, entry: str, use: str | None, where: str) -> None:
         return
     if not entry:
         return
-    if entry.lower().startswith("host:"):
+    if entry.lower().startswith("site:"):
+        host = domain_key(entry[5:])
+        key = registrable_domain(host) if host else None
+        if key is None:
+            reg.skipped += 1
+            return
+        reg.domains.append((key, use, where))
+    elif entry.lower().startswith("host:"):
         key = domain_key(entry[5:])
         if key is None:
             reg.skipped += 1
@@ -168,10 +176,10 @@ def _load_table(reg: Registry, suffix: str) -> None:
         convert = pcsv.ConvertOptions(strings_can_be_null=True)
         table = pcsv.read_csv(reg.path, parse_options=opts, convert_options=convert)
     cols = {c.lower(): c for c in table.column_names}
-    found = [cols[c] for c in ("url", "url_prefix", "host", "domain") if c in cols]
+    found = [cols[c] for c in ("url", "url_prefix", "host", "domain", "site") if c in cols]
     if not found:
         raise ValueError(
-            "no 'url', 'url_prefix', 'host' or 'domain' column "
+            "no 'url', 'url_prefix', 'host', 'domain' or 'site' column "
             f"(columns: {', '.join(table.column_names)})"
         )
     uses = table.column(cols["use"]).to_pylist() if "use" in cols else [None] * table.num_rows
@@ -183,15 +191,15 @@ def _load_table(reg: Registry, suffix: str) -> None:
             value = str(value)
             where = f"{reg.path} row {i + first_data_line}"
             kind = col.lower()
-            if kind in ("domain", "host") and "/" in value:
+            if kind in ("domain", "host", "site") and "/" in value:
                 reg.skipped += 1  # a domain column holding a URL is a data error, not a rule
                 continue
             if kind == "url" and "/" not in value:
                 value += "/"  # a bare host in a url column is the site's root URL
             if kind == "url_prefix":
                 value = (value if "/" in value else value + "/").rstrip("*") + "*"
-            elif kind == "host":
-                value = "host:" + value
+            elif kind in ("host", "site"):
+                value = f"{kind}:{value}"
             _add(reg, value, uses[i], where)
 
 
@@ -204,6 +212,24 @@ def domain_key(entry: str) -> str | None:
     if not entry or any(c in entry for c in " /\\@:?#\x00"):
         return None
     return urls.host("http://" + entry)
+
+
+def registrable_domain(host: str) -> str | None:
+    """The registrable domain of `host` by the Public Suffix List (offline copy), or None for a
+    public suffix itself (`co.uk` names no one's site).
+
+    >>> registrable_domain("img.example.co.uk")
+    'example.co.uk'
+    """
+    from publicsuffixlist import PublicSuffixList
+
+    global _PSL
+    if _PSL is None:
+        _PSL = PublicSuffixList()
+    return _PSL.privatesuffix(host)
+
+
+_PSL: Any = None
 
 
 def url_key(url: str) -> str | None:
