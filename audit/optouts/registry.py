@@ -283,7 +283,10 @@ def connect_rules(registries: list[Registry]) -> Any:
             [pa.array([r[j] for r in rows], rule.field(j).type) for j in range(4)], schema=rule
         )
         con.register(f"{name}_arrow", arrow)
-        con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+        # A prefix rule joins on its host first (a hash join), then compares the prefix: a
+        # starts_with join alone would compare every row with every prefix rule.
+        extra = ", khost(key) AS host" if name == "reg_prefixes" else ""
+        con.execute(f"CREATE TABLE {name} AS SELECT *{extra} FROM {name}_arrow")
         con.unregister(f"{name}_arrow")
     return con
 
@@ -346,7 +349,7 @@ def match(con: Any, rows: Any) -> list[dict[str, Any]]:
                UNION ALL
                SELECT keyed.row_id, 'registry-url', p.use, p.entry,
                       'URL prefix rule ' || p.key || '* matches ' || keyed.col, keyed.col
-               FROM keyed JOIN reg_prefixes p ON starts_with(keyed.k, p.key)
+               FROM keyed JOIN reg_prefixes p ON keyed.host = p.host AND starts_with(keyed.k, p.key)
                ORDER BY 1, 2, 6"""
         ).fetchall()
     finally:
