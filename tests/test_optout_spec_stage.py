@@ -112,3 +112,18 @@ def test_cli_filter_require(make_workspace, tmp_path):
         cli, ["filter", str(ws.root), "--out", str(tmp_path / "k.parquet"), "--require", "pagez"]
     )
     assert res.exit_code == 1 and "not a source" in res.output
+
+
+def test_embedded_metadata_present_but_unreadable_is_unchecked(make_workspace):
+    """An XMP packet that declares entities is refused (never expanded): the image's own
+    declaration could not be read, so the row is `unchecked`, never allowed."""
+    from pathlib import Path
+
+    from test_optout_parsers_embedded import png
+
+    bomb = (Path(__file__).parent / "data" / "optout" / "xmp_entity_bomb.xml").read_bytes()
+    image = png((b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + bomb))
+    ws = make_workspace([image], urls=[f"{A}/0.png"])
+    s = optouts.compute(ws.root)
+    assert s["decisions"]["genai_training"] == {"unchecked": 1}
+    assert s["coverage"]["embedded"] == {"missing": 1}

@@ -14,10 +14,11 @@ most specific source is the one quoted):
 
 Coverage. Every row gets, for every source in `signals.SOURCES`, one of:
 `evaluated` (consulted; it reserved or allowed), `absent` (the source does not exist for this
-row: no page URL, no image bytes before download, unreadable embedded metadata, a malformed URL),
+row: no page URL, no image bytes before download, image bytes that cannot be read, a malformed URL),
 `not_consulted` (the user gave no crawl cache / registry / Spawning check), or `missing` (it
 should have been checked and was not: a resource missing from the crawl cache, a fetch error,
-an unreadable registry, a URL the Spawning API did not answer for).
+an unreadable registry, a URL the Spawning API did not answer for, embedded metadata that is
+present but cannot be read).
 
 Decision for a use: `reserved` when an evaluated signal reserves it (the first one is quoted);
 else `unchecked` when some source is `missing` (never allowed); else `allowed` when at least one
@@ -180,7 +181,14 @@ def embedded_signals(row: dict[str, Any]) -> tuple[list[Signal], ImageProblem | 
             Signal(n, "not_evaluable", USES, str(row["image_path"]), why)
             for n in ("iptc-xmp", "c2pa")
         ], p
-    return embedded.signals(data), None
+    # Metadata that is there but cannot be read (a refused or broken XMP packet, an unreadable
+    # C2PA store, a value outside the PLUS vocabulary) was not checked: unchecked, never allowed.
+    return [
+        Signal(s.signal, "unchecked", USES, s.location, f"{s.evidence} (present but unreadable)")
+        if s.state == "not_evaluable"
+        else s
+        for s in embedded.signals(data)
+    ], None
 
 
 def registry_signals(ctx: Context, hits: list[dict[str, Any]]) -> list[Signal]:

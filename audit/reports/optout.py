@@ -155,9 +155,10 @@ def _coverage_text(summary: dict[str, Any]) -> str:
     lines = [
         "Rows per source and coverage state. *evaluated*: the source was consulted for the row; "
         "*absent*: the source does not exist for the row (no page URL, no image bytes before "
-        "download, unreadable embedded metadata); *not_consulted*: not given to this run (no "
+        "download); *not_consulted*: not given to this run (no "
         "crawl cache, no registry, no Spawning check); *missing*: it should have been checked and "
-        "was not (host missing from the crawl cache, fetch error, unreadable registry) - those "
+        "was not (host missing from the crawl cache, fetch error, unreadable registry, embedded "
+        "metadata present but unreadable) - those "
         "rows are `unchecked`, never allowed. Absent and not-consulted sources do not block a row; "
         "`audit filter --require page,embedded` makes them required."
     ]
