@@ -117,6 +117,17 @@ def test_content_usage_is_an_rfc9651_dictionary(value, reserved, allowed):
     assert uses_of(sigs, "content-usage", "allowed") == allowed
 
 
+def test_content_usage_field_lines_are_combined():
+    """RFC 9651 4.2: "parsers MUST combine all field lines in the same section that have the same
+    name into one comma-separated field-value" - a later line's duplicate key wins, and a line
+    that does not parse voids the whole field."""
+    two = headers.signals([("Content-Usage", "train-ai=n"), ("content-usage", "train-ai=y")])
+    assert uses_of(two, "content-usage", "allowed") == AI
+    assert uses_of(two, "content-usage", "reserved") == ()
+    bad = headers.signals([("Content-Usage", "train-ai=n"), ("Content-Usage", "Bad=n")])
+    assert [s for s in bad if s.signal == "content-usage"] == []
+
+
 def test_content_usage_in_robots_follows_longest_match():
     """draft-ietf-aipref-attach (robots.txt): Content-Usage rules carry an optional path and are
     matched like Allow/Disallow: the most specific (longest) matching path applies."""

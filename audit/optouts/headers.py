@@ -221,6 +221,7 @@ def signals(
     xrt_lines: list[str] = []
     tdm_values: list[tuple[int, str]] = []
     policies: list[str] = []
+    usage: list[tuple[int, str]] = []
     for number, (raw_name, raw_value) in enumerate(list(header_lines)[:_MAX_LINES], 1):
         name, value = str(raw_name).strip().lower(), str(raw_value).strip()
         text = f"{raw_name}: {raw_value}"
@@ -233,9 +234,16 @@ def signals(
         elif name == "tdm-policy":
             policies.append(value)
         elif name == "content-usage":
-            out += content_usage_signals(value, where, text)
+            usage.append((number, value))
         elif name == "content-signal":
             out += content_signal_signals(value, where, text)
+    if usage:
+        # RFC 9651 4.2: all field lines of one field are combined, comma-separated, and parsed
+        # as one value (so a later line's duplicate key wins, and one bad line voids them all).
+        joined = ", ".join(v for _, v in usage)
+        lines = ", ".join(str(n) for n, _ in usage)
+        where = f"{location} (Content-Usage, line {lines})"
+        out += content_usage_signals(joined, where, f"Content-Usage: {joined}")
     policy = f"; tdm-policy: {policies[0]}" if policies else ""
     for number, value in tdm_values:
         where = f"{location} (tdm-reservation, line {number})"
