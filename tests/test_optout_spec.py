@@ -129,17 +129,50 @@ def test_content_usage_field_lines_are_combined():
 
 
 def test_content_usage_in_robots_follows_longest_match():
-    """draft-ietf-aipref-attach (robots.txt): Content-Usage rules carry an optional path and are
-    matched like Allow/Disallow: the most specific (longest) matching path applies."""
+    """draft-ietf-aipref-attach 3, its example: "Of those resources, those under "/ai-ok/" have an
+    associated usage preference of "train-ai=y" and all other resources have a usage preference of
+    "train-ai=n"", and "/never/test" (disallowed) has no usage preference; ExampleBot uses its own
+    group."""
     rf = robots.parse(
-        b"User-agent: *\nAllow: /\nContent-Usage: train-ai=n\n"
-        b"Content-Usage: /open/ train-ai=y\nContent-Usage: /open/closed/ train-ai=n\n"
+        b"User-Agent: *\nAllow: /\nDisallow: /never/\nContent-Usage: / train-ai=n\n"
+        b"Content-Usage: /ai-ok/ train-ai=y\n\n"
+        b"User-Agent: ExampleBot\nAllow: /\nContent-Usage: / train-ai=y\n"
     )
-    at = lambda p: robots.signals(rf, "https://a.example" + p, agents=["GPTBot"])  # noqa: E731
-    assert uses_of(at("/x.jpg"), "content-usage", "reserved") == AI
-    assert uses_of(at("/open/x.jpg"), "content-usage", "allowed") == AI
-    assert uses_of(at("/open/x.jpg"), "content-usage", "reserved") == ()
-    assert uses_of(at("/open/closed/x.jpg"), "content-usage", "reserved") == AI
+
+    def at(p, agent="GPTBot"):
+        return robots.signals(rf, "https://a.example" + p, agents=[agent])
+
+    assert uses_of(at("/test"), "content-usage", "reserved") == AI
+    assert uses_of(at("/ai-ok/test"), "content-usage", "allowed") == AI
+    assert uses_of(at("/ai-ok/test"), "content-usage", "reserved") == ()
+    assert [s for s in at("/never/test") if s.signal == "content-usage"] == []
+    assert uses_of(at("/test", "ExampleBot"), "content-usage", "allowed") == AI
+
+
+def test_content_usage_in_robots_identical_paths_and_malformed_rules():
+    """attach draft 3.1: "If there are Content-Usage rules that have identical paths and
+    conflicting usage preferences, these preferences apply separately" (the most restrictive
+    wins); 3.2: the rule value's path "always starts with "/"" - a rule without one is ignored."""
+    rf = robots.parse(
+        b"User-agent: *\nAllow: /\nContent-Usage: /x/ train-ai=y\nContent-Usage: /x/ train-ai=n\n"
+        b"Content-Usage: train-ai=n\n"
+    )
+    sigs = robots.signals(rf, "https://a.example/x/1.jpg", agents=["GPTBot"])
+    assert uses_of(sigs, "content-usage", "reserved") == AI
+    other = robots.signals(rf, "https://a.example/y.jpg", agents=["GPTBot"])
+    assert [s for s in other if s.signal == "content-usage"] == []
+
+
+def test_vocab_processing_examples():
+    """draft-ietf-aipref-vocab 6.4: "the following expresses no preferences: train-ai=y,
+    train-ai="n", train-genai=n, train-genai, all=n, all=()", and "train-ai;allow=n,
+    train-ai=y" carries "a preference to allow the usage"."""
+    none = headers.content_usage(
+        'train-ai=y, train-ai="n", train-genai=n, train-genai, all=n, all=()'
+    )
+    assert none == {}
+    assert headers.content_usage("train-ai;allow=n, train-ai=y") == {"train-ai": "y"}
+    assert headers.content_usage('train-ai=y, train-ai, search=n, search="n"') == {}
 
 
 # --- robots meta / X-Robots-Tag search directives ---------------------------------------------

@@ -22,7 +22,8 @@ crawling for training needs): a group naming an AI-training agent (`AI_AGENTS`) 
 naming our own auditor reserves data_mining (hence all uses), because it withholds the page from every
 automated collection. `Content-Signal` (Cloudflare) and `Content-Usage` (IETF aipref) lines inside the
 chosen group are read too; Content-Usage lines may start with a path and follow the same longest-match
-rule as Allow/Disallow (a line without a path applies to every path), the first line winning a tie.
+rule as Allow/Disallow, apply only where crawling is allowed, and rules with identical paths all apply
+(most restrictive); a Content-Usage line without a path is malformed and ignored.
 
 `DisallowAITraining` / `AllowAITraining` (draft-canel-robots-ai-control, deployed by Microsoft) are
 path rules of the chosen group matched like Disallow/Allow (longest match, Allow wins a tie); a
@@ -357,7 +358,9 @@ def signals(
                 out.append(Signal("robots.txt", "reserved", uses, where, evidence, agent=scope))
         if token is not None and rf.mode == "parsed":
             extra = _ai_training_signal(rf, token, path, where)
-            extra += _extras(rf, token, path, where)
+            # attach draft 3.1: "Usage preferences apply only to those resources that can be
+            # crawled according to Allow/Disallow rules" (a disallow already reserved above).
+            extra += _extras(rf, token, path, where) if allowed else []
             for sig in extra:
                 if (sig.signal + sig.agent, sig.evidence) not in seen:
                     seen.add((sig.signal + sig.agent, sig.evidence))
@@ -381,26 +384,31 @@ def _ai_training_signal(rf: RobotsFile, token: str, path: str, where: str) -> li
 
 
 def _extras(rf: RobotsFile, token: str, path: str, where: str) -> list[Signal]:
-    """Content-Signal lines of the group, and the longest-matching Content-Usage line."""
+    """Content-Signal lines of the group, and the longest-matching Content-Usage rules.
+
+    draft-ietf-aipref-attach 3: a Content-Usage rule is a path ("It always starts with "/"")
+    then the preference; the longest matching path applies, as for Allow/Disallow; rules with
+    identical paths all apply (combined most-restrictive, unlike Allow/Disallow). A rule without
+    a path is malformed and ignored.
+    """
     out: list[Signal] = []
-    best: tuple[int, int, str, str] | None = None  # (path length, line, value, text)
+    best: list[tuple[int, int, str, str]] = []  # (path length, line, value, text) at the max length
     for key, value, line, text in rf.extras.get(token, []):
         if key == "content-signal":
             for sig in headers.content_signal_signals(value, f"{where} line {line}", text):
                 out.append(_scoped(sig, token))
             continue
-        first, _, rest = value.strip().partition(" ")
-        if first.startswith("/"):
-            rule = compile_pattern(first)
-            if rule is None or not pattern_matches(rule, path):
-                continue
-            length, value = rule.length, rest
-        else:
-            length = 0  # no path: applies everywhere, loses to any matching path
-        if best is None or length > best[0]:
-            best = (length, line, value, text)
-    if best is not None:
-        _, line, value, text = best
+        parts = value.strip().replace("\t", " ").split(" ", 1)
+        if len(parts) != 2 or not parts[0].startswith("/"):
+            continue
+        rule = compile_pattern(parts[0])
+        if rule is None or not pattern_matches(rule, path):
+            continue
+        if not best or rule.length > best[0][0]:
+            best = [(rule.length, line, parts[1].strip(), text)]
+        elif rule.length == best[0][0]:
+            best.append((rule.length, line, parts[1].strip(), text))
+    for _, line, value, text in best:
         for sig in headers.content_usage_signals(value, f"{where} line {line}", text):
             out.append(_scoped(sig, token))
     return out
