@@ -329,11 +329,12 @@ def test_c2pa_ai_training_does_not_imply_generative_training():
 
 
 def test_cawg_10_form_without_entries():
-    """CAWG training-and-data-mining 1.0: the assertion is a map of training-mining entries
-    (`cawg.ai_training` ...) without the `entries` wrapper of 1.1."""
+    """CAWG 1.1: "A previous version of this specification inadvertently omitted the `entries` map
+    from the CDDL definition" - the 1.0 form has the entries at the top level. "In the absence of
+    additional information, `constrained` shall be treated as equivalent to `notAllowed`." """
     content = {
         "cawg.ai_generative_training": {"use": "notAllowed"},
-        "cawg.data_mining": {"use": "constrained", "constraint_info": "ask us"},
+        "cawg.data_mining": {"use": "constrained", "constraints_info": "ask us"},
     }
     sigs = embedded.signals(c2pa_png(content, "cawg.training-mining"))
     assert uses_of(sigs, "c2pa", "reserved") == ("genai_training", "data_mining")
@@ -353,3 +354,23 @@ def test_unknown_custom_keys_are_no_signal_but_reported():
     assert [s.state for s in sigs if s.signal == "c2pa"] == ["allowed"]
     c2pa = [s for s in sigs if s.signal == "c2pa"]
     assert "custom keys, no signal: com.example.robots" in c2pa[0].evidence
+
+
+def test_c2pa_14_example_assertion():
+    """The C2PA 1.4 training-mining example: generative training, inference and training
+    notAllowed, data mining constrained "may only be mined on days whose names end in 'y'"."""
+    content = {
+        "entries": {
+            "c2pa.ai_generative_training": {"use": "notAllowed"},
+            "c2pa.ai_inference": {"use": "notAllowed"},
+            "c2pa.ai_training": {"use": "notAllowed"},
+            "c2pa.data_mining": {
+                "use": "constrained",
+                "constraint_info": "may only be mined on days whose names end in 'y'",
+            },
+        }
+    }
+    sigs = [s for s in embedded.signals(c2pa_png(content)) if s.signal == "c2pa"]
+    assert uses_of(sigs, "c2pa", "reserved") == (*USES, "ai_inference")
+    assert "days whose names end in 'y'" in sigs[0].evidence
+    assert "signature not verified" in sigs[0].location

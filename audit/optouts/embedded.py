@@ -32,7 +32,8 @@ give entries `*.ai_generative_training` -> genai_training, `*.ai_training` -> ai
 allowed | notAllowed | constrained. Each entry stands alone (C2PA 1.4 lists them as separate
 permissions): `ai_training: notAllowed` does not reserve generative training, and
 `ai_generative_training: notAllowed` does not reserve other training. notAllowed and constrained
-reserve (constraints cannot be evaluated by a machine; `constraint_info` is quoted). The entries
+reserve (CAWG: "In the absence of additional information, `constrained` shall be treated as
+equivalent to `notAllowed`"; `constraint_info` / `constraints_info` is quoted). The entries
 sit under `entries` (C2PA 1.4, CAWG 1.1) or directly in the assertion map (the CAWG 1.0 form).
 Entries with other (custom) keys are no signal, but their keys are reported in the evidence.
 Signatures are NOT verified: the location says "C2PA assertion (signature not verified)".
@@ -352,7 +353,12 @@ def c2pa_signals(store_bytes: bytes) -> list[Signal]:
             data = _assertion_data(box)
             for key, entry in _entries(data):
                 use = entry.get("use", "") if isinstance(entry, dict) else ""
-                info = entry.get("constraint_info", "") if isinstance(entry, dict) else ""
+                # C2PA 1.4 names it constraint_info, CAWG 1.1 constraints_info
+                info = (
+                    entry.get("constraint_info") or entry.get("constraints_info") or ""
+                    if isinstance(entry, dict)
+                    else ""
+                )
                 entries.append((box.label, str(key), str(use), str(info or "")))
     except (jumbf.FormatProblem, ValueError, RecursionError) as e:
         return [
