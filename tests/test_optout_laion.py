@@ -116,6 +116,7 @@ def test_coverage_per_row_and_per_dataset(laion):
     assert "no image bytes" in cov.column("not_evaluated")[0].as_py()
     assert summary["coverage"]["embedded"] == {"absent": N}
     assert summary["evaluable"] == ["registry"]
+    assert summary["coverage_notes"]["page"] == {"absent": "the dataset has no page URL column"}
     assert summary["decisions"]["genai_training"]["allowed"] == sum(
         not reserved_by_registry(i) for i in range(N)
     )
@@ -167,7 +168,8 @@ def test_report_shows_coverage(laion, tmp_path):
     md = report.write(ws, tmp_path).read_text()
     head = md.split("## Decisions per use")[0]
     assert "## Coverage" in head and "embedded" in head and "absent" in head
-    assert f"| embedded | 0 | 0 | {N} | 0 |" in md
+    assert f"| embedded | 0 | 0 | {N} | 0 | absent: no image bytes" in md
+    assert f"| page | 0 | 0 | {N} | 0 | absent: the dataset has no page URL column" in md
     assert "matched no row" in md
 
 

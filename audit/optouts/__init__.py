@@ -94,7 +94,13 @@ def compute(
     ):
         return run.record["summary"]
     ctx = decide.Context(regs, store, agents, index_policy, rules=registries.connect_rules(regs))
-    ctx.has_page_column = "page_url" in pq.read_schema(ws.path(parts[0].path)).names
+    # Ingest always writes a page_url column; whether the *input* had one is in its mapping.
+    inputs = ws.manifest.get("inputs", [])
+    ctx.has_page_column = (
+        any("page_url" in (rec.get("columns") or {}) for rec in inputs)
+        if any(rec.get("columns") for rec in inputs)
+        else "page_url" in pq.read_schema(ws.path(parts[0].path)).names
+    )
     if spawning:
         todo = [p for p in parts if not run.is_done(p.number)]
         wanted = [
@@ -127,6 +133,7 @@ def compute(
         "decisions": _sum_nested([c["decisions"] for c in counts]),
         "signals": _sum_nested([c["signals"] for c in counts]),
         "coverage": _sum_nested([c.get("coverage", {}) for c in counts]),
+        "coverage_notes": _first_notes([c.get("coverage_notes", {}) for c in counts]),
         "errors": _sum_nested([{"_": c["errors"]} for c in counts]).get("_", {}),
         "registries": [
             {
@@ -154,6 +161,16 @@ def compute(
     ]
     run.finish(summary, [Output(path, rows=n) for path, n in merged])
     return summary
+
+
+def _first_notes(items: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, str]]:
+    """Per source and coverage state, the first reason any part recorded (an example for the report)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        for src, per in item.items():
+            for state, why in per.items():
+                out.setdefault(src, {}).setdefault(state, why)
+    return out
 
 
 def _sum_nested(items: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:

@@ -350,6 +350,7 @@ def evaluate_part(
             {
                 "row_id": rid,
                 **{src: state for src, (state, _) in cover.items()},
+                "_why": {src: (state, why) for src, (state, why) in cover.items()},
                 "not_evaluated": "; ".join(
                     f"{src}: {state}" + (f" ({why})" if why else "")
                     for src, (state, why) in cover.items()
@@ -448,14 +449,24 @@ def part_counts(
         per = signals.setdefault(signal, {})
         per[state] = per.get(state, 0) + 1
     cover: dict[str, dict[str, int]] = {}
+    notes: dict[str, dict[str, str]] = {}  # source -> state -> the first reason seen
     for r in cov_rows:
         for src in SOURCES:
             per = cover.setdefault(src, {})
             per[r[src]] = per.get(r[src], 0) + 1
+            state, why = r.get("_why", {}).get(src, (r[src], ""))
+            if state != "evaluated" and why:
+                notes.setdefault(src, {}).setdefault(state, why[:200])
     errors: dict[str, int] = {}
     for e in err_rows:
         errors[e["reason"]] = errors.get(e["reason"], 0) + 1
-    return {"decisions": decisions, "signals": signals, "coverage": cover, "errors": errors}
+    return {
+        "decisions": decisions,
+        "signals": signals,
+        "coverage": cover,
+        "coverage_notes": notes,
+        "errors": errors,
+    }
 
 
 def merge_parts(ws: Any, parts: list[Any]) -> list[tuple[str, int]]:

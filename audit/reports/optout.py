@@ -181,8 +181,15 @@ def _coverage_text(summary: dict[str, Any]) -> str:
 
 
 def _coverage(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    notes = summary.get("coverage_notes", {})
     return [
-        {"source": src, **{state: per.get(state, 0) for state in COVERAGE}}
+        {
+            "source": src,
+            **{state: per.get(state, 0) for state in COVERAGE},
+            "e.g. why not evaluated": "; ".join(
+                f"{state}: {why}" for state, why in notes.get(src, {}).items()
+            )[:160],
+        }
         for src, per in summary.get("coverage", {}).items()
     ]
 
