@@ -374,3 +374,11 @@ def test_c2pa_14_example_assertion():
     assert uses_of(sigs, "c2pa", "reserved") == (*USES, "ai_inference")
     assert "days whose names end in 'y'" in sigs[0].evidence
     assert "signature not verified" in sigs[0].location
+
+
+def test_disallow_ai_training_as_a_robots_directive():
+    """draft-canel-robots-ai-control also carries the rule as a robots meta / X-Robots-Tag value."""
+    sigs = headers.signals([("X-Robots-Tag", "DisallowAITraining")])
+    assert uses_of(sigs, "x-robots-tag", "reserved") == AI
+    page = b'<meta name="robots" content="DisallowAITraining">'
+    assert uses_of(htmlmeta.signals(page), "html-meta-robots", "reserved") == AI

@@ -38,7 +38,8 @@ from audit.optouts.signals import DEFAULT_AGENTS, USES, Signal, expand_uses, pro
 
 # Directives that take a value after ":"; anything else before a ":" is a user-agent scope.
 _VALUE_DIRECTIVES = {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
-AI_DIRECTIVES = frozenset({"noai", "noimageai", "noml"})
+# "disallowaitraining" is the robots meta / X-Robots-Tag form of draft-canel-robots-ai-control.
+AI_DIRECTIVES = frozenset({"noai", "noimageai", "noml", "disallowaitraining"})
 INDEX_DIRECTIVES = frozenset({"noindex", "noimageindex", "none"})
 # Content-Usage category -> (our use, parent categories to fall back to, most specific first).
 _USAGE: dict[str, tuple[str, tuple[str, ...]]] = {
