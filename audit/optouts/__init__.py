@@ -55,6 +55,7 @@ def compute(
 
     from audit.errors import AuditError
     from audit.optouts import decide
+    from audit.optouts import outputs as files
     from audit.optouts import registry as registries
     from audit.optouts import spawning as spawn
     from audit.optouts.cache import CrawlCache
@@ -115,8 +116,8 @@ def compute(
             continue
         table = pq.read_table(ws.path(part.path))
         sig_rows, dec_rows, err_rows, cov_rows = decide.evaluate_part(ctx, table)
-        outputs = decide.write_part(ws, part, sig_rows, dec_rows, err_rows, cov_rows)
-        counts = decide.part_counts(sig_rows, dec_rows, err_rows, cov_rows)
+        outputs = files.write_part(ws, part, sig_rows, dec_rows, err_rows, cov_rows)
+        counts = files.part_counts(sig_rows, dec_rows, err_rows, cov_rows)
         counts["matched_rules"] = sorted(
             {
                 r["location"]
@@ -125,7 +126,7 @@ def compute(
             }
         )
         run.record_part(part.number, outputs, counts=counts)
-    merged = decide.merge_parts(ws, parts)
+    merged = files.merge_parts(ws, parts)
     counts = [run.part_info(p.number)["counts"] for p in parts]
     matched = {loc for c in counts for loc in c.get("matched_rules", [])}
     summary = {
