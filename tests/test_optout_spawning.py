@@ -105,3 +105,17 @@ def test_stage_with_spawning(api, make_workspace, monkeypatch):
     assert s["decisions"]["genai_training"] == {"unchecked": 2}  # never allowed without an answer
     cov = pq.read_table(ws.path("optout/coverage.parquet")).column("spawning").to_pylist()
     assert cov == ["missing", "missing"]
+
+
+def test_cli_warns_without_a_key(make_workspace, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from audit.cli import cli
+
+    monkeypatch.delenv(spawning.KEY_ENV, raising=False)
+    ws = make_workspace([None], urls=["https://a.example/in/1.jpg"])
+    res = CliRunner().invoke(
+        cli, ["optout", str(ws.root), "--spawning", "--report-dir", str(tmp_path / "r")]
+    )
+    assert res.exit_code == 0 and "warning: Spawning API: no API key" in res.output
+    assert "unchecked 1" in res.output

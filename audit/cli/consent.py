@@ -87,6 +87,8 @@ def decide(
         spawning_endpoint=spawning_endpoint,
     )
     page = report.write(ws_root, report_dir)
+    for warning in (s.get("spawning") or {}).get("warnings", []):
+        click.echo(f"warning: Spawning API: {warning}", err=True)
     g = s["decisions"].get("genai_training", {})
     click.echo(
         f"{s['rows']} rows; genai_training: "
