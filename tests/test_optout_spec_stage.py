@@ -127,3 +127,19 @@ def test_embedded_metadata_present_but_unreadable_is_unchecked(make_workspace):
     s = optouts.compute(ws.root)
     assert s["decisions"]["genai_training"] == {"unchecked": 1}
     assert s["coverage"]["embedded"] == {"missing": 1}
+
+
+def test_a_malformed_url_is_not_allowed_by_a_registry_that_could_not_match_it(
+    make_workspace, tmp_path
+):
+    reg = tmp_path / "r.txt"
+    reg.write_text("b.example\n")
+    ws = make_workspace([None, None], urls=["http://[::1", f"{A}/ok.png"])
+    s = optouts.compute(ws.root, registry=[reg])
+    cov = pq.read_table(ws.path("optout/coverage.parquet")).column("registry").to_pylist()
+    assert cov == ["absent", "evaluated"]
+    assert s["decisions"]["genai_training"] == {"not_evaluable": 1, "allowed": 1}
+    from audit.workspace import Workspace
+
+    n = Workspace.open(ws.root).connect().execute("SELECT count(*) FROM optout_coverage").fetchone()
+    assert n == (2,)

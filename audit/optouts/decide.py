@@ -222,9 +222,12 @@ def spawning_signals(ctx: Context, url: str | None) -> list[Signal]:
 
 
 def coverage(
-    ctx: Context, sigs: list[Signal], page_url: str | None = "?"
+    ctx: Context, sigs: list[Signal], page_url: str | None = "?", url_ok: bool = True
 ) -> dict[str, tuple[str, str]]:
-    """(state, why) per source for one row's signals (see the module doc for the states)."""
+    """(state, why) per source for one row's signals (see the module doc for the states).
+
+    `url_ok` False (a malformed image URL): a registry can only have matched the page URL, and
+    nothing can be asked about the image URL, so those sources are absent unless a rule hit."""
     by_source: dict[str, list[Signal]] = {src: [] for src in SOURCES}
     for s in sigs:
         by_source[_SOURCE_OF[s.signal]].append(s)
@@ -242,6 +245,8 @@ def coverage(
             out[src] = ("not_consulted", "no crawl cache (--cache)")
         elif any(s.state == "unchecked" for s in found):
             out[src] = ("missing", next(s.evidence for s in found if s.state == "unchecked"))
+        elif src in ("registry", "spawning") and not url_ok and not found:
+            out[src] = ("absent", "malformed image URL: it cannot be looked up")
         elif src == "registry" or any(s.state in ("reserved", "allowed") for s in found):
             out[src] = ("evaluated", "")
         else:
@@ -325,9 +330,10 @@ def evaluate_part(
     sig_rows, dec_rows, err_rows, cov_rows = [], [], [], []
     for row in table.select(wanted).to_pylist():
         rid = row["row_id"]
+        url_ok = bool(row["url"]) and urls.normalise(row["url"]) is not None
         sigs = registry_signals(ctx, hits.get(rid, []))
         if ctx.spawning is not None:
-            sigs += spawning_signals(ctx, row["url"])
+            sigs += spawning_signals(ctx, row["url"]) if url_ok else []
         emb, problem = embedded_signals(row)
         sigs += emb
         if ctx.cache is not None:
@@ -345,7 +351,7 @@ def evaluate_part(
                         "agent": s.agent,
                     }
                 )
-        cover = coverage(ctx, sigs, row.get("page_url"))
+        cover = coverage(ctx, sigs, row.get("page_url"), url_ok)
         cov_rows.append(
             {
                 "row_id": rid,
@@ -368,6 +374,6 @@ def evaluate_part(
         }
         if problem is not None:
             err_rows.append({**base, "reason": problem.reason, "detail": problem.detail})
-        if not row["url"] or urls.normalise(row["url"]) is None:
+        if not url_ok:
             err_rows.append({**base, "reason": "malformed_url", "detail": str(row["url"])[:300]})
     return sig_rows, dec_rows, err_rows, cov_rows
