@@ -21,7 +21,8 @@ import pyarrow as pa
 SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
     "key": ("key", "SAMPLE_ID", "sample_id", "id"),
     "url": ("url", "URL", "image_url"),
-    "caption": ("caption", "TEXT", "text", "alt", "alt_text"),
+    # `txt`: img2dataset's caption sidecar extension, and the column of its sample inputs
+    "caption": ("caption", "TEXT", "text", "alt", "alt_text", "txt"),
     "width": ("width", "WIDTH"),
     "height": ("height", "HEIGHT"),
     "original_width": ("original_width",),

@@ -57,6 +57,7 @@ from audit.images import DEFAULT_MAX_PIXELS
 from audit.metadata.records import Piece, Reader, build
 from audit.metadata.scan import IMAGE_EXTS, RawBatch
 from audit.metadata.sources import KINDS, Input, detect
+from audit.metadata.tables import is_remote
 from audit.progress import track
 from audit.schema import ERRORS, error_table
 from audit.workspace import Output, StageRun, Workspace, atomic_write_parquet, part_name
@@ -64,6 +65,10 @@ from audit.workspace import Output, StageRun, Workspace, atomic_write_parquet, p
 __all__ = ["ingest", "detect", "IMAGE_EXTS", "KINDS"]
 
 KEYS_ERRORS = "errors/ingest-keys.parquet"
+# Image bytes that arrive inside a parquet input (img2dataset `--output_format parquet`) are
+# copied here, one file per metadata part, so every stage reads them by path, offset and size
+# like bytes in a tar shard.
+EMBEDDED_DIR = "images"
 INPUT_ERRORS = "errors/ingest-inputs.parquet"
 
 
@@ -74,8 +79,13 @@ def ingest(
     rows_per_part: int = 100_000,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     verify_images: bool = True,
+    url_col: str | None = None,
+    caption_col: str | None = None,
 ) -> dict[str, Any]:
     """Ingest `sources` into the workspace at `ws_root` (created if needed); returns the summary.
+
+    `url_col` / `caption_col` name the source columns holding the URL and the caption when
+    they are not among the accepted names (img2dataset's `--url_col` / `--caption_col`).
 
     Example: `ingest("indexes/demo", ["audit/data/sample/"])` then `audit status indexes/demo`.
     """
@@ -85,7 +95,9 @@ def ingest(
     if max_pixels < 1:
         raise AuditError(f"max_pixels must be at least 1 (got {max_pixels}).")
     inputs, skipped = detect(list(sources))
+    overrides = {k: v for k, v in (("url", url_col), ("caption", caption_col)) if v}
     for inp in inputs:
+        inp.overrides = overrides
         inp.check()
     ws = Workspace.create(ws_root, dataset)
     if dataset is not None and ws.dataset != dataset:
@@ -95,7 +107,8 @@ def ingest(
         )
     records = [inp.fingerprint() for inp in inputs]
     params = {
-        "sources": [str(Path(s).resolve()) for s in sources],
+        "sources": [str(s) if is_remote(s) else str(Path(s).resolve()) for s in sources],
+        "columns": overrides,
         "rows_per_part": rows_per_part,
         "max_pixels": max_pixels,
         "verify_images": verify_images,
@@ -103,9 +116,18 @@ def ingest(
     }
     run = ws.start_stage("ingest", params)
     # a killed run leaves temporary files; a fresh start also drops an earlier ingest's parts
-    _remove_ingest_files(ws, ("metadata/.tmp-part-*", "errors/.tmp-ingest-*"))
+    _remove_ingest_files(
+        ws, ("metadata/.tmp-part-*", "errors/.tmp-ingest-*", f"{EMBEDDED_DIR}/.tmp-part-*")
+    )
     if not run.record["parts"]:
-        _remove_ingest_files(ws, ("metadata/part-*.parquet", "errors/ingest-*.parquet"))
+        _remove_ingest_files(
+            ws,
+            (
+                "metadata/part-*.parquet",
+                "errors/ingest-*.parquet",
+                f"{EMBEDDED_DIR}/part-*.bin",
+            ),
+        )
     ws.manifest["inputs"] = records
     ws.save()
 
@@ -163,6 +185,7 @@ class _PartWriter:
         self._rows = 0
         self._done = False
         self._source = ""
+        self._blob: Any = None  # open temporary image file of the current part, if any
 
     def add(self, idx: int, inp: Input, unit: str, raw: RawBatch, rows_per_part: int) -> None:
         key = (idx, unit, raw.pos // rows_per_part)
@@ -177,6 +200,8 @@ class _PartWriter:
                 and self.run.is_done(self.next_part)
             )
         if not self._done:
+            if raw.inline is not None:
+                raw.images = self._embed(raw)
             self._pieces.append(
                 build(
                     raw,
@@ -189,6 +214,28 @@ class _PartWriter:
             )
         self._rows += raw.n
         self.rows_per_input[idx] += raw.n
+
+    def _embed(self, raw: RawBatch) -> list[Any]:
+        """Append the batch's inline image bytes to this part's image file; their locations."""
+        from audit.metadata.scan import Loc
+
+        name = part_name(self.next_part)
+        final = self.run.ws.path(f"{EMBEDDED_DIR}/part-{name}.bin")
+        if self._blob is None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._blob = open(final.with_name(f".tmp-part-{name}.bin"), "wb")  # noqa: SIM115
+        keys = raw.columns.get("key")
+        keys = keys.to_pylist() if keys is not None else [None] * raw.n
+        locs: list[Any] = []
+        for i, data in enumerate(raw.inline or []):
+            if data is None:
+                locs.append(None)
+                continue
+            offset = self._blob.tell()
+            self._blob.write(data)
+            member = f"{keys[i] if keys[i] is not None else raw.source_rows[i]}.img"
+            locs.append(Loc(str(final), member, offset, len(data)))
+        return locs
 
     def flush(self) -> None:
         if self._key is None:
@@ -218,6 +265,14 @@ class _PartWriter:
         rows = [e for p in self._pieces for e in p.errors]
         meta_rel, err_rel = f"metadata/part-{name}.parquet", f"errors/ingest-{name}.parquet"
         outputs = [Output(meta_rel, table.num_rows, self.next_row)]
+        if self._blob is not None:
+            blob_rel = f"{EMBEDDED_DIR}/part-{name}.bin"
+            self._blob.flush()
+            os.fsync(self._blob.fileno())
+            self._blob.close()
+            os.replace(self._blob.name, ws.path(blob_rel))
+            self._blob = None
+            outputs.append(Output(blob_rel, table.num_rows, self.next_row))
         if rows:
             atomic_write_parquet(ws.path(err_rel), error_table(rows))
             outputs.append(Output(err_rel, len(rows)))

@@ -114,6 +114,12 @@ def build(
         cols["image_status"] = pa.array(["missing"] * n, pa.string())
         return _piece(raw, cols, row_offset, source_file, errors, Counter({"missing": n}))
     declared = cols["sha256"].to_pylist()
+    # img2dataset's `sha256` (with `--compute_hash sha256`) hashes the raw download, before its
+    # resizer re-encodes the image (it always does, unless `--skip_reencode`), so it is the
+    # declared *source* hash: it never matches the stored bytes and that says nothing. It stays
+    # in `sha256`; the stored bytes' own hash is `image_sha256`. Rows carrying img2dataset's
+    # `status` are its output; only other declared hashes are compared.
+    downloaded = cols["download_status"].to_pylist()
     for i, loc in enumerate(raw.images):
         if loc is None:
             img["image_status"][i] = "missing"
@@ -123,7 +129,9 @@ def build(
         img["image_path"][i], img["image_member"][i] = loc.path, loc.member
         img["image_offset"][i], img["image_size"][i] = loc.offset, loc.size
         try:
-            data = reader.read(loc)
+            data = raw.inline[i] if raw.inline is not None else reader.read(loc)
+            if data is None:
+                raise ImageProblem("image_missing", "no image bytes in the parquet row")
             img["image_sha256"][i] = digest = hashlib.sha256(data).hexdigest()
             fmt, w, h = inspect(data, max_pixels, verify_images)
         except ImageProblem as p:
@@ -134,7 +142,7 @@ def build(
         img["image_status"][i] = "ok"
         # A mismatch is provenance news, not an unusable image: the bytes in the shard are
         # what a model would train on, so the row stays `ok`.
-        if declared[i] and declared[i].strip().lower() != digest:
+        if declared[i] and downloaded[i] is None and declared[i].strip().lower() != digest:
             error(i, "sha256_mismatch", f"declared {declared[i]}, bytes hash to {digest}")
 
     cols.update({k: pa.array(v, type=METADATA.field(k).type) for k, v in img.items()})
