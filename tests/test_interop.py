@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from audit import metadata
+from audit import clip_retrieval, metadata
 from audit.cli import cli
 from audit.errors import AuditError
 from audit.images import read_bytes
@@ -203,3 +203,132 @@ def test_memory_and_file_urls(tmp_path: Path) -> None:
     )
     assert s["rows"] == 9
     assert errors_of(tmp_path / "ws2") == []
+
+
+# -- clip-retrieval ------------------------------------------------------------------------------
+CR = INTEROP / "clip_retrieval"
+
+
+def _cr_by_key(folder: Path) -> dict[str, tuple]:
+    import numpy as np
+
+    meta = (
+        pq.read_table(folder / "metadata" / "metadata_0.parquet").column("image_path").to_pylist()
+    )
+    img = np.load(folder / "img_emb" / "img_emb_0.npy")
+    txt = np.load(folder / "text_emb" / "text_emb_0.npy")
+    return {k: (img[i], txt[i]) for i, k in enumerate(meta)}
+
+
+def _shuffled_copy(src: Path, dst: Path) -> Path:
+    """The same clip-retrieval output with its rows in another order (metadata and npy alike)."""
+    import numpy as np
+
+    order = np.array([5, 2, 7, 0, 3, 6, 1, 4])
+    for sub in ("img_emb", "text_emb", "metadata"):
+        (dst / sub).mkdir(parents=True)
+    t = pq.read_table(src / "metadata" / "metadata_0.parquet").take(pa.array(order))
+    pq.write_table(t, dst / "metadata" / "metadata_0.parquet")
+    for sub, name in (("img_emb", "img_emb_0.npy"), ("text_emb", "text_emb_0.npy")):
+        np.save(dst / sub / name, np.load(src / sub / name)[order])
+    return dst
+
+
+def test_clip_retrieval_import_aligns_by_key_not_position(tmp_path: Path) -> None:
+    import numpy as np
+
+    metadata.ingest(tmp_path / "ws", [I2D / "webdataset"])
+    # rows in another order than the workspace's: position alone would misalign every row
+    folder = _shuffled_copy(CR, tmp_path / "cr")
+    res = CliRunner().invoke(
+        cli,
+        [
+            "import-embeddings",
+            str(tmp_path / "ws"),
+            str(folder),
+            "--model-name",
+            "interop-tiny",
+            "--untrained",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "imported 8 of 9 rows' embeddings (dim 64, matched by key" in res.output
+    want = _cr_by_key(CR)
+    img = np.load(tmp_path / "ws" / "embeddings" / "img-00000.npy")
+    txt = np.load(tmp_path / "ws" / "embeddings" / "txt-00000.npy")
+    for r in rows_of(tmp_path / "ws"):
+        if r["key"] in want:
+            assert np.array_equal(img[r["row_id"]], want[r["key"]][0])
+            assert np.array_equal(txt[r["row_id"]], want[r["key"]][1])
+        else:  # the failed download has no embedding
+            assert not img[r["row_id"]].any()
+    model = json.loads((tmp_path / "ws" / "embeddings" / "model.json").read_text())
+    assert model["model"] == "interop-tiny" and model["trained"] is False
+    status = CliRunner().invoke(cli, ["status", str(tmp_path / "ws")])
+    assert "embed" in status.output and "done" in status.output
+
+
+def test_clip_retrieval_import_by_image_file_path(tmp_path: Path) -> None:
+    """`--input_format files`: clip-retrieval's image_path is the image file's path."""
+    import numpy as np
+
+    metadata.ingest(tmp_path / "ws", [I2D / "files"])
+    rows = [r for r in rows_of(tmp_path / "ws") if r["image_status"] == "ok"]
+    dst = tmp_path / "cr"
+    for sub in ("img_emb", "metadata"):
+        (dst / sub).mkdir(parents=True)
+    vecs = np.eye(len(rows), 16, dtype=np.float16)
+    pq.write_table(
+        pa.table({"image_path": [r["image_path"] for r in rows][::-1]}),
+        dst / "metadata" / "metadata_0.parquet",
+    )
+    np.save(dst / "img_emb" / "img_emb_0.npy", vecs)
+    s = clip_retrieval.import_embeddings(tmp_path / "ws", dst, model_name="m")
+    assert s["matched_by"] == "image_path" and s["matched"] == len(rows)
+    img = np.load(tmp_path / "ws" / "embeddings" / "img-00000.npy")
+    for j, r in enumerate(rows[::-1]):
+        assert np.array_equal(img[r["row_id"]], vecs[j])
+
+
+def test_clip_retrieval_import_refuses_other_folders(tmp_path: Path) -> None:
+    metadata.ingest(tmp_path / "ws", [I2D / "webdataset"])
+    with pytest.raises(AuditError, match="not clip-retrieval inference output"):
+        clip_retrieval.import_embeddings(tmp_path / "ws", I2D / "webdataset", model_name="m")
+    with pytest.raises(AuditError, match="--model-name"):
+        clip_retrieval.import_embeddings(tmp_path / "ws", CR, model_name="")
+
+
+def test_clip_retrieval_export_round_trip_and_index_ids_are_positions(tmp_path: Path) -> None:
+    import faiss
+    import numpy as np
+
+    from audit import knn
+
+    metadata.ingest(tmp_path / "ws", [I2D / "webdataset"])
+    clip_retrieval.import_embeddings(tmp_path / "ws", CR, model_name="interop-tiny", trained=False)
+    knn.build(tmp_path / "ws")
+    out = tmp_path / "export"
+    res = CliRunner().invoke(cli, ["export-embeddings", str(tmp_path / "ws"), str(out)])
+    assert res.exit_code == 0, res.output
+    assert "exported 8 vectors (dim 64, Flat index) in 1 partition(s)" in res.output
+    # what clip-retrieval wrote, clip-retrieval's layout gives back: same rows, same vectors
+    assert _cr_by_key(out).keys() == _cr_by_key(CR).keys()
+    for k, (img, txt) in _cr_by_key(out).items():
+        assert np.array_equal(img, _cr_by_key(CR)[k][0]) and np.array_equal(
+            txt, _cr_by_key(CR)[k][1]
+        )
+    # the back end maps a faiss id to the metadata row at that position
+    index = faiss.read_index(str(out / "image.index"))
+    vecs = np.load(out / "img_emb" / "img_emb_0.npy").astype(np.float32)
+    _, ids = index.search(vecs, 1)
+    assert ids[:, 0].tolist() == list(range(8))
+    infos = json.loads((out / "image.json").read_text())
+    assert infos["index_key"] == "Flat" and infos["nb vectors"] == 8
+    # and the export imports again into a fresh workspace, identically
+    metadata.ingest(tmp_path / "ws2", [I2D / "webdataset"])
+    clip_retrieval.import_embeddings(tmp_path / "ws2", out, model_name="interop-tiny")
+    for name in ("img-00000.npy", "txt-00000.npy"):
+        assert np.array_equal(
+            np.load(tmp_path / "ws" / "embeddings" / name),
+            np.load(tmp_path / "ws2" / "embeddings" / name),
+        )
