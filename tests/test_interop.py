@@ -332,3 +332,73 @@ def test_clip_retrieval_export_round_trip_and_index_ids_are_positions(tmp_path: 
             np.load(tmp_path / "ws" / "embeddings" / name),
             np.load(tmp_path / "ws2" / "embeddings" / name),
         )
+
+
+# -- filter output as training shards ------------------------------------------------------------
+def _filtered(tmp_path: Path, fmt: str) -> tuple[Path, Path, dict]:
+    from audit import optouts
+
+    ws = tmp_path / "ws"
+    metadata.ingest(ws, [I2D / "webdataset"])
+    reg = tmp_path / "urls.csv"
+    reg.write_text("url,use\nhttp://127.0.0.1:8765/bat_orlando_karam_.png,ai_training\n")
+    optouts.compute(ws, registry=[reg])
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        cli,
+        [
+            "filter",
+            str(ws),
+            "--out",
+            str(out),
+            "--format",
+            fmt,
+            "--samples-per-shard",
+            "3",
+            "--keep",
+            "unchecked",
+            "--keep",
+            "not_evaluable",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    return ws, out, json.loads((tmp_path / "out.removed.json").read_text())
+
+
+def test_filter_writes_webdataset_shards_with_the_same_keys_and_sidecars(tmp_path: Path) -> None:
+    ws, out, summary = _filtered(tmp_path, "webdataset")
+    # 9 rows: the 404 has no image, the bat is opted out -> 7 samples in shards of 3
+    assert summary["shards"] == {"format": "webdataset", "shards": 3, "samples": 7, "no_image": 1}
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"0000{i}.{e}" for i in range(3) for e in ("parquet", "tar")
+    ]
+    with tarfile_open(I2D / "webdataset" / "00000.tar") as tf:
+        original = {m.name: tf.extractfile(m).read() for m in tf if m.isfile()}
+    got: dict[str, bytes] = {}
+    for i in range(3):
+        with tarfile_open(out / f"0000{i}.tar") as tf:
+            got.update({m.name: tf.extractfile(m).read() for m in tf if m.isfile()})
+    bat = next(r["key"] for r in rows_of(ws) if "bat_" in r["url"])
+    assert set(got) == {n for n in original if not n.startswith(bat)}
+    assert all(got[n] == original[n] for n in got)  # images and sidecars byte for byte
+    # and the shards ingest again as img2dataset webdataset output
+    s = metadata.ingest(tmp_path / "again", [out])
+    assert s["rows"] == 7 and s["images"]["ok"] == 7 and s["errors"] == {}
+
+
+def test_filter_writes_img2dataset_parquet(tmp_path: Path) -> None:
+    ws, out, summary = _filtered(tmp_path, "img2dataset-parquet")
+    assert summary["shards"]["samples"] == 7 and summary["shards"]["shards"] == 3
+    t = pq.read_table(out / "00000.parquet")
+    assert t.column_names == [*declared("webdataset")["0000000"].keys(), "jpg"]
+    assert "jpg" in t.column_names
+    s = metadata.ingest(tmp_path / "again", [out])
+    assert s["rows"] == 7 and s["images"]["ok"] == 7 and s["errors"] == {}
+    before = {r["key"]: r["image_sha256"] for r in rows_of(ws)}
+    assert all(before[r["key"]] == r["image_sha256"] for r in rows_of(tmp_path / "again"))
+
+
+def tarfile_open(path: Path):  # noqa: ANN201 - a context manager
+    import tarfile
+
+    return tarfile.open(path)

@@ -175,8 +175,16 @@ def export_warc(cache: str, out: str) -> None:
 @click.command("filter")
 @click.argument("ws_root", type=click.Path(file_okay=False))
 @click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="Consented subset (.parquet)."
+    "--out", required=True, type=click.Path(), help="Consented subset (.parquet, or a folder)."
 )
+@click.option(
+    "--format",
+    "format",
+    type=click.Choice(["parquet", "webdataset", "img2dataset-parquet"]),
+    help="parquet: the input's schema in one file [default]; webdataset / img2dataset-parquet: "
+    "training shards in folder --out.",
+)
+@click.option("--samples-per-shard", type=int, help="Rows per shard for shard formats [10000].")
 @click.option(
     "--use",
     default="genai_training",
@@ -190,14 +198,25 @@ def export_warc(cache: str, out: str) -> None:
     type=click.Choice(["unchecked", "not_evaluable"]),
     help="Also keep rows in this state (default: only allowed rows); repeatable.",
 )
-def filter_(ws_root: str, out: str, use: str, keep: tuple[str, ...]) -> None:
+def filter_(
+    ws_root: str,
+    out: str,
+    use: str,
+    keep: tuple[str, ...],
+    format: str | None,
+    samples_per_shard: int | None,
+) -> None:
     """Write the rows consented for a use, in the input's own schema, plus a removal manifest.
 
     Example: audit filter indexes/sample --out clean.parquet --use genai_training
+    Example: audit filter indexes/sample --out clean-shards/ --format webdataset
     """
     from audit import optouts
 
-    s = optouts.filter_dataset(ws_root, out, use=use, keep=list(keep))
+    given = {"format": format, "samples_per_shard": samples_per_shard}
+    s = optouts.filter_dataset(
+        ws_root, out, use=use, keep=list(keep), **{k: v for k, v in given.items() if v}
+    )
     click.echo(
         f"kept {s['kept']} of {s['rows']} rows for {use} -> {s['out']}; removed {s['removed']} "
         f"({', '.join(f'{k} {v}' for k, v in s['by_decision'].items()) or 'none'}); "

@@ -62,7 +62,8 @@ class Input:
     problems: list[dict[str, Any]] = field(default_factory=list)  # input-level error rows
     skipped: int = 0  # sidecar-only samples and non-image files that became no row
     overrides: dict[str, str] = field(default_factory=dict)  # canonical -> source (--url-col)
-    embedded: str | None = None  # the parquet column holding image bytes (img2dataset parquet)
+    # parquet columns holding image bytes (img2dataset parquet: one per encode format)
+    embedded: tuple[str, ...] = ()
 
     @property
     def location(self) -> str:
@@ -81,9 +82,9 @@ class Input:
             self.num_rows = pf.metadata.num_rows
             names = pf.schema_arrow.names
             if self.kind == "parquet":
-                self.embedded = _embedded_column(pf.schema_arrow)
+                self.embedded = _embedded_columns(pf.schema_arrow)
             self.mapping, self.extras = resolve(
-                [n for n in names if n != self.embedded],
+                [n for n in names if n not in self.embedded],
                 self.location,
                 overrides=self.overrides,
                 # img2dataset run on a URL list writes no caption column
@@ -112,7 +113,7 @@ class Input:
             else digest(self.path),
         }
         if self.embedded:
-            rec["embedded_images"] = self.embedded
+            rec["embedded_images"] = list(self.embedded)
         if self.images is not None:
             rec["images"] = str(self.images)
             rec["images_sha256"] = digest(self.images)
@@ -193,8 +194,11 @@ class Input:
         images: list[Loc | None] = [None] * n
         expect = [False] * n
         inline = None
-        if self.embedded is not None:
-            inline = rb.column(self.embedded).to_pylist()
+        if self.embedded:
+            cols = [rb.column(c).to_pylist() for c in self.embedded]
+            inline = [
+                next((v for v in vals if v is not None), None) for vals in zip(*cols, strict=True)
+            ]
             statuses = _strings(columns.get("download_status"), n)
             expect = [st in (None, "success") for st in statuses]
         if samples is not None:
@@ -368,16 +372,17 @@ def _parquet_file(path: str) -> Any:
         ) from e
 
 
-def _embedded_column(schema: Any) -> str | None:
+def _embedded_columns(schema: Any) -> tuple[str, ...]:
     import pyarrow as pa
 
+    found = []
     for name in EMBEDDED_IMAGE_COLUMNS:
         i = schema.get_field_index(name)
         if i >= 0 and (
             pa.types.is_binary(schema.types[i]) or pa.types.is_large_binary(schema.types[i])
         ):
-            return name
-    return None
+            found.append(name)
+    return tuple(found)
 
 
 def _strings(values: Any, n: int) -> list[str | None]:
