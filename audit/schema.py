@@ -127,6 +127,9 @@ ERRORS = pa.schema(
 
 def error_table(rows: list[dict]) -> pa.Table:
     """Errors as an Arrow table with the `ERRORS` schema (missing fields become null)."""
+    if not rows:
+        # (from_pylist and empty_table import pandas, seconds for nothing in a short run)
+        return pa.Table.from_arrays([pa.nulls(0, f.type) for f in ERRORS], schema=ERRORS)
     return pa.Table.from_pylist(
         [{name: r.get(name) for name in ERRORS.names} for r in rows], schema=ERRORS
     )

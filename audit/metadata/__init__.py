@@ -49,6 +49,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from audit.errors import AuditError
 from audit.images import DEFAULT_MAX_PIXELS
 from audit.metadata.records import Piece, Reader, build
 from audit.metadata.scan import IMAGE_EXTS, RawBatch
-from audit.metadata.sources import KINDS, Input, detect
+from audit.metadata.sources import BATCH_ROWS, KINDS, Input, detect
 from audit.metadata.tables import is_remote
 from audit.progress import track
 from audit.schema import ERRORS, error_table
@@ -138,14 +139,16 @@ def ingest(
         ):
             writer.add(idx, inp, unit, raw, rows_per_part)
         writer.flush()
+        writer.wait()
     finally:
         writer.reader.close()
+        writer.pool.shutdown(wait=True)
     for number in [k for k in run.record["parts"] if int(k) >= writer.next_part]:
         del run.record["parts"][number]  # only if the inputs shrank under a resumed run
     for rec, rows in zip(records, writer.rows_per_input, strict=True):
         rec["rows"] = rows
 
-    keys = _duplicate_keys(ws)
+    keys = _duplicate_keys(ws) if writer.keyed else error_table([])
     atomic_write_parquet(ws.path(KEYS_ERRORS), keys)
     problems = error_table([p for inp in inputs for p in inp.problems])
     atomic_write_parquet(ws.path(INPUT_ERRORS), problems)
@@ -186,6 +189,13 @@ class _PartWriter:
         self._done = False
         self._source = ""
         self._blob: Any = None  # open temporary image file of the current part, if any
+        # Writing a part (encoding, compressing, hashing it for the manifest) runs in one
+        # background thread while the next part is read and cast: pyarrow releases the GIL,
+        # so ingest costs about max(read, write) instead of their sum. At most one write is
+        # in flight, and a part is recorded only after its files are in place.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write")
+        self._pending: Future | None = None
+        self.keyed = False  # some record has a key: the duplicate-key check has work to do
 
     def add(self, idx: int, inp: Input, unit: str, raw: RawBatch, rows_per_part: int) -> None:
         key = (idx, unit, raw.pos // rows_per_part)
@@ -199,6 +209,9 @@ class _PartWriter:
                 and info.get("unit") == list(key)
                 and self.run.is_done(self.next_part)
             )
+        if not self._done or not self.keyed:
+            key_col = raw.columns.get("key")
+            self.keyed = self.keyed or (key_col is not None and _any_value(key_col))
         if not self._done:
             if raw.inline is not None:
                 raw.images = self._embed(raw)
@@ -274,11 +287,7 @@ class _PartWriter:
             self._blob = None
             outputs.append(Output(blob_rel, table.num_rows, self.next_row))
         if rows:
-            atomic_write_parquet(ws.path(err_rel), error_table(rows))
             outputs.append(Output(err_rel, len(rows)))
-        elif ws.path(err_rel).exists():
-            ws.path(err_rel).unlink()
-        atomic_write_parquet(ws.path(meta_rel), table)
         images = sum((p.images for p in self._pieces), Counter())
         info = {
             "unit": list(self._key or ()),
@@ -286,8 +295,56 @@ class _PartWriter:
             "images": dict(images),
             "errors": dict(Counter(e["reason"] for e in rows)),
         }
-        self.run.record_part(number, outputs, **info)
+
+        def job() -> None:
+            if rows:
+                atomic_write_parquet(ws.path(err_rel), error_table(rows))
+            elif ws.path(err_rel).exists():
+                ws.path(err_rel).unlink()
+            atomic_write_parquet(ws.path(meta_rel), table, **_part_options(table))
+            self.run.record_part(number, outputs, **info)
+
+        self.wait()
+        self._pending = self.pool.submit(job)
         return info
+
+    def wait(self) -> None:
+        """Until the part being written is in place and recorded (re-raises its error)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+
+# Columns with few distinct values, worth parquet's dictionary encoding. For URLs, captions
+# and keys (nearly all distinct) the writer would build a dictionary only to throw it away:
+# that attempt was half the cost of writing a part.
+_DICTIONARY = (
+    "license",
+    "nsfw",
+    "language",
+    "download_status",
+    "download_error",
+    "source_file",
+    "image_path",
+    "image_format",
+    "image_status",
+)
+
+
+def _part_options(table: Any) -> dict[str, Any]:
+    """write_table options for a metadata part: zstd level 1, dictionaries where they pay."""
+    names = set(table.column_names)
+    return {
+        "compression": "zstd",
+        "compression_level": 1,
+        "use_dictionary": [c for c in _DICTIONARY if c in names],
+    }
+
+
+def _any_value(values: Any) -> bool:
+    if isinstance(values, list):
+        return any(v is not None for v in values)
+    return values.null_count < len(values)
 
 
 def _batches(inputs: list[Input], rows_per_part: int) -> Any:
@@ -296,7 +353,7 @@ def _batches(inputs: list[Input], rows_per_part: int) -> Any:
             yield idx, inp, unit, raw
 
 
-def _estimate(inputs: list[Input], rows_per_part: int, batch_size: int = 8192) -> int | None:
+def _estimate(inputs: list[Input], rows_per_part: int, batch_size: int = BATCH_ROWS) -> int | None:
     """Batches to expect, when every input is a parquet file (for the progress bar)."""
     if any(inp.num_rows is None or inp.images is not None for inp in inputs):
         return None

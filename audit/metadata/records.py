@@ -111,7 +111,7 @@ def build(
     if not any(raw.images) and not any(raw.expect_image):
         # metadata only (the common case for LAION parquet): no per-row work at all
         cols.update({k: pa.nulls(n, METADATA.field(k).type) for k in img if k != "image_status"})
-        cols["image_status"] = pa.array(["missing"] * n, pa.string())
+        cols["image_status"] = _repeated("missing", n)
         return _piece(raw, cols, row_offset, source_file, errors, Counter({"missing": n}))
     declared = cols["sha256"].to_pylist()
     # img2dataset's `sha256` (with `--compute_hash sha256`) hashes the raw download, before its
@@ -160,9 +160,14 @@ def _piece(
     import numpy as np
 
     n = raw.n
-    cols["row_id"] = pa.array(np.arange(row_offset, row_offset + n, dtype=np.int64))
-    cols["source_file"] = pa.array([source_file] * n, type=pa.string())
-    cols["source_row"] = pa.array(np.asarray(raw.source_rows, dtype=np.int64))
+    rows = raw.source_rows
+    cols["row_id"] = _int64(np.arange(row_offset, row_offset + n, dtype=np.int64))
+    cols["source_file"] = _repeated(source_file, n)
+    cols["source_row"] = _int64(
+        np.arange(rows.start, rows.stop, dtype=np.int64)
+        if isinstance(rows, range)
+        else np.asarray(rows, dtype=np.int64)
+    )
     fields, arrays = list(METADATA), [cols[name] for name in METADATA.names]
     for name, values in raw.extras.items():
         arr = (
@@ -174,6 +179,27 @@ def _piece(
         arrays.append(arr)
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
     return Piece(table, errors, images)
+
+
+# Arrays built from buffers, not through `pa.array`: on a metadata-only input these are the
+# only arrays ingest makes itself, and `pa.array` imports pandas on first use (a second or
+# more of a short run, measured in audit.bench.ingest).
+def _int64(values: Any) -> pa.Array:
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
+def _repeated(value: str, n: int) -> pa.Array:
+    import numpy as np
+
+    data = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int64) * len(data)
+    if offsets[-1] < 2**31:  # string's offsets are int32
+        return pa.Array.from_buffers(
+            pa.string(), n, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data * n)]
+        )
+    return pa.Array.from_buffers(
+        pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data * n)]
+    ).cast(pa.string())
 
 
 def inspect(data: bytes, max_pixels: int, verify: bool) -> tuple[str, int, int]:

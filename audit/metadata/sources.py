@@ -40,6 +40,9 @@ from audit.metadata.tables import (
 )
 
 KINDS = ("parquet", "webdataset", "files", "tar", "folder", "table")
+# Records per batch read from a parquet input: large enough that the per-batch work (casts,
+# building the part's columns) is amortised, small enough to stay a few MB.
+BATCH_ROWS = 32768
 # img2dataset `--output_format parquet` keeps each image's bytes in a binary column named by
 # its encode format.
 EMBEDDED_IMAGE_COLUMNS = ("jpg", "png", "webp")
@@ -122,7 +125,9 @@ class Input:
             rec["extra_columns"] = self.extras
         return rec
 
-    def read(self, rows_per_part: int, batch_size: int = 8192) -> Iterator[tuple[str, RawBatch]]:
+    def read(
+        self, rows_per_part: int, batch_size: int = BATCH_ROWS
+    ) -> Iterator[tuple[str, RawBatch]]:
         """(unit, batch) pairs; no batch crosses a multiple of `rows_per_part` within its unit."""
         self.problems, self.skipped = [], 0
         if self.kind in ("tar", "folder"):
