@@ -277,13 +277,16 @@ def export_embeddings(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from audit import knn
-
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
     if not ws.path("embeddings/model.json").exists():
         raise AuditError(f"{ws.root} has no embeddings yet. Run: audit embed {ws.root}")
-    index, info = knn.open_embedding_index(ws.root)
+    # the index stage's files (faiss/info.json, faiss/img.faiss): ids are row_ids
+    info_path = ws.path("faiss/info.json")
+    info = (json.loads(info_path.read_text()) if info_path.exists() else {}).get("image") or {}
+    if not info.get("path"):
+        raise AuditError(f"{ws.root} has no image index yet. Run: audit index {ws.root}")
+    index = faiss.read_index(str(ws.path(info["path"])))
     dest = Path(out)
     for sub in ("img_emb", "text_emb", "metadata"):
         (dest / sub).mkdir(parents=True, exist_ok=True)

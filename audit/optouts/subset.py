@@ -42,7 +42,7 @@ def filter_dataset(
     """Write the rows consented for `use` to `out`; returns the removal summary.
 
     `format` "parquet" writes the input's own schema to the file `out`; "webdataset" and
-    "img2dataset-parquet" write training shards into the folder `out` (`audit.shards`).
+    "img2dataset-parquet" write training shards into the folder `out` (`audit.optouts.shards`).
 
     >>> filter_dataset("indexes/sample", "clean.parquet", use="genai_training")  # doctest: +SKIP
     {'kept': 201, 'removed': 99, 'by_decision': {'reserved': 87, 'unchecked': 12}, ...}
@@ -118,7 +118,7 @@ def filter_dataset(
                 for t in tables:
                     writer.write_table(_conform(t, schema))
     else:
-        from audit import shards
+        from audit.optouts import shards
 
         written = shards.write(ws, kept_ids, out, format, samples_per_shard)
     atomic_write_parquet(
