@@ -52,6 +52,10 @@ TABLES: dict[str, tuple[str, str]] = {
         "duplicates.parquet",
         "row_id, cluster_id, kind of duplicate, distance to the cluster's representative",
     ),
+    "duplicates_metadata": (
+        "duplicates-metadata.parquet",
+        "row_id, kind (url | caption), group_id, group_size, representative, normalised value",
+    ),
     "optout": (
         "optout/decisions.parquet",
         "one row per record and use: decision, signal, where found, evidence",

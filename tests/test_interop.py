@@ -402,3 +402,40 @@ def tarfile_open(path: Path):  # noqa: ANN201 - a context manager
     import tarfile
 
     return tarfile.open(path)
+
+
+# -- metadata-only duplicates --------------------------------------------------------------------
+def test_dedup_finds_same_url_and_caption_on_metadata_alone(tmp_path: Path) -> None:
+    from audit import hashes
+    from audit.checks import duplicates
+
+    src = tmp_path / "m.csv"
+    src.write_text(
+        "url,caption\n"
+        "https://Img.Example.com/a/1.jpg,A red dress\n"  # 0
+        "https://img.example.com:443/a/1.jpg#top,a  red   DRESS\n"  # 1: same URL and caption
+        "https://img.example.com/A/1.jpg,something else\n"  # 2: path case differs: another URL
+        "http://img.example.com:80,first caption\n"  # 3
+        "HTTP://IMG.EXAMPLE.COM/,second caption\n"  # 4: same URL as 3 (empty path is /)
+        "https://img.example.com/a/1.jpg,\n"  # 5: same URL as 0, no caption
+    )
+    metadata.ingest(tmp_path / "ws", [src])
+    hashes.compute(tmp_path / "ws")
+    s = duplicates.find(tmp_path / "ws")
+    assert s["clusters"] == 0  # no images: no image duplicates
+    assert s["metadata"] == {
+        "url": {"groups": 2, "rows": 5, "extra_copies": 3},
+        "caption": {"groups": 1, "rows": 2, "extra_copies": 1},
+    }
+    groups = pq.read_table(tmp_path / "ws" / "duplicates-metadata.parquet").to_pylist()
+    by = {(g["kind"], g["row_id"]): g for g in groups}
+    assert {r for k, r in by if k == "url"} == {0, 1, 5, 3, 4}
+    assert by[("url", 5)]["representative"] == 0 and by[("url", 5)]["group_size"] == 3
+    assert by[("url", 4)]["value"] == "http://img.example.com/" and by[("url", 4)]["group_id"] == 1
+    assert by[("caption", 1)]["value"] == "a red dress"
+    res = CliRunner().invoke(
+        cli, ["dedup", str(tmp_path / "ws"), "--report-dir", str(tmp_path / "r")]
+    )
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "r" / "duplicates.md").read_text()
+    assert "Same URL or same caption" in md and "https://img.example.com/a/1.jpg" in md
