@@ -439,3 +439,49 @@ def test_dedup_finds_same_url_and_caption_on_metadata_alone(tmp_path: Path) -> N
     assert res.exit_code == 0, res.output
     md = (tmp_path / "r" / "duplicates.md").read_text()
     assert "Same URL or same caption" in md and "https://img.example.com/a/1.jpg" in md
+
+
+# -- declared sizes and languages in the bias report ---------------------------------------------
+def test_bias_compares_declared_sizes_and_prefers_the_language_column(make_workspace, tmp_path):
+    from audit.checks import bias
+    from tests.conftest import encode, synthetic_image
+
+    images = [encode(synthetic_image(i, 48).resize((40, 24))) for i in range(10)]
+    ws = make_workspace(
+        images,
+        captions=[
+            "a dog runs on the beach",
+            "a red car parked outside",
+            "Le chat noir dort sur le canapé du salon",
+            "a bowl of soup",
+            "two people at a table",
+            "a tall tree in autumn",
+            "an old house by the road",
+            "a man riding a bicycle",
+            "flowers in a blue vase",
+            "a plane in the sky",
+        ],
+        extra={
+            # 0-3 right, 4-6 swapped (LAION's WIDTH/HEIGHT mix-up), 7 wrong, 8-9 undeclared
+            "width": [40, 40, 40, 41, 24, 24, 24, 100, None, None],
+            "height": [24, 24, 24, 24, 40, 40, 40, 100, None, None],
+            "language": ["en", "en", "fr", "en", "en", "en", None, "en", "en", ""],
+            # what ingest decodes (the fixture builder writes rows directly)
+            "image_width": [40] * 10,
+            "image_height": [24] * 10,
+        },
+    )
+    s = bias.compute(ws.root, report_dir=tmp_path / "rep", bootstrap=20)
+    fig = json.loads((tmp_path / "rep" / "bias.json").read_text())
+    ds = fig["images"]["declared_sizes"]
+    assert (ds["compared"], ds["contradict"], ds["swapped"]) == (8, 4, 3)
+    assert fig["images"]["width"]["p100"] == 40  # the decoded sizes, never the declared 100
+    lang = fig["language"]
+    assert lang["languages_from"] == {"language column": 8, "identifier": 2}
+    fr = next(x for x in lang["languages"] if x["language"] == "fr")
+    assert fr["captions"] == 1
+    md = (tmp_path / "rep" / "bias.md").read_text()
+    assert (
+        "contradict them in 4 of 8 rows" in md and "3 of those with width and height swapped" in md
+    )
+    assert s is not None
