@@ -130,6 +130,11 @@ STAGES: tuple[Stage, ...] = (
                 "duplicates.parquet",
                 "row_id, cluster_id, kind of duplicate, distance to the cluster's representative",
             ),
+            Table(
+                "duplicates_metadata",
+                "duplicates-metadata.parquet",
+                "row_id, kind (url | caption), group_id, group_size, representative, normalised value",
+            ),
         ),
         report="audit.reports.duplicates:write",
         pages=(("duplicates.md", "Which images are exact or near duplicates?"),),

@@ -46,6 +46,7 @@ def test_workspace_and_status_page_read_the_stage_list():
         "hashes",
         "clip_scores",
         "duplicates",
+        "duplicates_metadata",
         "optout",
         "optout_signals",
         "optout_coverage",

@@ -12,6 +12,7 @@ import click
 
 from audit import __version__
 from audit.cli import bias, consent, describe, diffusion, memorisation, pipeline, sample, workspace
+from audit.cli import interop as interop_cli
 from audit.errors import AuditError
 
 
@@ -81,6 +82,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 for _module in (workspace, describe, consent, diffusion, memorisation, bias, pipeline, sample):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
+for _command in interop_cli.COMMANDS:  # clip-retrieval's layout in and out
+    cli.add_command(_command)
 
 
 def main() -> None:

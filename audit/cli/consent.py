@@ -217,7 +217,7 @@ def export_warc(cache: str, out: str, as_json: bool) -> None:
 @click.command("filter")
 @click.argument("ws_root", type=click.Path(file_okay=False))
 @click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="Consented subset (.parquet)."
+    "--out", required=True, type=click.Path(), help="Consented subset (.parquet, or a folder)."
 )
 @library(
     "audit.optouts:filter_dataset",
@@ -243,6 +243,19 @@ def export_warc(cache: str, out: str, as_json: bool) -> None:
     type=click.Choice(["search_indexing", "ai_inference"]),
     help="Also remove rows reserved for this informational use; repeatable.",
 )
+@library(
+    "audit.optouts:filter_dataset",
+    "format",
+    type=click.Choice(["parquet", "webdataset", "img2dataset-parquet"]),
+    help="parquet: the input's schema in one file; webdataset / img2dataset-parquet: "
+    "training shards in folder --out.",
+)
+@library(
+    "audit.optouts:filter_dataset",
+    "samples_per_shard",
+    type=int,
+    help="Rows per shard for the shard formats.",
+)
 @json_option
 def filter_(
     ws_root: str,
@@ -251,16 +264,26 @@ def filter_(
     keep: tuple[str, ...],
     require: tuple[str, ...],
     exclude: tuple[str, ...],
+    format: str,
+    samples_per_shard: int,
     as_json: bool,
 ) -> None:
     """Write the rows consented for a use, in the input's own schema, plus a removal manifest.
 
     Example: audit filter indexes/sample --out clean.parquet --use genai_training --require page
+    Example: audit filter indexes/sample --out clean-shards/ --format webdataset
     """
     from audit import optouts
 
     s = optouts.filter_dataset(
-        ws_root, out, use=use, keep=list(keep), require=list(require), exclude=list(exclude)
+        ws_root,
+        out,
+        use=use,
+        keep=list(keep),
+        require=list(require),
+        exclude=list(exclude),
+        format=format,
+        samples_per_shard=samples_per_shard,
     )
     emit(
         s,
