@@ -77,10 +77,21 @@ def run(
     ws_root: str | Path, options: RunOptions, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Every stage on one dataset, then the reports. Returns {stage: summary}."""
-    from audit import cards, embeddings, experiments, hashes, knn, metadata, optouts, training
+    from audit import (
+        cards,
+        embeddings,
+        experiments,
+        hashes,
+        knn,
+        metadata,
+        optouts,
+        provenance,
+        training,
+    )
     from audit.checks import bias, duplicates
     from audit.reports import duplicates as duplicates_report
     from audit.reports import optout as optout_report
+    from audit.reports import provenance as provenance_report
 
     ws_root = Path(ws_root)
     if not options.sources and not (ws_root / "manifest.json").exists():
@@ -101,6 +112,11 @@ def run(
         optout_report.write(ws_root, report_dir)
         return summary
 
+    def synthetic() -> dict[str, Any]:
+        summary = provenance.detect(ws_root)
+        provenance_report.write(ws_root, report_dir)
+        return summary
+
     steps: list[Step] = []
     if options.sources:
         steps.append(("ingest", lambda: metadata.ingest(ws_root, options.sources, dataset=dataset)))
@@ -115,6 +131,7 @@ def run(
         ("index", lambda: knn.build(ws_root)),
         ("dedup", dedup),
         ("optout", optout),
+        ("provenance", synthetic),
         ("filter", lambda: optouts.filter_dataset(ws_root, out=ws_root / "consented.parquet")),
         ("bias", lambda: bias.compute(ws_root, report_dir=report_dir / "bias")),
     ]

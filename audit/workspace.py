@@ -60,6 +60,10 @@ TABLES: dict[str, tuple[str, str]] = {
         "optout/signals.parquet",
         "every opt-out signal found, one row per signal and record",
     ),
+    "synthetic": (
+        "provenance/synthetic-*.parquet",
+        "one row per record: generated-media marks (IPTC digital source type, C2PA) and their state",
+    ),
     "matches": (
         "memorisation/*/matches.parquet",
         "one row per generated image: best training match, scores, verdict",
@@ -433,4 +437,5 @@ _COMMAND = {
     "dedup": "dedup",
     "optout": "optout",
     "filter": "filter",
+    "provenance": "provenance",
 }

@@ -17,6 +17,7 @@ BASE = {
     "audit.images",
     "audit.progress",
     "audit.reports",
+    "audit.credentials",
 }
 COMPOSERS = {
     "audit.pipeline",

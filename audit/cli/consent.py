@@ -190,17 +190,29 @@ def export_warc(cache: str, out: str) -> None:
     type=click.Choice(["unchecked", "not_evaluable"]),
     help="Also keep rows in this state (default: only allowed rows); repeatable.",
 )
-def filter_(ws_root: str, out: str, use: str, keep: tuple[str, ...]) -> None:
+@click.option(
+    "--exclude-synthetic",
+    is_flag=True,
+    help="Also drop rows marked as generated (IPTC/C2PA; needs `audit provenance WS`).",
+)
+def filter_(
+    ws_root: str, out: str, use: str, keep: tuple[str, ...], exclude_synthetic: bool
+) -> None:
     """Write the rows consented for a use, in the input's own schema, plus a removal manifest.
 
-    Example: audit filter indexes/sample --out clean.parquet --use genai_training
+    Example: audit filter indexes/sample --out clean.parquet --use genai_training --exclude-synthetic
     """
     from audit import optouts
 
-    s = optouts.filter_dataset(ws_root, out, use=use, keep=list(keep))
+    s = optouts.filter_dataset(
+        ws_root, out, use=use, keep=list(keep), exclude_synthetic=exclude_synthetic
+    )
+    removed = dict(s["by_decision"])
+    if "synthetic_removed" in s:
+        removed["synthetic"] = s["synthetic_removed"]
     click.echo(
         f"kept {s['kept']} of {s['rows']} rows for {use} -> {s['out']}; removed {s['removed']} "
-        f"({', '.join(f'{k} {v}' for k, v in s['by_decision'].items()) or 'none'}); "
+        f"({', '.join(f'{k} {v}' for k, v in removed.items()) or 'none'}); "
         f"manifest {s['removed_manifest']}"
     )
 

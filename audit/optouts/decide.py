@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit.images import ImageProblem, read_bytes
-from audit.optouts import embedded, headers, htmlmeta, registry, robots, tdmrep, urls
+from audit.optouts import embedded, headers, htmlmeta, registry, robots, signature, tdmrep, urls
 from audit.optouts.cache import CrawlCache, Response
 from audit.optouts.signals import STATES, USES, Signal, expand_uses
 
@@ -182,7 +182,8 @@ def embedded_signals(row: dict[str, Any]) -> tuple[list[Signal], ImageProblem | 
             Signal(n, "not_evaluable", USES, str(row["image_path"]), why)
             for n in ("iptc-xmp", "c2pa")
         ], p
-    return embedded.signals(data), None
+    # c2pa-python adds the signature status of C2PA signals (see optouts.signature).
+    return signature.annotate(embedded.signals(data), data), None
 
 
 def registry_signals(ctx: Context, hits: list[dict[str, Any]]) -> list[Signal]:

@@ -36,8 +36,11 @@ def filter_dataset(
     out: str | Path,
     use: str = "genai_training",
     keep: Sequence[str] = (),
+    exclude_synthetic: bool = False,
 ) -> dict[str, Any]:
     """Write the rows consented for `use` to `out`; returns the removal summary.
+
+    `exclude_synthetic`: also drop the rows `audit provenance` found marked as generated.
 
     >>> filter_dataset("indexes/sample", "clean.parquet", use="genai_training")  # doctest: +SKIP
     {'kept': 201, 'removed': 99, 'by_decision': {'reserved': 87, 'unchecked': 12}, ...}
@@ -66,8 +69,11 @@ def filter_dataset(
     if out.suffix != ".parquet":
         raise AuditError(f"--out {out} must end in .parquet")
     states = ("allowed", *sorted(set(keep)))
+    synthetic = {"exclude_synthetic": True} if exclude_synthetic else {}
     run = ws.start_stage(
-        "filter", {"out": str(out), "use": use, "keep": list(states[1:])}, depends_on=["optout"]
+        "filter",
+        {"out": str(out), "use": use, "keep": list(states[1:]), **synthetic},
+        depends_on=["optout", *(["provenance"] if exclude_synthetic else [])],
     )
 
     con = ws.connect()
@@ -82,6 +88,11 @@ def filter_dataset(
         dtype=np.int64,
     )
     removal = _removal_counts(con, states)
+    if exclude_synthetic:  # rows marked as generated (view `synthetic`, stage provenance)
+        marked = con.execute("SELECT row_id FROM synthetic WHERE synthetic").fetchnumpy()["row_id"]
+        dropped = np.isin(kept_ids, marked)
+        removal["synthetic_removed"] = int(dropped.sum())
+        kept_ids = kept_ids[~dropped]
 
     inputs = {rec["path"]: rec for rec in ws.manifest.get("inputs", [])}
     target = _target_schema(inputs)

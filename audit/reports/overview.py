@@ -15,6 +15,7 @@ from audit.workspace import Workspace
 # Pages other report modules write, in reading order: (file, what it answers).
 PAGES = (
     ("optout.md", "Which rows did their creators reserve from AI training, on which signal?"),
+    ("synthetic.md", "Which images are marked as generated (IPTC, C2PA), per source?"),
     ("duplicates.md", "Which images are exact or near duplicates?"),
     ("memorisation.md", "Which generated images copy training images?"),
     ("calibration.md", "How well does each copy descriptor separate copies from non-copies?"),
@@ -32,6 +33,7 @@ KEY_FIGURES = {
     "dedup": ("clusters", "rows_in_clusters", "largest_cluster"),
     "optout": ("rows", "decisions"),
     "filter": ("use", "kept", "removed"),
+    "provenance": ("rows", "synthetic", "c2pa_states"),
     "bias": ("captions", "female_to_male_ratio", "domains", "probes"),
 }
 
