@@ -90,7 +90,7 @@ def test_round_trip_generate_ingest_all_synthetic(generated, tmp_path):
     assert "| (no host) | 4 | 4 | 100 |" in page
 
     # The consent stage reads the notAllowed training-mining choice, with its signature status.
-    run("optout", ws)
+    run("optout", ws, "--report-dir", tmp_path / "reports")
     con = Workspace.open(ws).connect()
     decisions = con.execute("SELECT DISTINCT decision FROM optout").fetchall()
     assert decisions == [("reserved",)]
@@ -108,7 +108,7 @@ def test_exclude_synthetic_drops_marked_rows(model, tmp_path):
     run("generate", model, "--n", 3, "--out", gen, "--steps", 2, "--training-mining", "allowed")
     ws = tmp_path / "ws"
     run("ingest", ws, gen)
-    run("optout", ws)
+    run("optout", ws, "--report-dir", tmp_path / "reports")
     out = run("filter", ws, "--out", tmp_path / "all.parquet")
     assert "kept 3 of 3" in out.output
     refused = CliRunner().invoke(cli, ["filter", str(ws), "--out", str(tmp_path / "x.parquet"),

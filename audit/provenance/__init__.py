@@ -66,7 +66,7 @@ def marks(data: bytes, trust_anchors: str | None = None) -> dict[str, Any]:
     found = [("iptc-xmp", t) for t in xmp] + [("c2pa", t) for t in c2pa_types]
     synthetic = [(m, t) for m, t in found if credentials.is_synthetic(t)]
     mark = "+".join(dict.fromkeys(m for m, _ in synthetic)) or "none"
-    deciding = (synthetic or found or [("", None)])[0][1]
+    deciding = (synthetic or found)[0][1] if found else None
     evidence = []
     if xmp:
         evidence.append(f"XMP Iptc4xmpExt:DigitalSourceType={', '.join(xmp)}")
