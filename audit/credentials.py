@@ -173,7 +173,9 @@ def read(data: bytes, trust_anchors: str | None = None) -> Credentials | None:
         with reader:
             store = json.loads(reader.json())
     except c2pa.C2paError as e:
-        if "ManifestNotFound" in type(e).__name__:
+        # NotSupported: a format c2pa-rs does not read (the bytes "c2pa" occurred by chance, or
+        # the store sits in a container it cannot parse): nothing can be said, as with no store.
+        if any(k in type(e).__name__ for k in ("ManifestNotFound", "NotSupported")):
             return None
         return Credentials("unreadable", error=f"{type(e).__name__.lstrip('_')}: {e}"[:200])
     return _credentials(store)

@@ -345,3 +345,36 @@ def test_with_xmp_makes_a_valid_png_chunk():
     body = chunk[8:-4]
     assert zlib.crc32(b"iTXt" + body).to_bytes(4, "big") == chunk[-4:]
     assert Image.open(io.BytesIO(data)).info["XML:com.adobe.xmp"] == "<x:xmpmeta/>"
+
+
+def test_share_per_source_in_a_mixed_dataset(generated, make_workspace, tmp_path):
+    """3 real + 1 generated image on a.example.com, 2 generated on b.example.org."""
+    from audit.reports import provenance as report
+
+    fake = [p.read_bytes() for p in pngs(generated)[:3]]
+    real = [encode(synthetic_image(i)) for i in range(3)]
+    images = [real[0], fake[0], real[1], fake[1], real[2], fake[2]]
+    hosts = ["a.example.com", "b.example.org", "a.example.com", "b.example.org"] + [
+        "a.example.com"
+    ] * 2
+    urls = [f"https://{h}/{i}.png" for i, h in enumerate(hosts)]
+    ws = make_workspace(images, urls=urls)
+    s = provenance.detect(ws.root)
+    assert s["synthetic"] == 3 and s["by_mark"] == {"iptc-xmp+c2pa": 3}
+    page = report.write(ws.root, tmp_path / "r").read_text()
+    assert "3 of 6 rows (50.0%)" in page
+    assert "| b.example.org | 2 | 2 | 100 |" in page and "| a.example.com | 4 | 1 | 25 |" in page
+
+
+def test_hostile_bytes_never_crash_the_reader(generated):
+    data = pngs(generated)[0].read_bytes()
+    at = data.find(b"caBX")
+    assert credentials.read(b"not an image but it says c2pa") is None  # format c2pa cannot read
+    cut = credentials.read(data[: at + 400])  # manifest store cut short
+    assert cut.state == "unreadable" and "PNG" in cut.error
+    garbled = bytearray(data)
+    garbled[at + 200 : at + 260] = b"\x00" * 60  # inside the store
+    assert credentials.read(bytes(garbled)).state == "unreadable"
+    got = provenance.marks(bytes(garbled))
+    assert got["synthetic"] is True and got["mark"] == "iptc-xmp"  # the XMP still says so
+    assert got["c2pa_state"] == "unreadable" and "C2PA unreadable" in got["evidence"]

@@ -31,7 +31,7 @@ def annotate(sigs: list[Signal], data: bytes) -> list[Signal]:
         return sigs
     creds = credentials.read(data)
     if creds is None:
-        status, where = "c2pa-python found no manifest store", "signature not verifiable"
+        status, where = "c2pa-python found no manifest it can read", "signature not verifiable"
     else:
         status, where = creds.summary, f"signature {creds.state}"
     out = []
