@@ -132,7 +132,13 @@ def run(
         ("dedup", dedup),
         ("optout", optout),
         ("provenance", synthetic),
-        ("filter", lambda: optouts.filter_dataset(ws_root, out=ws_root / "consented.parquet")),
+        # The model `audit run` trains sees neither reserved nor generated images (model collapse).
+        (
+            "filter",
+            lambda: optouts.filter_dataset(
+                ws_root, out=ws_root / "consented.parquet", exclude_synthetic=True
+            ),
+        ),
         ("bias", lambda: bias.compute(ws_root, report_dir=report_dir / "bias")),
     ]
     if options.train_steps:

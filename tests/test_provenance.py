@@ -221,6 +221,8 @@ def test_changed_pixels_read_as_tampered(generated, make_workspace):
                    if s.signal == "c2pa"]  # fmt: skip
     assert "signature tampered" in c2pa_sig.location
     assert c2pa_sig.state == "reserved"  # a reservation counts whatever its signature
+    plain = encode(synthetic_image(1))
+    assert signature.annotate(embedded.signals(plain), plain) == embedded.signals(plain)
 
 
 def _xmp_png(value: str, form: str = "attribute") -> bytes:

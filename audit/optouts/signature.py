@@ -27,7 +27,8 @@ _NO_STORE = "no C2PA manifest store"
 
 def annotate(sigs: list[Signal], data: bytes) -> list[Signal]:
     """`sigs` with the C2PA signature status added to each "c2pa" signal from a manifest."""
-    if not any(s.signal == "c2pa" and _NO_STORE not in s.evidence for s in sigs):
+    from_store = [s.signal == "c2pa" and _NO_STORE not in s.evidence for s in sigs]
+    if not any(from_store) or not credentials.has_c2pa(data):
         return sigs
     creds = credentials.read(data)
     if creds is None:
@@ -35,8 +36,8 @@ def annotate(sigs: list[Signal], data: bytes) -> list[Signal]:
     else:
         status, where = creds.summary, f"signature {creds.state}"
     out = []
-    for s in sigs:
-        if s.signal == "c2pa" and _NO_STORE not in s.evidence:
+    for s, annotated in zip(sigs, from_store, strict=True):
+        if annotated:
             s = dataclasses.replace(
                 s,
                 location=f"image bytes (C2PA assertion, {where}; checked by c2pa-python)",
