@@ -65,7 +65,7 @@ def pngs(folder: Path) -> list[Path]:
     return sorted((folder / "generated").glob("*.png"))
 
 
-def test_round_trip_generate_ingest_all_synthetic(generated, tmp_path):
+def test_round_trip_generate_ingest_all_synthetic(model, generated, tmp_path):
     ws = tmp_path / "ws-gen"
     run("ingest", ws, generated)
     result = run("provenance", ws, "--report-dir", tmp_path / "reports")
@@ -88,6 +88,10 @@ def test_round_trip_generate_ingest_all_synthetic(generated, tmp_path):
     assert "4 of 4 rows (100.0%) are marked as generated" in page
     # all four come from file:// URLs, which have no host: one source at 100%
     assert "| (no host) | 4 | 4 | 100 |" in page
+    # Given the local CA as a trust anchor, the same signatures are trusted.
+    ca = model / "credentials" / "local-ca.pem"
+    trusted = run("provenance", ws, "--trust-anchors", ca, "--report-dir", tmp_path / "reports")
+    assert "C2PA: trusted 4" in trusted.output
 
     # The consent stage reads the notAllowed training-mining choice, with its signature status.
     run("optout", ws, "--report-dir", tmp_path / "reports")
