@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from audit.cli.options import emit, json_option
+
 
 @click.command("provenance")
 @click.argument("ws_root", metavar="WS", type=click.Path(file_okay=False))
@@ -19,7 +21,10 @@ import click
     default=None,
     help="Where synthetic.md/.html go (default reports/<dataset>).",
 )
-def provenance_command(ws_root: str, trust_anchors: str | None, report_dir: str | None) -> None:
+@json_option
+def provenance_command(
+    ws_root: str, trust_anchors: str | None, report_dir: str | None, as_json: bool
+) -> None:
     """Find images marked as generated (IPTC digital source type, C2PA actions) in workspace WS.
 
     Writes provenance/synthetic-*.parquet (view `synthetic`) and the synthetic report;
@@ -32,12 +37,15 @@ def provenance_command(ws_root: str, trust_anchors: str | None, report_dir: str 
 
     s = provenance.detect(ws_root, trust_anchors=trust_anchors)
     page = report.write(ws_root, report_dir)
-    click.echo(
-        f"{s['rows']} rows; {s['synthetic']} marked as generated "
-        f"({', '.join(f'{k} {v}' for k, v in s['by_mark'].items()) or 'none'}); "
-        f"C2PA: {', '.join(f'{k} {v}' for k, v in s['c2pa_states'].items()) or 'no manifests'}; "
-        f"{s['unknown']} without image; report {page}"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"{s['rows']} rows; {s['synthetic']} marked as generated "
+            f"({', '.join(f'{k} {v}' for k, v in s['by_mark'].items()) or 'none'}); "
+            f"C2PA: {', '.join(f'{k} {v}' for k, v in s['c2pa_states'].items()) or 'no manifests'}; "
+            f"{s['unknown']} without image; report {page}"
+        ),
     )
-
 
 COMMANDS: list = [provenance_command]
