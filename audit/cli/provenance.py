@@ -48,4 +48,5 @@ def provenance_command(
         ),
     )
 
+
 COMMANDS: list = [provenance_command]
