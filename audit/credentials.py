@@ -59,9 +59,11 @@ TRAINING_MINING_CHOICES = ("notAllowed", "allowed", "constrained")
 STATES = ("trusted", "untrusted", "tampered", "invalid", "unreadable")
 MAX_XMP = 2 * 1024 * 1024
 
+# Every quantifier is bounded, so a hostile packet (megabytes of spaces after the name) costs
+# linear time: no two unbounded runs compete for the same characters.
 _DST_PATTERN = re.compile(
-    rb"DigitalSourceType\s*(?:=\s*[\"']([^\"']{1,300})[\"']|>\s*([^<]{1,300})<"
-    rb"|\s+rdf:resource\s*=\s*[\"']([^\"']{1,300})[\"'])"
+    rb"DigitalSourceType(?:\s{0,20}=\s{0,20}[\"']([^\"']{1,300})[\"']|>([^<]{1,300})<"
+    rb"|\s{1,20}rdf:resource\s{0,20}=\s{0,20}[\"']([^\"']{1,300})[\"'])"
 )
 
 

@@ -384,3 +384,13 @@ def test_hostile_bytes_never_crash_the_reader(generated):
     got = provenance.marks(bytes(garbled))
     assert got["synthetic"] is True and got["mark"] == "iptc-xmp"  # the XMP still says so
     assert got["c2pa_state"] == "unreadable" and "C2PA unreadable" in got["evidence"]
+
+
+def test_hostile_xmp_is_bounded():
+    """Megabytes of whitespace after the property name cost linear time, and find nothing."""
+    import time
+
+    started = time.perf_counter()
+    for body in (b" " * 2_000_000, b">" + b" " * 2_000_000, b"=" + b"\t" * 2_000_000):
+        assert credentials.source_types_in_xmp(b"DigitalSourceType" + body) == []
+    assert time.perf_counter() - started < 5  # the old unbounded pattern took hours here
