@@ -186,13 +186,13 @@ def read(data: bytes, trust_anchors: str | None = None) -> Credentials | None:
 def _credentials(store: dict[str, Any]) -> Credentials:
     label = store.get("active_manifest") or ""
     manifest = (store.get("manifests") or {}).get(label) or {}
-    results = (store.get("validation_results") or {}).get("activeManifest") or {}
-    failures = [f.get("code", "") for f in results.get("failure") or []]
-    failures += [
-        s.get("code", "")
-        for s in store.get("validation_status") or []
-        if s.get("code", "") not in failures and not s.get("code", "").endswith(".insideValidity")
-    ]
+    # The active manifest's own failures; ingredients' problems are theirs, not this signature's.
+    # Older c2pa-rs versions give only the flat `validation_status` list.
+    if "validation_results" in store:
+        results = (store.get("validation_results") or {}).get("activeManifest") or {}
+        failures = [str(f.get("code", "")) for f in results.get("failure") or []]
+    else:
+        failures = [str(f.get("code", "")) for f in store.get("validation_status") or []]
     if any(code.endswith(".mismatch") for code in failures):
         state = "tampered"
     elif store.get("validation_state") == "Trusted" and not failures:

@@ -394,3 +394,32 @@ def test_hostile_xmp_is_bounded():
     for body in (b" " * 2_000_000, b">" + b" " * 2_000_000, b"=" + b"\t" * 2_000_000):
         assert credentials.source_types_in_xmp(b"DigitalSourceType" + body) == []
     assert time.perf_counter() - started < 5  # quadratic backtracking would take hours here
+
+
+@pytest.mark.parametrize(
+    ("state", "failures", "expected"),
+    [
+        ("Trusted", [], "trusted"),
+        ("Valid", ["signingCredential.untrusted"], "untrusted"),
+        ("Valid", [], "untrusted"),  # trust not checked: not trusted either
+        ("Invalid", ["signingCredential.untrusted", "assertion.dataHash.mismatch"], "tampered"),
+        ("Invalid", ["claimSignature.mismatch"], "tampered"),
+        ("Invalid", ["assertion.hashedURI.mismatch"], "tampered"),
+        ("Invalid", ["signingCredential.expired"], "invalid"),
+        ("Invalid", ["claimSignature.missing", "signingCredential.untrusted"], "invalid"),
+    ],
+)
+def test_validation_codes_map_to_one_state(state, failures, expected):
+    """c2pa validation_status codes (C2PA 2.x, section 15) -> credentials.STATES."""
+    store = {
+        "active_manifest": "urn:c2pa:x",
+        "manifests": {"urn:c2pa:x": {"signature_info": {"common_name": "Jane", "issuer": "Org"}}},
+        "validation_state": state,
+        "validation_results": {"activeManifest": {"failure": [{"code": c} for c in failures]}},
+    }
+    got = credentials._credentials(store)
+    assert got.state == expected and got.failures == failures
+    assert got.summary.startswith(f"signature {expected}, signed by Jane (Org)")
+    legacy = {k: v for k, v in store.items() if k != "validation_results"}
+    legacy["validation_status"] = [{"code": c} for c in failures]
+    assert credentials._credentials(legacy).state == expected
