@@ -154,6 +154,8 @@ def test_c2pa_python_validates_each_manifest(model, generated):
         assert row["c2pa_trusted"] is False and row["c2pa_local_certificate"] is True
         assert row["c2pa_state"] == "untrusted" and row["training_mining"] == "notAllowed"
     assert (model / "credentials" / "signer-key.pem").stat().st_mode & 0o077 == 0
+    assert (model / "credentials").stat().st_mode & 0o077 == 0
+    assert (model / "credentials" / ".gitignore").read_text().splitlines()[-1] == "*"
 
 
 @pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (apt-get install libimage-exiftool-perl)")  # fmt: skip

@@ -46,6 +46,10 @@ def local_chain(folder: str | os.PathLike[str], days: int = 365) -> Chain:
     # The folder is private first, so the key is never readable by others, even while written.
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
+    # ... and git never picks it up, wherever the model folder lives.
+    atomic_write_bytes(
+        root / ".gitignore", b"# made by audit generate: a private key, never commit\n*\n"
+    )
     atomic_write_bytes(chain.ca, ca_pem)
     atomic_write_bytes(chain.cert, cert_pem + ca_pem)
     atomic_write_bytes(chain.key, key_pem)
