@@ -141,6 +141,13 @@ def crawl(
             f"{s['hosts']} hosts in {s['seconds']}s; errors: {errors}; cache {s['cache']}"
         ),
     )
+    if s["fetched"] and sum(s["errors"].values()) == s["fetched"]:
+        from audit.errors import AuditError
+
+        raise AuditError(
+            f"every one of the {s['fetched']} fetches failed ({errors}): the cache holds no "
+            "response. Check the network, or the addresses the URLs resolve to."
+        )
 
 
 @optout.command("import-warc")
