@@ -100,6 +100,8 @@ def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
         "report_dir": report_dir,
         "bias_dir": report_dir / "bias",
         "consented": ws_root / "consented.parquet",
+        # The model `audit run` trains sees neither reserved nor generated images (model collapse).
+        "exclude_synthetic": True,
         "model_dir": model_dir,
         "model_name": "ddpm",
         "generated": ws_root / "generated" / "ddpm",

@@ -173,12 +173,30 @@ STAGES: tuple[Stage, ...] = (
         key_figures=("rows", "decisions"),
     ),
     Stage(
+        "provenance",
+        "provenance",
+        "audit.provenance:detect",
+        (WS,),
+        reads=("ingest",),
+        writes=(
+            Table(
+                "synthetic",
+                "provenance/synthetic-*.parquet",
+                "one row per record: generated-media marks (IPTC digital source type, C2PA) "
+                "and their signature state",
+            ),
+        ),
+        report="audit.reports.provenance:write",
+        pages=(("synthetic.md", "Which images are marked as generated (IPTC, C2PA), per source?"),),
+        key_figures=("rows", "synthetic", "c2pa_states"),
+    ),
+    Stage(
         "filter",
         "filter",
         "audit.optouts:filter_dataset",
-        (WS, ("out", "consented")),
-        reads=("optout",),
-        key_figures=("use", "kept", "removed"),
+        (WS, ("out", "consented"), ("exclude_synthetic", "exclude_synthetic")),
+        reads=("optout", "provenance"),
+        key_figures=("use", "kept", "removed", "synthetic_removed"),
     ),
     Stage(
         "bias",

@@ -50,6 +50,7 @@ def test_workspace_and_status_page_read_the_stage_list():
         "optout",
         "optout_signals",
         "optout_coverage",
+        "synthetic",
         "matches",
     ]
     assert overview.KEY_FIGURES["hash"] == ("hashed", "errors")

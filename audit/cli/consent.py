@@ -243,6 +243,11 @@ def export_warc(cache: str, out: str, as_json: bool) -> None:
     type=click.Choice(["search_indexing", "ai_inference"]),
     help="Also remove rows reserved for this informational use; repeatable.",
 )
+@click.option(
+    "--exclude-synthetic",
+    is_flag=True,
+    help="Also drop rows marked as generated (IPTC/C2PA; needs `audit provenance WS`).",
+)
 @library(
     "audit.optouts:filter_dataset",
     "format",
@@ -264,6 +269,7 @@ def filter_(
     keep: tuple[str, ...],
     require: tuple[str, ...],
     exclude: tuple[str, ...],
+    exclude_synthetic: bool,
     format: str,
     samples_per_shard: int,
     as_json: bool,
@@ -272,6 +278,7 @@ def filter_(
 
     Example: audit filter indexes/sample --out clean.parquet --use genai_training --require page
     Example: audit filter indexes/sample --out clean-shards/ --format webdataset
+    Example: audit filter indexes/sample --out clean.parquet --exclude-synthetic
     """
     from audit import optouts
 
@@ -282,15 +289,19 @@ def filter_(
         keep=list(keep),
         require=list(require),
         exclude=list(exclude),
+        exclude_synthetic=exclude_synthetic,
         format=format,
         samples_per_shard=samples_per_shard,
     )
+    removed = dict(s["by_decision"])
+    if "synthetic_removed" in s:
+        removed["synthetic"] = s["synthetic_removed"]
     emit(
         s,
         as_json,
         lambda: (
             f"kept {s['kept']} of {s['rows']} rows for {use} -> {s['out']}; removed {s['removed']} "
-            f"({', '.join(f'{k} {v}' for k, v in s['by_decision'].items()) or 'none'}); "
+            f"({', '.join(f'{k} {v}' for k, v in removed.items()) or 'none'}); "
             f"manifest {s['removed_manifest']}"
         ),
     )

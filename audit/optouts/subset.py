@@ -64,6 +64,7 @@ def filter_dataset(
     keep: Sequence[str] = (),
     require: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    exclude_synthetic: bool = False,
     format: str = "parquet",
     samples_per_shard: int = 10_000,
 ) -> dict[str, Any]:
@@ -71,6 +72,7 @@ def filter_dataset(
 
     `format` "parquet" writes the input's own schema to the file `out`; "webdataset" and
     "img2dataset-parquet" write training shards into the folder `out` (`audit.optouts.shards`).
+    `exclude_synthetic`: also drop the rows `audit provenance` found marked as generated.
 
     >>> filter_dataset("indexes/sample", "clean.parquet", use="genai_training")  # doctest: +SKIP
     {'kept': 201, 'removed': 99, 'by_decision': {'reserved': 87, 'unchecked': 12}, ...}
@@ -109,7 +111,11 @@ def filter_dataset(
     params = {"out": str(out), "use": use, "keep": list(states[1:])}
     if required or exclude:
         params |= {"require": required, "exclude": sorted(set(exclude))}
-    run = ws.start_stage("filter", params, depends_on=["optout"])
+    if exclude_synthetic:
+        params["exclude_synthetic"] = True
+    run = ws.start_stage(
+        "filter", params, depends_on=["optout", *(["provenance"] if exclude_synthetic else [])]
+    )
 
     con = ws.connect()
     if required and "optout_coverage" not in _views(con):
@@ -126,6 +132,11 @@ def filter_dataset(
         dtype=np.int64,
     )
     removal = _removal_counts(con, states)
+    if exclude_synthetic:  # rows marked as generated (view `synthetic`, stage provenance)
+        marked = con.execute("SELECT row_id FROM synthetic WHERE synthetic").fetchnumpy()["row_id"]
+        dropped = np.isin(kept_ids, marked)
+        removal["synthetic_removed"] = int(dropped.sum())
+        kept_ids = kept_ids[~dropped]
 
     inputs = {rec["path"]: rec for rec in ws.manifest.get("inputs", [])}
     target = _target_schema(inputs)
