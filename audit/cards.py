@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from audit import credentials
 from audit.errors import AuditError
 from audit.results import MembershipInference
 from audit.workspace import Workspace, atomic_write_text, now
@@ -304,6 +305,10 @@ def build_model_card(
         "## Model Details",
         "",
         details,
+        "",
+        "### How outputs are marked",  # EU AI Act Art. 50(2); see audit.credentials
+        "",
+        credentials.marking_statement(),
         "",
         "## Training Data",
         "",

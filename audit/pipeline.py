@@ -88,8 +88,10 @@ class StageResult:
 
 def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
     """The values `audit run` hands the stages, by the names `Stage.args` uses."""
-    dataset = safe_name(ws_root.resolve().name, "workspace folder name")  # stays in reports/
-    report_dir = Path(options.report_dir or Path("reports") / dataset)
+    from audit.reports import writable_dir
+
+    dataset = safe_name(ws_root.resolve().name, "workspace folder name")
+    report_dir = writable_dir(options.report_dir or Path("reports") / dataset)
     model_dir = ws_root / "models" / "ddpm"
     trained = bool(options.train_steps)
     return {
@@ -98,6 +100,8 @@ def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
         "report_dir": report_dir,
         "bias_dir": report_dir / "bias",
         "consented": ws_root / "consented.parquet",
+        # The model `audit run` trains sees neither reserved nor generated images (model collapse).
+        "exclude_synthetic": True,
         "model_dir": model_dir,
         "model_name": "ddpm",
         "generated": ws_root / "generated" / "ddpm",
@@ -112,13 +116,12 @@ def run(
     ws_root: str | Path, options: RunOptions, echo: Callable[[str], None] = print
 ) -> list[StageResult]:
     """Every stage of `stages.STAGES` that applies, in order, then the reports."""
-    from audit.reports import UNTRAINED_WARNING, overview, writable_dir
+    from audit.reports import UNTRAINED_WARNING, overview
 
     ws_root = Path(ws_root)
     if not options.sources and not (ws_root / "manifest.json").exists():
         raise AuditError("nothing to run: pass SOURCE paths, or --demo for the bundled sample")
     values = run_values(ws_root, options)
-    writable_dir(values["report_dir"])  # before any stage records done, not after
     applies = {"always": True, "sources": bool(options.sources), "train": bool(options.train_steps)}
     if options.pretrained == "none":
         echo(UNTRAINED_WARNING)

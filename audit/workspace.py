@@ -85,15 +85,15 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_write_parquet(path: str | os.PathLike[str], table: Any) -> None:
-    """Write a pyarrow Table (or RecordBatch) as parquet, atomically."""
+def atomic_write_parquet(path: str | os.PathLike[str], table: Any, **options: Any) -> None:
+    """Write a pyarrow Table (or RecordBatch) as parquet, atomically (`options`: write_table's)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **{"compression": "zstd", **options})
 
 
 def atomic_write_npy(path: str | os.PathLike[str], array: Any) -> None:

@@ -26,19 +26,37 @@ EXTRA_JSON = "extra_json"
 
 
 def resolve(
-    names: list[str], where: str, required: bool = True
+    names: list[str],
+    where: str,
+    required: bool = True,
+    overrides: dict[str, str] | None = None,
+    caption_optional: bool = False,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """(canonical -> source name, workspace extra name -> source name) for these source columns.
 
-    With `required`, a source lacking a column of each `schema.REQUIRED_GROUPS` group raises
-    an `AuditError` listing the columns found and the accepted names.
+    `overrides` (canonical -> source column, from `--url-col` / `--caption-col`) win over the
+    accepted names; one that names no column raises. With `required`, a source lacking a
+    column of each `schema.REQUIRED_GROUPS` group raises an `AuditError` listing the columns
+    found and the accepted names; `caption_optional` drops the caption group (a URL list, or
+    img2dataset output of a URL list, has no captions by nature).
     """
     by_lower: dict[str, list[str]] = {}
     for n in names:
         by_lower.setdefault(n.lower(), []).append(n)
     mapping: dict[str, str] = {}
     used: set[str] = set()
+    for canonical, src in (overrides or {}).items():
+        if src not in names:
+            raise AuditError(
+                f"{where} has no column {src!r} (asked for as the {canonical} column). "
+                f"Found columns: {', '.join(names) or '(none)'}. Pass one of those to "
+                f"--{canonical}-col."
+            )
+        mapping[canonical] = src
+        used.add(src)
     for canonical in FROM_SOURCE:
+        if canonical in mapping:
+            continue
         for accepted in SOURCE_COLUMNS.get(canonical, ()):
             hit = (
                 accepted
@@ -50,13 +68,15 @@ def resolve(
                 used.add(hit)
                 break
     if required:
-        missing = [g for g in REQUIRED_GROUPS if not any(c in mapping for c in g)]
+        groups = [g for g in REQUIRED_GROUPS if not (caption_optional and g == ("caption",))]
+        missing = [g for g in groups if not any(c in mapping for c in g)]
         if missing:
             accepted = "; ".join(f"{c}: {', '.join(SOURCE_COLUMNS[c])}" for g in missing for c in g)
             raise AuditError(
                 f"{where} lacks required column(s) {', '.join(c for g in missing for c in g)}. "
                 f"Found columns: {', '.join(names) or '(none)'}. Accepted names: {accepted}. "
-                "Rename the column in the file (or pass the right file)."
+                "Name the column with --url-col / --caption-col, rename it in the file, "
+                "or pass the right file."
             )
     extras: dict[str, str] = {}
     # duckdb names are case-insensitive, so an extra that matches a canonical name in any
