@@ -184,16 +184,16 @@ def match(
     from audit.checks import memorisation
     from audit.reports import memorisation as report
 
+    generated = Path(generated)
+    name = safe_name(name or generated.resolve().name, "--name")  # stays in WS/memorisation/
     train = Workspace.open(against)
     model, pretrained = _embed_params(train)
     if not train.stage_fingerprint("index"):
         knn.build(train.root)  # the candidates come from the training indexes
-    generated = Path(generated)
     if not generated.exists():
         raise AuditError(
             f"{generated} does not exist. Pass the folder (or parquet/webdataset) of generated images."
         )
-    name = name or generated.name
     out_dir = train.path(f"memorisation/{name}")
     if (generated / "manifest.json").exists():
         gen_root = generated

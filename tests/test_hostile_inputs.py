@@ -30,7 +30,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import build_workspace, encode, synthetic_image
 
-from audit import hashes, images, metadata, optouts, sql, training
+from audit import hashes, images, metadata, optouts, pipeline, sql, training
 from audit.cli import cli
 from audit.errors import AuditError
 from audit.optouts.crawl import HostLimiter, check_address, fetch
@@ -223,6 +223,9 @@ def test_dataset_name_cannot_lead_reports_out_of_the_reports_folder(tmp_path, ha
     finally:
         os.chdir(cwd)
     assert not (tmp_path.parent / "escape").exists() and not (tmp_path / "escape").exists()
+    # nor a match name: its results go to WS/memorisation/<name>/
+    with pytest.raises(AuditError, match="not a plain name"):
+        pipeline.match(SAMPLE / "shards", against=hashed.root, name="../../escape")
 
 
 def test_folder_source_does_not_follow_symlinks_out_of_the_root(tmp_path):
