@@ -26,7 +26,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from audit import credentials
 from audit.errors import AuditError
+from audit.results import MembershipInference
 from audit.workspace import Workspace, atomic_write_text, now
 
 FRAGMENT = "MODEL_CARD.fragment.md"
@@ -131,18 +133,6 @@ def _kv_lines(d: dict[str, Any], limit: int = 40) -> str:
     )
 
 
-def _find_auc(d: Any, path: str = "") -> list[tuple[str, Any, Any]]:
-    """Every numeric key mentioning 'auc' (with a sibling `<key>_ci95` / `ci95`)."""
-    found = []
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if "auc" in k.lower() and isinstance(v, (int, float)) and not isinstance(v, bool):
-                found.append((f"{path}{k}", v, d.get(f"{k}_ci95", d.get("ci95"))))
-            elif isinstance(v, dict):
-                found += _find_auc(v, f"{path}{k}.")
-    return found
-
-
 PICTURES = (  # (file in the model folder, caption); copied next to the card as <model>_<file>
     ("samples.png", "samples of the trained model (EMA weights, DDPM sampler)"),
     ("training_images.png", "training images at the same resolution, for comparison"),
@@ -228,15 +218,21 @@ def _memorisation(paths: list[Path]) -> tuple[str, dict[str, float]]:
             lines.append(f"- Verdict counts: {json.dumps(s['counts'])}")
         if "thresholds" in s:
             lines.append(f"- Thresholds: {json.dumps(s['thresholds'], default=str)}")
-        for key, value, ci in _find_auc(s):
-            lines.append(f"- Membership-inference `{key}`: {_fmt(value, ci)}")
-            metrics.setdefault(f"mia_auc_{name}", value)
+        if isinstance(s.get("membership_inference"), dict):
+            mia = MembershipInference.from_dict(s["membership_inference"])
+            aucs = [("members vs held-out", mia.members_vs_heldout)]
+            if mia.members_vs_optedout is not None:
+                aucs.append(("members vs opted-out", mia.members_vs_optedout))
+            aucs += [(f"members copied x{c} vs held-out", a) for c, a in mia.by_copies.items()]
+            for label, a in aucs:
+                lines.append(f"- Membership-inference AUC, {label}: {_fmt(a.value, a.ci95)}")
+            metrics[f"mia_auc_{name}"] = mia.members_vs_heldout.value
         if s.get("warning"):
             lines.append(f"- Warning: {s['warning']}")
         if isinstance(s.get("replication_rate"), (int, float)):
             metrics[f"replication_rate_{name}"] = s["replication_rate"]
         blocks.append("\n".join(lines))
-    if not any("auc" in k for k in metrics):
+    if not any(k.startswith("mia_auc_") for k in metrics):
         blocks.append("Membership inference: not run (`audit experiment memorisation`).")
     return "\n\n".join(blocks), metrics
 
@@ -309,6 +305,10 @@ def build_model_card(
         "## Model Details",
         "",
         details,
+        "",
+        "### How outputs are marked",  # EU AI Act Art. 50(2); see audit.credentials
+        "",
+        credentials.marking_statement(),
         "",
         "## Training Data",
         "",

@@ -69,7 +69,11 @@ def test_card_with_every_part(ws: Workspace, tmp_path: Path):
             "replication_rate": 0.03125,
             "replication_ci95": [0.0, 0.078],
             "counts": {"copy": 2, "near": 3, "novel": 59},
-            "mia": {"auc": 0.61, "auc_ci95": [0.52, 0.7]},
+            "membership_inference": {
+                "auc_members_vs_heldout": 0.61,
+                "auc_members_vs_heldout_ci95": [0.52, 0.7],
+                "auc_x8_vs_heldout": 0.9,
+            },
         },
     )
     r = CliRunner().invoke(cli, ["card", str(ws.root), "--model-dir", str(model)])
@@ -84,7 +88,8 @@ def test_card_with_every_part(ws: Workspace, tmp_path: Path):
     assert "Dataset `ws`: 4 image-text rows" in sec["Training Data"]
     assert "`kept`: 3" in body and "`reserved`: 1" in body
     assert "Replication rate (verdict copy): 0.03125 (95% CI 0-0.078)" in sec["Evaluation"]
-    assert "`mia.auc`: 0.61 (95% CI 0.52-0.7)" in sec["Evaluation"]
+    assert "AUC, members vs held-out: 0.61 (95% CI 0.52-0.7)" in sec["Evaluation"]
+    assert "AUC, members copied x8 vs held-out: 0.9" in sec["Evaluation"]
     assert "female-to-male ratio" in sec["Bias, Risks, and Limitations"]
     assert "model_details, bias, optout, filter; 1 memorisation result(s)" in r.output
     # the model's pictures: linked in place inside the model folder, copied beside a card elsewhere

@@ -281,5 +281,7 @@ def test_cli_crawl_refuses_loopback(server, make_workspace, tmp_path):
     res = CliRunner().invoke(
         cli, ["optout", "crawl", str(ws.root), "--cache", str(tmp_path / "c"), "--rate", "50"]
     )
-    assert res.exit_code == 0, res.output
+    # a crawl that fetched nothing says so and exits non-zero
+    assert res.exit_code == 1, res.output
     assert "fetched 4 of 4" in res.output and "refused 4" in res.output
+    assert "every one of the 4 fetches failed" in res.output

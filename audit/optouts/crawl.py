@@ -32,6 +32,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -74,23 +75,53 @@ def check_address(host: str, port: int, allow_private: bool) -> tuple[str | None
     if not infos:
         return None, "dns: no address"
     for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        mapped = getattr(ip, "ipv4_mapped", None)
-        ip = mapped or ip
-        for flag, label in (
-            ("is_loopback", "loopback"),
-            ("is_link_local", "link-local"),
-            ("is_private", "private"),
-            ("is_multicast", "multicast"),
-            ("is_reserved", "reserved"),
-            ("is_unspecified", "unspecified"),
-        ):
-            if getattr(ip, flag) and not allow_private:
-                return (
-                    None,
-                    f"refused: {label} address {ip} (pass allow_private=True only in tests)",
-                )
+        why = refusal(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
+        if why and not allow_private:
+            return None, f"refused: {why} (pass allow_private=True only in tests)"
     return str(infos[0][4][0]), None
+
+
+# IPv6 forms that carry an IPv4 address a router may deliver to: NAT64 (RFC 6052) and its
+# local-use prefix (RFC 8215). IPv4-mapped, 6to4 and Teredo have `ipaddress` properties.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why the crawler must not connect to `ip`, or None if it is globally routable.
+
+    Everything `ipaddress` does not call global is refused (100.64.0.0/10 shared address
+    space, where cloud metadata services live, included), and so are multicast and
+    site-local, which it does; an IPv6 address that embeds an IPv4 one is judged by that too.
+    """
+    embedded: list[ipaddress.IPv4Address] = []
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return refusal(ip.ipv4_mapped)  # the address the socket really reaches
+        if ip.sixtofour:
+            embedded.append(ip.sixtofour)
+        if ip.teredo:
+            embedded.extend(ip.teredo)
+        if any(ip in net for net in _NAT64):  # ::/8 is "reserved": judge what it reaches
+            why = refusal(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+            return f"{why} via NAT64 {ip}" if why else None
+    for flag, label in (
+        ("is_loopback", "loopback"),
+        ("is_link_local", "link-local"),
+        ("is_private", "private"),
+        ("is_multicast", "multicast"),
+        ("is_reserved", "reserved"),
+        ("is_unspecified", "unspecified"),
+        ("is_site_local", "site-local"),
+    ):
+        if getattr(ip, flag, False):
+            return f"{label} address {ip}"
+    for v4 in embedded:
+        why = refusal(v4)
+        if why:
+            return f"{why} embedded in {ip}"
+    if not ip.is_global:
+        return f"not globally routable address {ip}"
+    return None
 
 
 class _PinnedHTTP(http.client.HTTPConnection):
@@ -216,17 +247,57 @@ def fetch(
 
 
 def _read_capped(resp: Any, max_bytes: int, deadline: float) -> tuple[bytes, bool]:
-    chunks, total = [], 0
-    while total <= max_bytes:
-        chunk = resp.read1(min(65536, max_bytes + 1 - total))  # one recv: returns what has arrived
+    """The body, decoded if it is gzip or deflate, and whether it was cut at `max_bytes`.
+
+    The cap applies to the decoded bytes (a small compressed bomb cannot fill memory: zlib
+    is asked for at most what is still allowed) and to the bytes read from the socket.
+    """
+    decoder = _decoder(resp.getheader("Content-Encoding"))
+    chunks, total, received, first = [], 0, 0, True
+    while total <= max_bytes and received <= max_bytes:
+        chunk = resp.read1(min(65536, max_bytes + 1 - received))  # one recv: what has arrived
         if not chunk:
             break
+        received += len(chunk)
+        if decoder is not None:
+            try:
+                chunk = decoder.decompress(chunk, max_bytes + 1 - total)
+            except zlib.error as e:
+                if not (first and decoder.wbits == zlib.MAX_WBITS):
+                    raise http.client.HTTPException(f"undecodable body: {e}") from e
+                # "deflate" is meant to be zlib-wrapped, but some servers send raw deflate
+                decoder = _Decoder(-zlib.MAX_WBITS)
+                chunk = decoder.decompress(chunk, max_bytes + 1 - total)
+            first = False
         chunks.append(chunk)
         total += len(chunk)
+        if decoder is not None and decoder.obj.eof:
+            break
     if time.monotonic() >= deadline - 0.01:
         raise TimeoutError("deadline")  # the watchdog cut the connection: the body is incomplete
     data = b"".join(chunks)
-    return data[:max_bytes], total > max_bytes
+    return data[:max_bytes], total > max_bytes or received > max_bytes
+
+
+class _Decoder:
+    """A streaming zlib decoder that remembers its window setting (to retry raw deflate)."""
+
+    def __init__(self, wbits: int):
+        self.wbits, self.obj = wbits, zlib.decompressobj(wbits)
+
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        # at most `limit` bytes out; what zlib could not emit stays in `unconsumed_tail`, and
+        # is never expanded, because the caller stops once `limit` is reached
+        return self.obj.decompress(data, max(1, limit))
+
+
+def _decoder(encoding: str | None) -> _Decoder | None:
+    enc = (encoding or "").strip().lower()
+    if enc in ("gzip", "x-gzip"):
+        return _Decoder(16 + zlib.MAX_WBITS)
+    if enc == "deflate":
+        return _Decoder(zlib.MAX_WBITS)
+    return None  # identity, or an encoding audit does not decode: kept as sent
 
 
 def _abort(conn: http.client.HTTPConnection) -> None:

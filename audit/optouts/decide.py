@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit.images import ImageProblem, read_bytes
-from audit.optouts import embedded, headers, htmlmeta, registry, robots, tdmrep, urls
+from audit.optouts import embedded, headers, htmlmeta, registry, robots, signature, tdmrep, urls
 from audit.optouts.cache import CrawlCache, Response
 from audit.optouts.signals import ALL_USES, SOURCES, USES, Signal, expand_uses
 
@@ -183,11 +183,12 @@ def embedded_signals(row: dict[str, Any]) -> tuple[list[Signal], ImageProblem | 
         ], p
     # Metadata that is there but cannot be read (a refused or broken XMP packet, an unreadable
     # C2PA store, a value outside the PLUS vocabulary) was not checked: unchecked, never allowed.
+    # c2pa-python adds the signature status of C2PA signals (see optouts.signature).
     return [
         Signal(s.signal, "unchecked", USES, s.location, f"{s.evidence} (present but unreadable)")
         if s.state == "not_evaluable"
         else s
-        for s in embedded.signals(data)
+        for s in signature.annotate(embedded.signals(data), data)
     ], None
 
 

@@ -64,8 +64,15 @@ def filter_dataset(
     keep: Sequence[str] = (),
     require: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    exclude_synthetic: bool = False,
+    format: str = "parquet",
+    samples_per_shard: int = 10_000,
 ) -> dict[str, Any]:
     """Write the rows consented for `use` to `out`; returns the removal summary.
+
+    `format` "parquet" writes the input's own schema to the file `out`; "webdataset" and
+    "img2dataset-parquet" write training shards into the folder `out` (`audit.optouts.shards`).
+    `exclude_synthetic`: also drop the rows `audit provenance` found marked as generated.
 
     >>> filter_dataset("indexes/sample", "clean.parquet", use="genai_training")  # doctest: +SKIP
     {'kept': 201, 'removed': 99, 'by_decision': {'reserved': 87, 'unchecked': 12}, ...}
@@ -98,13 +105,17 @@ def filter_dataset(
     if (ws.stage("optout") or {}).get("status") != "done":
         raise AuditError(f"no opt-out decisions in {ws.root}. Run first: audit optout {ws.root}")
     out = Path(out)
-    if out.suffix != ".parquet":
+    if format == "parquet" and out.suffix != ".parquet":
         raise AuditError(f"--out {out} must end in .parquet")
     states = ("allowed", *sorted(set(keep)))
     params = {"out": str(out), "use": use, "keep": list(states[1:])}
     if required or exclude:
         params |= {"require": required, "exclude": sorted(set(exclude))}
-    run = ws.start_stage("filter", params, depends_on=["optout"])
+    if exclude_synthetic:
+        params["exclude_synthetic"] = True
+    run = ws.start_stage(
+        "filter", params, depends_on=["optout", *(["provenance"] if exclude_synthetic else [])]
+    )
 
     con = ws.connect()
     if required and "optout_coverage" not in _views(con):
@@ -121,6 +132,11 @@ def filter_dataset(
         dtype=np.int64,
     )
     removal = _removal_counts(con, states)
+    if exclude_synthetic:  # rows marked as generated (view `synthetic`, stage provenance)
+        marked = con.execute("SELECT row_id FROM synthetic WHERE synthetic").fetchnumpy()["row_id"]
+        dropped = np.isin(kept_ids, marked)
+        removal["synthetic_removed"] = int(dropped.sum())
+        kept_ids = kept_ids[~dropped]
 
     inputs = {rec["path"]: rec for rec in ws.manifest.get("inputs", [])}
     target = _target_schema(inputs)
@@ -145,10 +161,16 @@ def filter_dataset(
         if tables
         else pa.schema([("url", pa.string()), ("caption", pa.string())])
     )
-    with atomic_path(out) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for t in tables:
-                writer.write_table(_conform(t, schema))
+    written = None
+    if format == "parquet":
+        with atomic_path(out) as tmp:
+            with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+                for t in tables:
+                    writer.write_table(_conform(t, schema))
+    else:
+        from audit.optouts import shards
+
+        written = shards.write(ws, kept_ids, out, format, samples_per_shard)
     atomic_write_parquet(
         ws.path("optout/kept.parquet"), pa.table({"row_id": pa.array(kept_ids, pa.int64())})
     )
@@ -165,6 +187,7 @@ def filter_dataset(
         "excluded_uses": sorted(set(exclude)),
         "schema": "input" if target is not None else "canonical names (no parquet input)",
         "rows_written": how,
+        "shards": written,
         "optout_consulted": {
             k: optout.get("summary", {}).get(k)
             for k in ("registries", "cache", "not_consulted", "agents", "coverage", "evaluable")

@@ -33,8 +33,9 @@ _METHOD = (
     "ai_training and genai_training; search_indexing and ai_inference are reported as their own uses.\n\n"
     "robots.txt is a crawl permission, not a licence: a disallow for an AI-training crawler (GPTBot, CCBot, "
     "img2dataset...) counts as a reservation of AI training; a disallow for every crawler (*) or an "
-    "unreachable robots.txt (RFC 9309: disallow all) counts as a reservation of all uses. C2PA assertions "
-    "are read without verifying signatures."
+    "unreachable robots.txt (RFC 9309: disallow all) counts as a reservation of all uses. C2PA signatures "
+    "are checked with c2pa-python: the evidence starts with their state (untrusted, tampered...) and signer; "
+    "a reservation counts whatever its signature."
 )
 
 

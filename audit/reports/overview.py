@@ -9,31 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from audit import stages
 from audit.reports import UNTRAINED_WARNING, Section, write_page
 from audit.workspace import Workspace
 
-# Pages other report modules write, in reading order: (file, what it answers).
-PAGES = (
-    ("optout.md", "Which rows did their creators reserve from AI training, on which signal?"),
-    ("duplicates.md", "Which images are exact or near duplicates?"),
-    ("memorisation.md", "Which generated images copy training images?"),
-    ("calibration.md", "How well does each copy descriptor separate copies from non-copies?"),
-    ("bias/bias.md", "How do captions, sources, languages and image properties skew?"),
-    ("bias/bias_generated.md", "How do generated images vary across prompts?"),
-    ("MODEL_CARD.md", "The model card, merged from all of the above."),
-)
-
-# Summary keys worth a glance on the landing page, per stage.
-KEY_FIGURES = {
-    "ingest": ("rows", "images", "errors"),
-    "hash": ("hashed", "errors"),
-    "embed": ("embedded", "errors", "dim"),
-    "index": ("image_index", "recall_at_10"),
-    "dedup": ("clusters", "rows_in_clusters", "largest_cluster"),
-    "optout": ("rows", "decisions"),
-    "filter": ("use", "kept", "removed"),
-    "bias": ("captions", "female_to_male_ratio", "domains", "probes"),
-}
+# Pages other report modules write, in reading order, and the summary keys worth a glance on
+# the landing page, per stage: both declared by the stages (`audit.stages`).
+PAGES = stages.PAGES
+KEY_FIGURES = stages.KEY_FIGURES
 
 
 def write(ws_root: str | Path, report_dir: str | Path) -> Path:
