@@ -119,7 +119,8 @@ def _consulted(summary: dict[str, Any]) -> str:
             + (
                 " (UNREADABLE: rows unchecked)"
                 if r.get("error")
-                else f" ({r['domains']} domains, {r['urls']} URLs)"
+                else f" ({r['domains']} domain, {r['urls']} URL, {r.get('url_prefixes', 0)} URL prefix, "
+                f"{r.get('hosts', 0)} host rules)"
             )
             for r in summary.get("registries", [])
         )
