@@ -59,7 +59,7 @@ def compute(
     from audit.optouts import registry as registries
     from audit.optouts import spawning as spawn
     from audit.optouts.cache import CrawlCache
-    from audit.optouts.signals import DEFAULT_AGENTS
+    from audit.optouts.signals import DEFAULT_AGENTS, SOURCES
     from audit.progress import track
     from audit.workspace import Output, Workspace, sha256_file
 
@@ -135,6 +135,7 @@ def compute(
         "signals": _sum_nested([c["signals"] for c in counts]),
         "coverage": _sum_nested([c.get("coverage", {}) for c in counts]),
         "coverage_notes": _first_notes([c.get("coverage_notes", {}) for c in counts]),
+        "coverage_sources": {src: list(names) for src, names in SOURCES.items()},
         "errors": _sum_nested([{"_": c["errors"]} for c in counts]).get("_", {}),
         "registries": [
             {
