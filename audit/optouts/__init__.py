@@ -118,17 +118,10 @@ def compute(
         sig_rows, dec_rows, err_rows, cov_rows = decide.evaluate_part(ctx, table)
         outputs = files.write_part(ws, part, sig_rows, dec_rows, err_rows, cov_rows)
         counts = files.part_counts(sig_rows, dec_rows, err_rows, cov_rows)
-        counts["matched_rules"] = sorted(
-            {
-                r["location"]
-                for r in sig_rows
-                if r["signal"].startswith("registry-") and r["state"] == "reserved"
-            }
-        )
         run.record_part(part.number, outputs, counts=counts)
     merged = files.merge_parts(ws, parts)
     counts = [run.part_info(p.number)["counts"] for p in parts]
-    matched = {loc for c in counts for loc in c.get("matched_rules", [])}
+    matched = files.matched_rules(ws)
     summary = {
         "rows": sum(p.rows for p in parts),
         "decisions": _sum_nested([c["decisions"] for c in counts]),
