@@ -353,9 +353,12 @@ def targets(ws: Workspace) -> list[tuple[str, str]]:
     return out
 
 
-def hop_host_files(store: CrawlCache) -> list[tuple[str, str]]:
+def hop_host_files(
+    store: CrawlCache, refetch: set[tuple[str, str]] | None = None
+) -> list[tuple[str, str]]:
     """(kind, URL) of the host files of every origin an image URL was redirected through that
-    the cache does not hold yet, in a stable order."""
+    the cache does not hold yet (or, with `refetch` - a refresh - that this run has not fetched
+    yet: the set of (kind, URL) it did), in a stable order."""
     out, seen = [], set()
     for (kind, _), resp in sorted(store.responses.items()):
         if kind != "image":
@@ -366,8 +369,11 @@ def hop_host_files(store: CrawlCache) -> list[tuple[str, str]]:
                 continue
             seen.add(origin)
             for file_kind, file in HOST_FILES.items():
-                if store.get(file_kind, origin + file) is None:
-                    out.append((file_kind, origin + file))
+                target = (file_kind, origin + file)
+                if refetch is not None and target not in refetch:
+                    out.append(target)
+                elif store.get(*target) is None:
+                    out.append(target)
     return out
 
 
@@ -404,7 +410,8 @@ def crawl(
     # Pass 1: the workspace's URLs; pass 2: host files of the hosts image URLs redirected to.
     for rnd in range(2):
         if rnd == 1:
-            todo = hop_host_files(store)
+            done = {(k, u) for k, u in wanted} if refresh else None
+            todo = hop_host_files(store, done)
             wanted += todo
             hosts |= {urlsplit(u).hostname for _, u in todo}
         with ThreadPoolExecutor(max_workers=workers) as pool:
