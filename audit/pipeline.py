@@ -23,7 +23,7 @@ from audit import stages
 from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
 from audit.schema import IMAGE_LOCATION
-from audit.workspace import Output, Workspace, atomic_write_json
+from audit.workspace import Output, Workspace, atomic_write_json, safe_name
 
 
 def describe(
@@ -88,12 +88,15 @@ class StageResult:
 
 def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
     """The values `audit run` hands the stages, by the names `Stage.args` uses."""
-    report_dir = Path(options.report_dir or Path("reports") / ws_root.name)
+    from audit.reports import writable_dir
+
+    dataset = safe_name(ws_root.resolve().name, "workspace folder name")
+    report_dir = writable_dir(options.report_dir or Path("reports") / dataset)
     model_dir = ws_root / "models" / "ddpm"
     trained = bool(options.train_steps)
     return {
         "ws": ws_root,
-        "dataset": ws_root.name,
+        "dataset": dataset,
         "report_dir": report_dir,
         "bias_dir": report_dir / "bias",
         "consented": ws_root / "consented.parquet",

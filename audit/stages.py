@@ -157,6 +157,11 @@ STAGES: tuple[Stage, ...] = (
                 "optout/signals.parquet",
                 "every opt-out signal found, one row per signal and record",
             ),
+            Table(
+                "optout_coverage",
+                "optout/coverage.parquet",
+                "one row per record: per source, evaluated / absent / not_consulted / missing",
+            ),
         ),
         report="audit.reports.optout:write",
         pages=(

@@ -370,7 +370,14 @@ def generate(
 
 
 def _clear_previous(out: Path) -> None:
-    """Refuse a folder that holds other things; remove the images of an earlier `generate`."""
+    """Refuse a folder that holds other things; remove the images of an earlier `generate`.
+
+    `generated.parquet` is only a claim: a name that is not one this command writes
+    (`generated/NNNNNN.png`), or that leads out of `out/generated/` (absolute, `..`, a
+    symlink), stops the command before anything is deleted.
+    """
+    import re
+
     import pyarrow.parquet as pq
 
     if not out.exists() or not any(out.iterdir()):
@@ -380,8 +387,24 @@ def _clear_previous(out: Path) -> None:
         raise AuditError(
             f"{out} is not empty and holds no generated.parquet; pass a new or empty --out folder."
         )
+    folder = (out / IMAGES).resolve()
+    victims = []
     for name in pq.read_table(previous, columns=["file"]).column("file").to_pylist():
-        (out / name).unlink(missing_ok=True)
+        path = out / str(name)
+        if (
+            not isinstance(name, str)
+            or not re.fullmatch(rf"{re.escape(IMAGES)}/\d{{6}}\.png", name)
+            or path.is_symlink()
+            or (out / IMAGES).is_symlink()
+            or path.resolve().parent != folder
+        ):
+            raise AuditError(
+                f"{previous} lists {name!r}, which is not an image `audit generate` writes "
+                f"({IMAGES}/NNNNNN.png inside {out}); nothing was deleted. Pass a new --out folder."
+            )
+        victims.append(path)
+    for path in victims:
+        path.unlink(missing_ok=True)
     previous.unlink()
     if (out / IMAGES).is_dir() and not any((out / IMAGES).iterdir()):
         (out / IMAGES).rmdir()

@@ -49,6 +49,7 @@ def test_workspace_and_status_page_read_the_stage_list():
         "duplicates_metadata",
         "optout",
         "optout_signals",
+        "optout_coverage",
         "matches",
     ]
     assert overview.KEY_FIGURES["hash"] == ("hashed", "errors")

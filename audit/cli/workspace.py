@@ -73,6 +73,13 @@ def ingest(
             f"{s['images']['error']:,} error; errors: {errors}"
         ),
     )
+    if not s["rows"]:
+        from audit.errors import AuditError
+
+        raise AuditError(
+            f"nothing was ingested: the sources hold no records ({s['skipped']} file(s) "
+            "skipped). Check the SOURCE paths."
+        )
 
 
 @click.command()

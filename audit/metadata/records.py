@@ -17,8 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from audit.images import ImageProblem, open_image, read_bytes
-from audit.metadata.columns import FROM_SOURCE, convert
+from audit.images import ImageProblem, check_size, open_image, read_bytes
+from audit.metadata.columns import FROM_SOURCE, check, convert
 from audit.metadata.scan import Loc, RawBatch
 from audit.schema import IMAGE_COLUMNS, METADATA
 
@@ -41,6 +41,7 @@ class Reader:
     def read(self, loc: Loc) -> bytes:
         if loc.member is None:
             return read_bytes(loc.path, 0, None)
+        check_size(loc.size, f"{loc.member} in {loc.path}")  # never read a huge member whole
         f = self._files.get(loc.path)
         if f is None:
             self.close()  # inputs are read one after another; one shard open at a time
@@ -91,6 +92,11 @@ def build(
             cols[name] = pa.nulls(n, target)
             continue
         cols[name], problems = convert(raw.columns[name], target)
+        cols[name], invalid = check(name, raw.columns[name], cols[name])
+        cast_failed = {i for i, kind, _ in problems if kind == "bad_value"}
+        for i, detail in invalid:
+            if i not in cast_failed:
+                error(i, "bad_value", detail)
         for i, kind, value in problems:
             if kind == "not_utf8":
                 error(

@@ -35,6 +35,25 @@ class Section:
     html_extra: str = ""  # raw HTML (e.g. thumbnail grids) for the HTML page only
 
 
+def writable_dir(path: str | Path) -> Path:
+    """Make `path` and check a file can be written in it, before a stage records anything:
+    a stage must not say done when its report then fails."""
+    import tempfile
+
+    from audit.errors import AuditError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise AuditError(
+            f"cannot write reports to {path} ({e.strerror}). Pass a writable --report-dir."
+        ) from e
+    return path
+
+
 def png_bytes(img: Any, max_side: int | None = None) -> bytes:
     """A PIL image as PNG bytes, shrunk so its longer side is at most `max_side`."""
     if max_side is not None:
