@@ -50,6 +50,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -297,12 +298,15 @@ class _PartWriter:
         }
 
         def job() -> None:
+            sha = {}
             if rows:
-                atomic_write_parquet(ws.path(err_rel), error_table(rows))
+                sha[err_rel] = atomic_write_parquet(ws.path(err_rel), error_table(rows))
             elif ws.path(err_rel).exists():
                 ws.path(err_rel).unlink()
-            atomic_write_parquet(ws.path(meta_rel), table, **_part_options(table))
-            self.run.record_part(number, outputs, **info)
+            sha[meta_rel] = atomic_write_parquet(ws.path(meta_rel), table, **_part_options(table))
+            # hashed while written: the manifest records them without reading the files back
+            done = [replace(o, sha256=sha.get(o.path)) for o in outputs]
+            self.run.record_part(number, done, **info)
 
         self.wait()
         self._pending = self.pool.submit(job)
