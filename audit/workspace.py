@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -85,15 +86,39 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_write_parquet(path: str | os.PathLike[str], table: Any, **options: Any) -> None:
-    """Write a pyarrow Table (or RecordBatch) as parquet, atomically (`options`: write_table's)."""
+def atomic_write_parquet(path: str | os.PathLike[str], table: Any, **options: Any) -> str:
+    """Write a pyarrow Table (or RecordBatch) as parquet, atomically (`options`: write_table's).
+
+    Returns the file's sha256, computed as the bytes go out (the writer only appends), so a
+    stage can record it without reading the file back.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, **{"compression": "zstd", **options})
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        sink = _HashingWriter(f)
+        pq.write_table(table, sink, **{"compression": "zstd", **options})
+    return sink.hash.hexdigest()
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only file that hashes what passes through it."""
+
+    def __init__(self, f: Any):
+        self.f, self.hash, self.size = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.size
 
 
 def atomic_write_npy(path: str | os.PathLike[str], array: Any) -> None:
@@ -111,6 +136,7 @@ class Output:
     path: str
     rows: int | None = None
     row_offset: int | None = None
+    sha256: str | None = None  # when the writer hashed the bytes as it wrote them
 
 
 @dataclass(frozen=True)
@@ -577,7 +603,7 @@ def _describe(root: Path, out: Output) -> dict[str, Any]:
     p = root / out.path
     return {
         "path": out.path,
-        "sha256": sha256_file(p),
+        "sha256": out.sha256 or sha256_file(p),
         "bytes": p.stat().st_size,
         "rows": out.rows,
         "row_offset": out.row_offset,
