@@ -13,29 +13,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from audit.reports import Section, save_figure, write_page
+from audit.checks.bias import stats
+from audit.reports import Section, fmt, save_figure, write_page
 from audit.workspace import atomic_write_json, atomic_write_text
 
 FRAGMENT = "MODEL_CARD.fragment.md"
 
 
-def fmt(value: Any, ci: Any = None, pct: bool = False) -> str:
-    """`0.1234` -> "0.123 [0.101, 0.145]"; percentages with pct=True; None -> "n/a"."""
-    if value is None:
-        return "n/a"
+def _share(value: Any, ci: Any, n: int | None, too_few: bool | None = None) -> str:
+    """A share as a percentage with its interval, or "too few" when `n` is below the minimum."""
+    if too_few if too_few is not None else (n is not None and n < stats.MIN_N):
+        return f"too few ({n}; under {stats.MIN_N})"
+    return fmt(value, ci, True)
 
-    def one(v: Any, unbounded: str = "n/a") -> str:
-        if (
-            v is None
-        ):  # an interval end that is infinite (e.g. PMI when a resample has no co-occurrence)
-            return unbounded
-        v = v + 0.0 if v != 0 else 0.0  # no "-0"
-        return f"{100 * v:.1f}%" if pct else f"{v:.3g}"
 
-    text = one(value)
-    if ci and any(c is not None for c in ci):
-        text += f" [{one(ci[0], '-inf')}, {one(ci[1], 'inf')}]"
-    return text
+def _pmi(o: dict[str, Any], side: str) -> str:
+    if o.get(f"pmi_{side}_too_few"):
+        return f"too few ({o[f'with_{side}']}; under {stats.PMI_MIN_COUNT})"
+    return fmt(o[f"pmi_{side}"], o.get(f"pmi_{side}_ci95"))
 
 
 def _plt() -> Any:
@@ -98,7 +93,14 @@ def _hist(path: Path, hist: dict[str, list], title: str, xlabel: str, logx: bool
         edgecolor="white",
     )
     if logx:
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
         ax.set_xscale("log")
+        # a few major ticks in plain numbers; minor ticks unlabeled (labelled they overlap)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelrotation=0, labelsize=8)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("rows")
@@ -125,7 +127,8 @@ def write_dataset_report(fig: dict[str, Any], report_dir: str | Path) -> list[Pa
     ]
     intro = (
         f"Dataset `{fig['dataset']}`: {fig['rows']} rows, {fig['captions']['captions']} non-empty captions. "
-        f"Every figure has a 95% bootstrap interval in brackets ({fig['bootstrap']['reps']} resamples). "
+        "Every figure has a 95% interval in brackets: Wilson score intervals for shares, percentile "
+        f"bootstrap ({fig['bootstrap']['reps']} resamples) for ratios, PMI and concentration. "
         "Words in captions describe how images were labelled on the web, not who is in them."
     )
     md = write_page(out, "bias", f"Bias report: {fig['dataset']}", sections, intro)
@@ -144,7 +147,7 @@ def _gender_section(fig: dict[str, Any], out: Path) -> Section:
         f"non-binary: {fmt(groups['nonbinary']['share'], groups['nonbinary']['ci95'], True)}.\n\n"
         f"Female-to-male ratio of captions: {fmt(ratio['value'], ratio['ci95'])} "
         f"({ratio['female_captions']} vs {ratio['male_captions']}); female share of gendered mentions: "
-        f"{fmt(fshare['value'], fshare['ci95'], True)} (parity = 50%)."
+        f"{_share(fshare['value'], fshare['ci95'], fshare.get('gendered_mentions'), fshare.get('too_few'))} (parity = 50%)."
     )
     img = _bars(
         out / "bias_gender.png",
@@ -173,7 +176,9 @@ def _occupation_section(fig: dict[str, Any], out: Path) -> Section:
     text = (
         "Occupation terms (U.S. SOC titles) and the gendered terms in the same caption. "
         "Female share = captions with a female term / (with female + with male). "
-        "PMI in nats: > 0 the occupation appears with the gender more often than chance."
+        "PMI in nats: > 0 the occupation appears with the gender more often than chance. "
+        f"Shares of fewer than {stats.MIN_N} gendered mentions and PMI from fewer than "
+        f"{stats.PMI_MIN_COUNT} co-occurrences are too few to read and are not given."
     )
     if not occ:
         return Section(
@@ -185,13 +190,17 @@ def _occupation_section(fig: dict[str, Any], out: Path) -> Section:
             "captions": o["captions"],
             "with female": o["with_female"],
             "with male": o["with_male"],
-            "female share": fmt(o["female_share_of_gendered"], o.get("female_share_ci95"), True),
-            "PMI female": fmt(o["pmi_female"], o.get("pmi_female_ci95")),
-            "PMI male": fmt(o["pmi_male"], o.get("pmi_male_ci95")),
+            "female share": _share(
+                o["female_share_of_gendered"],
+                o.get("female_share_ci95"),
+                o["with_female"] + o["with_male"],
+            ),
+            "PMI female": _pmi(o, "female"),
+            "PMI male": _pmi(o, "male"),
         }
         for o in occ[:30]
     ]
-    shown = [o for o in occ if o["with_female"] + o["with_male"] >= 5][:25]
+    shown = [o for o in occ if o["with_female"] + o["with_male"] >= stats.MIN_N][:25]
     images = []
     if shown:
         img = _bars(
@@ -199,7 +208,7 @@ def _occupation_section(fig: dict[str, Any], out: Path) -> Section:
             [o["occupation"] for o in shown],
             [o["female_share_of_gendered"] for o in shown],
             [o.get("female_share_ci95") for o in shown],
-            "Female share of gendered mentions (occupations with >= 5)",
+            f"Female share of gendered mentions (occupations with >= {stats.MIN_N})",
             "female share",
             ref=0.5,
         )
@@ -388,9 +397,19 @@ def _context_section(fig: dict[str, Any]) -> Section:
                 )
                 + "."
             )
-        if o.get("filter") and o["filter"].get("summary"):
+        f = (o.get("filter") or {}).get("summary") or {}
+        if f:
             parts.append(
-                "Filter stage summary: " + json.dumps(o["filter"]["summary"], default=str)[:600]
+                f"`audit filter` kept {f.get('kept')} of {f.get('rows')} rows for {f.get('use')}"
+                f" and removed {f.get('removed')}"
+                + (
+                    " ("
+                    + ", ".join(f"{k} {v}" for k, v in (f.get("by_decision") or {}).items())
+                    + ")"
+                    if f.get("by_decision")
+                    else ""
+                )
+                + "."
             )
     else:
         parts.append(f"Opt-outs: {o['note']}.")
@@ -398,9 +417,13 @@ def _context_section(fig: dict[str, Any]) -> Section:
         parts.append(
             f"Duplicates: {d['rows_in_clusters']} rows in {d['clusters']} clusters; keeping one per cluster removes "
             f"{d['removable_if_one_kept']} rows ({fmt(d['removable_share'], d.get('removable_share_ci95'), True)}). "
-            f"Largest clusters: {d['largest_clusters']}; the top 10 clusters hold "
+            "Largest clusters: "
+            + ", ".join(str(x) for x in d["largest_clusters"])
+            + f" rows; the top 10 clusters hold "
             f"{fmt(d['top10_clusters_share_of_duplicated_rows'], None, True)} of duplicated rows; Gini over cluster sizes "
-            f"{fmt(d['gini_cluster_sizes'])}. By kind: {d['by_kind']}. Domains of duplicated rows: "
+            f"{fmt(d['gini_cluster_sizes'])}. By kind: "
+            + ", ".join(f"{k} {v}" for k, v in d["by_kind"].items())
+            + ". Domains of duplicated rows: "
             + ", ".join(f"{x['domain']} {x['rows']}" for x in d["domains_of_duplicated_rows"])
             + "."
         )
