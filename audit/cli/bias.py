@@ -179,12 +179,18 @@ def grid(out: Path, seeds: int | None) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Card to write (default MODEL-DIR/MODEL_CARD.md or reports/<dataset>/MODEL_CARD.md).",
 )
+@click.option(
+    "--license",
+    "license_",
+    help="Hub licence id for the weights, e.g. apache-2.0 (default: the training images' licence when they share one).",
+)
 def card(
     ws: Path,
     model_dir: Path | None,
     bias_dir: Path | None,
     memorisation_dir: Path | None,
     out: Path | None,
+    license_: str | None,
 ) -> None:
     """Merge training, opt-out, memorisation and bias results into one Hugging Face model card.
 
@@ -195,13 +201,17 @@ def card(
     s = cards.build_model_card(
         ws,
         **_given(
-            model_dir=model_dir, bias_dir=bias_dir, memorisation_dir=memorisation_dir, out=out
+            model_dir=model_dir,
+            bias_dir=bias_dir,
+            memorisation_dir=memorisation_dir,
+            out=out,
+            license=license_,
         ),
     )
     parts = [k for k in ("model_details", "bias", "optout", "filter") if s[k]]
     click.echo(
         f"model card -> {s['out']} (with: {', '.join(parts) or 'nothing'}; "
-        f"{s['memorisation_results']} memorisation result(s); the rest marked not run)"
+        f"{s['memorisation_results']} memorisation result(s); the rest marked not run; license {s['license']})"
     )
 
 

@@ -493,7 +493,7 @@ def model_card_fragment(fig: dict[str, Any]) -> str:
         "",
         f"- Captions mentioning female terms: {fmt(groups['female']['share'], groups['female']['ci95'], True)}; male: "
         f"{fmt(groups['male']['share'], groups['male']['ci95'], True)}; female-to-male ratio "
-        f"{fmt(g['female_to_male_ratio']['value'], g['female_to_male_ratio']['ci95'])} (95% bootstrap intervals).",
+        f"{fmt(g['female_to_male_ratio']['value'], g['female_to_male_ratio']['ci95'])} (95% intervals).",
     ]
     if skew:
         risks.append(
