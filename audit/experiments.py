@@ -15,6 +15,7 @@ from typing import Any
 
 from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
+from audit.reports import default_dir
 from audit.schema import IMAGE_LOCATION
 from audit.workspace import Output, Workspace, atomic_write_bytes, atomic_write_json
 
@@ -96,7 +97,7 @@ def match(
             Output(f"{rel}/summary.json"),
         ],
     )
-    report.write_match_page(train.root, name, Path(report_dir or Path("reports") / train.dataset))
+    report.write_match_page(train.root, name, Path(report_dir or default_dir(train)))
     return summary
 
 
@@ -152,7 +153,7 @@ def calibrate(
     )
     if not trained:
         result["warning"] = "untrained embedding weights: cosine figures describe a random network"
-    out = Path(report_dir or Path("reports") / w.dataset)
+    out = Path(report_dir or default_dir(w))
     atomic_write_json(out / "calibration.json", json.loads(json.dumps(result, default=_jsonable)))
     report.write_calibration_page(out)
     return result

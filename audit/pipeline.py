@@ -58,6 +58,7 @@ class RunOptions:
     train_steps: int = 0  # 0: do not train the diffusion model
     generate: int = 64
     seed: int = 0
+    calibrate: int = 0  # images for `audit calibrate` (0: skip the calibration page)
 
     @classmethod
     def demo(cls) -> RunOptions:
@@ -67,6 +68,7 @@ class RunOptions:
             registries=[str(p) for p in sorted((sample / "optout").glob("registry-*"))],
             crawl_cache=str(sample / "optout" / "cache"),
             train_steps=3000,
+            calibrate=200,
         )
 
 
@@ -79,6 +81,7 @@ def run(
     """Every stage on one dataset, then the reports. Returns {stage: summary}."""
     from audit import cards, embeddings, experiments, hashes, knn, metadata, optouts, training
     from audit.checks import bias, duplicates
+    from audit.reports import default_dir
     from audit.reports import duplicates as duplicates_report
     from audit.reports import optout as optout_report
 
@@ -86,7 +89,7 @@ def run(
     if not options.sources and not (ws_root / "manifest.json").exists():
         raise AuditError("nothing to run: pass SOURCE paths, or --demo for the bundled sample")
     dataset = ws_root.name
-    report_dir = Path(options.report_dir or Path("reports") / dataset)
+    report_dir = Path(options.report_dir or default_dir(ws_root))
     model_dir = ws_root / "models" / "ddpm"
     generated = ws_root / "generated" / "ddpm"
     memorisation_dir = ws_root / "memorisation"
@@ -118,6 +121,15 @@ def run(
         ("filter", lambda: optouts.filter_dataset(ws_root, out=ws_root / "consented.parquet")),
         ("bias", lambda: bias.compute(ws_root, report_dir=report_dir / "bias")),
     ]
+    if options.calibrate:
+        steps.append(
+            (
+                "calibrate",
+                lambda: experiments.calibrate(
+                    ws_root, n=options.calibrate, seed=options.seed, report_dir=report_dir
+                ),
+            )
+        )
     if options.train_steps:
         steps += [
             (

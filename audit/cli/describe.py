@@ -135,10 +135,11 @@ def dedup(ws: Path, hamming: int | None, cosine: float | None, report_dir: Path 
         f"{s['clusters']} cluster(s), {s['rows_in_clusters']} rows "
         f"({s['by_kind']}) -> {ws}/duplicates.parquet"
     )
+    from audit.reports import default_dir
     from audit.reports import duplicates as page
     from audit.workspace import Workspace
 
-    report_dir = report_dir or Path("reports") / Workspace.open(ws).dataset
+    report_dir = report_dir or default_dir(Workspace.open(ws))
     line += f"; report {page.write(ws, report_dir)}"
     click.echo(line)
 

@@ -49,9 +49,10 @@ def default_dir(ws: Any) -> Path:
 
     A workspace at `<project>/indexes/<dataset>` (the layout `audit run` and `make demo` use)
     reports to `<project>/reports/<dataset>`; any other workspace reports to `WS/reports`.
-    Either way the place follows from the workspace, not from the folder a command runs in.
+    Either way the place follows from the workspace (a `Workspace` or its path), not from the
+    folder a command runs in; every command's `--report-dir` overrides it.
     """
-    root = Path(ws.root)
+    root = Path(ws if isinstance(ws, (str, os.PathLike)) else ws.root)
     if root.parent.name == "indexes":
         return root.parent.parent / "reports" / root.name
     return root / "reports"
@@ -148,6 +149,17 @@ def _env() -> Any:
     from markupsafe import Markup
 
     md = MarkdownIt("commonmark", {"html": False, "typographer": False}).enable("table")
+
+    def link_open(self: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+        # Pages link each other's markdown; in HTML the link goes to the HTML beside it.
+        href = tokens[idx].attrGet("href") or ""
+        if "://" not in href and not href.startswith(("#", "mailto:")):
+            path, sep, frag = href.partition("#")
+            if path.endswith(".md"):
+                tokens[idx].attrSet("href", path[:-3] + ".html" + sep + frag)
+        return self.renderToken(tokens, idx, options, env)
+
+    md.add_render_rule("link_open", link_open)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("audit.reports", "templates"),
         autoescape=jinja2.select_autoescape(["html.j2"]),

@@ -67,6 +67,7 @@ def _bars(
             for v, c in zip(values, cis, strict=False)
         ]
     )
+    lo, hi = np.clip(lo, 0, None), np.clip(hi, 0, None)  # float noise at the interval ends
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
     y = np.arange(len(labels))[::-1]
     ax.barh(y, vals, xerr=[lo, hi], color="#5b8fc9", ecolor="#333", capsize=2)

@@ -89,9 +89,9 @@ def compute(
         )
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
-    report_dir = (
-        Path(report_dir) if report_dir is not None else Path("reports") / ws.dataset / "bias"
-    )
+    from audit.reports import default_dir
+
+    report_dir = Path(report_dir) if report_dir is not None else default_dir(ws) / "bias"
     run = ws.start_stage(
         "bias",
         {"bootstrap": bootstrap, "seed": seed, "max_language_rows": max_language_rows},
