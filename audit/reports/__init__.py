@@ -346,3 +346,38 @@ def write_page(
     atomic_write_text(out_dir / f"{name}.html", page)
     link_pages(root)
     return out_dir / f"{name}.md"
+
+
+def contact_sheet(ws: Any, row_ids: list[int], size: int = 96, columns: int = 8) -> Any:
+    """Thumbnails of workspace rows `row_ids` in a grid (PIL image), for notebooks and pages.
+
+    A row whose image cannot be read is a grey square, so positions still match `row_ids`.
+
+    >>> contact_sheet(Workspace.open("indexes/sample"), [0, 1, 2])  # doctest: +SKIP
+    """
+    from PIL import Image
+
+    from audit.images import ImageProblem, decode, read_bytes
+
+    ids = [int(r) for r in row_ids]
+    found: dict[int, Any] = {}
+    if ids:
+        rows = ws.connect().execute(
+            "SELECT row_id, image_path, image_offset, image_size FROM metadata "
+            f"WHERE image_status = 'ok' AND row_id IN ({','.join(map(str, ids))})"
+        )
+        for rid, path, offset, nbytes in rows.fetchall():
+            try:
+                found[int(rid)] = decode(read_bytes(path, offset, nbytes), mode="RGB")
+            except ImageProblem:
+                continue
+    cols = max(1, min(columns, len(ids)))
+    lines = max(1, -(-len(ids) // cols))
+    sheet = Image.new("RGB", (cols * (size + 4) + 4, lines * (size + 4) + 4), "white")
+    for k, rid in enumerate(ids):
+        img = found.get(rid) or Image.new("RGB", (size, size), (200, 200, 200))
+        img = img.copy()
+        img.thumbnail((size, size))
+        x, y = 4 + (k % cols) * (size + 4), 4 + (k // cols) * (size + 4)
+        sheet.paste(img, (x + (size - img.width) // 2, y + (size - img.height) // 2))
+    return sheet
