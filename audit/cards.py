@@ -29,6 +29,7 @@ from typing import Any
 
 from audit.errors import AuditError
 from audit.reports import Section, fmt, path_scrubber, write_page
+from audit.results import MembershipInference
 from audit.workspace import Workspace, atomic_write_text
 
 FRAGMENT = "MODEL_CARD.fragment.md"
@@ -223,22 +224,24 @@ def _memorisation(paths: list[Path], dataset: str) -> tuple[str, list[Any]]:
             results.append(
                 _result(dataset, name, "replication_rate", "Replication rate (%)", 100 * rate)
             )
-        mia = s.get("mia") or {}
-        for key, value in mia.items():
-            if (
-                key.startswith("auc")
-                and not key.endswith("ci95")
-                and isinstance(value, (int, float))
-            ):
-                label = (
-                    key.removeprefix("auc").strip("_").replace("_", " ") or "members vs non-members"
-                )
-                auc_lines.append(
-                    f"- Membership inference ({label}), AUC: {fmt(value, mia.get(f'{key}_ci95'))}"
-                )
+        if isinstance(s.get("membership_inference"), dict):
+            mia = MembershipInference.from_dict(s["membership_inference"])
+            aucs = [("members vs held-out", "heldout", mia.members_vs_heldout)]
+            if mia.members_vs_optedout is not None:
+                aucs.append(("members vs opted-out", "optedout", mia.members_vs_optedout))
+            aucs += [
+                (f"members copied x{c} vs held-out", f"x{c}_heldout", a)
+                for c, a in mia.by_copies.items()
+            ]
+            for label, key, a in aucs:
+                auc_lines.append(f"- Membership inference ({label}), AUC: {fmt(a.value, a.ci95)}")
                 results.append(
                     _result(
-                        dataset, name, f"mia_{key}", f"Membership-inference AUC ({label})", value
+                        dataset,
+                        name,
+                        f"mia_auc_{key}",
+                        f"Membership-inference AUC ({label})",
+                        a.value,
                     )
                 )
     text = (

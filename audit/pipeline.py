@@ -1,22 +1,30 @@
 """The composer: runs the stages in order. Stages never import each other; this module does.
 
 `describe` turns a set of image sources into a described workspace (ingest, hash, embed,
-index); `run` is `audit run`: every stage on one dataset, ending in the reports. Each
-stage is resumable on its own, so re-running `audit run` after a crash picks up where it
-stopped, and a stage whose inputs have not changed is skipped quickly.
+index); `run` is `audit run`: every stage of `audit.stages.STAGES` on one dataset, ending in
+the reports; `match` describes generated images with the training workspace's own
+descriptors and runs the memorisation check; `calibrate` measures the check's descriptors on
+copies made from real images. Each stage is resumable on its own, so re-running `audit run`
+after a crash picks up where it stopped, and a stage whose inputs have not changed is
+skipped quickly. `audit.experiments` builds on this module, never the reverse.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from audit import stages
+from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
-from audit.workspace import Workspace
+from audit.reports import default_dir
+from audit.schema import IMAGE_LOCATION
+from audit.workspace import Output, Workspace, atomic_write_json
 
 
 def describe(
@@ -58,7 +66,7 @@ class RunOptions:
     train_steps: int = 0  # 0: do not train the diffusion model
     generate: int = 64
     seed: int = 0
-    calibrate: int = 0  # images for `audit calibrate` (0: skip the calibration page)
+    calibrate: int = 0  # images for the calibration page (0: no calibration in `audit run`)
 
     @classmethod
     def demo(cls) -> RunOptions:
@@ -72,113 +80,67 @@ class RunOptions:
         )
 
 
-Step = tuple[str, Callable[[], Any]]
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage of `audit run` did: its summary (as recorded in the manifest) and time."""
+
+    stage: str
+    summary: dict[str, Any]
+    seconds: float
+
+
+def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
+    """The values `audit run` hands the stages, by the names `Stage.args` uses."""
+    report_dir = Path(options.report_dir or default_dir(ws_root))
+    model_dir = ws_root / "models" / "ddpm"
+    trained = bool(options.train_steps)
+    return {
+        "ws": ws_root,
+        "dataset": ws_root.name,
+        "report_dir": report_dir,
+        "bias_dir": report_dir / "bias",
+        "consented": ws_root / "consented.parquet",
+        "model_dir": model_dir,
+        "model_name": "ddpm",
+        "generated": ws_root / "generated" / "ddpm",
+        "trained_model_dir": model_dir if trained else None,
+        "trained_memorisation_dir": ws_root / "memorisation" if trained else None,
+        "model_card": report_dir / "MODEL_CARD.md",
+        **{f.name: getattr(options, f.name) for f in fields(options)},
+    }
 
 
 def run(
     ws_root: str | Path, options: RunOptions, echo: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """Every stage on one dataset, then the reports. Returns {stage: summary}."""
-    from audit import cards, embeddings, experiments, hashes, knn, metadata, optouts, training
-    from audit.checks import bias, duplicates
-    from audit.reports import default_dir
-    from audit.reports import duplicates as duplicates_report
-    from audit.reports import optout as optout_report
+) -> list[StageResult]:
+    """Every stage of `stages.STAGES` that applies, in order, then the reports."""
+    from audit.reports import UNTRAINED_WARNING, overview
 
     ws_root = Path(ws_root)
     if not options.sources and not (ws_root / "manifest.json").exists():
         raise AuditError("nothing to run: pass SOURCE paths, or --demo for the bundled sample")
-    dataset = ws_root.name
-    report_dir = Path(options.report_dir or default_dir(ws_root))
-    model_dir = ws_root / "models" / "ddpm"
-    generated = ws_root / "generated" / "ddpm"
-    memorisation_dir = ws_root / "memorisation"
-
-    def dedup() -> dict[str, Any]:
-        summary = duplicates.find(ws_root)
-        duplicates_report.write(ws_root, report_dir)
-        return summary
-
-    def optout() -> dict[str, Any]:
-        summary = optouts.compute(ws_root, registry=options.registries, cache=options.crawl_cache)
-        optout_report.write(ws_root, report_dir)
-        return summary
-
-    steps: list[Step] = []
-    if options.sources:
-        steps.append(("ingest", lambda: metadata.ingest(ws_root, options.sources, dataset=dataset)))
-    steps += [
-        ("hash", lambda: hashes.compute(ws_root, workers=options.workers)),
-        (
-            "embed",
-            lambda: embeddings.compute(
-                ws_root, model=options.model, pretrained=options.pretrained, workers=options.workers
-            ),
-        ),
-        ("index", lambda: knn.build(ws_root)),
-        ("dedup", dedup),
-        ("optout", optout),
-        ("filter", lambda: optouts.filter_dataset(ws_root, out=ws_root / "consented.parquet")),
-        ("bias", lambda: bias.compute(ws_root, report_dir=report_dir / "bias")),
-    ]
-    if options.calibrate:
-        steps.append(
-            (
-                "calibrate",
-                lambda: experiments.calibrate(
-                    ws_root, n=options.calibrate, seed=options.seed, report_dir=report_dir
-                ),
-            )
-        )
-    if options.train_steps:
-        steps += [
-            (
-                "train",
-                lambda: training.train_on_workspace(
-                    ws_root, model_dir, steps=options.train_steps, seed=options.seed
-                ),
-            ),
-            (
-                "generate",
-                lambda: training.generate(
-                    model_dir, generated, n=options.generate, seed=options.seed
-                ),
-            ),
-            (
-                "match",
-                lambda: experiments.match(
-                    generated,
-                    against=ws_root,
-                    name="ddpm",
-                    report_dir=report_dir,
-                    workers=options.workers,
-                ),
-            ),
-        ]
-    steps.append(
-        (
-            "card",
-            lambda: cards.build_model_card(
-                ws_root,
-                model_dir=model_dir if options.train_steps else None,
-                bias_dir=report_dir / "bias",
-                memorisation_dir=memorisation_dir if options.train_steps else None,
-                out=report_dir / "MODEL_CARD.md",
-            ),
-        )
-    )
-
-    from audit.reports import UNTRAINED_WARNING, overview
-
+    values = run_values(ws_root, options)
+    applies = {
+        "always": True,
+        "sources": bool(options.sources),
+        "train": bool(options.train_steps),
+        "calibrate": bool(options.calibrate),
+    }
     if options.pretrained == "none":
         echo(UNTRAINED_WARNING)
-    results: dict[str, Any] = {}
-    for name, step in steps:
+    results: list[StageResult] = []
+    for stage in stages.STAGES:
+        if not applies.get(stage.when, False):
+            continue
         started = time.perf_counter()
-        echo(f"[{name}] ...")
-        results[name] = step()
-        echo(f"[{name}] done in {time.perf_counter() - started:.1f}s: {_brief(results[name])}")
-    echo(f"report: {overview.write(ws_root, report_dir)}")
+        echo(f"[{stage.name}] ...")
+        summary = stages.load(stage.entry)(**{kw: values[key] for kw, key in stage.args})
+        if stage.report:
+            stages.load(stage.report)(ws_root, values["report_dir"])
+        seconds = time.perf_counter() - started
+        results.append(StageResult(stage.name, summary, seconds))
+        echo(f"[{stage.name}] done in {seconds:.1f}s: {_brief(summary)}")
+    echo(f"report: {overview.write(ws_root, values['report_dir'])}")
     return results
 
 
@@ -191,3 +153,196 @@ def _brief(summary: Any) -> str:
         ]
         return ", ".join(items[:8])
     return str(summary)[:120]
+
+
+def _embed_params(ws: Workspace) -> tuple[str, str]:
+    rec = ws.stage("embed")
+    if not rec or rec.get("status") != "done":
+        raise AuditError(
+            f"{ws.root} has no finished embed stage, so its descriptors are unknown. "
+            f"Run: audit embed {ws.root} && audit hash {ws.root} && audit index {ws.root}"
+        )
+    return rec["params"]["model"], rec["params"]["pretrained"]
+
+
+def match(
+    generated: str | Path,
+    against: str | Path,
+    name: str | None = None,
+    k: int = 10,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    report_dir: str | Path | None = None,
+    workers: int = 2,
+) -> dict[str, Any]:
+    """Find the training images that generated images copy; returns the summary.
+
+    `generated` is a folder, parquet or webdataset of images (or an already described
+    workspace). Writes `<against>/memorisation/<name>/{generated/, matches.parquet, summary.json}`
+    and the page `<report_dir>/memorisation.md|.html` (default `reports/<dataset>/`).
+
+    >>> match("generated/sample", against="indexes/sample", name="ddpm")  # doctest: +SKIP
+    {'generated': 64, 'counts': {'copy': 3, 'near': 5, 'novel': 56}, 'replication_rate': 0.047, ...}
+    """
+    from audit import knn
+    from audit.checks import memorisation
+    from audit.reports import memorisation as report
+
+    train = Workspace.open(against)
+    model, pretrained = _embed_params(train)
+    if not train.stage_fingerprint("index"):
+        knn.build(train.root)  # the candidates come from the training indexes
+    generated = Path(generated)
+    if not generated.exists():
+        raise AuditError(
+            f"{generated} does not exist. Pass the folder (or parquet/webdataset) of generated images."
+        )
+    name = name or generated.name
+    out_dir = train.path(f"memorisation/{name}")
+    if (generated / "manifest.json").exists():
+        gen_root = generated
+    else:
+        gen_root = out_dir / "generated"
+        # `audit generate` output (generated.parquet + generated/*.png) is img2dataset's
+        # "files" layout, which ingest reads as it is.
+        describe(
+            gen_root, [generated], model=model, pretrained=pretrained, dataset=name, workers=workers
+        )
+    run = train.start_stage(
+        f"match-{name}",
+        {"generated": str(generated.resolve()), "k": k, "thresholds": thresholds.to_dict()},
+        depends_on=["embed", "hash"],
+    )
+    summary = memorisation.check(
+        gen_root,
+        train.root,
+        knn.search_embeddings,
+        knn.search_hashes,
+        out_dir,
+        k=k,
+        thresholds=thresholds,
+    )
+    rel = f"memorisation/{name}"
+    run.finish(
+        {
+            key: summary[key]
+            for key in ("generated", "counts", "replication_rate", "replication_ci95")
+        },
+        [
+            Output(f"{rel}/matches.parquet", rows=summary["generated"]),
+            Output(f"{rel}/summary.json"),
+        ],
+    )
+    report.write_match_page(train.root, name, Path(report_dir or default_dir(train)))
+    return summary
+
+
+def calibrate(
+    ws: str | Path, n: int = 200, seed: int = 0, report_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Measure each copy descriptor on `n` images of `ws` and their transformed copies.
+
+    Writes `<report_dir>/calibration.json|.md|.html` (default `reports/<dataset>/`); returns
+    the result with the thresholds it suggests and those in use.
+
+    >>> calibrate("indexes/sample", n=200, seed=0)  # doctest: +SKIP
+    """
+
+    from audit import embeddings, hashes
+    from audit.checks import calibrate as cal
+    from audit.checks import memorisation as mem
+    from audit.reports import memorisation as report
+
+    if n < 3:
+        raise AuditError(f"--n must be at least 3, got {n}.")
+    w = Workspace.open(ws)
+    model, pretrained = _embed_params(w)
+    images, skipped = _distinct_images(w, n, seed)
+    clip = embeddings.load_model(model, pretrained)
+    trained = bool(clip.info.get("trained"))
+    th = Thresholds()
+    descriptors = cal.Descriptors(
+        to_pixels=mem.to_pixels,
+        tile_distance_matrix=mem.tile_distance_matrix,
+        hash_images=hashes.hash_images,
+        hamming=mem.hamming,
+        embed_images=clip.embed_images,
+        rule=lambda s: mem.decide(
+            s["tile_l2"],
+            s["tile_relative"],
+            s["phash_hamming"],
+            s.get("cosine"),
+            th,
+            use_cosine=trained,
+        )[0],
+    )
+    result = cal.calibrate(images, descriptors, seed=seed)
+    result.update(
+        workspace=str(w.root),
+        dataset=w.dataset,
+        requested=n,
+        skipped=skipped,
+        model=clip.info,
+        suggested=cal.suggest_thresholds(result),
+        in_use=th.to_dict(),
+        cosine_votes=trained,
+    )
+    if not trained:
+        result["warning"] = "untrained embedding weights: cosine figures describe a random network"
+    out = Path(report_dir or default_dir(w))
+    atomic_write_json(out / "calibration.json", json.loads(json.dumps(result, default=_jsonable)))
+    report.write_calibration_page(out)
+    return result
+
+
+def _jsonable(v: Any) -> Any:
+    import numpy as np
+
+    return v.item() if isinstance(v, np.generic) else str(v)
+
+
+def _distinct_images(ws: Workspace, n: int, seed: int) -> tuple[list[Any], dict[str, int]]:
+    """Up to n decoded images with distinct sha256 and some content (blank images are skipped:
+    every blank picture is a 'copy' of every other, which says nothing about a descriptor)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from audit.checks.memorisation import to_pixels
+    from audit.images import ImageProblem, decode, read_bytes
+
+    cols = ["row_id", *IMAGE_LOCATION, "image_sha256"]
+    rows = [
+        r
+        for p in ws.require_parts()
+        for r in pq.read_table(ws.path(p.path), columns=cols).to_pylist()
+        if r["image_status"] == "ok"
+    ]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    seen: set[str] = set()
+    images: list[Any] = []
+    skipped = {"duplicate": 0, "blank": 0, "unreadable": 0}
+    for i in order:
+        r = rows[i]
+        if len(images) >= n:
+            break
+        if r["image_sha256"] in seen:
+            skipped["duplicate"] += 1
+            continue
+        seen.add(r["image_sha256"])
+        try:
+            img = decode(
+                read_bytes(r["image_path"], r["image_offset"], r["image_size"]),
+                draft_size=(256, 256),
+            )
+        except ImageProblem:
+            skipped["unreadable"] += 1
+            continue
+        img.thumbnail((256, 256))
+        if to_pixels(img).std() < 0.02:
+            skipped["blank"] += 1
+            continue
+        images.append(img)
+    if len(images) < 3:
+        raise AuditError(
+            f"{ws.root} has only {len(images)} distinct, readable, non-blank images; calibration needs 3+."
+        )
+    return images, skipped

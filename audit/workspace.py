@@ -23,48 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audit import stages
 from audit.errors import AuditError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
-# Every table a workspace can hold, as a duckdb view name -> (glob under the workspace, what
-# it is). `audit query` and the reports share these views. Keep in step with the
-# "What is on disk" section of README.md.
-TABLES: dict[str, tuple[str, str]] = {
-    "metadata": (
-        "metadata/part-*.parquet",
-        "one row per record: canonical columns, provenance, image location",
-    ),
-    "errors": (
-        "errors/*.parquet",
-        "one row per problem with a row or an input: stage, reason, detail",
-    ),
-    "hashes": (
-        "hashes/part-*.parquet",
-        "row_id and 64-bit perceptual hashes (phash, dhash, whash, ahash)",
-    ),
-    "clip_scores": (
-        "embeddings/scores-*.parquet",
-        "row_id and image-caption cosine of the embedding model",
-    ),
-    "duplicates": (
-        "duplicates.parquet",
-        "row_id, cluster_id, kind of duplicate, distance to the cluster's representative",
-    ),
-    "optout": (
-        "optout/decisions.parquet",
-        "one row per record and use: decision, signal, where found, evidence",
-    ),
-    "optout_signals": (
-        "optout/signals.parquet",
-        "every opt-out signal found, one row per signal and record",
-    ),
-    "matches": (
-        "memorisation/*/matches.parquet",
-        "one row per generated image: best training match, scores, verdict",
-    ),
-}
+# Every table a workspace can hold (view -> (glob, what it is)), from the stage list.
+TABLES = stages.TABLES
 
 
 _UMASK = os.umask(0)
@@ -296,7 +262,7 @@ class Workspace:
             fp = self.stage_fingerprint(dep)
             if fp is None:
                 raise AuditError(
-                    f"stage '{name}' needs stage '{dep}' first. Run: audit {_COMMAND.get(dep, dep)} {self.root}"
+                    f"stage '{name}' needs stage '{dep}' first. Run: audit {stages.command(dep)} {self.root}"
                 )
             upstream[dep] = fp
         params = json.loads(json.dumps(params, default=str))
@@ -422,15 +388,3 @@ def _all_outputs(rec: dict[str, Any]) -> list[dict[str, Any]]:
         outs.extend(rec["parts"][key]["outputs"])
     outs.extend(rec.get("outputs", []))
     return outs
-
-
-# The command that produces each stage, for "run this first" messages.
-_COMMAND = {
-    "ingest": "ingest",
-    "hash": "hash",
-    "embed": "embed",
-    "index": "index",
-    "dedup": "dedup",
-    "optout": "optout",
-    "filter": "filter",
-}

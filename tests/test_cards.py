@@ -112,7 +112,11 @@ def test_card_with_every_part(ws: Workspace, tmp_path: Path):
             "replication_rate": 0.03125,
             "replication_ci95": [0.0, 0.078],
             "counts": {"copy": 2, "near": 3, "novel": 59},
-            "mia": {"auc": 0.61, "auc_ci95": [0.52, 0.7]},
+            "membership_inference": {
+                "auc_members_vs_heldout": 0.61,
+                "auc_members_vs_heldout_ci95": [0.52, 0.7],
+                "auc_x8_vs_heldout": 0.9,
+            },
         },
     )
     r = CliRunner().invoke(cli, ["card", str(ws.root), "--model-dir", str(model)])
@@ -123,13 +127,15 @@ def test_card_with_every_part(ws: Workspace, tmp_path: Path):
     assert name == "m"
     assert {(x.metric_type, x.metric_value) for x in results} == {
         ("replication_rate", 3.125),
-        ("mia_auc", 0.61),
+        ("mia_auc_heldout", 0.61),
+        ("mia_auc_x8_heldout", 0.9),
     }
     assert card.text.lstrip().startswith("# m: a 32x32 diffusion model trained on `ws`")
     sec = cards.sections(card.text)
     assert "**Resolution:** 32x32 pixels" in sec["Model Details"]
     assert "| ddpm | 64 | 2 | 3 | 3.1% [0.0%, 7.8%] |" in sec["Evaluation"]  # one interval format
-    assert "AUC: 0.61 [0.52, 0.7]" in sec["Evaluation"]
+    assert "(members vs held-out), AUC: 0.61 [0.52, 0.7]" in sec["Evaluation"]
+    assert "(members copied x8 vs held-out), AUC: 0.9" in sec["Evaluation"]
     assert "`audit filter` kept 3 of 4 rows" in sec["Training Data"]
     assert "female-to-male ratio" in sec["Bias, Risks, and Limitations"]
     assert "1 memorisation result(s)" in r.output

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
-
 import click
+
+from audit.cli.options import default, emit, json_option
 
 
 def _default(name: str):  # type: ignore[no-untyped-def]
     """Defaults live in the library signature; read them from there (without importing torch)."""
-    from audit import training
-
-    fn = training.train_on_workspace if name.startswith("train.") else training.generate
-    return inspect.signature(fn).parameters[name.split(".", 1)[1]].default
+    fn = "train_on_workspace" if name.startswith("train.") else "generate"
+    return default(f"audit.training:{fn}", name.split(".", 1)[1])
 
 
 @click.command("train")
@@ -71,7 +69,8 @@ def _default(name: str):  # type: ignore[no-untyped-def]
     show_default=True,
     help="Images in samples.png at the end (0 = none).",
 )
-def train_command(ws_root: str, out: str, resolution: str, **options) -> None:  # type: ignore[no-untyped-def]
+@json_option
+def train_command(ws_root: str, out: str, resolution: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Train a small DDPM on the consented rows of workspace WS (resumes from OUT's last checkpoint).
 
     Example: audit train indexes/sample --out models/sample --steps 3000
@@ -80,9 +79,13 @@ def train_command(ws_root: str, out: str, resolution: str, **options) -> None:  
 
     s = training.train_on_workspace(ws_root, out, resolution=int(resolution), **options)
     rate = f", {s['steps_per_s']} steps/s" if s["steps_per_s"] else ""
-    click.echo(
-        f"trained {s['steps']} steps (from {s['resumed_from']}) on {s['rows']} images "
-        f"({s['skipped']} skipped){rate}, loss {s['final_loss']:.4f} -> {out}"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"trained {s['steps']} steps (from {s['resumed_from']}) on {s['rows']} images "
+            f"({s['skipped']} skipped){rate}, loss {s['final_loss']:.4f} -> {out}"
+        ),
     )
 
 
@@ -138,7 +141,10 @@ def train_command(ws_root: str, out: str, resolution: str, **options) -> None:  
     "--guidance-scale", type=float, default=_default("generate.guidance_scale"), show_default=True
 )
 @click.option("--device", default=_default("generate.device"), show_default=True)
-def generate_command(model: str, out: str, class_label: tuple[str, ...], **options) -> None:  # type: ignore[no-untyped-def]
+@json_option
+def generate_command(
+    model: str, out: str, class_label: tuple[str, ...], as_json: bool, **options
+) -> None:  # type: ignore[no-untyped-def]
     """Sample images from a trained MODEL folder into OUT (generated/*.png + LAION-like generated.parquet).
 
     Example: audit generate models/sample --n 64 --out generated/sample
@@ -146,8 +152,12 @@ def generate_command(model: str, out: str, class_label: tuple[str, ...], **optio
     from audit import training
 
     s = training.generate(model, out, class_label=list(class_label) or None, **options)
-    click.echo(
-        f"wrote {s['images']} images ({s['sampler']}, {s['steps']} steps, model step {s['model_step']}) -> {out}"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"wrote {s['images']} images ({s['sampler']}, {s['steps']} steps, model step {s['model_step']}) -> {out}"
+        ),
     )
 
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import click
 
+from audit.cli.options import default, emit, json_option
+
 
 def _default(fn_name: str, param: str):  # type: ignore[no-untyped-def]
-    """Defaults live in the library signature (audit.experiments imports nothing heavy)."""
-    from audit import experiments
-
-    return inspect.signature(getattr(experiments, fn_name)).parameters[param].default
+    """Defaults live in the library signature (the composer imports nothing heavy)."""
+    module = "audit.experiments" if fn_name == "memorisation" else "audit.pipeline"
+    return default(f"{module}:{fn_name}", param)
 
 
 _HELP = {
@@ -87,19 +87,24 @@ def _thresholds(options: dict):  # type: ignore[no-untyped-def]
     help="Where memorisation.md/.html go (default reports/<dataset>/).",
 )
 @_threshold_options
-def match_command(generated: str, against: str, **options) -> None:  # type: ignore[no-untyped-def]
+@json_option
+def match_command(generated: str, against: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Find which generated images copy a training image of workspace --against.
 
     Example: audit match generated/sample --against indexes/sample --name ddpm
     """
-    from audit import experiments
+    from audit import pipeline
 
     th = _thresholds(options)
-    s = experiments.match(generated, against, thresholds=th, **options)
+    s = pipeline.match(generated, against, thresholds=th, **options)
     lo, hi = s["replication_ci95"]
-    click.echo(
-        f"{s['generated']} generated images: {s['counts']}; replication rate {s['replication_rate']:.2%} "
-        f"(95% CI {lo:.2%}-{hi:.2%}) -> {against}/memorisation/"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"{s['generated']} generated images: {s['counts']}; replication rate {s['replication_rate']:.2%} "
+            f"(95% CI {lo:.2%}-{hi:.2%}) -> {against}/memorisation/"
+        ),
     )
 
 
@@ -115,19 +120,24 @@ def match_command(generated: str, against: str, **options) -> None:  # type: ign
     default=None,
     help="Where calibration.json/.md/.html go (default reports/<dataset>/).",
 )
-def calibrate_command(ws: str, **options) -> None:  # type: ignore[no-untyped-def]
+@json_option
+def calibrate_command(ws: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Measure precision/recall of the copy descriptors on transformed copies of WS's images.
 
     Example: audit calibrate indexes/sample --n 200 --seed 0
     """
-    from audit import experiments
+    from audit import pipeline
 
-    r = experiments.calibrate(ws, **options)
+    r = pipeline.calibrate(ws, **options)
     rule = r.get("rule", {}).get("pooled", {})
-    click.echo(
-        f"{r['images']} images x {len(r['transforms'])} transforms: the check's rule finds "
-        f"{rule.get('copy_recall', 0):.1%} of copies as copy, {rule.get('near_or_copy_recall', 0):.1%} "
-        f"as copy or near; suggested thresholds {r['suggested']}"
+    emit(
+        r,
+        as_json,
+        lambda: (
+            f"{r['images']} images x {len(r['transforms'])} transforms: the check's rule finds "
+            f"{rule.get('copy_recall', 0):.1%} of copies as copy, {rule.get('near_or_copy_recall', 0):.1%} "
+            f"as copy or near; suggested thresholds {r['suggested']}"
+        ),
     )
 
 
@@ -150,7 +160,8 @@ def calibrate_command(ws: str, **options) -> None:  # type: ignore[no-untyped-de
 @click.option(
     "--steps", type=int, default=None, help="Training steps (default 2500, 400 with --quick)."
 )
-def experiment_command(name: str, **options) -> None:  # type: ignore[no-untyped-def]
+@json_option
+def experiment_command(name: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Train the small DDPM on planted duplicates, then measure what it copied.
 
     Example: audit experiment memorisation --quick --out reports/experiments/memorisation
@@ -158,9 +169,13 @@ def experiment_command(name: str, **options) -> None:  # type: ignore[no-untyped
     from audit import experiments
 
     s = experiments.memorisation(**options)
-    click.echo(
-        f"replication rate {s['replication_rate']:.2%}; by duplication {s['copied_share_by_duplication']}; "
-        f"MIA AUC members vs held-out {s['mia']['auc_members_vs_heldout']:.3f} -> {options['out']}"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"replication rate {s['replication_rate']:.2%}; by duplication {s['copied_share_by_duplication']}; "
+            f"MIA AUC members vs held-out {s['mia']['auc_members_vs_heldout']:.3f} -> {options['out']}"
+        ),
     )
 
 

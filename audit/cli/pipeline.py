@@ -1,12 +1,16 @@
-"""Commands: run (every stage, in order)."""
+"""Commands: run (every stage of `audit.stages.STAGES`, in order)."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import click
 
-from audit import pipeline
+from audit import pipeline, stages
+from audit.cli.options import emit, json_option, library
+
+OPTIONS = "audit.pipeline:RunOptions"
 
 
 @click.command("run")
@@ -23,17 +27,9 @@ from audit import pipeline
     default=None,
     help="Where reports go (default reports/<dataset>).",
 )
-@click.option(
-    "--model",
-    default="tiny",
-    show_default=True,
-    help="open_clip model name, or 'tiny' (built in code, untrained).",
-)
-@click.option(
-    "--pretrained",
-    default="none",
-    show_default=True,
-    help="open_clip pretrained tag or checkpoint path; 'none' = untrained.",
+@library(OPTIONS, "model", help="open_clip model name, or 'tiny' (built in code, untrained).")
+@library(
+    OPTIONS, "pretrained", help="open_clip pretrained tag or checkpoint path; 'none' = untrained."
 )
 @click.option(
     "--registry",
@@ -54,7 +50,8 @@ from audit import pipeline
     default=None,
     help="Train the small diffusion model for this many steps (0 = skip).",
 )
-@click.option("--workers", type=int, default=2, show_default=True)
+@library(OPTIONS, "workers", type=int)
+@json_option
 def run(
     workspace,
     sources,
@@ -66,6 +63,7 @@ def run(
     crawl_cache,
     train_steps,
     workers,
+    as_json,
 ):
     """Run every stage on a dataset and write its reports.
 
@@ -80,10 +78,28 @@ def run(
     options.crawl_cache = crawl_cache or options.crawl_cache
     if train_steps is not None:
         options.train_steps = train_steps
-    results = pipeline.run(workspace, options, echo=click.echo)
-    click.echo(
-        f"ran {len(results)} stages on {workspace}; reports in {options.report_dir or 'reports/' + workspace.name}"
+    results = pipeline.run(workspace, options, echo=click.echo if not as_json else _quiet)
+    emit(
+        results,
+        as_json,
+        lambda: (
+            f"ran {len(results)} stages on {workspace}; "
+            f"reports in {options.report_dir or 'reports/' + workspace.name}"
+        ),
     )
+
+
+def _quiet(line: str) -> None:
+    click.echo(line, err=True)  # with --json, stdout holds the JSON alone
+
+
+# The stages `audit run` can run, in order, for its --help.
+run.help = (
+    inspect.cleandoc(run.help or "")
+    + "\n\nStages, in order: "
+    + ", ".join(s.name for s in stages.STAGES if s.when != "never")
+    + "."
+)
 
 
 COMMANDS = [run]

@@ -8,7 +8,7 @@ rendered from the jinja2 templates in `templates/`; section text is markdown, tu
 HTML by markdown-it-py, so backticks, lists and links read the same in both.
 
 Every page starts with a navigation bar linking the other pages of its report folder
-(`PAGES`, in reading order). Writing a page refreshes that bar in its siblings, so a page
+(`pages()`, in reading order). Writing a page refreshes that bar in its siblings, so a page
 written later is linked from the ones written before it.
 """
 
@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from audit.stages import PAGES as STAGE_PAGES
 from audit.workspace import atomic_write_bytes, atomic_write_text, now
 
 UNTRAINED_WARNING = (
@@ -31,17 +32,24 @@ UNTRAINED_WARNING = (
     "pass real weights (e.g. --model ViT-B-32 --pretrained laion2b_s34b_b79k) for a real audit."
 )
 
-# The pages of a report folder, in reading order: (path relative to the folder, short name).
-PAGES = (
-    ("index.md", "Overview"),
-    ("optout.md", "Consent"),
-    ("duplicates.md", "Duplicates"),
-    ("memorisation.md", "Memorisation"),
-    ("calibration.md", "Calibration"),
-    ("bias/bias.md", "Bias"),
-    ("bias/bias_generated.md", "Generated-image bias"),
-    ("MODEL_CARD.md", "Model card"),
-)
+# Short names for the navigation bar. Which pages exist, and their order, is declared by the
+# stages (`audit.stages.PAGES`); a page without a name here is shown by its file name.
+NAV_LABELS = {
+    "index.md": "Overview",
+    "optout.md": "Consent",
+    "duplicates.md": "Duplicates",
+    "memorisation.md": "Memorisation",
+    "calibration.md": "Calibration",
+    "bias/bias.md": "Bias",
+    "bias/bias_generated.md": "Generated-image bias",
+    "MODEL_CARD.md": "Model card",
+}
+
+
+def pages() -> tuple[tuple[str, str], ...]:
+    """The pages of a report folder in reading order: (path under the folder, short name)."""
+    order = ["index.md"] + [p for p, _ in STAGE_PAGES if p != "index.md"]
+    return tuple((p, NAV_LABELS.get(p, Path(p).stem.replace("_", " "))) for p in order)
 
 
 def default_dir(ws: Any) -> Path:
@@ -187,19 +195,19 @@ def page_root(out_dir: Path, name: str) -> tuple[Path, str]:
     """(report folder, page path relative to it) for page `name` written into `out_dir`.
 
     The bias pages live in a subfolder (`bias/bias.md`): a page written into a folder whose
-    name matches its entry in `PAGES` belongs to the report folder above it.
+    name matches its entry in `pages()` belongs to the report folder above it.
     """
     rel = f"{out_dir.name}/{name}.md"
-    if any(p == rel for p, _ in PAGES):
+    if any(p == rel for p, _ in pages()):
         return out_dir.parent, rel
     return out_dir, f"{name}.md"
 
 
 def _nav(root: Path, rel: str, markdown: bool) -> str:
-    """Links from page `rel` to every page of `PAGES` present under `root` (and itself)."""
+    """Links from page `rel` to every page of `pages()` present under `root` (and itself)."""
     depth = rel.count("/")
     links = []
-    for page, label in PAGES:
+    for page, label in pages():
         if page != rel and not (root / page).exists():
             continue
         target = "../" * depth + (page if markdown else page[:-3] + ".html")
@@ -227,7 +235,7 @@ def link_pages(root: str | os.PathLike[str]) -> list[str]:
     """Refresh the navigation bar of every page under `root`; returns the pages found."""
     root = Path(root)
     found = []
-    for rel, _ in PAGES:
+    for rel, _ in pages():
         md = root / rel
         if not md.exists():
             continue

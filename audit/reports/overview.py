@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from audit import stages
 from audit.reports import (
-    PAGES as NAV_PAGES,
-)
-from audit.reports import (
+    NAV_LABELS,
     UNTRAINED_WARNING,
     Section,
     link_pages,
@@ -25,16 +24,10 @@ from audit.reports import (
 )
 from audit.workspace import Workspace
 
-# Pages other report modules write, in reading order: (file, what it answers).
-PAGES = (
-    ("optout.md", "Which rows did their creators reserve from AI training, on which signal?"),
-    ("duplicates.md", "Which images are exact or near duplicates?"),
-    ("memorisation.md", "Which generated images copy training images?"),
-    ("calibration.md", "How well does each copy descriptor separate copies from non-copies?"),
-    ("bias/bias.md", "How do captions, sources, languages and image properties skew?"),
-    ("bias/bias_generated.md", "How do generated images vary across prompts?"),
-    ("MODEL_CARD.md", "The model card, merged from all of the above."),
-)
+# Pages other report modules write, in reading order, and the summary keys worth a glance on
+# the landing page, per stage: both declared by the stages (`audit.stages`).
+PAGES = stages.PAGES
+KEY_FIGURES = stages.KEY_FIGURES
 
 # The manifest stage whose results each page shows (a name ending in "-" is a prefix:
 # `match-<name>`); pages without one (calibration, the card) are checked against ingest only.
@@ -46,26 +39,13 @@ PAGE_STAGES = {
     "bias/bias_generated.md": "bias_generated",
 }
 
-# Summary keys worth a glance on the landing page, per stage (a "-" suffix: a prefix).
-KEY_FIGURES = {
-    "ingest": ("rows", "images", "errors"),
-    "hash": ("hashed", "errors", "rows_per_second"),
-    "embed": ("embedded", "errors", "dim", "model", "trained"),
-    "index": ("image_index", "recall_at_10"),
-    "dedup": ("clusters", "rows_in_clusters", "by_kind", "largest_cluster"),
-    "optout": ("rows", "decisions"),
-    "filter": ("use", "kept", "removed", "by_decision"),
-    "bias": ("captions", "female_to_male_ratio", "domains", "top10_domain_share", "probes"),
-    "match-": ("generated", "counts", "replication_rate"),
-}
-
 
 def write(ws_root: str | Path, report_dir: str | Path) -> Path:
     """Write `<report_dir>/index.md` and `index.html` for the workspace at `ws_root`."""
     ws = Workspace.open(ws_root)
     report_dir = Path(report_dir)
     status = ws.status()
-    stages = [
+    table = [
         {
             "stage": name,
             "status": info["status"] + (f" ({info['why']})" if info["why"] else ""),
@@ -82,7 +62,7 @@ def write(ws_root: str | Path, report_dir: str | Path) -> Path:
         reason = stale_reason(ws, rel, written_at(page))
         mark_stale(page, reason)
         stale += reason is not None
-        label = dict(NAV_PAGES).get(rel, rel)
+        label = NAV_LABELS.get(rel, rel)
         pages.append(f"- [{label}]({rel}): {what}" + (f" **Stale:** {reason}" if reason else ""))
     sections = [
         Section(
@@ -92,7 +72,7 @@ def write(ws_root: str | Path, report_dir: str | Path) -> Path:
                 + ("\n".join(pages) if pages else "No report pages yet.")
             ),
         ),
-        Section("Stages", "From the workspace manifest (`manifest.json`).", table=stages),
+        Section("Stages", "From the workspace manifest (`manifest.json`).", table=table),
     ]
     model = _embedding_model(ws)
     if model and not model.get("trained", True):
@@ -131,11 +111,8 @@ def stale_reason(ws: Workspace, rel: str, written: str | None) -> str | None:
 
 def figures(stage: str, summary: dict[str, Any]) -> str:
     """A stage's key figures as a short sentence; shares and rates as percentages."""
-    keys = KEY_FIGURES.get(stage)
-    if keys is None:
-        keys = next(
-            (v for k, v in KEY_FIGURES.items() if k.endswith("-") and stage.startswith(k)), None
-        )
+    # `match-<name>` in the manifest is the stage "match"
+    keys = KEY_FIGURES.get(stage) or KEY_FIGURES.get(stage.split("-")[0])
     keys = keys or tuple(k for k, v in summary.items() if isinstance(v, (int, str)))[:3]
     parts = [
         f"{key.replace('_', ' ')} {_readable(key, summary[key])}" for key in keys if key in summary
