@@ -13,23 +13,28 @@ import json
 from pathlib import Path
 from typing import Any
 
-from audit.checks.bias import stats
 from audit.reports import Section, fmt, save_figure, write_page
 from audit.workspace import atomic_write_json, atomic_write_text
 
 FRAGMENT = "MODEL_CARD.fragment.md"
 
 
-def _share(value: Any, ci: Any, n: int | None, too_few: bool | None = None) -> str:
+def _minimums(fig: dict[str, Any]) -> tuple[int, int]:
+    """(fewest captions a share is read from, fewest co-occurrences for a PMI), as recorded."""
+    b = fig.get("bootstrap", {})
+    return int(b.get("min_n", 10)), int(b.get("pmi_min_count", 5))
+
+
+def _share(value: Any, ci: Any, n: int | None, min_n: int, too_few: bool | None = None) -> str:
     """A share as a percentage with its interval, or "too few" when `n` is below the minimum."""
-    if too_few if too_few is not None else (n is not None and n < stats.MIN_N):
-        return f"too few ({n}; under {stats.MIN_N})"
+    if too_few if too_few is not None else (n is not None and n < min_n):
+        return f"too few ({n}; under {min_n})"
     return fmt(value, ci, True)
 
 
-def _pmi(o: dict[str, Any], side: str) -> str:
+def _pmi(o: dict[str, Any], side: str, min_count: int) -> str:
     if o.get(f"pmi_{side}_too_few"):
-        return f"too few ({o[f'with_{side}']}; under {stats.PMI_MIN_COUNT})"
+        return f"too few ({o[f'with_{side}']}; under {min_count})"
     return fmt(o[f"pmi_{side}"], o.get(f"pmi_{side}_ci95"))
 
 
@@ -148,7 +153,7 @@ def _gender_section(fig: dict[str, Any], out: Path) -> Section:
         f"non-binary: {fmt(groups['nonbinary']['share'], groups['nonbinary']['ci95'], True)}.\n\n"
         f"Female-to-male ratio of captions: {fmt(ratio['value'], ratio['ci95'])} "
         f"({ratio['female_captions']} vs {ratio['male_captions']}); female share of gendered mentions: "
-        f"{_share(fshare['value'], fshare['ci95'], fshare.get('gendered_mentions'), fshare.get('too_few'))} (parity = 50%)."
+        f"{_share(fshare['value'], fshare['ci95'], fshare.get('gendered_mentions'), _minimums(fig)[0], fshare.get('too_few'))} (parity = 50%)."
     )
     img = _bars(
         out / "bias_gender.png",
@@ -174,12 +179,13 @@ def _gender_section(fig: dict[str, Any], out: Path) -> Section:
 
 def _occupation_section(fig: dict[str, Any], out: Path) -> Section:
     occ = fig["captions"]["occupations"]
+    min_n, min_count = _minimums(fig)
     text = (
         "Occupation terms (U.S. SOC titles) and the gendered terms in the same caption. "
         "Female share = captions with a female term / (with female + with male). "
         "PMI in nats: > 0 the occupation appears with the gender more often than chance. "
-        f"Shares of fewer than {stats.MIN_N} gendered mentions and PMI from fewer than "
-        f"{stats.PMI_MIN_COUNT} co-occurrences are too few to read and are not given."
+        f"Shares of fewer than {min_n} gendered mentions and PMI from fewer than "
+        f"{min_count} co-occurrences are too few to read and are not given."
     )
     if not occ:
         return Section(
@@ -195,13 +201,14 @@ def _occupation_section(fig: dict[str, Any], out: Path) -> Section:
                 o["female_share_of_gendered"],
                 o.get("female_share_ci95"),
                 o["with_female"] + o["with_male"],
+                min_n,
             ),
-            "PMI female": _pmi(o, "female"),
-            "PMI male": _pmi(o, "male"),
+            "PMI female": _pmi(o, "female", min_count),
+            "PMI male": _pmi(o, "male", min_count),
         }
         for o in occ[:30]
     ]
-    shown = [o for o in occ if o["with_female"] + o["with_male"] >= stats.MIN_N][:25]
+    shown = [o for o in occ if o["with_female"] + o["with_male"] >= min_n][:25]
     images = []
     if shown:
         img = _bars(
@@ -209,7 +216,7 @@ def _occupation_section(fig: dict[str, Any], out: Path) -> Section:
             [o["occupation"] for o in shown],
             [o["female_share_of_gendered"] for o in shown],
             [o.get("female_share_ci95") for o in shown],
-            f"Female share of gendered mentions (occupations with >= {stats.MIN_N})",
+            f"Female share of gendered mentions (occupations with >= {min_n})",
             "female share",
             ref=0.5,
         )
