@@ -95,6 +95,8 @@ def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
     model_dir = ws_root / "models" / "ddpm"
     trained = bool(options.train_steps)
     return {
+        # the options first: the resolved values below (report_dir) replace their raw form
+        **{f.name: getattr(options, f.name) for f in fields(options)},
         "ws": ws_root,
         "dataset": ws_root.name,
         "report_dir": report_dir,
@@ -106,7 +108,6 @@ def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
         "trained_model_dir": model_dir if trained else None,
         "trained_memorisation_dir": ws_root / "memorisation" if trained else None,
         "model_card": report_dir / "MODEL_CARD.md",
-        **{f.name: getattr(options, f.name) for f in fields(options)},
     }
 
 
