@@ -472,8 +472,13 @@ def model_card_fragment(fig: dict[str, Any]) -> str:
         "## Training Data",
         "",
         f"Dataset `{fig['dataset']}`: {fig['rows']} image-text rows from {s['domains']} registrable domains "
-        f"({s['hosts']} hosts). The top 10 domains hold {fmt(c.get('top10_share', {}).get('value'), c.get('top10_share', {}).get('ci95'), True)} "
-        f"of rows; largest: {top or 'n/a'}.",
+        f"({s['hosts']} hosts). "
+        + (
+            f"The top 10 domains hold {fmt(c.get('top10_share', {}).get('value'), c.get('top10_share', {}).get('ci95'), True)} of rows"
+            if s["domains"] > 10
+            else "By share of rows"
+        )
+        + f"; largest: {top or 'n/a'}.",
         "Caption languages (py3langid): "
         + ", ".join(f"{x['language']} {fmt(x['share'], None, True)}" for x in lang["detected"][:5])
         + ".",
@@ -484,10 +489,6 @@ def model_card_fragment(fig: dict[str, Any]) -> str:
         )
         + ".",
     ]
-    if fig["optout"]["present"]:
-        training.append(
-            "Opt-out decisions were computed (see the opt-out section of the model card)."
-        )
     if fig["duplicates"]["present"]:
         d = fig["duplicates"]
         training.append(
