@@ -125,7 +125,8 @@ def audited_sample(tmp_path_factory) -> Path:
     `audit run` on the sample without training (so no model folder), a calibration page on 20
     images, and a memorisation check of planted "generated" images (4 training images copied,
     one colour-shifted, 4 synthetic pictures) so the memorisation page and the card's
-    `model-index` have results. Returns the project folder; tests must not modify it.
+    `model-index` have results, and the same 9 images as a prompt grid for the generated-image
+    bias page. Returns the project folder; tests must not modify it.
     """
     from PIL import ImageOps
 
@@ -152,6 +153,26 @@ def audited_sample(tmp_path_factory) -> Path:
     for i in range(4):
         synthetic_image(100 + i, 64).save(generated / f"novel-{i}.png")
     experiments.match(generated, against=ws_root, name="planted", report_dir=reports, workers=1)
+    # the generated-image bias page: the same images as a tiny prompt grid
+    from audit.checks.bias import generated as bias_generated
+
+    grid = project / "grid.csv"
+    files = sorted(p.name for p in generated.glob("*.png"))
+    plan = [("doctor", ""), ("doctor", "female"), ("nurse", "")]
+    grid.write_text(
+        "file,prompt,profession,descriptor,seed\n"
+        + "".join(
+            f"{f},a photo of a {plan[i % 3][1]} {plan[i % 3][0]},{plan[i % 3][0]},{plan[i % 3][1]},{i}\n"
+            for i, f in enumerate(files)
+        )
+    )
+    bias_generated.compute(
+        ws_root / "memorisation" / "planted" / "generated",
+        grid,
+        generated_dir=generated,
+        report_dir=reports / "bias",
+        bootstrap=50,
+    )
     cards.build_model_card(ws_root, out=reports / "MODEL_CARD.md")
     from audit.reports import overview
 

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 from browser import Browser, available
 
-from audit.reports import Section, overview, write_page, written_at
+from audit.reports import overview, written_at
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "reports" / "screenshots"
 EXPECTED = {
@@ -26,6 +26,7 @@ EXPECTED = {
     "memorisation.html",
     "calibration.html",
     "bias/bias.html",
+    "bias/bias_generated.html",
     "MODEL_CARD.html",
 }
 needs_chromium = pytest.mark.skipif(
@@ -105,19 +106,30 @@ def test_pages_from_an_earlier_run_are_marked_stale(audited_sample: Path, tmp_pa
         )
     )
     assert written_at(reports / "calibration.md") == "2001-01-01T00:00:00+00:00"
-    # and a page whose stage is not in this workspace's manifest at all
-    write_page(reports / "bias", "bias_generated", "Bias report: generated images", [Section("x")])
     overview.write(ws, reports)
     index = (reports / "index.md").read_text()
-    assert "2 page(s) are from an earlier run and marked stale" in index
+    assert "1 page(s) are from an earlier run and marked stale" in index
     assert "before this workspace was ingested" in (reports / "calibration.md").read_text()
-    assert (
-        "no finished `bias_generated` stage" in (reports / "bias" / "bias_generated.md").read_text()
-    )
     assert 'class="stale"' in html.read_text()
     assert 'class="stale"' not in (reports / "optout.html").read_text()
     # written again, the page is current and loses its banner
     write_calibration_page(reports)
     overview.write(ws, reports)
     assert 'class="stale"' not in html.read_text()
-    assert "1 page(s) are from an earlier run" in (reports / "index.md").read_text()
+    assert "marked stale" not in (reports / "index.md").read_text()
+
+
+def test_stale_rules(make_workspace):
+    ws = make_workspace([None, None])
+    ingested = ws.stage("ingest")["started"]
+    assert "before this workspace was ingested" in overview.stale_reason(
+        ws, "duplicates.md", "2001-01-01T00:00:00+00:00"
+    )
+    assert "no finished `dedup` stage" in overview.stale_reason(ws, "duplicates.md", ingested)
+    ws.start_stage("dedup", {}).finish({})
+    finished = ws.stage("dedup")["finished"]
+    assert overview.stale_reason(ws, "duplicates.md", finished) is None
+    ws.manifest["stages"]["dedup"]["started"] = "2999-01-01T00:00:00+00:00"  # dedup re-ran later
+    assert "ran again" in overview.stale_reason(ws, "duplicates.md", finished)
+    assert overview.stale_reason(ws, "calibration.md", finished) is None  # no stage to compare
+    assert "no record" in overview.stale_reason(ws, "optout.md", None)

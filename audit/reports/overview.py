@@ -30,13 +30,13 @@ PAGES = stages.PAGES
 KEY_FIGURES = stages.KEY_FIGURES
 
 # The manifest stage whose results each page shows (a name ending in "-" is a prefix:
-# `match-<name>`); pages without one (calibration, the card) are checked against ingest only.
+# `match-<name>`); pages without one (calibration, the card, and the generated-image bias page,
+# whose stage is recorded in the generated images' own workspace) are checked against ingest only.
 PAGE_STAGES = {
     "optout.md": "optout",
     "duplicates.md": "dedup",
     "memorisation.md": "match-",
     "bias/bias.md": "bias",
-    "bias/bias_generated.md": "bias_generated",
 }
 
 
@@ -103,9 +103,11 @@ def stale_reason(ws: Workspace, rel: str, written: str | None) -> str | None:
     done = [(name, rec) for name, rec in records if rec.get("status") == "done"]
     if not done:
         return f"no finished `{key.rstrip('-')}` stage in this workspace's manifest."
-    name, rec = max(done, key=lambda r: r[1].get("finished") or "")
-    if (rec.get("finished") or "") > written:
-        return f"`{name}` ran again ({rec['finished']}) after this page was written ({written})."
+    # Compared with when the stage last *started*: some stages write their page before they
+    # record that they finished, so a page may predate its stage's `finished` by a moment.
+    name, rec = max(done, key=lambda r: r[1].get("started") or "")
+    if (rec.get("started") or "") > written:
+        return f"`{name}` ran again ({rec['started']}) after this page was written ({written})."
     return None
 
 
