@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from audit import credentials
 from audit.errors import AuditError
 from audit.reports import Section, fmt, path_scrubber, write_page
 from audit.results import MembershipInference
@@ -368,6 +369,8 @@ def build_model_card(
     )
     body = [
         Section("Model Details", details, images=pictures),
+        # EU AI Act Art. 50(2); see audit.credentials
+        Section("How outputs are marked", credentials.marking_statement(), level=3),
         Section(
             "Uses",
             "Research on dataset auditing and memorisation: a small model whose training data, consent "
@@ -409,7 +412,7 @@ def build_model_card(
         template_path=str(Path(__file__).parent / "reports" / "templates" / "model_card.md.j2"),
         title=title,
         summary=summary,
-        sections=[{"title": s.title, "text": _section_md(s)} for s in body],
+        sections=[{"title": s.title, "text": _section_md(s), "level": s.level} for s in body],
     )
     text = shown(str(card))
     # The HTML page first (it renders the same sections), then the Hub's markdown over its .md.

@@ -55,6 +55,9 @@ TINY_CONFIG = {
 TINY_SEED = 0
 
 
+CHARS_PER_TOKEN = 32  # captions are cut to this many characters per context token
+
+
 class ClipModel:
     """An open_clip model ready for inference, with what produced it in `.info`."""
 
@@ -89,7 +92,18 @@ class ClipModel:
         """float32 (N, D), L2-normalised."""
         if not texts:
             return np.zeros((0, self.info["dim"]), np.float32)
-        return self.encode_text_tokens(self.tokenizer(list(texts)))
+        return self.encode_text_tokens(self.tokenize(list(texts)))
+
+    def tokenize(self, texts: list[str]) -> Any:
+        """Token ids, from captions cut to `CHARS_PER_TOKEN` characters per context token first.
+
+        The tokenizer keeps only its first `context_length` tokens but cleans and splits the
+        whole text before cutting, so a 10 MB caption costs seconds for nothing. Every token
+        covers at least one character, so the cut changes nothing unless whitespace or HTML
+        entities fill more than 31 of every 32 characters.
+        """
+        limit = CHARS_PER_TOKEN * int(getattr(self.tokenizer, "context_length", 77) or 77)
+        return self.tokenizer([t[:limit] for t in texts])
 
     def encode_image_tensor(self, batch: Any) -> np.ndarray:
         import torch
@@ -299,7 +313,7 @@ class _Rows:
         if not item["ok"]:
             item["image"] = torch.zeros(3, size, size)
         caption = self.c["caption"][i]
-        item["tokens"] = self.clip.tokenizer([caption if caption is not None else ""])[0]
+        item["tokens"] = self.clip.tokenize([caption if isinstance(caption, str) else ""])[0]
         return item
 
 

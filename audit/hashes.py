@@ -53,7 +53,13 @@ from typing import Any
 import numpy as np
 
 from audit.errors import AuditError
-from audit.images import DEFAULT_MAX_PIXELS, ImageProblem, open_image, read_bytes
+from audit.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageProblem,
+    check_decode_size,
+    open_image,
+    read_bytes,
+)
 from audit.progress import track
 from audit.schema import HASHES, IMAGE_LOCATION, PROVENANCE, error_table
 from audit.workspace import Output, Workspace, atomic_write_parquet
@@ -171,6 +177,7 @@ def _fast_gray(data: bytes, max_pixels: int) -> tuple[Any, tuple[int, int]]:
     try:
         if img.format == "JPEG" and img.mode in ("RGB", "L"):
             img.draft("L", (FAST_SIDE, FAST_SIDE))  # DCT-domain downscale: the big saving
+        check_decode_size(img)
         img.load()
         transparent = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
         if transparent:
@@ -186,6 +193,8 @@ def _fast_gray(data: bytes, max_pixels: int) -> tuple[Any, tuple[int, int]]:
             la = np.asarray(img).astype(np.int16)
             gray = np.clip(la[:, :, 0] + (255 - la[:, :, 1]), 0, 255).astype(np.uint8)
             img = Image.fromarray(gray, "L")
+    except ImageProblem:
+        raise
     except Exception as e:  # noqa: BLE001 - truncated/corrupt data raises OSError, SyntaxError, ...
         raise ImageProblem("image_undecodable", f"{type(e).__name__}: {e}") from e
     return img, size
@@ -378,5 +387,26 @@ def _run_tasks(tasks: list[dict[str, Any]], workers: int):  # type: ignore[no-un
     from concurrent.futures import ProcessPoolExecutor
 
     # fork: workers start instantly and inherit the imports; they run no torch code.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("fork"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         yield from pool.map(_hash_chunk, tasks, chunksize=1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: the worker ends when the process that started it does, even after a
+    `kill -9` (which runs no cleanup); a forked worker also holds the workspace lock's
+    descriptor, so an orphan would keep the workspace locked."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)

@@ -24,7 +24,7 @@ from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
 from audit.reports import default_dir
 from audit.schema import IMAGE_LOCATION
-from audit.workspace import Output, Workspace, atomic_write_json
+from audit.workspace import Output, Workspace, atomic_write_json, safe_name
 
 
 def describe(
@@ -91,17 +91,22 @@ class StageResult:
 
 def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
     """The values `audit run` hands the stages, by the names `Stage.args` uses."""
-    report_dir = Path(options.report_dir or default_dir(ws_root))
+    from audit.reports import writable_dir
+
+    dataset = safe_name(ws_root.resolve().name, "workspace folder name")
+    report_dir = writable_dir(options.report_dir or default_dir(ws_root))
     model_dir = ws_root / "models" / "ddpm"
     trained = bool(options.train_steps)
     return {
         # the options first: the resolved values below (report_dir) replace their raw form
         **{f.name: getattr(options, f.name) for f in fields(options)},
         "ws": ws_root,
-        "dataset": ws_root.name,
+        "dataset": dataset,
         "report_dir": report_dir,
         "bias_dir": report_dir / "bias",
         "consented": ws_root / "consented.parquet",
+        # The model `audit run` trains sees neither reserved nor generated images (model collapse).
+        "exclude_synthetic": True,
         "model_dir": model_dir,
         "model_name": "ddpm",
         "generated": ws_root / "generated" / "ddpm",

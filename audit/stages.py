@@ -130,6 +130,11 @@ STAGES: tuple[Stage, ...] = (
                 "duplicates.parquet",
                 "row_id, cluster_id, kind of duplicate, distance to the cluster's representative",
             ),
+            Table(
+                "duplicates_metadata",
+                "duplicates-metadata.parquet",
+                "row_id, kind (url | caption), group_id, group_size, representative, normalised value",
+            ),
         ),
         report="audit.reports.duplicates:write",
         pages=(("duplicates.md", "Which images are exact or near duplicates?"),),
@@ -152,6 +157,11 @@ STAGES: tuple[Stage, ...] = (
                 "optout/signals.parquet",
                 "every opt-out signal found, one row per signal and record",
             ),
+            Table(
+                "optout_coverage",
+                "optout/coverage.parquet",
+                "one row per record: per source, evaluated / absent / not_consulted / missing",
+            ),
         ),
         report="audit.reports.optout:write",
         pages=(
@@ -163,12 +173,30 @@ STAGES: tuple[Stage, ...] = (
         key_figures=("rows", "decisions"),
     ),
     Stage(
+        "provenance",
+        "provenance",
+        "audit.provenance:detect",
+        (WS,),
+        reads=("ingest",),
+        writes=(
+            Table(
+                "synthetic",
+                "provenance/synthetic-*.parquet",
+                "one row per record: generated-media marks (IPTC digital source type, C2PA) "
+                "and their signature state",
+            ),
+        ),
+        report="audit.reports.provenance:write",
+        pages=(("synthetic.md", "Which images are marked as generated (IPTC, C2PA), per source?"),),
+        key_figures=("rows", "synthetic", "c2pa_states"),
+    ),
+    Stage(
         "filter",
         "filter",
         "audit.optouts:filter_dataset",
-        (WS, ("out", "consented")),
-        reads=("optout",),
-        key_figures=("use", "kept", "removed", "by_decision"),
+        (WS, ("out", "consented"), ("exclude_synthetic", "exclude_synthetic")),
+        reads=("optout", "provenance"),
+        key_figures=("use", "kept", "removed", "by_decision", "synthetic_removed"),
     ),
     Stage(
         "bias",

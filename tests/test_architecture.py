@@ -20,6 +20,7 @@ BASE = {
     "audit.reports",
     "audit.stages",
     "audit.results",
+    "audit.credentials",
 }
 COMPOSERS = {
     "audit.pipeline",

@@ -14,7 +14,13 @@ from conftest import encode, synthetic_image
 from audit.checks import bias
 from audit.checks.bias import probes
 from audit.cli import cli
-from audit.workspace import Workspace, atomic_write_json, atomic_write_npy, atomic_write_parquet
+from audit.workspace import (
+    Output,
+    Workspace,
+    atomic_write_json,
+    atomic_write_npy,
+    atomic_write_parquet,
+)
 
 CAPTIONS = [
     "a woman doctor at work",
@@ -151,6 +157,9 @@ def test_optout_and_duplicate_context(ws: Workspace, tmp_path: Path):
             }
         ),
     )
+    # views read only recorded files: record the planted ones as their stages would
+    for stage, rel in (("optout", "optout/decisions.parquet"), ("dedup", "duplicates.parquet")):
+        ws.start_stage(stage, {"planted": True}).finish({}, [Output(rel)])
     bias.compute(ws.root, report_dir=tmp_path / "rep", bootstrap=50)
     fig = json.loads((tmp_path / "rep" / "bias.json").read_text())
     o = fig["optout"]

@@ -49,6 +49,13 @@ def hash_(ws: Path, workers: int, fast_decode: bool, which: str, as_json: bool) 
             f"{s['resumed_parts']} part(s) resumed in {s['seconds']} s -> {ws}/hashes/"
         ),
     )
+    if s["rows"] and not s["hashed"]:
+        from audit.errors import AuditError
+
+        raise AuditError(
+            f"no image could be hashed: all {s['rows']:,} rows are errors (see: audit query {ws} "
+            "\"SELECT reason, count(*) FROM errors WHERE stage = 'hash' GROUP BY 1\")."
+        )
 
 
 @click.command("embed")
@@ -158,17 +165,16 @@ def dedup(ws: Path, hamming: int, cosine: float, report_dir: Path | None, as_jso
     Example: audit dedup indexes/sample --hamming 6 --report-dir reports/sample
     """
     from audit.checks import duplicates
+    from audit.reports import default_dir, writable_dir
+    from audit.reports import duplicates as page
+    from audit.workspace import Workspace
 
+    report_dir = writable_dir(report_dir or default_dir(Workspace.open(ws)))
     s = duplicates.find(ws, hamming=hamming, cosine=cosine)
     line = (
         f"{s['clusters']} cluster(s), {s['rows_in_clusters']} rows "
         f"({s['by_kind']}) -> {ws}/duplicates.parquet"
     )
-    from audit.reports import default_dir
-    from audit.reports import duplicates as page
-    from audit.workspace import Workspace
-
-    report_dir = report_dir or default_dir(Workspace.open(ws))
     line += f"; report {page.write(ws, report_dir)}"
     emit(s, as_json, lambda: line)
 

@@ -75,6 +75,7 @@ class Section:
     table: list[dict[str, Any]] | None = None
     images: list[tuple[str, str]] = field(default_factory=list)  # (relative png path, caption)
     html_extra: str = ""  # raw HTML (e.g. thumbnail grids) for the HTML page only
+    level: int = 2  # heading level: 3 makes it a subsection of the section before it
 
 
 def fmt(value: Any, ci: Any = None, pct: bool = False) -> str:
@@ -96,6 +97,25 @@ def fmt(value: Any, ci: Any = None, pct: bool = False) -> str:
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and any(c is not None for c in ci):
         text += f" [{one(ci[0])}, {one(ci[1])}]"
     return text
+
+
+def writable_dir(path: str | Path) -> Path:
+    """Make `path` and check a file can be written in it, before a stage records anything:
+    a stage must not say done when its report then fails."""
+    import tempfile
+
+    from audit.errors import AuditError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise AuditError(
+            f"cannot write reports to {path} ({e.strerror}). Pass a writable --report-dir."
+        ) from e
+    return path
 
 
 def png_bytes(img: Any, max_side: int | None = None) -> bytes:
@@ -322,6 +342,7 @@ def write_page(
         views.append(
             {
                 "title": scrub(s.title),
+                "level": s.level,
                 "anchor": _anchor(s.title, seen),
                 "text": scrub(s.text),
                 "table": table,

@@ -313,8 +313,14 @@ def _language_section(fig: dict[str, Any]) -> Section:
             "captions": x["captions"],
             "share": fmt(x["share"], x["ci95"], True),
         }
-        for x in lang["detected"]
+        for x in lang.get("languages", lang["detected"])
     ]
+    src = lang.get("languages_from")
+    if src and src["language column"]:
+        text += (
+            f"\n\nThe table takes each row's `language` column where it has one "
+            f"({src['language column']} captions) and the identifier for the rest ({src['identifier']})."
+        )
     return Section("Language of captions", text, table)
 
 
@@ -322,6 +328,14 @@ def _images_section(fig: dict[str, Any], out: Path) -> Section:
     im = fig["images"]
     images, table = [], []
     text = f"{im['rows_with_size']} rows with a known size, {im['rows_without_size']} without."
+    ds = im.get("declared_sizes") or {}
+    if ds.get("compared"):
+        text += (
+            f" Sizes are the decoded ones; the declared width/height contradict them in "
+            f"{ds['contradict']} of {ds['compared']} rows ({fmt(ds['contradict_share'], None, True)})"
+            + (f", {ds['swapped']} of those with width and height swapped" if ds["swapped"] else "")
+            + "."
+        )
     if im["rows_with_size"]:
         for key in ("width", "height", "aspect", "megapixels"):
             table.append({"measure": key, **{k: round(v, 3) for k, v in im[key].items()}})
@@ -457,7 +471,9 @@ def model_card_fragment(fig: dict[str, Any]) -> str:
     s, lang = fig["sources"], fig["language"]
     c = s["concentration"]
     # front matter: languages of at least 5% of captions (the identifier misfires on a few short ones)
-    langs = [x["language"] for x in lang["detected"][:5] if x["share"] >= 0.05]
+    langs = [
+        x["language"] for x in lang.get("languages", lang["detected"])[:5] if x["share"] >= 0.05
+    ]
     occ = [o for o in fig["captions"]["occupations"] if o["with_female"] + o["with_male"] >= 5]
     skew = sorted(
         occ, key=lambda o: abs((o["female_share_of_gendered"] or 0.5) - 0.5), reverse=True

@@ -233,6 +233,7 @@ def write(
                 images=[(rel, f"cluster {cid}")],
             )
         )
+    sections += _metadata_sections(ws, summary.get("metadata"))
     if len(clusters) < summary.get("clusters", 0):
         sections.append(
             Section(
@@ -242,3 +243,41 @@ def write(
             )
         )
     return write_page(out_dir, "duplicates", f"Duplicates in {ws.dataset}", sections, intro)
+
+
+def _metadata_sections(
+    ws: Workspace, counts: dict[str, Any] | None, top: int = 10
+) -> list[Section]:
+    """Rows sharing a normalised URL or a caption (`duplicates-metadata.parquet`): no image needed."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = ws.path("duplicates-metadata.parquet")
+    if counts is None or not path.exists():
+        return []
+    table = [{"kind": k, **v} for k, v in counts.items()]
+    out = [
+        Section(
+            "Same URL or same caption (metadata)",
+            text="URLs compared with scheme and host lower-cased, default port and fragment "
+            "dropped; captions compared ignoring case and runs of spaces. `extra_copies` is rows "
+            "beyond the first of each group.",
+            table=table,
+        )
+    ]
+    groups = pq.read_table(path)
+    for kind in ("url", "caption"):
+        t = groups.filter(pc.equal(groups["kind"], kind))
+        firsts = t.filter(pc.equal(t["row_id"], t["representative"]))
+        rows = sorted(firsts.to_pylist(), key=lambda r: r["group_id"])[:top]
+        if rows:
+            out.append(
+                Section(
+                    f"Largest same-{kind} groups",
+                    table=[
+                        {"rows": r["group_size"], "first row_id": r["row_id"], kind: r["value"]}
+                        for r in rows
+                    ],
+                )
+            )
+    return out
