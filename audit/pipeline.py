@@ -22,6 +22,7 @@ from typing import Any
 from audit import stages
 from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
+from audit.reports import default_dir
 from audit.schema import IMAGE_LOCATION
 from audit.workspace import Output, Workspace, atomic_write_json, safe_name
 
@@ -65,6 +66,7 @@ class RunOptions:
     train_steps: int = 0  # 0: do not train the diffusion model
     generate: int = 64
     seed: int = 0
+    calibrate: int = 0  # images for the calibration page (0: no calibration in `audit run`)
 
     @classmethod
     def demo(cls) -> RunOptions:
@@ -74,6 +76,7 @@ class RunOptions:
             registries=[str(p) for p in sorted((sample / "optout").glob("registry-*"))],
             crawl_cache=str(sample / "optout" / "cache"),
             train_steps=3000,
+            calibrate=200,
         )
 
 
@@ -91,10 +94,12 @@ def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
     from audit.reports import writable_dir
 
     dataset = safe_name(ws_root.resolve().name, "workspace folder name")
-    report_dir = writable_dir(options.report_dir or Path("reports") / dataset)
+    report_dir = writable_dir(options.report_dir or default_dir(ws_root))
     model_dir = ws_root / "models" / "ddpm"
     trained = bool(options.train_steps)
     return {
+        # the options first: the resolved values below (report_dir) replace their raw form
+        **{f.name: getattr(options, f.name) for f in fields(options)},
         "ws": ws_root,
         "dataset": dataset,
         "report_dir": report_dir,
@@ -108,7 +113,6 @@ def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
         "trained_model_dir": model_dir if trained else None,
         "trained_memorisation_dir": ws_root / "memorisation" if trained else None,
         "model_card": report_dir / "MODEL_CARD.md",
-        **{f.name: getattr(options, f.name) for f in fields(options)},
     }
 
 
@@ -122,7 +126,12 @@ def run(
     if not options.sources and not (ws_root / "manifest.json").exists():
         raise AuditError("nothing to run: pass SOURCE paths, or --demo for the bundled sample")
     values = run_values(ws_root, options)
-    applies = {"always": True, "sources": bool(options.sources), "train": bool(options.train_steps)}
+    applies = {
+        "always": True,
+        "sources": bool(options.sources),
+        "train": bool(options.train_steps),
+        "calibrate": bool(options.calibrate),
+    }
     if options.pretrained == "none":
         echo(UNTRAINED_WARNING)
     results: list[StageResult] = []
@@ -229,7 +238,7 @@ def match(
             Output(f"{rel}/summary.json"),
         ],
     )
-    report.write_match_page(train.root, name, Path(report_dir or Path("reports") / train.dataset))
+    report.write_match_page(train.root, name, Path(report_dir or default_dir(train)))
     return summary
 
 
@@ -285,7 +294,7 @@ def calibrate(
     )
     if not trained:
         result["warning"] = "untrained embedding weights: cosine figures describe a random network"
-    out = Path(report_dir or Path("reports") / w.dataset)
+    out = Path(report_dir or default_dir(w))
     atomic_write_json(out / "calibration.json", json.loads(json.dumps(result, default=_jsonable)))
     report.write_calibration_page(out)
     return result
