@@ -414,7 +414,11 @@ def _embed(
                 ws, run, p, np.zeros((0, dim), np.float16), np.zeros((0, dim), np.float16), []
             )
     for batch, p in track(
-        zip(loader, owner, strict=True), total=len(batches), description="embedding"
+        zip(loader, owner, strict=True),
+        total=sum(len(b) for b in batches),
+        description="embedding",
+        unit="images",
+        weight=lambda item: len(item[0]["i"]),
     ):
         a = acc.setdefault(p.number, {"img": [], "txt": [], "errors": [], "done": 0})
         ok = np.array(batch["ok"])

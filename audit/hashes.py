@@ -350,7 +350,13 @@ def compute(
         if need[p.number] == 0:
             outputs, _ = _write_part(ws, p, [], which)
             run.record_part(p.number, outputs, errors=0)
-    for result in track(_run_tasks(tasks, workers), total=len(tasks), description="hashing"):
+    for result in track(
+        _run_tasks(tasks, workers),
+        total=sum(p.rows for p in todo),
+        description="hashing",
+        unit="images",
+        weight=lambda r: len(r["ok"]),
+    ):
         number = result["part"]
         got[number].append(result)
         if len(got[number]) == need[number]:

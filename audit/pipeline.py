@@ -22,6 +22,7 @@ from typing import Any
 from audit import stages
 from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
+from audit.reports import default_dir
 from audit.schema import IMAGE_LOCATION
 from audit.workspace import Output, Workspace, atomic_write_json, safe_name
 
@@ -71,6 +72,7 @@ class RunOptions:
     train_batch_size: int = 32
     generate: int = 64
     seed: int = 0
+    calibrate: int = 0  # images for the calibration page (0: no calibration in `audit run`)
 
     @classmethod
     def demo(cls) -> RunOptions:
@@ -86,6 +88,7 @@ class RunOptions:
             train_minutes=DEMO_TRAIN_MINUTES,
             train_base_channels=16,
             train_batch_size=16,
+            calibrate=200,
         )
 
 
@@ -103,22 +106,25 @@ def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
     from audit.reports import writable_dir
 
     dataset = safe_name(ws_root.resolve().name, "workspace folder name")
-    report_dir = writable_dir(options.report_dir or Path("reports") / dataset)
+    report_dir = writable_dir(options.report_dir or default_dir(ws_root))
     model_dir = ws_root / "models" / "ddpm"
     trained = bool(options.train_steps or options.train_minutes)
     return {
+        # the options first: the resolved values below (report_dir) replace their raw form
+        **{f.name: getattr(options, f.name) for f in fields(options)},
         "ws": ws_root,
         "dataset": dataset,
         "report_dir": report_dir,
         "bias_dir": report_dir / "bias",
         "consented": ws_root / "consented.parquet",
+        # The model `audit run` trains sees neither reserved nor generated images (model collapse).
+        "exclude_synthetic": True,
         "model_dir": model_dir,
         "model_name": "ddpm",
         "generated": ws_root / "generated" / "ddpm",
         "trained_model_dir": model_dir if trained else None,
         "trained_memorisation_dir": ws_root / "memorisation" if trained else None,
         "model_card": report_dir / "MODEL_CARD.md",
-        **{f.name: getattr(options, f.name) for f in fields(options)},
     }
 
 
@@ -133,7 +139,12 @@ def run(
         raise AuditError("nothing to run: pass SOURCE paths, or --demo for the bundled sample")
     values = run_values(ws_root, options)
     trains = bool(options.train_steps or options.train_minutes)
-    applies = {"always": True, "sources": bool(options.sources), "train": trains}
+    applies = {
+        "always": True,
+        "sources": bool(options.sources),
+        "train": trains,
+        "calibrate": bool(options.calibrate),
+    }
     if options.pretrained == "none":
         echo(UNTRAINED_WARNING)
     results: list[StageResult] = []
@@ -221,16 +232,16 @@ def match(
     from audit.checks import memorisation
     from audit.reports import memorisation as report
 
+    generated = Path(generated)
+    name = safe_name(name or generated.resolve().name, "--name")  # stays in WS/memorisation/
     train = Workspace.open(against)
     model, pretrained = _embed_params(train)
     if not train.stage_fingerprint("index"):
         knn.build(train.root)  # the candidates come from the training indexes
-    generated = Path(generated)
     if not generated.exists():
         raise AuditError(
             f"{generated} does not exist. Pass the folder (or parquet/webdataset) of generated images."
         )
-    name = name or generated.name
     out_dir = train.path(f"memorisation/{name}")
     if (generated / "manifest.json").exists():
         gen_root = generated
@@ -266,7 +277,7 @@ def match(
             Output(f"{rel}/summary.json"),
         ],
     )
-    report.write_match_page(train.root, name, Path(report_dir or Path("reports") / train.dataset))
+    report.write_match_page(train.root, name, Path(report_dir or default_dir(train)))
     return summary
 
 
@@ -322,7 +333,7 @@ def calibrate(
     )
     if not trained:
         result["warning"] = "untrained embedding weights: cosine figures describe a random network"
-    out = Path(report_dir or Path("reports") / w.dataset)
+    out = Path(report_dir or default_dir(w))
     atomic_write_json(out / "calibration.json", json.loads(json.dumps(result, default=_jsonable)))
     report.write_calibration_page(out)
     return result

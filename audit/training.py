@@ -352,10 +352,17 @@ def generate(
     eta: float = 0.0,
     guidance_scale: float = 2.0,
     device: str = "auto",
+    sign_cert: str | Path | None = None,
+    sign_key: str | Path | None = None,
+    training_mining: str = "notAllowed",
 ) -> dict[str, Any]:
     """Write `n` images per prompt / class label (or `n` unconditional ones) to `out`.
 
-    Image i (counting across all groups) uses seed `seed + i`, recorded per row.
+    Image i (counting across all groups) uses seed `seed + i`, recorded per row. Every image is
+    marked as generated (`audit.provenance.marking`): IPTC digital source type in XMP and a C2PA
+    manifest signed with `sign_cert` / `sign_key` (PEM), or without them with a local, untrusted
+    certificate made in the model folder; `training_mining` (notAllowed, allowed, constrained)
+    is the CAWG training-and-data-mining choice embedded for the output.
 
     >>> generate("models/sample", "generated/sample", n=64)  # doctest: +SKIP
     """
@@ -373,6 +380,10 @@ def generate(
         raise AuditError(
             f"{weights} does not exist. Train a model first: audit train WS --out {model_dir}"
         )
+    from audit.provenance import marking
+
+    # Before anything is sampled or removed, so a bad certificate costs nothing.
+    marker = marking.Marker(marking.signing(model_dir, sign_cert, sign_key), training_mining)
     _clear_previous(out)
     net, schedule, config = diffusion.load(model_dir, device=device)
     jobs = _jobs(config, class_label, prompts)
@@ -394,6 +405,11 @@ def generate(
             and (lambda done, total: bar(f"sampling {len(per_image)} images", done, total, {})),
         )
     model_sha = sha256_file(weights)
+    agent = {
+        "name": f"audit DDPM {model_dir.name}",
+        "version": f"step {int(config.get('step', 0))}",
+        "sha256": model_sha,
+    }
     rows = []
     for i, (img, job) in enumerate(
         zip(track(images, len(images), "writing images"), per_image, strict=True)
@@ -401,7 +417,8 @@ def generate(
         name = f"{IMAGES}/{i:06d}.png"
         buf = io.BytesIO()
         Image.fromarray(np.asarray(img)).save(buf, format="PNG")
-        atomic_write_bytes(out / name, buf.getvalue())
+        data, embedded = marker.mark(buf.getvalue(), Path(name).name, agent)
+        atomic_write_bytes(out / name, data)
         rows.append(
             {
                 "key": f"{i:06d}",
@@ -420,8 +437,10 @@ def generate(
                 "model_path": str(model_dir.resolve()),
                 "model_sha256": model_sha,
                 "model_step": int(config.get("step", 0)),
+                **embedded,
             }
         )
+    marker.close()
     schema = pa.schema(
         [
             ("key", pa.string()),
@@ -440,6 +459,7 @@ def generate(
             ("model_path", pa.string()),
             ("model_sha256", pa.string()),
             ("model_step", pa.int64()),
+            *marking.RECORD_SCHEMA,
         ]
     )
     atomic_write_parquet(out / "generated.parquet", pa.Table.from_pylist(rows, schema=schema))
@@ -449,6 +469,9 @@ def generate(
         "sampler": sampler,
         "steps": steps,
         "model_step": int(config.get("step", 0)),
+        "signer": marker.sign.subject,
+        "local_certificate": marker.sign.local,
+        "training_mining": training_mining,
     }
 
 

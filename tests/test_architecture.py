@@ -21,6 +21,7 @@ BASE = {
     "audit.reports",
     "audit.stages",
     "audit.results",
+    "audit.credentials",
 }
 COMPOSERS = {
     "audit.pipeline",

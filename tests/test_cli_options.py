@@ -30,6 +30,8 @@ LIBRARY = {
     "calibrate": "audit.pipeline:calibrate",
     "experiment": "audit.experiments:memorisation",
     "sample build": "audit.sample:build",
+    "import-embeddings": "audit.clip_retrieval:import_embeddings",
+    "export-embeddings": "audit.clip_retrieval:export_embeddings",
 }
 UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" with a sentinel
 # Options whose CLI value is converted before the call, so their types differ on purpose.

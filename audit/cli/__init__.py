@@ -11,7 +11,18 @@ import sys
 import click
 
 from audit import __version__
-from audit.cli import bias, consent, describe, diffusion, memorisation, pipeline, sample, workspace
+from audit.cli import (
+    bias,
+    consent,
+    describe,
+    diffusion,
+    memorisation,
+    pipeline,
+    provenance,
+    sample,
+    workspace,
+)
+from audit.cli import interop as interop_cli
 from audit.errors import AuditError
 
 
@@ -92,9 +103,21 @@ def cli(ctx: click.Context, debug: bool, threads: str) -> None:
         raise click.BadParameter(str(e), param_hint="--threads") from e
 
 
-for _module in (workspace, describe, consent, diffusion, memorisation, bias, pipeline, sample):
+for _module in (
+    workspace,
+    describe,
+    consent,
+    provenance,
+    diffusion,
+    memorisation,
+    bias,
+    pipeline,
+    sample,
+):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
+for _command in interop_cli.COMMANDS:  # clip-retrieval's layout in and out
+    cli.add_command(_command)
 
 
 def main() -> None:

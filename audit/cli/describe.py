@@ -171,11 +171,11 @@ def dedup(ws: Path, hamming: int, cosine: float, report_dir: Path | None, as_jso
     Example: audit dedup indexes/sample --hamming 6 --report-dir reports/sample
     """
     from audit.checks import duplicates
+    from audit.reports import default_dir, writable_dir
     from audit.reports import duplicates as page
-    from audit.reports import writable_dir
     from audit.workspace import Workspace
 
-    report_dir = writable_dir(report_dir or Path("reports") / Workspace.open(ws).dataset)
+    report_dir = writable_dir(report_dir or default_dir(Workspace.open(ws)))
     s = duplicates.find(ws, hamming=hamming, cosine=cosine)
     line = (
         f"{s['clusters']} cluster(s), {s['rows_in_clusters']} rows "

@@ -158,22 +158,44 @@ def train_command(ws_root: str, out: str, resolution: str, as_json: bool, **opti
     "--guidance-scale", type=float, default=_default("generate.guidance_scale"), show_default=True
 )
 @click.option("--device", default=_default("generate.device"), show_default=True)
+@click.option(
+    "--sign-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM certificate chain that signs the C2PA manifests (default: a local, untrusted one).",
+)
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM private key of --sign-cert.",
+)
+@click.option(
+    "--training-mining",
+    type=click.Choice(["notAllowed", "allowed", "constrained"]),
+    default=_default("generate.training_mining"),
+    show_default=True,
+    help="CAWG training-and-data-mining choice embedded in every output.",
+)
 @json_option
 def generate_command(
     model: str, out: str, class_label: tuple[str, ...], as_json: bool, **options
 ) -> None:  # type: ignore[no-untyped-def]
     """Sample images from a trained MODEL folder into OUT (generated/*.png + LAION-like generated.parquet).
 
-    Example: audit generate models/sample --n 64 --out generated/sample
+    Every image carries IPTC trainedAlgorithmicMedia in XMP and a signed C2PA manifest.
+
+    Example: audit generate models/sample --n 64 --out generated/sample --training-mining notAllowed
     """
     from audit import training
 
     s = training.generate(model, out, class_label=list(class_label) or None, **options)
+    who = "a LOCAL, UNTRUSTED test certificate" if s["local_certificate"] else "your certificate"
     emit(
         s,
         as_json,
         lambda: (
-            f"wrote {s['images']} images ({s['sampler']}, {s['steps']} steps, model step {s['model_step']}) -> {out}"
+            f"wrote {s['images']} images ({s['sampler']}, {s['steps']} steps, model step {s['model_step']}) -> {out}; "
+            f"marked trainedAlgorithmicMedia, C2PA signed with {who} ({s['signer']}), "
+            f"training-mining {s['training_mining']}"
         ),
     )
 

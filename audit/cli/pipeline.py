@@ -25,7 +25,7 @@ OPTIONS = "audit.pipeline:RunOptions"
     "--report-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where reports go (default reports/<dataset>).",
+    help="Where reports go (default: reports/<dataset> beside the workspace's indexes/ folder, else WS/reports).",
 )
 @library(OPTIONS, "model", help="open_clip model name, or 'tiny' (built in code, untrained).")
 @library(
@@ -94,7 +94,7 @@ def run(
         as_json,
         lambda: (
             f"ran {len(results)} stages on {workspace}; "
-            f"reports in {options.report_dir or 'reports/' + workspace.name}"
+            f"reports in {pipeline.run_values(Path(workspace), options)['report_dir']}"
         ),
     )
 

@@ -43,6 +43,9 @@ class RawBatch:
     images: list[Loc | None]
     expect_image: list[bool]  # a record without an image is an `image_missing` error
     problems: list[tuple[int, str, str]] = field(default_factory=list)  # (index, reason, detail)
+    # image bytes carried in the input itself (img2dataset parquet), one entry per record;
+    # ingest copies them into the workspace and points `images` there
+    inline: list[bytes | None] | None = None
 
     @property
     def n(self) -> int:
