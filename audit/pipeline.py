@@ -65,6 +65,8 @@ class RunOptions:
     train_steps: int = 0  # 0: do not train the diffusion model
     generate: int = 64
     seed: int = 0
+    engine: str = "local"  # executor of the per-part stages: "local" or "ray" (audit.engines)
+    ray_address: str | None = None
 
     @classmethod
     def demo(cls) -> RunOptions:

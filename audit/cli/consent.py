@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from audit.cli.options import emit, json_option, library
+from audit.cli.options import emit, engine_options, json_option, library
 
 CRAWL = "audit.optouts:crawl"
 
@@ -58,6 +58,7 @@ def optout() -> None:
     default=None,
     help="Where optout.md/.html go (default reports/<dataset>).",
 )
+@engine_options("audit.optouts:compute")
 @json_option
 def decide(
     ws_root: str,
@@ -66,6 +67,8 @@ def decide(
     agent: tuple[str, ...],
     index_policy: bool,
     report_dir: str | None,
+    engine: str,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Decide per row and use whether it was reserved; write optout/*.parquet and the report.
@@ -76,7 +79,13 @@ def decide(
     from audit.reports import optout as report
 
     s = optouts.compute(
-        ws_root, registry=list(registry), cache=cache, agent=list(agent), index_policy=index_policy
+        ws_root,
+        registry=list(registry),
+        cache=cache,
+        agent=list(agent),
+        index_policy=index_policy,
+        engine=engine,
+        ray_address=ray_address,
     )
     page = report.write(ws_root, report_dir)
     g = s["decisions"].get("genai_training", {})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from audit.cli.options import WS, default, emit, json_option, library
+from audit.cli.options import WS, default, emit, engine_options, json_option, library
 
 
 @click.command("hash")
@@ -31,8 +31,17 @@ from audit.cli.options import WS, default, emit, json_option, library
     help="Comma-separated subset of phash,dhash,whash,ahash (dedup needs phash,dhash, match "
     "all four).",
 )
+@engine_options("audit.hashes:compute")
 @json_option
-def hash_(ws: Path, workers: int, fast_decode: bool, which: str, as_json: bool) -> None:
+def hash_(
+    ws: Path,
+    workers: int,
+    fast_decode: bool,
+    which: str,
+    engine: str,
+    ray_address: str | None,
+    as_json: bool,
+) -> None:
     """pHash, dHash, wHash and aHash of every image: hashes/part-*.parquet.
 
     Example: audit hash indexes/sample --workers 2
@@ -40,7 +49,14 @@ def hash_(ws: Path, workers: int, fast_decode: bool, which: str, as_json: bool) 
     from audit import hashes
 
     chosen = [h.strip() for h in which.split(",") if h.strip()]
-    s = hashes.compute(ws, workers=workers, fast_decode=fast_decode, which=chosen)
+    s = hashes.compute(
+        ws,
+        workers=workers,
+        fast_decode=fast_decode,
+        which=chosen,
+        engine=engine,
+        ray_address=ray_address,
+    )
     emit(
         s,
         as_json,
@@ -66,6 +82,7 @@ def hash_(ws: Path, workers: int, fast_decode: bool, which: str, as_json: bool) 
     "audit.embeddings:compute", "workers", type=int, help="Decoding processes feeding the model."
 )
 @library("audit.embeddings:compute", "device", help="torch device.")
+@engine_options("audit.embeddings:compute")
 @json_option
 def embed(
     ws: Path,
@@ -74,6 +91,8 @@ def embed(
     batch_size: int,
     workers: int,
     device: str,
+    engine: str,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """CLIP image and caption embeddings: embeddings/img-*.npy, txt-*.npy, scores-*.parquet.
@@ -90,6 +109,8 @@ def embed(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        engine=engine,
+        ray_address=ray_address,
     )
     if not s["trained"]:
         click.secho(UNTRAINED_WARNING, fg="yellow", err=True)

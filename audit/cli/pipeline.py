@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from audit import pipeline, stages
-from audit.cli.options import emit, json_option, library
+from audit.cli.options import emit, engine_options, json_option, library
 
 OPTIONS = "audit.pipeline:RunOptions"
 
@@ -51,6 +51,7 @@ OPTIONS = "audit.pipeline:RunOptions"
     help="Train the small diffusion model for this many steps (0 = skip).",
 )
 @library(OPTIONS, "workers", type=int)
+@engine_options(OPTIONS)
 @json_option
 def run(
     workspace,
@@ -63,6 +64,8 @@ def run(
     crawl_cache,
     train_steps,
     workers,
+    engine,
+    ray_address,
     as_json,
 ):
     """Run every stage on a dataset and write its reports.
@@ -74,6 +77,7 @@ def run(
         raise click.UsageError("pass SOURCES or --demo, not both")
     options.report_dir = str(report_dir) if report_dir else None
     options.model, options.pretrained, options.workers = model, pretrained, workers
+    options.engine, options.ray_address = engine, ray_address
     options.registries = list(registries) or options.registries
     options.crawl_cache = crawl_cache or options.crawl_cache
     if train_steps is not None:

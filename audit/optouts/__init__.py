@@ -16,6 +16,8 @@ this package's other modules do the I/O around them.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +28,15 @@ from audit.optouts.cache import export_warc, import_warc, sample_signals
 from audit.optouts.crawl import crawl
 from audit.optouts.subset import filter_dataset
 
-__all__ = ["compute", "crawl", "export_warc", "filter_dataset", "import_warc", "sample_signals"]
+__all__ = [
+    "compute",
+    "optout_part",
+    "crawl",
+    "export_warc",
+    "filter_dataset",
+    "import_warc",
+    "sample_signals",
+]
 
 
 def compute(
@@ -35,23 +45,23 @@ def compute(
     cache: str | Path | None = None,
     agent: Sequence[str] = (),
     index_policy: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Decide, for every row and use, whether its creator reserved it; returns the stage summary.
 
     `registry`: opt-out lists (text/CSV/parquet, see `registry`); `cache`: a crawl cache folder
     (without one, crawl-based signals are not consulted and the summary says so); `agent`: the
     user agents whose robots/X-Robots-Tag rules count (default: the AI-training agents and ours);
-    `index_policy`: also count noindex/noimageindex/none as a reservation.
+    `index_policy`: also count noindex/noimageindex/none as a reservation. `engine` runs the
+    parts here ("local") or as Ray tasks ("ray", see `audit.engines`) with the same decisions.
 
     >>> compute("indexes/sample", registry=["audit/data/sample/optout/registry-domains.txt"],
     ...         cache="audit/data/sample/optout/cache")  # doctest: +SKIP
     {'rows': 300, 'decisions': {'genai_training': {'allowed': 201, 'reserved': 81, ...}}, ...}
     """
-    import pyarrow.parquet as pq
-
+    from audit import engines
     from audit.optouts import decide
-    from audit.optouts import registry as registries
-    from audit.optouts.cache import CrawlCache
     from audit.optouts.signals import DEFAULT_AGENTS
     from audit.progress import track
     from audit.workspace import Output, Workspace, sha256_file
@@ -59,9 +69,16 @@ def compute(
     started = time.monotonic()
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
-    regs = [registries.load(p) for p in registry]
-    store = CrawlCache.open(cache) if cache is not None else None
     agents = tuple(agent) or DEFAULT_AGENTS
+    settings = {
+        "registry": [str(p) for p in registry],
+        "cache": None if cache is None else str(cache),
+        "agents": list(agents),
+        "index_policy": index_policy,
+    }
+    _CONTEXTS.clear()  # load the registries and the cache afresh for every run
+    ctx = _context(**settings)
+    regs, store = ctx.registries, ctx.cache
     params = {
         "registries": [
             {"path": r.path, "sha256": None if r.error else sha256_file(r.path), "error": r.error}
@@ -80,15 +97,11 @@ def compute(
         and (ws.root / "optout/decisions.parquet").exists()
     ):
         return run.record["summary"]
-    ctx = decide.Context(regs, store, agents, index_policy, rules=registries.connect_rules(regs))
-    for part in track(parts, total=len(parts), description="opt-out signals"):
-        if run.is_done(part.number):
-            continue
-        sig_rows, dec_rows, err_rows = decide.evaluate_part(ctx, pq.read_table(ws.path(part.path)))
-        outputs = decide.write_part(ws, part, sig_rows, dec_rows, err_rows)
-        run.record_part(
-            part.number, outputs, counts=decide.part_counts(sig_rows, dec_rows, err_rows)
-        )
+    todo = [p for p in parts if not run.is_done(p.number)]
+    runner = engines.get(engine, ray_address)
+    results = runner.map_parts("audit.optouts:optout_part", ws.root, todo, settings)
+    for part, result in track(results, total=len(todo), description="opt-out signals"):
+        run.record_part(part.number, result.outputs, **result.info)
     merged = decide.merge_parts(ws, parts)
     counts = [run.part_info(p.number)["counts"] for p in parts]
     summary = {
@@ -115,6 +128,59 @@ def compute(
     }
     run.finish(summary, [Output(path, rows=n) for path, n in merged])
     return summary
+
+
+# The context of the last settings seen, per process: an engine's worker decides many parts
+# with the same registries and crawl cache, and loading them is most of the cost of a small part.
+_CONTEXTS: dict[str, Any] = {}
+
+
+def _context(registry: list[str], cache: str | None, agents: list[str], index_policy: bool) -> Any:
+    from audit.optouts import decide
+    from audit.optouts import registry as registries
+    from audit.optouts.cache import CrawlCache
+
+    files = [*registry, *([os.path.join(cache, "responses.parquet")] if cache else [])]
+    # a worker process outlives one run: a file changed since must not reuse the old context
+    stamps = [(f, st.st_mtime_ns, st.st_size) for f in files if (st := _stat(f)) is not None]
+    key = json.dumps([registry, cache, agents, index_policy, stamps])
+    if key not in _CONTEXTS:
+        _CONTEXTS.clear()
+        regs = [registries.load(p) for p in registry]
+        store = CrawlCache.open(cache) if cache is not None else None
+        _CONTEXTS[key] = decide.Context(
+            regs, store, tuple(agents), index_policy, rules=registries.connect_rules(regs)
+        )
+    return _CONTEXTS[key]
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None  # an unreadable registry becomes an "unchecked" signal, decided later
+
+
+def optout_part(
+    ws_root: str,
+    part: Any,
+    registry: list[str],
+    cache: str | None,
+    agents: list[str],
+    index_policy: bool,
+) -> Any:
+    """Decide one metadata part and write its files (the per-part function engines run)."""
+    import pyarrow.parquet as pq
+
+    from audit.engines.local import PartResult
+    from audit.optouts import decide
+    from audit.workspace import Workspace
+
+    ws = Workspace.open(ws_root)
+    ctx = _context(registry, cache, agents, index_policy)
+    sig_rows, dec_rows, err_rows = decide.evaluate_part(ctx, pq.read_table(ws.path(part.path)))
+    outputs = decide.write_part(ws, part, sig_rows, dec_rows, err_rows)
+    return PartResult(outputs, {"counts": decide.part_counts(sig_rows, dec_rows, err_rows)})
 
 
 def _sum_nested(items: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
