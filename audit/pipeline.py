@@ -203,7 +203,7 @@ def match(
         )
     run = train.start_stage(
         f"match-{name}",
-        {"generated": str(generated.resolve()), "k": k, "thresholds": thresholds.to_dict()},
+        {"generated": train.relative(generated), "k": k, "thresholds": thresholds.to_dict()},
         depends_on=["embed", "hash"],
     )
     summary = memorisation.check(

@@ -67,7 +67,9 @@ def filter_dataset(
         raise AuditError(f"--out {out} must end in .parquet")
     states = ("allowed", *sorted(set(keep)))
     run = ws.start_stage(
-        "filter", {"out": str(out), "use": use, "keep": list(states[1:])}, depends_on=["optout"]
+        "filter",
+        {"out": ws.relative(out), "use": use, "keep": list(states[1:])},
+        depends_on=["optout"],
     )
 
     con = ws.connect()
@@ -133,7 +135,7 @@ def filter_dataset(
     removed_path = out.with_name(out.stem + ".removed.json")
     atomic_write_json(removed_path, summary)
     run.finish(
-        {k: v for k, v in summary.items() if k != "by_domain"},
+        {k: v for k, v in summary.items() if k != "by_domain"} | {"out": ws.relative(out)},
         [Output("optout/kept.parquet", rows=int(len(kept_ids)))],
     )
     return {**summary, "removed_manifest": str(removed_path)}
