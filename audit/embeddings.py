@@ -354,9 +354,12 @@ def compute(
         "model": model,
         "pretrained": pretrained,
         "batch_size": batch_size,
-        # on Ray each task has one core: decode in the task's own process
+        # on Ray each task has one core: decode in the task's own process, one torch thread
         "workers": workers if runner.in_process else 0,
         "device": device,
+        # Decoding workers and the forward pass share the cores; torch threads beyond the
+        # cores left over spin against the workers (and other jobs) and run many times slower.
+        "threads": max(1, (os.cpu_count() or 1) - max(1, workers)) if runner.in_process else 1,
     }
     t0 = time.perf_counter()
     for part, result in engines.progress(
@@ -403,6 +406,7 @@ def embed_part(
     batch_size: int,
     workers: int,
     device: str,
+    threads: int = 1,
 ) -> PartResult:
     """Embed one metadata part and write its files (the per-part function engines run)."""
     import pyarrow.parquet as pq
@@ -415,14 +419,12 @@ def embed_part(
     batches = [
         list(range(s, min(part.rows, s + batch_size))) for s in range(0, part.rows, batch_size)
     ]
-    # Decoding workers and the forward pass share the cores; torch threads beyond the cores
-    # left over spin against the workers (and other jobs) and run many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - max(1, workers)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         img, txt, errors = _embed(clip, columns, batches, workers)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     return _write_part(ws, part, img, txt, errors)
 
 
