@@ -118,8 +118,9 @@ STAGES: tuple[Stage, ...] = (
         "index",
         "index",
         "audit.knn:build",
-        (WS,),
+        (WS, *ENGINE),
         reads=("embed", "hash"),
+        part="audit.knn:index_part",
         key_figures=("image_index", "recall_at_10"),
     ),
     Stage(

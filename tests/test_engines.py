@@ -1,7 +1,7 @@
 """The Ray engine writes what the in-process engine writes, and survives a killed worker.
 
-A local Ray (2 CPUs, no dashboard, on 127.0.0.1) runs ingest -> hash -> embed -> optout ->
-dedup through the CLI with `--engine ray` on the bundled sample split into 3 parts; every
+A local Ray (2 CPUs, no dashboard, on 127.0.0.1) runs ingest -> hash -> embed -> index
+(sharded, merged) -> optout -> dedup through the CLI with `--engine ray` on the bundled sample split into 3 parts; every
 output the manifest records must have the same bytes (sha256) as the in-process run. Then a
 worker process is SIGKILLed while it runs a part: Ray reruns the part and the stage ends with
 every row exactly once.
@@ -30,7 +30,7 @@ SAMPLE = pipeline.sample_dir()
 pytestmark = pytest.mark.skipif(not (SAMPLE / "shards").is_dir(), reason="bundled sample not built")
 REGISTRIES = [str(p) for p in sorted((SAMPLE / "optout").glob("registry-*"))]
 CACHE = str(SAMPLE / "optout" / "cache")
-STAGES = ("hash", "embed", "optout", "dedup")
+STAGES = ("hash", "embed", "index", "optout", "dedup")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,7 @@ def describe(root: Path, *engine: str) -> None:
     for args in (
         ["hash", str(root), *engine],
         ["embed", str(root), *engine],
+        ["index", str(root), "--kind", "ivf", *engine],  # IVF: trained once, shards merged
         ["optout", str(root), *registry, "--cache", CACHE, *engine],
         ["dedup", str(root), "--report-dir", str(root.parent / f"{root.name}-reports")],
     ):

@@ -133,15 +133,25 @@ def embed(
     type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfpq"]),
     help="Index type (auto: chosen by size and memory budget).",
 )
+@engine_options("audit.knn:build")
 @json_option
-def index(ws: Path, memory_budget_mb: int, kind: str, as_json: bool) -> None:
+def index(
+    ws: Path,
+    memory_budget_mb: int,
+    kind: str,
+    engine: str,
+    ray_address: str | None,
+    as_json: bool,
+) -> None:
     """faiss indexes over image embeddings (inner product) and pHash codes: faiss/.
 
     Example: audit index indexes/sample --memory-budget-mb 512
     """
     from audit import knn
 
-    s = knn.build(ws, memory_budget_mb=memory_budget_mb, kind=kind)
+    s = knn.build(
+        ws, memory_budget_mb=memory_budget_mb, kind=kind, engine=engine, ray_address=ray_address
+    )
     recall = "n/a" if s.get("recall_at_10") is None else f"{s['recall_at_10']:.3f}"
     emit(
         s,
