@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -52,7 +53,10 @@ class RayEngine:
         self, ref: str, ws_root: str | os.PathLike[str], parts: Sequence[Part], settings: dict
     ) -> Iterator[tuple[Part, PartResult]]:
         stages.load(ref)  # fail here, in the driver, if the function does not exist
-        pending = {_run_part.remote(ref, str(ws_root), p, settings): p for p in parts}
+        # absolute: a worker's working directory is not the driver's (on a cluster the shared
+        # mount has the same path on every node)
+        root = str(Path(ws_root).resolve())
+        pending = {_run_part.remote(ref, root, p, settings): p for p in parts}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref_done in done:
