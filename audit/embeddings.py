@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from audit import engines
+from audit import engines, threads
 from audit.engines.local import PartResult
 from audit.errors import AuditError, MissingWeightsError
 from audit.images import ImageProblem, decode, read_bytes
@@ -56,6 +56,7 @@ TINY_CONFIG = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 TINY_SEED = 0
+CHARS_PER_TOKEN = 32  # captions are cut to this many characters per context token
 
 
 class ClipModel:
@@ -92,7 +93,18 @@ class ClipModel:
         """float32 (N, D), L2-normalised."""
         if not texts:
             return np.zeros((0, self.info["dim"]), np.float32)
-        return self.encode_text_tokens(self.tokenizer(list(texts)))
+        return self.encode_text_tokens(self.tokenize(list(texts)))
+
+    def tokenize(self, texts: list[str]) -> Any:
+        """Token ids, from captions cut to `CHARS_PER_TOKEN` characters per context token first.
+
+        The tokenizer keeps only its first `context_length` tokens but cleans and splits the
+        whole text before cutting, so a 10 MB caption costs seconds for nothing. Every token
+        covers at least one character, so the cut changes nothing unless whitespace or HTML
+        entities fill more than 31 of every 32 characters.
+        """
+        limit = CHARS_PER_TOKEN * int(getattr(self.tokenizer, "context_length", 77) or 77)
+        return self.tokenizer([t[:limit] for t in texts])
 
     def encode_image_tensor(self, batch: Any) -> np.ndarray:
         import torch
@@ -302,7 +314,7 @@ class _Rows:
         if not item["ok"]:
             item["image"] = torch.zeros(3, size, size)
         caption = self.c["caption"][i]
-        item["tokens"] = self.clip.tokenizer([caption if caption is not None else ""])[0]
+        item["tokens"] = self.clip.tokenize([caption if isinstance(caption, str) else ""])[0]
         return item
 
 
@@ -324,7 +336,7 @@ def compute(
     model: str = TINY,
     pretrained: str = "none",
     batch_size: int = 64,
-    workers: int = 2,
+    workers: int | None = None,
     device: str = "cpu",
     engine: str = "local",
     ray_address: str | None = None,
@@ -336,6 +348,8 @@ def compute(
 
     >>> compute("indexes/sample", model="ViT-B-32", pretrained="laion2b_s34b_b79k")  # doctest: +SKIP
     """
+    if workers is None:  # the process's thread budget (audit.threads)
+        workers = threads.budget()
     if batch_size < 1 or workers < 0:
         raise AuditError(f"batch_size must be >= 1 and workers >= 0 (got {batch_size}, {workers}).")
     ws = Workspace.open(ws_root)
@@ -359,7 +373,7 @@ def compute(
         "device": device,
         # Decoding workers and the forward pass share the cores; torch threads beyond the
         # cores left over spin against the workers (and other jobs) and run many times slower.
-        "threads": max(1, (os.cpu_count() or 1) - max(1, workers)) if runner.in_process else 1,
+        "torch_threads": max(1, threads.budget() - max(1, workers)) if runner.in_process else 1,
     }
     t0 = time.perf_counter()
     for part, result in engines.progress(
@@ -406,7 +420,7 @@ def embed_part(
     batch_size: int,
     workers: int,
     device: str,
-    threads: int = 1,
+    torch_threads: int = 1,
 ) -> PartResult:
     """Embed one metadata part and write its files (the per-part function engines run)."""
     import pyarrow.parquet as pq
@@ -420,7 +434,7 @@ def embed_part(
         list(range(s, min(part.rows, s + batch_size))) for s in range(0, part.rows, batch_size)
     ]
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(torch_threads)
     try:
         img, txt, errors = _embed(clip, columns, batches, workers)
     finally:
@@ -443,7 +457,13 @@ def _embed(
     )
     dim = clip.info["dim"]
     imgs, txts, errors = [np.zeros((0, dim), np.float32)], [np.zeros((0, dim), np.float32)], []
-    for batch in track(loader, total=len(batches), description="embedding"):
+    for batch in track(
+        loader,
+        total=sum(len(b) for b in batches),
+        description="embedding",
+        unit="images",
+        weight=lambda batch: len(batch["i"]),
+    ):
         ok = np.array(batch["ok"])
         img = np.zeros((len(ok), dim), np.float32)
         if ok.any():

@@ -40,7 +40,7 @@ class Stage:
     `finish` what runs once after every part is in; both None for a stage that works on the
     whole dataset at once. `report` renders its page after it ran in `audit run`. `when`:
     "always", "sources" (only when `audit run` was given sources), "train" (only when a model
-    is trained).
+    is trained), "calibrate" (only when `RunOptions.calibrate` names a number of images).
     """
 
     name: str
@@ -135,10 +135,15 @@ STAGES: tuple[Stage, ...] = (
                 "duplicates.parquet",
                 "row_id, cluster_id, kind of duplicate, distance to the cluster's representative",
             ),
+            Table(
+                "duplicates_metadata",
+                "duplicates-metadata.parquet",
+                "row_id, kind (url | caption), group_id, group_size, representative, normalised value",
+            ),
         ),
         report="audit.reports.duplicates:write",
         pages=(("duplicates.md", "Which images are exact or near duplicates?"),),
-        key_figures=("clusters", "rows_in_clusters", "largest_cluster"),
+        key_figures=("clusters", "rows_in_clusters", "by_kind", "largest_cluster"),
     ),
     Stage(
         "optout",
@@ -157,9 +162,14 @@ STAGES: tuple[Stage, ...] = (
                 "optout/signals.parquet",
                 "every opt-out signal found, one row per signal and record",
             ),
+            Table(
+                "optout_coverage",
+                "optout/coverage.parquet",
+                "one row per record: per source, evaluated / absent / not_consulted / missing",
+            ),
         ),
         part="audit.optouts:optout_part",
-        finish="audit.optouts.decide:merge_parts",
+        finish="audit.optouts.outputs:merge_parts",
         report="audit.reports.optout:write",
         pages=(
             (
@@ -170,12 +180,30 @@ STAGES: tuple[Stage, ...] = (
         key_figures=("rows", "decisions"),
     ),
     Stage(
+        "provenance",
+        "provenance",
+        "audit.provenance:detect",
+        (WS,),
+        reads=("ingest",),
+        writes=(
+            Table(
+                "synthetic",
+                "provenance/synthetic-*.parquet",
+                "one row per record: generated-media marks (IPTC digital source type, C2PA) "
+                "and their signature state",
+            ),
+        ),
+        report="audit.reports.provenance:write",
+        pages=(("synthetic.md", "Which images are marked as generated (IPTC, C2PA), per source?"),),
+        key_figures=("rows", "synthetic", "c2pa_states"),
+    ),
+    Stage(
         "filter",
         "filter",
         "audit.optouts:filter_dataset",
-        (WS, ("out", "consented")),
-        reads=("optout",),
-        key_figures=("use", "kept", "removed"),
+        (WS, ("out", "consented"), ("exclude_synthetic", "exclude_synthetic")),
+        reads=("optout", "provenance"),
+        key_figures=("use", "kept", "removed", "by_decision", "synthetic_removed"),
     ),
     Stage(
         "bias",
@@ -184,13 +212,21 @@ STAGES: tuple[Stage, ...] = (
         (WS, ("report_dir", "bias_dir")),
         reads=("ingest", "embed"),
         pages=(("bias/bias.md", "How do captions, sources, languages and image properties skew?"),),
-        key_figures=("captions", "female_to_male_ratio", "domains", "probes"),
+        key_figures=("captions", "female_to_male_ratio", "domains", "top10_domain_share", "probes"),
     ),
     Stage(
         "train",
         "train",
         "audit.training:train_on_workspace",
-        (WS, ("out", "model_dir"), ("steps", "train_steps"), ("seed", "seed")),
+        (
+            WS,
+            ("out", "model_dir"),
+            ("steps", "train_steps"),
+            ("minutes", "train_minutes"),
+            ("base_channels", "train_base_channels"),
+            ("batch_size", "train_batch_size"),
+            ("seed", "seed"),
+        ),
         reads=("ingest",),
         when="train",
     ),
@@ -229,7 +265,7 @@ STAGES: tuple[Stage, ...] = (
         "calibrate",
         "calibrate",
         "audit.pipeline:calibrate",
-        (("ws", "ws"), ("report_dir", "report_dir")),
+        (("ws", "ws"), ("n", "calibrate"), ("seed", "seed"), ("report_dir", "report_dir")),
         reads=("embed",),
         pages=(
             (
@@ -237,7 +273,7 @@ STAGES: tuple[Stage, ...] = (
                 "How well does each copy descriptor separate copies from non-copies?",
             ),
         ),
-        when="never",  # `audit calibrate` only: it measures the check, not the dataset
+        when="calibrate",  # `audit calibrate`, and `audit run --demo`: it measures the check
     ),
     Stage(
         "bias_generated",

@@ -17,10 +17,12 @@ BASE = {
     "audit.workspace",
     "audit.images",
     "audit.progress",
+    "audit.threads",
     "audit.reports",
     "audit.stages",
     "audit.results",
     "audit.engines",
+    "audit.credentials",
 }
 COMPOSERS = {
     "audit.pipeline",

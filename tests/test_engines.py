@@ -55,12 +55,13 @@ def ingest(root: Path, rows_per_part: int) -> Path:
 
 def describe(root: Path, *engine: str) -> None:
     registry = [a for p in REGISTRIES for a in ("--registry", p)]
+    pages = ["--report-dir", str(root.parent / f"{root.name}-reports")]
     for args in (
         ["hash", str(root), *engine],
         ["embed", str(root), *engine],
         ["index", str(root), "--kind", "ivf", *engine],  # IVF: trained once, shards merged
-        ["optout", str(root), *registry, "--cache", CACHE, *engine],
-        ["dedup", str(root), "--report-dir", str(root.parent / f"{root.name}-reports")],
+        ["optout", str(root), *registry, "--cache", CACHE, *pages, *engine],
+        ["dedup", str(root), *pages],
     ):
         r = CliRunner().invoke(cli, args)
         assert r.exit_code == 0, r.output

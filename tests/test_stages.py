@@ -46,8 +46,11 @@ def test_workspace_and_status_page_read_the_stage_list():
         "hashes",
         "clip_scores",
         "duplicates",
+        "duplicates_metadata",
         "optout",
         "optout_signals",
+        "optout_coverage",
+        "synthetic",
         "matches",
     ]
     assert overview.KEY_FIGURES["hash"] == ("hashed", "errors")

@@ -33,7 +33,8 @@ def optout() -> None:
     "--registry",
     multiple=True,
     type=click.Path(dir_okay=False),
-    help="Opt-out list (txt/csv/parquet of domains or URLs); repeatable. Unreadable -> rows unchecked.",
+    help="Opt-out list (txt/csv/parquet: URL, URL prefix*, host:, domain rules); repeatable. "
+    "Missing file -> error; unreadable -> rows unchecked.",
 )
 @click.option(
     "--cache",
@@ -53,6 +54,14 @@ def optout() -> None:
     help="Also count noindex/noimageindex/none as a reservation.",
 )
 @click.option(
+    "--spawning",
+    is_flag=True,
+    help="Also ask Spawning's do-not-train API (key in SPAWNING_OPTS_KEY; no key -> unchecked).",
+)
+@click.option(
+    "--spawning-endpoint", default=None, help="Spawning API URL (default: the public one)."
+)
+@click.option(
     "--report-dir",
     type=click.Path(file_okay=False),
     default=None,
@@ -66,6 +75,8 @@ def decide(
     cache: str | None,
     agent: tuple[str, ...],
     index_policy: bool,
+    spawning: bool,
+    spawning_endpoint: str | None,
     report_dir: str | None,
     engine: str,
     ray_address: str | None,
@@ -77,17 +88,24 @@ def decide(
     """
     from audit import optouts
     from audit.reports import optout as report
+    from audit.reports import writable_dir
 
+    if report_dir is not None:
+        writable_dir(report_dir)  # before the stage records done, not after
     s = optouts.compute(
         ws_root,
         registry=list(registry),
         cache=cache,
         agent=list(agent),
         index_policy=index_policy,
+        spawning=spawning,
+        spawning_endpoint=spawning_endpoint,
         engine=engine,
         ray_address=ray_address,
     )
     page = report.write(ws_root, report_dir)
+    for warning in (s.get("spawning") or {}).get("warnings", []):
+        click.echo(f"warning: Spawning API: {warning}", err=True)
     g = s["decisions"].get("genai_training", {})
     emit(
         s,
@@ -95,6 +113,7 @@ def decide(
         lambda: (
             f"{s['rows']} rows; genai_training: "
             + ", ".join(f"{k} {v}" for k, v in sorted(g.items()))
+            + f"; evaluated sources: {', '.join(s['evaluable']) or 'none'}"
             + (f"; registry errors: {len(s['registry_errors'])}" if s["registry_errors"] else "")
             + ("; crawl signals not consulted (no --cache)" if s["not_consulted"] else "")
             + f"; report {page}"
@@ -150,6 +169,13 @@ def crawl(
             f"{s['hosts']} hosts in {s['seconds']}s; errors: {errors}; cache {s['cache']}"
         ),
     )
+    if s["fetched"] and sum(s["errors"].values()) == s["fetched"]:
+        from audit.errors import AuditError
+
+        raise AuditError(
+            f"every one of the {s['fetched']} fetches failed ({errors}): the cache holds no "
+            "response. Check the network, or the addresses the URLs resolve to."
+        )
 
 
 @optout.command("import-warc")
@@ -199,7 +225,7 @@ def export_warc(cache: str, out: str, as_json: bool) -> None:
 @click.command("filter")
 @click.argument("ws_root", type=click.Path(file_okay=False))
 @click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="Consented subset (.parquet)."
+    "--out", required=True, type=click.Path(), help="Consented subset (.parquet, or a folder)."
 )
 @library(
     "audit.optouts:filter_dataset",
@@ -213,21 +239,77 @@ def export_warc(cache: str, out: str, as_json: bool) -> None:
     type=click.Choice(["unchecked", "not_evaluable"]),
     help="Also keep rows in this state (default: only allowed rows); repeatable.",
 )
+@click.option(
+    "--require",
+    multiple=True,
+    help="Keep a row only if these sources were evaluated for it: page, embedded, headers, "
+    "robots, ai_txt, tdmrep, registry, spawning, crawl (comma list or repeated).",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    type=click.Choice(["search_indexing", "ai_inference"]),
+    help="Also remove rows reserved for this informational use; repeatable.",
+)
+@click.option(
+    "--exclude-synthetic",
+    is_flag=True,
+    help="Also drop rows marked as generated (IPTC/C2PA; needs `audit provenance WS`).",
+)
+@library(
+    "audit.optouts:filter_dataset",
+    "format",
+    type=click.Choice(["parquet", "webdataset", "img2dataset-parquet"]),
+    help="parquet: the input's schema in one file; webdataset / img2dataset-parquet: "
+    "training shards in folder --out.",
+)
+@library(
+    "audit.optouts:filter_dataset",
+    "samples_per_shard",
+    type=int,
+    help="Rows per shard for the shard formats.",
+)
 @json_option
-def filter_(ws_root: str, out: str, use: str, keep: tuple[str, ...], as_json: bool) -> None:
+def filter_(
+    ws_root: str,
+    out: str,
+    use: str,
+    keep: tuple[str, ...],
+    require: tuple[str, ...],
+    exclude: tuple[str, ...],
+    exclude_synthetic: bool,
+    format: str,
+    samples_per_shard: int,
+    as_json: bool,
+) -> None:
     """Write the rows consented for a use, in the input's own schema, plus a removal manifest.
 
-    Example: audit filter indexes/sample --out clean.parquet --use genai_training
+    Example: audit filter indexes/sample --out clean.parquet --use genai_training --require page
+    Example: audit filter indexes/sample --out clean-shards/ --format webdataset
+    Example: audit filter indexes/sample --out clean.parquet --exclude-synthetic
     """
     from audit import optouts
 
-    s = optouts.filter_dataset(ws_root, out, use=use, keep=list(keep))
+    s = optouts.filter_dataset(
+        ws_root,
+        out,
+        use=use,
+        keep=list(keep),
+        require=list(require),
+        exclude=list(exclude),
+        exclude_synthetic=exclude_synthetic,
+        format=format,
+        samples_per_shard=samples_per_shard,
+    )
+    removed = dict(s["by_decision"])
+    if "synthetic_removed" in s:
+        removed["synthetic"] = s["synthetic_removed"]
     emit(
         s,
         as_json,
         lambda: (
             f"kept {s['kept']} of {s['rows']} rows for {use} -> {s['out']}; removed {s['removed']} "
-            f"({', '.join(f'{k} {v}' for k, v in s['by_decision'].items()) or 'none'}); "
+            f"({', '.join(f'{k} {v}' for k, v in removed.items()) or 'none'}); "
             f"manifest {s['removed_manifest']}"
         ),
     )

@@ -15,7 +15,10 @@ from audit.cli.options import WS, default, emit, engine_options, json_option, li
 @click.command("hash")
 @WS
 @library(
-    "audit.hashes:compute", "workers", type=int, help="Decoding processes (1 = in this process)."
+    "audit.hashes:compute",
+    "workers",
+    type=int,
+    help="Decoding processes (1 = in this process; default: the thread budget, --threads).",
 )
 @library(
     "audit.hashes:compute",
@@ -65,6 +68,13 @@ def hash_(
             f"{s['resumed_parts']} part(s) resumed in {s['seconds']} s -> {ws}/hashes/"
         ),
     )
+    if s["rows"] and not s["hashed"]:
+        from audit.errors import AuditError
+
+        raise AuditError(
+            f"no image could be hashed: all {s['rows']:,} rows are errors (see: audit query {ws} "
+            "\"SELECT reason, count(*) FROM errors WHERE stage = 'hash' GROUP BY 1\")."
+        )
 
 
 @click.command("embed")
@@ -79,7 +89,10 @@ def hash_(
 )
 @library("audit.embeddings:compute", "batch_size", type=int, help="Images per forward pass.")
 @library(
-    "audit.embeddings:compute", "workers", type=int, help="Decoding processes feeding the model."
+    "audit.embeddings:compute",
+    "workers",
+    type=int,
+    help="Decoding processes feeding the model (default: the thread budget, --threads).",
 )
 @library("audit.embeddings:compute", "device", help="torch device.")
 @engine_options("audit.embeddings:compute")
@@ -189,16 +202,16 @@ def dedup(ws: Path, hamming: int, cosine: float, report_dir: Path | None, as_jso
     Example: audit dedup indexes/sample --hamming 6 --report-dir reports/sample
     """
     from audit.checks import duplicates
+    from audit.reports import default_dir, writable_dir
+    from audit.reports import duplicates as page
+    from audit.workspace import Workspace
 
+    report_dir = writable_dir(report_dir or default_dir(Workspace.open(ws)))
     s = duplicates.find(ws, hamming=hamming, cosine=cosine)
     line = (
         f"{s['clusters']} cluster(s), {s['rows_in_clusters']} rows "
         f"({s['by_kind']}) -> {ws}/duplicates.parquet"
     )
-    from audit.reports import duplicates as page
-    from audit.workspace import Workspace
-
-    report_dir = report_dir or Path("reports") / Workspace.open(ws).dataset
     line += f"; report {page.write(ws, report_dir)}"
     emit(s, as_json, lambda: line)
 

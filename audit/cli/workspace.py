@@ -13,7 +13,7 @@ INGEST = "audit.metadata:ingest"
 
 @click.command()
 @click.argument("ws", metavar="WS", type=click.Path(path_type=Path))
-@click.argument("sources", metavar="SOURCE...", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("sources", metavar="SOURCE...", nargs=-1)
 @click.option("--dataset", help="Dataset name recorded in the manifest (default: the folder name).")
 @library(INGEST, "rows_per_part", type=int, help="At most this many rows per metadata part.")
 @library(
@@ -25,23 +25,31 @@ INGEST = "audit.metadata:ingest"
     "--verify-images/--no-verify-images",
     help="Check whole images, not just headers (finds truncated files).",
 )
+@click.option("--url-col", help="Source column holding the image URL (img2dataset's --url_col).")
+@click.option("--caption-col", help="Source column holding the caption (--caption_col).")
 @json_option
 def ingest(
     ws: Path,
-    sources: tuple[Path, ...],
+    sources: tuple[str, ...],
     dataset: str | None,
     rows_per_part: int,
     max_pixels: int,
     verify_images: bool,
+    url_col: str | None,
+    caption_col: str | None,
     as_json: bool,
 ) -> None:
     """Ingest LAION-style parquet, img2dataset shards or image folders into workspace WS.
 
-    SOURCE is a .parquet (images in a same-name .tar or folder beside it, if any), a .tar
-    shard, a folder of shards, or a plain folder of images with .txt/.json sidecars.
-    Rerunning after an interruption continues after the last finished part.
+    SOURCE is a .parquet (images in a same-name .tar or folder beside it, or in a jpg column
+    as img2dataset's parquet output has them), a metadata table (.txt URL list, .csv, .tsv,
+    .jsonl; .gz/.bz2/.zst too), a .tar shard, a folder of shards, or a plain folder of images
+    with .txt/.json sidecars. Metadata files can be remote (https://, s3://, gs://, hf://,
+    file://, memory://: read through fsspec, streaming). Rerunning after an interruption
+    continues after the last finished part.
 
     Example: audit ingest indexes/demo audit/data/sample/
+    Example: audit ingest indexes/mine links.csv.gz --url-col image_link --caption-col alt
     """
     from audit import metadata
 
@@ -52,6 +60,8 @@ def ingest(
         rows_per_part=rows_per_part,
         max_pixels=max_pixels,
         verify_images=verify_images,
+        url_col=url_col,
+        caption_col=caption_col,
     )
     errors = ", ".join(f"{r} {n:,}" for r, n in s["errors"].items()) or "none"
     emit(
@@ -63,6 +73,13 @@ def ingest(
             f"{s['images']['error']:,} error; errors: {errors}"
         ),
     )
+    if not s["rows"]:
+        from audit.errors import AuditError
+
+        raise AuditError(
+            f"nothing was ingested: the sources hold no records ({s['skipped']} file(s) "
+            "skipped). Check the SOURCE paths."
+        )
 
 
 @click.command()
@@ -87,6 +104,8 @@ def query(ws: Path, sql: str, format: str, output: Path | None) -> None:
     """
     from audit import sql as sql_
 
+    if output is not None:
+        sql_.check_output(ws, output)
     table = sql_.query(ws, sql)
     text = sql_.export(table, format=format, output=output)
     if text is not None:

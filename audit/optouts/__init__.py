@@ -45,40 +45,55 @@ def compute(
     cache: str | Path | None = None,
     agent: Sequence[str] = (),
     index_policy: bool = False,
+    spawning: bool = False,
+    spawning_endpoint: str | None = None,
     engine: str = "local",
     ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Decide, for every row and use, whether its creator reserved it; returns the stage summary.
 
-    `registry`: opt-out lists (text/CSV/parquet, see `registry`); `cache`: a crawl cache folder
-    (without one, crawl-based signals are not consulted and the summary says so); `agent`: the
-    user agents whose robots/X-Robots-Tag rules count (default: the AI-training agents and ours);
-    `index_policy`: also count noindex/noimageindex/none as a reservation. `engine` runs the
-    parts here ("local") or as Ray tasks ("ray", see `audit.engines`) with the same decisions.
+    `registry`: opt-out lists (text/CSV/parquet, see `registry`; a path that does not exist is an
+    `AuditError`); `cache`: a crawl cache folder (without one, crawl-based signals are not
+    consulted and the summary says so); `agent`: the user agents whose robots/X-Robots-Tag rules
+    count (default: the AI-training agents and ours); `index_policy`: also count
+    noindex/noimageindex/none as a reservation of AI training; `spawning`: also ask Spawning's
+    do-not-train API (key in `SPAWNING_OPTS_KEY`; `spawning_endpoint` overrides the URL).
+    `engine` runs the parts here ("local") or as Ray tasks ("ray", see `audit.engines`) with the
+    same decisions (not with `spawning`, whose answers are fetched here for every part).
 
     >>> compute("indexes/sample", registry=["audit/data/sample/optout/registry-domains.txt"],
     ...         cache="audit/data/sample/optout/cache")  # doctest: +SKIP
     {'rows': 300, 'decisions': {'genai_training': {'allowed': 201, 'reserved': 81, ...}}, ...}
     """
+    import pyarrow.parquet as pq
+
     from audit import engines
+    from audit.errors import AuditError
     from audit.optouts import decide
-    from audit.optouts.signals import DEFAULT_AGENTS
+    from audit.optouts import outputs as files
+    from audit.optouts import registry as registries
+    from audit.optouts import spawning as spawn
+    from audit.optouts.cache import CrawlCache
+    from audit.optouts.signals import DEFAULT_AGENTS, SOURCES
     from audit.progress import track
     from audit.workspace import Output, Workspace, sha256_file
 
     started = time.monotonic()
+    if spawning and engine != "local":
+        raise AuditError(
+            "--spawning runs with --engine local only (its answers are not shipped to workers yet)."
+        )
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
+    for p in registry:
+        if not Path(p).is_file():
+            raise AuditError(
+                f"--registry {p}: no such file. Check the path; nothing was written "
+                "(a missing registry would otherwise pass every row it lists)."
+            )
+    regs = [registries.load(p) for p in registry]
+    store = CrawlCache.open(cache) if cache is not None else None
     agents = tuple(agent) or DEFAULT_AGENTS
-    settings = {
-        "registry": [str(p) for p in registry],
-        "cache": None if cache is None else str(cache),
-        "agents": list(agents),
-        "index_policy": index_policy,
-    }
-    _CONTEXTS.clear()  # load the registries and the cache afresh for every run
-    ctx = _context(**settings)
-    regs, store = ctx.registries, ctx.cache
     params = {
         "registries": [
             {"path": r.path, "sha256": None if r.error else sha256_file(r.path), "error": r.error}
@@ -89,6 +104,7 @@ def compute(
         else {"path": str(store.root), "sha256": sha256_file(store.root / "responses.parquet")},
         "agents": list(agents),
         "index_policy": index_policy,
+        "spawning": spawning_endpoint or spawn.DEFAULT_ENDPOINT if spawning else None,
     }
     run = ws.start_stage("optout", params, depends_on=["ingest"])
     if (
@@ -97,35 +113,74 @@ def compute(
         and (ws.root / "optout/decisions.parquet").exists()
     ):
         return run.record["summary"]
+    ctx = decide.Context(regs, store, agents, index_policy, rules=registries.connect_rules(regs))
+    # Ingest always writes a page_url column; whether the *input* had one is in its mapping.
+    inputs = ws.manifest.get("inputs", [])
+    ctx.has_page_column = (
+        any("page_url" in (rec.get("columns") or {}) for rec in inputs)
+        if any(rec.get("columns") for rec in inputs)
+        else "page_url" in pq.read_schema(ws.path(parts[0].path)).names
+    )
+    if spawning:
+        todo = [p for p in parts if not run.is_done(p.number)]
+        wanted = [
+            u
+            for p in todo
+            for u in pq.read_table(ws.path(p.path), columns=["url"])["url"].to_pylist()
+            if u
+        ]
+        ctx.spawning = spawn.check(wanted, endpoint=spawning_endpoint or spawn.DEFAULT_ENDPOINT)
+    settings = {
+        "registry": [str(p) for p in registry],
+        "cache": None if cache is None else str(cache),
+        "agents": list(agents),
+        "index_policy": index_policy,
+        "has_page_column": ctx.has_page_column,
+    }
+    # in this process the parts use this context (with Spawning's answers); a Ray worker
+    # builds its own from the same settings
+    _CONTEXTS.clear()
+    _CONTEXTS[_key(settings)] = ctx
     todo = [p for p in parts if not run.is_done(p.number)]
     runner = engines.get(engine, ray_address)
     results = runner.map_parts("audit.optouts:optout_part", ws.root, todo, settings)
     for part, result in track(results, total=len(todo), description="opt-out signals"):
         run.record_part(part.number, result.outputs, **result.info)
-    merged = decide.merge_parts(ws, parts)
+    merged = files.merge_parts(ws, parts)
     counts = [run.part_info(p.number)["counts"] for p in parts]
+    matched = files.matched_rules(ws)
     summary = {
         "rows": sum(p.rows for p in parts),
         "decisions": _sum_nested([c["decisions"] for c in counts]),
         "signals": _sum_nested([c["signals"] for c in counts]),
+        "coverage": _sum_nested([c.get("coverage", {}) for c in counts]),
+        "coverage_notes": _first_notes([c.get("coverage_notes", {}) for c in counts]),
+        "coverage_sources": {src: list(names) for src, names in SOURCES.items()},
         "errors": _sum_nested([{"_": c["errors"]} for c in counts]).get("_", {}),
         "registries": [
             {
                 "path": r.path,
                 "domains": len(r.domains),
                 "urls": len(r.urls),
+                "url_prefixes": len(r.prefixes),
+                "hosts": len(r.hosts),
                 "skipped": r.skipped,
                 "error": r.error,
+                **({} if r.error else registries.unmatched(r, matched)),
             }
             for r in regs
         ],
         "registry_errors": [r.error for r in regs if r.error],
         "cache": None if store is None else str(store.root),
         "not_consulted": [] if store is not None else list(decide.CRAWL_SIGNALS),
+        "spawning": ctx.spawning.summary() if ctx.spawning is not None else None,
         "agents": list(agents),
         "index_policy": index_policy,
         "seconds": round(time.monotonic() - started, 2),
     }
+    summary["evaluable"] = [
+        src for src, per in summary["coverage"].items() if per.get("evaluated", 0) > 0
+    ]
     run.finish(summary, [Output(path, rows=n) for path, n in merged])
     return summary
 
@@ -135,30 +190,19 @@ def compute(
 _CONTEXTS: dict[str, Any] = {}
 
 
-def _context(registry: list[str], cache: str | None, agents: list[str], index_policy: bool) -> Any:
-    from audit.optouts import decide
-    from audit.optouts import registry as registries
-    from audit.optouts.cache import CrawlCache
-
-    files = [*registry, *([os.path.join(cache, "responses.parquet")] if cache else [])]
+def _key(settings: dict[str, Any]) -> str:
+    cache = settings["cache"]
+    files = [*settings["registry"], *([os.path.join(cache, "responses.parquet")] if cache else [])]
     # a worker process outlives one run: a file changed since must not reuse the old context
     stamps = [(f, st.st_mtime_ns, st.st_size) for f in files if (st := _stat(f)) is not None]
-    key = json.dumps([registry, cache, agents, index_policy, stamps])
-    if key not in _CONTEXTS:
-        _CONTEXTS.clear()
-        regs = [registries.load(p) for p in registry]
-        store = CrawlCache.open(cache) if cache is not None else None
-        _CONTEXTS[key] = decide.Context(
-            regs, store, tuple(agents), index_policy, rules=registries.connect_rules(regs)
-        )
-    return _CONTEXTS[key]
+    return json.dumps([settings, stamps], sort_keys=True)
 
 
 def _stat(path: str) -> os.stat_result | None:
     try:
         return os.stat(path)
     except OSError:
-        return None  # an unreadable registry becomes an "unchecked" signal, decided later
+        return None
 
 
 def optout_part(
@@ -168,19 +212,52 @@ def optout_part(
     cache: str | None,
     agents: list[str],
     index_policy: bool,
+    has_page_column: bool,
 ) -> Any:
     """Decide one metadata part and write its files (the per-part function engines run)."""
     import pyarrow.parquet as pq
 
     from audit.engines.local import PartResult
     from audit.optouts import decide
+    from audit.optouts import outputs as files
+    from audit.optouts import registry as registries
+    from audit.optouts.cache import CrawlCache
     from audit.workspace import Workspace
 
+    settings = {
+        "registry": registry,
+        "cache": cache,
+        "agents": agents,
+        "index_policy": index_policy,
+        "has_page_column": has_page_column,
+    }
+    key = _key(settings)
+    if key not in _CONTEXTS:
+        _CONTEXTS.clear()
+        regs = [registries.load(p) for p in registry]
+        store = CrawlCache.open(cache) if cache is not None else None
+        ctx = decide.Context(
+            regs, store, tuple(agents), index_policy, rules=registries.connect_rules(regs)
+        )
+        ctx.has_page_column = has_page_column
+        _CONTEXTS[key] = ctx
     ws = Workspace.open(ws_root)
-    ctx = _context(registry, cache, agents, index_policy)
-    sig_rows, dec_rows, err_rows = decide.evaluate_part(ctx, pq.read_table(ws.path(part.path)))
-    outputs = decide.write_part(ws, part, sig_rows, dec_rows, err_rows)
-    return PartResult(outputs, {"counts": decide.part_counts(sig_rows, dec_rows, err_rows)})
+    table = pq.read_table(ws.path(part.path))
+    sig_rows, dec_rows, err_rows, cov_rows = decide.evaluate_part(_CONTEXTS[key], table)
+    outputs = files.write_part(ws, part, sig_rows, dec_rows, err_rows, cov_rows)
+    return PartResult(
+        outputs, {"counts": files.part_counts(sig_rows, dec_rows, err_rows, cov_rows)}
+    )
+
+
+def _first_notes(items: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, str]]:
+    """Per source and coverage state, the first reason any part recorded (an example for the report)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        for src, per in item.items():
+            for state, why in per.items():
+                out.setdefault(src, {}).setdefault(state, why)
+    return out
 
 
 def _sum_nested(items: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
