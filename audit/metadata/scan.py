@@ -66,7 +66,7 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def problem(source: Path, source_row: int | None, reason: str, detail: str) -> dict[str, Any]:
+def problem(source: Path | str, source_row: int | None, reason: str, detail: str) -> dict[str, Any]:
     return {
         "stage": "ingest",
         "row_id": None,
