@@ -437,6 +437,7 @@ def test_dedup_finds_same_url_and_caption_on_metadata_alone(tmp_path: Path) -> N
         cli, ["dedup", str(tmp_path / "ws"), "--report-dir", str(tmp_path / "r")]
     )
     assert res.exit_code == 0, res.output
+    assert "same URL: 2 group(s), 5 rows; same caption: 1 group(s), 2 rows" in res.output
     md = (tmp_path / "r" / "duplicates.md").read_text()
     assert "Same URL or same caption" in md and "https://img.example.com/a/1.jpg" in md
 
