@@ -118,7 +118,7 @@ def ingest(
     run = ws.start_stage("ingest", params)
     # a killed run leaves temporary files; a fresh start also drops an earlier ingest's parts
     _remove_ingest_files(
-        ws, ("metadata/.tmp-part-*", "errors/.tmp-ingest-*", f"{EMBEDDED_DIR}/.tmp-part-*")
+        ws, ("metadata/.tmp-part-*", "errors/.tmp-ingest-*", f"{EMBEDDED_DIR}/.tmp-*")
     )
     if not run.record["parts"]:
         _remove_ingest_files(
@@ -127,10 +127,13 @@ def ingest(
                 "metadata/part-*.parquet",
                 "errors/ingest-*.parquet",
                 f"{EMBEDDED_DIR}/part-*.bin",
+                f"{EMBEDDED_DIR}/remote-*.bin",
             ),
         )
     ws.manifest["inputs"] = records
     ws.save()
+    for inp in inputs:
+        inp.staging = ws.path(EMBEDDED_DIR)
 
     writer = _PartWriter(run, len(inputs), max_pixels, verify_images)
     try:
@@ -171,8 +174,10 @@ def ingest(
         "skipped": len(skipped) + sum(inp.skipped for inp in inputs),
         "seconds": round(time.perf_counter() - start, 2),
     }
+    staged = [Output(str(inp.staged.relative_to(ws.root))) for inp in inputs if inp.staged]
     run.finish(
-        summary, [Output(KEYS_ERRORS, keys.num_rows), Output(INPUT_ERRORS, problems.num_rows)]
+        summary,
+        [Output(KEYS_ERRORS, keys.num_rows), Output(INPUT_ERRORS, problems.num_rows), *staged],
     )
     return summary
 
