@@ -7,15 +7,20 @@
 Inputs (rules by name only, see `sources.detect`): metadata parquet files in the LAION-400M,
 laion2B / LAION-5B and img2dataset column variants (mapped by `schema.SOURCE_COLUMNS`),
 img2dataset webdataset shards (`00000.parquet` + `00000.tar`), img2dataset "files" output
-(`00000.parquet` + `00000/`), tar shards without a parquet, and plain image folders with
-optional `<stem>.txt` captions and `<stem>.json` metadata.
+(`00000.parquet` + `00000/`), img2dataset parquet output (image bytes in a `jpg`/`png`/`webp`
+column, copied to `images/part-NNNNN.bin`), tar shards without a parquet, plain image folders
+with optional `<stem>.txt` captions and `<stem>.json` metadata, and metadata tables as
+img2dataset reads them (`metadata.tables`: URL lists, CSV, TSV, JSON lines, compressed too).
+Anything `scheme://` goes through fsspec: metadata files are streamed in place, a remote tar
+is streamed once into `images/remote-<id>.bin`. `url_col` / `caption_col` name columns that
+the accepted names (`schema.SOURCE_COLUMNS`) do not cover.
 
 Every record becomes one row with a dense `row_id` (from 0, in input order), its
 `source_file` and `source_row`, its canonical columns (cast to `schema.METADATA`; a value
 that does not fit becomes null plus a `bad_value` error row), then the input's unknown
 columns under their own names (sidecar inputs: unknown JSON keys in `extra_json`). Parts
 hold at most `rows_per_part` rows and never mix inputs, so a part's schema is uniform.
-Images are located, hashed (sha256) and checked; the bytes stay where they are.
+Images are located, hashed (sha256) and checked; local bytes stay where they are.
 
 Decisions on bad input:
 - An input that cannot be used at all (missing path, not parquet, unreadable footer,
