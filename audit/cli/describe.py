@@ -212,6 +212,12 @@ def dedup(ws: Path, hamming: int, cosine: float, report_dir: Path | None, as_jso
         f"{s['clusters']} cluster(s), {s['rows_in_clusters']} rows "
         f"({s['by_kind']}) -> {ws}/duplicates.parquet"
     )
+    meta = s.get("metadata") or {}
+    if meta:
+        line += (
+            f"; same URL: {meta['url']['groups']} group(s), {meta['url']['rows']} rows; same "
+            f"caption: {meta['caption']['groups']} group(s), {meta['caption']['rows']} rows"
+        )
     line += f"; report {page.write(ws, report_dir)}"
     emit(s, as_json, lambda: line)
 
