@@ -147,9 +147,9 @@ def compute(
     for part, result in track(results, total=len(todo), description="opt-out signals"):
         run.record_part(part.number, result.outputs, **result.info)
     merged = files.merge_parts(ws, parts)
-    counts = [run.part_info(p.number)["counts"] for p in parts]
+    counts = [(run.part_info(p.number) or {})["counts"] for p in parts]
     matched = files.matched_rules(ws)
-    summary = {
+    summary: dict[str, Any] = {
         "rows": sum(p.rows for p in parts),
         "decisions": _sum_nested([c["decisions"] for c in counts]),
         "signals": _sum_nested([c["signals"] for c in counts]),

@@ -108,7 +108,7 @@ def filter_dataset(
     if format == "parquet" and out.suffix != ".parquet":
         raise AuditError(f"--out {out} must end in .parquet")
     states = ("allowed", *sorted(set(keep)))
-    params = {"out": ws.relative(out), "use": use, "keep": list(states[1:])}
+    params: dict[str, Any] = {"out": ws.relative(out), "use": use, "keep": list(states[1:])}
     if required or exclude:
         params |= {"require": required, "exclude": sorted(set(exclude))}
     if exclude_synthetic:
