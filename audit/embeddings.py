@@ -381,7 +381,7 @@ def compute(
     ):
         run.record_part(part.number, result.outputs, **result.info)
     seconds = time.perf_counter() - t0
-    n_errors = sum(int(run.part_info(p.number).get("image_errors", 0)) for p in parts)
+    n_errors = sum(int((run.part_info(p.number) or {}).get("image_errors", 0)) for p in parts)
     rows = sum(p.rows for p in parts)
     summary = {
         "rows": rows,
@@ -448,8 +448,8 @@ def _embed(
     """Image and text vectors of one part's rows (float32), and its error rows."""
     import torch
 
-    loader = torch.utils.data.DataLoader(
-        _Rows(columns, clip),
+    loader: Any = torch.utils.data.DataLoader(
+        _Rows(columns, clip),  # type: ignore[arg-type]  # a map-style dataset: __getitem__ and __len__
         batch_sampler=batches,
         num_workers=workers if batches else 0,
         collate_fn=_collate,

@@ -109,7 +109,7 @@ def _bits_to_codes(bits: np.ndarray) -> np.ndarray:
     return packed.view(">u8").reshape(-1).astype(np.uint64)
 
 
-def _codes(smalls: list[tuple[np.ndarray | None, ...]]) -> np.ndarray:
+def _codes(smalls: list[tuple[Any, ...]]) -> np.ndarray:
     """(N, 4) codes from `_small` arrays, all images of a batch at once (0 where not computed).
 
     The arithmetic is imagehash's, step for step (scipy DCT per axis, numpy median and mean,
@@ -359,7 +359,7 @@ def compute(
         run.record_part(part.number, result.outputs, **result.info)
     seconds = time.perf_counter() - t0
     rows = sum(p.rows for p in parts)
-    n_errors = sum(int(run.part_info(p.number).get("errors", 0)) for p in parts)
+    n_errors = sum(int((run.part_info(p.number) or {}).get("errors", 0)) for p in parts)
     summary = {
         "rows": rows,
         "hashed": rows - n_errors,
