@@ -37,6 +37,7 @@ UNTRAINED_WARNING = (
 NAV_LABELS = {
     "index.md": "Overview",
     "optout.md": "Consent",
+    "synthetic.md": "Synthetic images",
     "duplicates.md": "Duplicates",
     "memorisation.md": "Memorisation",
     "calibration.md": "Calibration",
