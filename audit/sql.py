@@ -67,6 +67,17 @@ def query(ws: Workspace | str | os.PathLike[str], sql: str) -> Any:
         con.close()
 
 
+def check_output(ws: Workspace | str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
+    """Refuse an `--output` inside the workspace: its files belong to the stages that wrote
+    them, and replacing one would make `audit status` say done over a file it did not write."""
+    ws = _open(ws)
+    if Path(output).resolve().is_relative_to(ws.root.resolve()):
+        raise AuditError(
+            f"refused: {output} is inside the workspace {ws.root}, whose files the stages own. "
+            "Write the result somewhere else."
+        )
+
+
 def _one_select(sql: str) -> str:
     """`sql` if it is exactly one SELECT (or WITH ... SELECT) statement, by duckdb's own parser."""
     import duckdb

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -85,15 +86,39 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_write_parquet(path: str | os.PathLike[str], table: Any, **options: Any) -> None:
-    """Write a pyarrow Table (or RecordBatch) as parquet, atomically (`options`: write_table's)."""
+def atomic_write_parquet(path: str | os.PathLike[str], table: Any, **options: Any) -> str:
+    """Write a pyarrow Table (or RecordBatch) as parquet, atomically (`options`: write_table's).
+
+    Returns the file's sha256, computed as the bytes go out (the writer only appends), so a
+    stage can record it without reading the file back.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, **{"compression": "zstd", **options})
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        sink = _HashingWriter(f)
+        pq.write_table(table, sink, **{"compression": "zstd", **options})
+    return sink.hash.hexdigest()
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only file that hashes what passes through it."""
+
+    def __init__(self, f: Any):
+        self.f, self.hash, self.size = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.size
 
 
 def atomic_write_npy(path: str | os.PathLike[str], array: Any) -> None:
@@ -111,6 +136,7 @@ class Output:
     path: str
     rows: int | None = None
     row_offset: int | None = None
+    sha256: str | None = None  # when the writer hashed the bytes as it wrote them
 
 
 @dataclass(frozen=True)
@@ -137,6 +163,7 @@ class Workspace:
     def __init__(self, root: str | os.PathLike[str], manifest: dict[str, Any]):
         self.root = Path(root)
         self.manifest = manifest
+        self._started: set[str] = set()  # stages this object started: its records win in `save`
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -200,7 +227,7 @@ class Workspace:
         """Take the workspace lock for this process (re-entrant); raise if another holds it."""
         import fcntl
 
-        key = str(self.root.resolve())
+        key = self._lock_key = str(self.root.resolve())
         held = _HELD.get(key)
         if held is not None:
             held[1] += 1
@@ -223,9 +250,27 @@ class Workspace:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _HELD[key] = [fd, 1]
 
+    def lock_holder(self) -> str | None:
+        """The pid recorded by the process holding the workspace lock, or None if it is free."""
+        import fcntl
+
+        if str(self.root.resolve()) in _HELD:
+            return str(os.getpid())
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDONLY)
+        except OSError:
+            return None  # never locked (or unreadable): nothing says a stage is running
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)  # also drops the shared lock the probe may have taken
+        return None
+
     def unlock(self) -> None:
         """Release one `lock`; the last release frees the workspace for other processes."""
-        key = str(self.root.resolve())
+        key = getattr(self, "_lock_key", None) or str(self.root.resolve())
         held = _HELD.get(key)
         if held is None:
             return
@@ -243,15 +288,14 @@ class Workspace:
             _check_manifest(path, disk)
         except (OSError, ValueError, AuditError):
             return self.manifest
-        mine = getattr(self, "_started", set())
-        stages = dict(disk["stages"])
-        for name in mine:
+        records = dict(disk["stages"])
+        for name in self._started:
             if name in self.manifest["stages"]:
-                stages[name] = self.manifest["stages"][name]
+                records[name] = self.manifest["stages"][name]
         for name, rec in self.manifest["stages"].items():
-            stages.setdefault(name, rec)
+            records.setdefault(name, rec)
         merged = {**disk, **{k: v for k, v in self.manifest.items() if k != "stages"}}
-        merged["stages"] = stages
+        merged["stages"] = records
         return merged
 
     def _remove_recorded(self, rec: dict[str, Any]) -> None:
@@ -393,8 +437,6 @@ class Workspace:
                 "started": now(),
             }
         self.manifest["stages"][name] = rec
-        if not hasattr(self, "_started"):
-            self._started: set[str] = set()
         self._started.add(name)
         self.save()
         return StageRun(self, name, rec)
@@ -419,7 +461,13 @@ class Workspace:
                             state, why = "stale", f"{out['path']} changed on disk"
                             break
             elif state == "running":
-                why = f"{len(rec.get('parts', {}))} part(s) finished; re-run to resume"
+                holder = self.lock_holder()
+                done = f"{len(rec.get('parts', {}))} part(s) finished"
+                why = (
+                    f"{done}; an audit holds the workspace lock (pid {holder})"
+                    if holder
+                    else f"{done}, interrupted: no audit is running; re-run to resume"
+                )
             result[name] = {
                 "status": state,
                 "why": why,
@@ -460,6 +508,14 @@ class StageRun:
 
     def __init__(self, ws: Workspace, name: str, record: dict[str, Any]):
         self.ws, self.name, self.record = ws, name, record
+        self._holds_lock = True  # `start_stage` took the workspace lock for this run
+
+    def __del__(self) -> None:
+        # A stage that raised never calls `finish`; once its run is dropped, the lock goes
+        # too, so a long-lived process (a notebook) does not keep the workspace locked.
+        if getattr(self, "_holds_lock", False):
+            self._holds_lock = False
+            self.ws.unlock()
 
     @property
     def params(self) -> dict[str, Any]:
@@ -494,7 +550,9 @@ class StageRun:
         self.record["status"] = "done"
         self.record["finished"] = now()
         self.ws.save()
-        self.ws.unlock()
+        if self._holds_lock:
+            self._holds_lock = False
+            self.ws.unlock()
 
 
 def safe_name(name: str, what: str = "name") -> str:
@@ -545,7 +603,7 @@ def _describe(root: Path, out: Output) -> dict[str, Any]:
     p = root / out.path
     return {
         "path": out.path,
-        "sha256": sha256_file(p),
+        "sha256": out.sha256 or sha256_file(p),
         "bytes": p.stat().st_size,
         "rows": out.rows,
         "row_offset": out.row_offset,

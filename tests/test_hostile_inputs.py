@@ -30,7 +30,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import build_workspace, encode, synthetic_image
 
-from audit import hashes, images, metadata, optouts, sql, training
+from audit import hashes, images, metadata, optouts, pipeline, sql, training
 from audit.cli import cli
 from audit.errors import AuditError
 from audit.optouts.crawl import HostLimiter, check_address, fetch
@@ -162,6 +162,29 @@ def test_query_refuses_writes_attach_install_and_reads_outside(sample_ws, tmp_pa
     assert "refused" in line or "exactly one" in line
 
 
+def test_query_output_cannot_replace_a_workspace_file(sample_ws):
+    part = sample_ws / "metadata" / "part-00000.parquet"
+    before = part.read_bytes()
+    args = ["query", sample_ws, "SELECT 1 AS x", "--format", "parquet", "--output", part]
+    assert "inside the workspace" in one_red_line(run(*args))
+    assert part.read_bytes() == before
+
+
+def test_a_stage_that_raised_releases_the_lock_when_its_run_is_dropped(hashed):
+    import gc
+
+    from audit import workspace
+
+    def failing_stage() -> None:
+        hashed.start_stage("boom", {})
+        raise RuntimeError("the stage failed")
+
+    with pytest.raises(RuntimeError):
+        failing_stage()
+    gc.collect()
+    assert str(hashed.root.resolve()) not in workspace._HELD
+
+
 def test_query_answers_every_readme_example(sample_ws):
     readme = (REPO / "README.md").read_text()
     examples = re.findall(r'audit query indexes/sample "(.*?)"((?: --format \w+)?)', readme, re.S)
@@ -200,6 +223,9 @@ def test_dataset_name_cannot_lead_reports_out_of_the_reports_folder(tmp_path, ha
     finally:
         os.chdir(cwd)
     assert not (tmp_path.parent / "escape").exists() and not (tmp_path / "escape").exists()
+    # nor a match name: its results go to WS/memorisation/<name>/
+    with pytest.raises(AuditError, match="not a plain name"):
+        pipeline.match(SAMPLE / "shards", against=hashed.root, name="../../escape")
 
 
 def test_folder_source_does_not_follow_symlinks_out_of_the_root(tmp_path):
@@ -245,11 +271,16 @@ def test_workspace_lock_fails_fast_naming_the_other_process(hashed):
         assert f"(pid {holder.pid})" in line
         # nothing was recorded by the refused runs: hash is still the fast-decode run, done
         assert Workspace.open(hashed.root).stage("hash")["params"]["fast_decode"] is True
+        # a stage the other process left running is reported as running there
+        other = Workspace.open(hashed.root)
+        other.manifest["stages"]["embed"] = {"status": "running", "parts": {"0": {"outputs": []}}}
+        assert f"lock (pid {holder.pid})" in other.status()["embed"]["why"]
     finally:
         holder.kill()
         holder.wait()
     hashes.compute(hashed.root, workers=1, fast_decode=False)  # free again once it is gone
     assert (hashed.root / LOCK).exists()
+    assert "interrupted: no audit is running" in other.status()["embed"]["why"]
 
 
 def test_two_workspace_objects_keep_each_others_records(hashed):

@@ -168,8 +168,9 @@ def test_report_shows_coverage(laion, tmp_path):
     md = report.write(ws, tmp_path).read_text()
     head = md.split("## Decisions per use")[0]
     assert "## Coverage" in head and "embedded" in head and "absent" in head
-    assert f"| embedded | 0 | 0 | {N} | 0 | absent: no image bytes" in md
-    assert f"| page | 0 | 0 | {N} | 0 | absent: the dataset has no page URL column" in md
+    assert f"| embedded | iptc-xmp, c2pa | 0 | 0 | {N} | 0 | absent: no image bytes" in md
+    page = f"| page | html-meta-robots, tdm-meta | 0 | 0 | {N} | 0 | absent: the dataset has no page URL"
+    assert page in md
     assert "matched no row" in md
 
 

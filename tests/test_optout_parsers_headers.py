@@ -84,7 +84,7 @@ def test_tdm_headers() -> None:
         ("all=n, train-ai=y", ("data_mining", "search_indexing", "ai_inference"), AI),
         ("train-ai=y;source=x, search=n", ("search_indexing",), AI),
         ("TRAIN-AI=N", (), ()),  # RFC 9651 keys are lower-case: a parse failure, no preference
-        ("bots=n, foo", (*USES, "search_indexing", "ai_inference"), ()),  # older draft's name
+        ("bots=n, foo", (), ()),  # unknown labels are ignored
     ],
 )
 def test_content_usage(value: str, reserved: tuple, allowed: tuple) -> None:

@@ -213,6 +213,8 @@ def test_tdmrep_first_rule_in_order_wins():
     assert f.signals("https://p.example/images/public/a.jpg")[0].state == "allowed"
     assert f.signals("https://p.example/images/deep/a.jpg")[0].state == "reserved"
     assert f.signals("https://p.example/images/deep/a.jpg.html")[0].state == "allowed"
+    # the location matches "the path of a set of files": a query string does not defeat "$"
+    assert f.signals("https://p.example/images/deep/a.jpg?w=200")[0].state == "reserved"
 
 
 @pytest.mark.parametrize("value", ["2", "yes", "", "1.0"])

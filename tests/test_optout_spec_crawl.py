@@ -111,7 +111,14 @@ def test_a_loop_means_unavailable_not_unreachable(server):
 
 def test_host_files_of_every_host_an_image_redirects_through(server, make_workspace, tmp_path):
     ws = make_workspace([None], urls=[f"{server}/img/a.png"])
-    optouts.crawl(ws.root, tmp_path / "cache", rate=1000, allow_private=True)
+    first = optouts.crawl(ws.root, tmp_path / "cache", rate=1000, allow_private=True)
+    assert first["fetched"] == 7  # 3 host files + the image, then the CDN's 3 host files
+    again = optouts.crawl(ws.root, tmp_path / "cache", rate=1000, allow_private=True)
+    assert again["fetched"] == 0  # resumable: nothing new
+    refresh = optouts.crawl(
+        ws.root, tmp_path / "cache", rate=1000, allow_private=True, refresh=True
+    )
+    assert refresh["fetched"] == 7  # a refresh fetches the redirect hosts' files again too
     store = CrawlCache.open(tmp_path / "cache")
     port = server.rsplit(":", 1)[1]
     cdn = f"http://localhost:{port}"

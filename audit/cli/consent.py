@@ -85,7 +85,10 @@ def decide(
     """
     from audit import optouts
     from audit.reports import optout as report
+    from audit.reports import writable_dir
 
+    if report_dir is not None:
+        writable_dir(report_dir)  # before the stage records done, not after
     s = optouts.compute(
         ws_root,
         registry=list(registry),

@@ -15,7 +15,10 @@ from audit.cli.options import WS, default, emit, json_option, library
 @click.command("hash")
 @WS
 @library(
-    "audit.hashes:compute", "workers", type=int, help="Decoding processes (1 = in this process)."
+    "audit.hashes:compute",
+    "workers",
+    type=int,
+    help="Decoding processes (1 = in this process; default: the thread budget, --threads).",
 )
 @library(
     "audit.hashes:compute",
@@ -70,7 +73,10 @@ def hash_(ws: Path, workers: int, fast_decode: bool, which: str, as_json: bool) 
 )
 @library("audit.embeddings:compute", "batch_size", type=int, help="Images per forward pass.")
 @library(
-    "audit.embeddings:compute", "workers", type=int, help="Decoding processes feeding the model."
+    "audit.embeddings:compute",
+    "workers",
+    type=int,
+    help="Decoding processes feeding the model (default: the thread budget, --threads).",
 )
 @library("audit.embeddings:compute", "device", help="torch device.")
 @json_option

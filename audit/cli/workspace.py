@@ -104,6 +104,8 @@ def query(ws: Path, sql: str, format: str, output: Path | None) -> None:
     """
     from audit import sql as sql_
 
+    if output is not None:
+        sql_.check_output(ws, output)
     table = sql_.query(ws, sql)
     text = sql_.export(table, format=format, output=output)
     if text is not None:

@@ -59,7 +59,7 @@ def compute(
     from audit.optouts import registry as registries
     from audit.optouts import spawning as spawn
     from audit.optouts.cache import CrawlCache
-    from audit.optouts.signals import DEFAULT_AGENTS
+    from audit.optouts.signals import DEFAULT_AGENTS, SOURCES
     from audit.progress import track
     from audit.workspace import Output, Workspace, sha256_file
 
@@ -118,23 +118,17 @@ def compute(
         sig_rows, dec_rows, err_rows, cov_rows = decide.evaluate_part(ctx, table)
         outputs = files.write_part(ws, part, sig_rows, dec_rows, err_rows, cov_rows)
         counts = files.part_counts(sig_rows, dec_rows, err_rows, cov_rows)
-        counts["matched_rules"] = sorted(
-            {
-                r["location"]
-                for r in sig_rows
-                if r["signal"].startswith("registry-") and r["state"] == "reserved"
-            }
-        )
         run.record_part(part.number, outputs, counts=counts)
     merged = files.merge_parts(ws, parts)
     counts = [run.part_info(p.number)["counts"] for p in parts]
-    matched = {loc for c in counts for loc in c.get("matched_rules", [])}
+    matched = files.matched_rules(ws)
     summary = {
         "rows": sum(p.rows for p in parts),
         "decisions": _sum_nested([c["decisions"] for c in counts]),
         "signals": _sum_nested([c["signals"] for c in counts]),
         "coverage": _sum_nested([c.get("coverage", {}) for c in counts]),
         "coverage_notes": _first_notes([c.get("coverage_notes", {}) for c in counts]),
+        "coverage_sources": {src: list(names) for src, names in SOURCES.items()},
         "errors": _sum_nested([{"_": c["errors"]} for c in counts]).get("_", {}),
         "registries": [
             {

@@ -8,13 +8,16 @@ promises:
 - an honest user agent (`DEFAULT_AGENT`, overridable with `agent`);
 - at most `rate` requests per second per host (slots are handed out under a lock, so threads
   never burst), a socket timeout and an overall deadline of `timeout` seconds per request
-  (a server dripping one byte at a time cannot hold a worker), bodies capped at `max_bytes`;
+  (a server dripping one byte at a time cannot hold a worker), bodies capped at `max_bytes`,
+  gzip and deflate bodies decoded under the same cap (a compression bomb stops at the cap);
 - at most 5 consecutive redirects (RFC 9309 2.3.1.2: "crawlers SHOULD follow at least five
   consecutive redirects"), each hop checked again; a sixth redirect or a loop stops there and
   the 3xx answer is recorded (for robots.txt that means "unavailable": allow), with every URL
   redirected to kept in `redirects`, so the consent stage can read the robots.txt, ai.txt and
   tdmrep.json of every host an image URL went through (fetched in a second pass);
-- it refuses private, loopback, link-local, multicast, reserved and unspecified addresses: a
+- it refuses every address that is not globally routable (`refusal`: private, loopback,
+  link-local, 100.64.0.0/10, multicast, reserved, site-local, and the IPv4 address inside an
+  IPv4-mapped, 6to4, Teredo or NAT64 one): a
   host is resolved first, every address is checked with `ipaddress`, and the connection goes
   to the checked address (no second lookup an attacker's DNS could answer differently).
   `allow_private=True` lifts this, for tests against a server on 127.0.0.1 only.
@@ -350,9 +353,12 @@ def targets(ws: Workspace) -> list[tuple[str, str]]:
     return out
 
 
-def hop_host_files(store: CrawlCache) -> list[tuple[str, str]]:
+def hop_host_files(
+    store: CrawlCache, refetch: set[tuple[str, str]] | None = None
+) -> list[tuple[str, str]]:
     """(kind, URL) of the host files of every origin an image URL was redirected through that
-    the cache does not hold yet, in a stable order."""
+    the cache does not hold yet (or, with `refetch` - a refresh - that this run has not fetched
+    yet: the set of (kind, URL) it did), in a stable order."""
     out, seen = [], set()
     for (kind, _), resp in sorted(store.responses.items()):
         if kind != "image":
@@ -363,8 +369,11 @@ def hop_host_files(store: CrawlCache) -> list[tuple[str, str]]:
                 continue
             seen.add(origin)
             for file_kind, file in HOST_FILES.items():
-                if store.get(file_kind, origin + file) is None:
-                    out.append((file_kind, origin + file))
+                target = (file_kind, origin + file)
+                if refetch is not None and target not in refetch:
+                    out.append(target)
+                elif store.get(*target) is None:
+                    out.append(target)
     return out
 
 
@@ -401,7 +410,8 @@ def crawl(
     # Pass 1: the workspace's URLs; pass 2: host files of the hosts image URLs redirected to.
     for rnd in range(2):
         if rnd == 1:
-            todo = hop_host_files(store)
+            done = {(k, u) for k, u in wanted} if refresh else None
+            todo = hop_host_files(store, done)
             wanted += todo
             hosts |= {urlsplit(u).hostname for _, u in todo}
         with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -36,7 +36,9 @@ reserve (CAWG: "In the absence of additional information, `constrained` shall be
 equivalent to `notAllowed`"; `constraint_info` / `constraints_info` is quoted). The entries
 sit under `entries` (C2PA 1.4, CAWG 1.1) or directly in the assertion map (the CAWG 1.0 form).
 Entries with other (custom) keys are no signal, but their keys are reported in the evidence.
-Signatures are NOT verified: the location says "C2PA assertion (signature not verified)".
+Signatures are NOT verified here: the location says "C2PA assertion (signature not verified)";
+the consent stage then hands the same bytes to c2pa-python (`optouts.signature.annotate`), which
+replaces that with the signature's state and signer.
 
 >>> [(s.signal, s.state) for s in signals(b"")]
 [('iptc-xmp', 'not_evaluable'), ('c2pa', 'not_evaluable')]

@@ -17,11 +17,13 @@ Done the way the specifications say, where common tools differ:
 * `Content-Usage` (IETF aipref attach + vocab drafts) is an RFC 9651 Dictionary, parsed with `http_sf`:
   a field that fails to parse states no preference at all; keys and tokens are case-sensitive; only
   the tokens `y` and `n` count (the string `"n"` is not the token `n`); a repeated key keeps its last
-  value. Categories: `all` (automated processing; also the older `bots`/`tdm`) -> data_mining,
-  `train-ai` (older `ai`) -> ai_training, `train-genai` (older `genai`) -> genai_training,
-  `search` -> search_indexing, `ai-use` -> ai_inference. A use without its own preference takes its
-  parent's (train-genai < train-ai < all; search, ai-use < all), so `all=n, train-ai=y` reserves
-  data_mining but allows AI training;
+  value; unknown labels and all parameters are ignored. Categories: `all` (automated processing;
+  the older `tdm`) -> data_mining, `train-ai` (older `ai`) -> ai_training, `train-genai` (older
+  `genai`) -> genai_training, `search` -> search_indexing, `ai-use` -> ai_inference. As in the
+  vocabulary drafts with category subsets, a use without its own preference takes its parent's
+  (train-genai < train-ai < all; search, ai-use < all), so `all=n, train-ai=y` reserves data_mining
+  but allows AI training. The latest draft narrows `train-ai` to generative models; `train-ai=n`
+  reserves both our training uses, so either reading gives the same reservation;
 * `Content-Signal` (Cloudflare): `ai-train=no` reserves ai_training, `search=no` search_indexing,
   `ai-input=no` ai_inference; `yes` allows.
 Unknown directives and keys are ignored without error.
@@ -45,12 +47,12 @@ INDEX_DIRECTIVES = frozenset({"noindex", "noimageindex", "none"})
 _USAGE: dict[str, tuple[str, tuple[str, ...]]] = {
     "train-genai": (
         "genai_training",
-        ("train-genai", "genai", "train-ai", "ai", "all", "bots", "tdm"),
+        ("train-genai", "genai", "train-ai", "ai", "all", "tdm"),
     ),
-    "train-ai": ("ai_training", ("train-ai", "ai", "all", "bots", "tdm")),
-    "all": ("data_mining", ("all", "bots", "tdm")),
-    "search": ("search_indexing", ("search", "all", "bots", "tdm")),
-    "ai-use": ("ai_inference", ("ai-use", "all", "bots", "tdm")),
+    "train-ai": ("ai_training", ("train-ai", "ai", "all", "tdm")),
+    "all": ("data_mining", ("all", "tdm")),
+    "search": ("search_indexing", ("search", "all", "tdm")),
+    "ai-use": ("ai_inference", ("ai-use", "all", "tdm")),
 }
 _SIGNAL_KEYS = {"ai-train": "ai_training", "search": "search_indexing", "ai-input": "ai_inference"}
 _MAX_LINES = 200  # a response with more header lines than this is hostile; the rest are ignored

@@ -124,3 +124,16 @@ def merge_parts(ws: Any, parts: list[Any]) -> list[tuple[str, int]]:
                     rows += table.num_rows
         merged.append((rel, rows))
     return merged
+
+
+def matched_rules(ws: Any) -> set[str]:
+    """The registry rules (their "file line N" locations) that reserved at least one row,
+    read back from the merged `optout/signals.parquet` (so a resumed run counts every part)."""
+    import duckdb
+
+    path = str(ws.path("optout/signals.parquet")).replace("'", "''")
+    rows = duckdb.connect().execute(
+        f"SELECT DISTINCT location FROM read_parquet('{path}') "
+        "WHERE signal LIKE 'registry-%' AND state = 'reserved'"
+    )
+    return {r[0] for r in rows.fetchall()}

@@ -165,6 +165,7 @@ class RobotsFile:
         self.groups: dict[str, list[Rule]] = {}
         self.extras: dict[str, list[tuple[str, str, int, str]]] = {}
         self.ai_rules: dict[str, list[Rule]] = {}
+        self.usage_rules: dict[str, list[tuple[Rule, str, int, str]]] = {}  # see _usage_rules
         self.mode = "parsed"  # or "allow_all", "disallow_all", "unchecked"
         self.note = ""  # status evidence, or the truncation note
         self.truncated = False
@@ -342,6 +343,7 @@ def signals(
     ai = {a.lower() for a in AI_AGENTS}
     out: list[Signal] = []
     seen: set[tuple[str, str]] = set()
+    groups_done: set[tuple[str, bool | None]] = set()
     first_evidence = ""
     for agent in agents:
         allowed, evidence, token = rf.decide(agent, path)
@@ -356,7 +358,8 @@ def signals(
             if (scope, evidence) not in seen:
                 seen.add((scope, evidence))
                 out.append(Signal("robots.txt", "reserved", uses, where, evidence, agent=scope))
-        if token is not None and rf.mode == "parsed":
+        if token is not None and rf.mode == "parsed" and (token, allowed) not in groups_done:
+            groups_done.add((token, allowed))  # agents sharing a group get the same answer
             extra = _ai_training_signal(rf, token, path, where)
             # attach draft 3.1: "Usage preferences apply only to those resources that can be
             # crawled according to Allow/Disallow rules" (a disallow already reserved above).
@@ -392,26 +395,42 @@ def _extras(rf: RobotsFile, token: str, path: str, where: str) -> list[Signal]:
     a path is malformed and ignored.
     """
     out: list[Signal] = []
-    best: list[tuple[int, int, str, str]] = []  # (path length, line, value, text) at the max length
     for key, value, line, text in rf.extras.get(token, []):
         if key == "content-signal":
             for sig in headers.content_signal_signals(value, f"{where} line {line}", text):
                 out.append(_scoped(sig, token))
-            continue
-        parts = value.strip().replace("\t", " ").split(" ", 1)
-        if len(parts) != 2 or not parts[0].startswith("/"):
-            continue
-        rule = compile_pattern(parts[0])
-        if rule is None or not pattern_matches(rule, path):
+    best: list[tuple[int, int, str, str]] = []  # (path length, line, value, text) at the max length
+    matchable = _match_form(path, False)
+    for rule, pref, line, text in _usage_rules(rf, token):  # longest first
+        if best and rule.length < best[0][0]:
+            break
+        if not _matches(rule, matchable):
             continue
         if not best or rule.length > best[0][0]:
-            best = [(rule.length, line, parts[1].strip(), text)]
+            best = [(rule.length, line, pref, text)]
         elif rule.length == best[0][0]:
-            best.append((rule.length, line, parts[1].strip(), text))
+            best.append((rule.length, line, pref, text))
     for _, line, value, text in best:
         for sig in headers.content_usage_signals(value, f"{where} line {line}", text):
             out.append(_scoped(sig, token))
     return out
+
+
+def _usage_rules(rf: RobotsFile, token: str) -> list[tuple[Rule, str, int, str]]:
+    """The Content-Usage rules of group `token`, compiled once per file: (path rule, preference,
+    line, text); lines without a path are dropped (malformed)."""
+    if token not in rf.usage_rules:
+        rules = []
+        for key, value, line, text in rf.extras.get(token, []):
+            parts = value.strip().replace("\t", " ").split(" ", 1)
+            if key != "content-usage" or len(parts) != 2 or not parts[0].startswith("/"):
+                continue
+            rule = compile_pattern(parts[0], line)
+            if rule is not None:
+                rules.append((rule, parts[1].strip(), line, text))
+        rules.sort(key=lambda r: (-r[0].length, r[2]))  # longest first, then file order
+        rf.usage_rules[token] = rules
+    return rf.usage_rules[token]
 
 
 def _scoped(sig: Signal, token: str) -> Signal:

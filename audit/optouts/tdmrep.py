@@ -68,6 +68,7 @@ class TdmRepFile:
         path = url if url.startswith("/") else urls.path_and_query(url)
         if path is None:
             return None
+        path = path.split("?", 1)[0]  # "a pattern matching the path": the query is not part of it
         return next((e for e in self.entries if robots.pattern_matches(e.rule, path)), None)
 
     def signals(self, url: str, location: str | None = None) -> list[Signal]:

@@ -119,7 +119,8 @@ def _consulted(summary: dict[str, Any]) -> str:
             + (
                 " (UNREADABLE: rows unchecked)"
                 if r.get("error")
-                else f" ({r['domains']} domains, {r['urls']} URLs)"
+                else f" ({r['domains']} domain, {r['urls']} URL, {r.get('url_prefixes', 0)} URL prefix, "
+                f"{r.get('hosts', 0)} host rules)"
             )
             for r in summary.get("registries", [])
         )
@@ -182,10 +183,12 @@ def _coverage_text(summary: dict[str, Any]) -> str:
 
 
 def _coverage(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    sources = summary.get("coverage_sources", {})  # source -> its signal names
     notes = summary.get("coverage_notes", {})
     return [
         {
             "source": src,
+            "signals": ", ".join(sources.get(src, ())),
             **{state: per.get(state, 0) for state in COVERAGE},
             "e.g. why not evaluated": "; ".join(
                 f"{state}: {why}" for state, why in notes.get(src, {}).items()
