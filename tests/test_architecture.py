@@ -17,6 +17,7 @@ BASE = {
     "audit.images",
     "audit.progress",
     "audit.reports",
+    "audit.verify",  # the copy verifier: memorisation, duplicates and features share it
 }
 COMPOSERS = {
     "audit.pipeline",
