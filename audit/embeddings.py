@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from audit import threads
 from audit.errors import AuditError, MissingWeightsError
 from audit.images import ImageProblem, decode, read_bytes
 from audit.progress import track
@@ -53,6 +54,9 @@ TINY_CONFIG = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 TINY_SEED = 0
+
+
+CHARS_PER_TOKEN = 32  # captions are cut to this many characters per context token
 
 
 class ClipModel:
@@ -89,7 +93,18 @@ class ClipModel:
         """float32 (N, D), L2-normalised."""
         if not texts:
             return np.zeros((0, self.info["dim"]), np.float32)
-        return self.encode_text_tokens(self.tokenizer(list(texts)))
+        return self.encode_text_tokens(self.tokenize(list(texts)))
+
+    def tokenize(self, texts: list[str]) -> Any:
+        """Token ids, from captions cut to `CHARS_PER_TOKEN` characters per context token first.
+
+        The tokenizer keeps only its first `context_length` tokens but cleans and splits the
+        whole text before cutting, so a 10 MB caption costs seconds for nothing. Every token
+        covers at least one character, so the cut changes nothing unless whitespace or HTML
+        entities fill more than 31 of every 32 characters.
+        """
+        limit = CHARS_PER_TOKEN * int(getattr(self.tokenizer, "context_length", 77) or 77)
+        return self.tokenizer([t[:limit] for t in texts])
 
     def encode_image_tensor(self, batch: Any) -> np.ndarray:
         import torch
@@ -299,7 +314,7 @@ class _Rows:
         if not item["ok"]:
             item["image"] = torch.zeros(3, size, size)
         caption = self.c["caption"][i]
-        item["tokens"] = self.clip.tokenizer([caption if caption is not None else ""])[0]
+        item["tokens"] = self.clip.tokenize([caption if isinstance(caption, str) else ""])[0]
         return item
 
 
@@ -321,7 +336,7 @@ def compute(
     model: str = TINY,
     pretrained: str = "none",
     batch_size: int = 64,
-    workers: int = 2,
+    workers: int | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Embed every image and caption of the workspace (stage `embed`); returns the summary.
@@ -331,6 +346,8 @@ def compute(
     import pyarrow.parquet as pq
     import torch
 
+    if workers is None:  # the process's thread budget (audit.threads)
+        workers = threads.budget()
     if batch_size < 1 or workers < 0:
         raise AuditError(f"batch_size must be >= 1 and workers >= 0 (got {batch_size}, {workers}).")
     ws = Workspace.open(ws_root)
@@ -358,12 +375,12 @@ def compute(
             owner.append(p)
     # Decoding workers and the forward pass share the cores; torch threads beyond the cores
     # left over spin against the workers (and other jobs) and run many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - max(1, workers)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads.budget() - max(1, workers)))
     try:
         summary = _embed(ws, run, clip, parts, todo, columns, batches, owner, workers)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     summary.update(model=model, pretrained=pretrained, trained=info["trained"])
     run.finish(summary, [Output("embeddings/model.json")])
     return summary
@@ -397,7 +414,11 @@ def _embed(
                 ws, run, p, np.zeros((0, dim), np.float16), np.zeros((0, dim), np.float16), []
             )
     for batch, p in track(
-        zip(loader, owner, strict=True), total=len(batches), description="embedding"
+        zip(loader, owner, strict=True),
+        total=sum(len(b) for b in batches),
+        description="embedding",
+        unit="images",
+        weight=lambda item: len(item[0]["i"]),
     ):
         a = acc.setdefault(p.number, {"img": [], "txt": [], "errors": [], "done": 0})
         ok = np.array(batch["ok"])

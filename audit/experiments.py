@@ -1,10 +1,9 @@
-"""Composers for memorisation: `match`, `calibrate`, and the experiment that closes the loop.
+"""The memorisation experiment that closes the loop, built on the composer `audit.pipeline`.
 
-`match` describes generated images with the training workspace's own descriptors and runs the
-memorisation check; `calibrate` measures the check's descriptors on copies made from real
-images; `memorisation` trains the small DDPM on a set with planted duplicates, samples it,
-matches the samples and measures loss-based membership inference. Stages never import each
-other; this module wires them (like `audit.pipeline`).
+`memorisation` trains the small DDPM on a set with planted duplicates, samples it, matches the
+samples (`pipeline.match`) and measures loss-based membership inference. `match` and
+`calibrate` live in `audit.pipeline` (the one composer); they are named here too for callers
+of the experiment API. This module imports the composer, never the reverse.
 """
 
 from __future__ import annotations
@@ -13,240 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
+from audit.pipeline import _jsonable, calibrate, match
 from audit.schema import IMAGE_LOCATION
-from audit.workspace import Output, Workspace, atomic_write_bytes, atomic_write_json
+from audit.workspace import Workspace, atomic_write_bytes, atomic_write_json
 
-
-def _embed_params(ws: Workspace) -> tuple[str, str]:
-    rec = ws.stage("embed")
-    if not rec or rec.get("status") != "done":
-        raise AuditError(
-            f"{ws.root} has no finished embed stage, so its descriptors are unknown. "
-            f"Run: audit embed {ws.root} && audit hash {ws.root} && audit index {ws.root}"
-        )
-    return rec["params"]["model"], rec["params"]["pretrained"]
-
-
-def match(
-    generated: str | Path,
-    against: str | Path,
-    name: str | None = None,
-    k: int = 10,
-    thresholds: Thresholds = DEFAULT_THRESHOLDS,
-    report_dir: str | Path | None = None,
-    workers: int = 2,
-    descriptor: str | Path | None = None,
-    descriptor_threshold: float = 0.5,
-) -> dict[str, Any]:
-    """Find the training images that generated images copy; returns the summary.
-
-    `descriptor` is an optional TorchScript/ONNX copy descriptor file (SSCD), copy at
-    `descriptor_threshold` (see `audit.descriptors`).
-
-    `generated` is a folder, parquet or webdataset of images (or an already described
-    workspace). Writes `<against>/memorisation/<name>/{generated/, matches.parquet, summary.json}`
-    and the page `<report_dir>/memorisation.md|.html` (default `reports/<dataset>/`).
-
-    >>> match("generated/sample", against="indexes/sample", name="ddpm")  # doctest: +SKIP
-    {'generated': 64, 'counts': {'copy': 3, 'near': 5, 'novel': 56}, 'replication_rate': 0.047, ...}
-    """
-    from audit import descriptors, features, hashes, knn, pipeline
-    from audit.checks import memorisation
-    from audit.reports import memorisation as report
-
-    train = Workspace.open(against)
-    model, pretrained = _embed_params(train)
-    desc = descriptors.load(descriptor, descriptor_threshold) if descriptor else None
-    if not train.stage_fingerprint("index"):
-        knn.build(train.root)  # the candidates come from the training indexes
-    train = _ensure_features(train)
-    generated = Path(generated)
-    if not generated.exists():
-        raise AuditError(
-            f"{generated} does not exist. Pass the folder (or parquet/webdataset) of generated images."
-        )
-    name = name or generated.name
-    out_dir = train.path(f"memorisation/{name}")
-    if (generated / "manifest.json").exists():
-        gen_root = generated
-    else:
-        gen_root = out_dir / "generated"
-        # `audit generate` output (generated.parquet + generated/*.png) is img2dataset's
-        # "files" layout, which ingest reads as it is.
-        pipeline.describe(
-            gen_root, [generated], model=model, pretrained=pretrained, dataset=name, workers=workers
-        )
-    run = train.start_stage(
-        f"match-{name}",
-        {
-            "generated": str(generated.resolve()),
-            "k": k,
-            "thresholds": thresholds.to_dict(),
-            "descriptor": desc.info if desc else None,
-        },
-        depends_on=["embed", "hash", "features"],
-    )
-    summary = memorisation.check(
-        gen_root,
-        train.root,
-        knn.search_embeddings,
-        knn.search_hashes,
-        out_dir,
-        k=k,
-        thresholds=thresholds,
-        search_features=features.search,
-        hash_images=hashes.hash_images,
-        descriptor=desc,
-    )
-    rel = f"memorisation/{name}"
-    run.finish(
-        {
-            key: summary[key]
-            for key in ("generated", "counts", "replication_rate", "replication_ci95")
-        },
-        [
-            Output(f"{rel}/matches.parquet", rows=summary["generated"]),
-            Output(f"{rel}/summary.json"),
-        ],
-    )
-    report.write_match_page(train.root, name, Path(report_dir or Path("reports") / train.dataset))
-    return summary
-
-
-def _ensure_features(ws: Workspace) -> Workspace:
-    """Build the local-feature index (stage `features`) unless it is done and current;
-    returns the workspace as it is on disk now."""
-    from audit import features
-
-    if ws.status().get("features", {}).get("status") != "done":
-        features.build(ws.root)
-    return Workspace.open(ws.root)
-
-
-def calibrate(
-    ws: str | Path,
-    n: int = 150,
-    negatives: int = 400,
-    seed: int = 0,
-    report_dir: str | Path | None = None,
-    descriptor: str | Path | None = None,
-    descriptor_threshold: float = 0.5,
-    group_by: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """Precision and recall of the memorisation check on `n` images of `ws` put through
-    every copy transformation (alone and chained) and `negatives` held-out images.
-
-    `group_by` names metadata columns whose equal values mark variants of one picture
-    (for an `audit sample` workspace: category, title, author), kept out of the negatives
-    together with their twins.
-
-    Writes `<report_dir>/calibration.json|.md|.html` (default `reports/<dataset>/`).
-
-    >>> calibrate("indexes/sample", n=150, negatives=400)  # doctest: +SKIP
-    """
-    import numpy as np
-
-    from audit import descriptors, embeddings, features, hashes, knn, verify
-    from audit.checks import calibrate as cal
-    from audit.checks import memorisation as mem
-    from audit.reports import memorisation as report
-
-    if n < 3 or negatives < 1:
-        raise AuditError(
-            f"--n must be at least 3 and --negatives at least 1, got {n} and {negatives}."
-        )
-    w = Workspace.open(ws)
-    model, pretrained = _embed_params(w)
-    if not w.stage_fingerprint("index"):
-        knn.build(w.root)
-    w = _ensure_features(w)
-    import pyarrow.parquet as pq
-
-    have = pq.read_schema(w.path(w.require_parts()[0].path)).names
-    if missing := [c for c in group_by if c not in have]:
-        raise AuditError(f"--group-by {','.join(missing)}: no such metadata column in {w.root}")
-    rows = mem.read_rows(w, range(w.num_rows), [*IMAGE_LOCATION, "image_sha256", *group_by])
-    row_ids, thumbs, usable, sha, family = [], [], [], [], []
-    for rid, rec in sorted(rows.items()):
-        img = mem.load_image(w, {**rec, "row_id": rid})
-        if isinstance(img, Exception):
-            continue
-        row_ids.append(rid)
-        thumbs.append(cal.thumbnail(img))
-        usable.append(verify.information(np.asarray(img.convert("L"))) is None)
-        sha.append(rec["image_sha256"])
-        values = tuple(rec[c] for c in group_by)
-        family.append(values if group_by and all(v is not None for v in values) else None)
-    groups = cal.twin_groups(sha, np.stack(thumbs), families=family)
-    sources, held_out = cal.plan(groups, np.asarray(usable), n, negatives, seed)
-    images = {
-        i: mem.load_image(w, {**rows[row_ids[i]], "row_id": row_ids[i]}) for i in sources + held_out
-    }
-    clip = embeddings.load_model(model, pretrained)
-    desc = descriptors.load(descriptor, descriptor_threshold) if descriptor else None
-    codes, codes_ok = mem.load_hashes(w)
-    train_emb, info = mem.load_embeddings(w)
-    ref = mem.Reference(
-        ws=w,
-        search_hashes=knn.search_hashes,
-        search_features=features.search,
-        codes=codes,
-        codes_ok=codes_ok,
-        embeddings=train_emb,
-        search_embeddings=knn.search_embeddings,
-        use_cosine=bool(info.get("trained")),
-        descriptor_vectors=mem.describe_rows(w, desc) if desc else None,
-        descriptor_threshold=descriptor_threshold,
-    )
-
-    def match(imgs: list[Any], exclude: frozenset[int]) -> list[dict[str, Any]]:
-        ref.exclude = exclude
-        out = []
-        for s in range(0, len(imgs), 64):
-            chunk = imgs[s : s + 64]
-            emb, dv = clip.embed_images(chunk), desc.embed(chunk) if desc else None
-            queries = [
-                mem.Query(im, emb[j], None if dv is None else dv[j]) for j, im in enumerate(chunk)
-            ]
-            out += mem.match_images(queries, ref, hashes.hash_images)
-        return out
-
-    result = cal.calibrate(
-        [images.get(i) for i in range(len(row_ids))],
-        row_ids,
-        groups,
-        sources,
-        held_out,
-        match,
-        seed,
-    )
-    result.update(
-        workspace=str(w.root),
-        dataset=w.dataset,
-        requested={"sources": n, "negatives": negatives},
-        group_by=list(group_by),
-        readable_rows=len(row_ids),
-        usable_sources=int(np.sum(usable)),
-        model=clip.info,
-        descriptor=desc.info if desc else None,
-        thresholds=Thresholds().to_dict(),
-        verifier=verify.settings(),
-        cosine_votes=ref.use_cosine,
-    )
-    out = Path(report_dir or Path("reports") / w.dataset)
-    result["report"] = str(out / "calibration.md")
-    atomic_write_json(out / "calibration.json", json.loads(json.dumps(result, default=_jsonable)))
-    report.write_calibration_page(out)
-    return result
-
-
-def _jsonable(v: Any) -> Any:
-    import numpy as np
-
-    return v.item() if isinstance(v, np.generic) else str(v)
-
+__all__ = ["calibrate", "match", "memorisation"]
 
 # -- the memorisation experiment ------------------------------------------------------------------
 # Planted duplication: (copies in the training set, number of distinct images with that count).
@@ -521,6 +292,7 @@ def _membership_inference(
 def _model_card(work: Path, out: Path, result: dict[str, Any]) -> None:
     """MODEL_CARD.md through `audit.cards` (consent from the sample workspace, results from the match)."""
     from audit import cards
+    from audit.reports import fmt
     from audit.workspace import atomic_write_text
 
     card = out / "MODEL_CARD.md"
@@ -536,11 +308,9 @@ def _model_card(work: Path, out: Path, result: dict[str, Any]) -> None:
         f"Trained {result['steps']} steps on {result['sets']['train']} distinct consented images duplicated "
         f"{result['groups']} (copies, images); {result['sets']['heldout']} consented images held out and "
         f"{result['sets']['optedout']} opted-out images never trained on. {result['samples']} samples: "
-        f"replication rate {result['replication_rate']:.2%} (95% CI {result['replication_ci95'][0]:.2%}-"
-        f"{result['replication_ci95'][1]:.2%}); share of members copied by duplication "
+        f"replication rate {fmt(result['replication_rate'], result['replication_ci95'], True)}; share of members copied by duplication "
         f"{json.dumps(result['copied_share_by_duplication'])}. Membership-inference AUC (members vs held-out) "
-        f"{mia['auc_members_vs_heldout']:.3f} (95% CI {mia['auc_members_vs_heldout_ci95'][0]:.3f}-"
-        f"{mia['auc_members_vs_heldout_ci95'][1]:.3f}).\n\n"
+        f"{fmt(mia['auc_members_vs_heldout'], mia['auc_members_vs_heldout_ci95'])} (95% intervals in brackets).\n\n"
         "Limits: a 32x32 model trained for minutes on a few hundred clip-art images on CPU; descriptors of an "
         "untrained embedding model; copy thresholds calibrated on clip art; a handful of images per group, so "
         "intervals are wide. See experiment.md beside this card.\n"

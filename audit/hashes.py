@@ -52,8 +52,15 @@ from typing import Any
 
 import numpy as np
 
+from audit import threads
 from audit.errors import AuditError
-from audit.images import DEFAULT_MAX_PIXELS, ImageProblem, open_image, read_bytes
+from audit.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageProblem,
+    check_decode_size,
+    open_image,
+    read_bytes,
+)
 from audit.progress import track
 from audit.schema import HASHES, IMAGE_LOCATION, PROVENANCE, error_table
 from audit.workspace import Output, Workspace, atomic_write_parquet
@@ -171,6 +178,7 @@ def _fast_gray(data: bytes, max_pixels: int) -> tuple[Any, tuple[int, int]]:
     try:
         if img.format == "JPEG" and img.mode in ("RGB", "L"):
             img.draft("L", (FAST_SIDE, FAST_SIDE))  # DCT-domain downscale: the big saving
+        check_decode_size(img)
         img.load()
         transparent = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
         if transparent:
@@ -186,6 +194,8 @@ def _fast_gray(data: bytes, max_pixels: int) -> tuple[Any, tuple[int, int]]:
             la = np.asarray(img).astype(np.int16)
             gray = np.clip(la[:, :, 0] + (255 - la[:, :, 1]), 0, 255).astype(np.uint8)
             img = Image.fromarray(gray, "L")
+    except ImageProblem:
+        raise
     except Exception as e:  # noqa: BLE001 - truncated/corrupt data raises OSError, SyntaxError, ...
         raise ImageProblem("image_undecodable", f"{type(e).__name__}: {e}") from e
     return img, size
@@ -291,14 +301,15 @@ def _write_part(
 
 def compute(
     ws_root: str | os.PathLike[str],
-    workers: int = 2,
+    workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fast_decode: bool = True,
     which: tuple[str, ...] | list[str] = HASHES,
 ) -> dict[str, Any]:
     """Hash every image of the workspace (stage `hash`); returns the summary.
 
-    `workers` processes decode in parallel (1 = in this process). `fast_decode=False` gives
+    `workers` processes decode in parallel (1 = in this process; None = the process's thread
+    budget, `audit.threads.budget()`). `fast_decode=False` gives
     codes bit-identical to `imagehash`; the default decodes at reduced size (see module doc).
     `which` limits the work to some of `HASHES` (the others are stored as null, and stages
     that need them say so: `Workspace.require_hashes`); dedup needs phash and dhash, match all four.
@@ -307,6 +318,8 @@ def compute(
     """
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
+    if workers is None:
+        workers = threads.budget()
     if workers < 1:
         raise AuditError(f"workers must be >= 1 (got {workers}); use 1 to hash in this process.")
     unknown = sorted(set(which) - set(HASHES))
@@ -337,7 +350,13 @@ def compute(
         if need[p.number] == 0:
             outputs, _ = _write_part(ws, p, [], which)
             run.record_part(p.number, outputs, errors=0)
-    for result in track(_run_tasks(tasks, workers), total=len(tasks), description="hashing"):
+    for result in track(
+        _run_tasks(tasks, workers),
+        total=sum(p.rows for p in todo),
+        description="hashing",
+        unit="images",
+        weight=lambda r: len(r["ok"]),
+    ):
         number = result["part"]
         got[number].append(result)
         if len(got[number]) == need[number]:
@@ -372,5 +391,26 @@ def _run_tasks(tasks: list[dict[str, Any]], workers: int):  # type: ignore[no-un
     from concurrent.futures import ProcessPoolExecutor
 
     # fork: workers start instantly and inherit the imports; they run no torch code.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("fork"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         yield from pool.map(_hash_chunk, tasks, chunksize=1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: the worker ends when the process that started it does, even after a
+    `kill -9` (which runs no cleanup); a forked worker also holds the workspace lock's
+    descriptor, so an orphan would keep the workspace locked."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)

@@ -21,7 +21,8 @@ import pyarrow as pa
 SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
     "key": ("key", "SAMPLE_ID", "sample_id", "id"),
     "url": ("url", "URL", "image_url"),
-    "caption": ("caption", "TEXT", "text", "alt", "alt_text"),
+    # `txt`: img2dataset's caption sidecar extension, and the column of its sample inputs
+    "caption": ("caption", "TEXT", "text", "alt", "alt_text", "txt"),
     "width": ("width", "WIDTH"),
     "height": ("height", "HEIGHT"),
     "original_width": ("original_width",),
@@ -126,6 +127,9 @@ ERRORS = pa.schema(
 
 def error_table(rows: list[dict]) -> pa.Table:
     """Errors as an Arrow table with the `ERRORS` schema (missing fields become null)."""
+    if not rows:
+        # (from_pylist and empty_table import pandas, seconds for nothing in a short run)
+        return pa.Table.from_arrays([pa.nulls(0, f.type) for f in ERRORS], schema=ERRORS)
     return pa.Table.from_pylist(
         [{name: r.get(name) for name in ERRORS.names} for r in rows], schema=ERRORS
     )

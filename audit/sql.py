@@ -36,19 +36,27 @@ def views(con: Any) -> list[str]:
 
 
 def query(ws: Workspace | str | os.PathLike[str], sql: str) -> Any:
-    """Run `sql` over the workspace views; returns a pyarrow Table.
+    """Run one read-only `sql` statement (SELECT or WITH) over the workspace views; returns a
+    pyarrow Table.
+
+    The connection can read only the files the views read: once the views exist, external
+    access is switched off and the configuration locked, so COPY, ATTACH, INSTALL, LOAD,
+    SET and file functions (`read_text`, `glob`, ...) on other paths are refused.
 
     Example: `query("indexes/demo", "SELECT reason, count(*) FROM errors GROUP BY 1")`.
     """
     import duckdb
-    import pyarrow as pa
 
     ws = _open(ws)
     con = ws.connect()
     try:
-        rel = con.sql(sql)
-        # statements that return nothing (SET, CREATE VIEW ...) give no relation
-        return rel.to_arrow_table() if rel is not None else pa.table({})
+        statement = _one_select(sql)
+        _lock_down(con, ws)
+        return con.sql(statement).to_arrow_table()
+    except duckdb.PermissionException as e:
+        raise AuditError(
+            f"refused: audit query reads only the workspace's own tables ({_first_line(e)})."
+        ) from e
     except duckdb.Error as e:
         available = (
             ", ".join(f"{v} ({TABLES[v][1]})" for v in views(con))
@@ -57,6 +65,46 @@ def query(ws: Workspace | str | os.PathLike[str], sql: str) -> Any:
         raise AuditError(f"SQL failed: {e}\nViews in {ws.root}: {available}") from e
     finally:
         con.close()
+
+
+def check_output(ws: Workspace | str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
+    """Refuse an `--output` inside the workspace: its files belong to the stages that wrote
+    them, and replacing one would make `audit status` say done over a file it did not write."""
+    ws = _open(ws)
+    if Path(output).resolve().is_relative_to(ws.root.resolve()):
+        raise AuditError(
+            f"refused: {output} is inside the workspace {ws.root}, whose files the stages own. "
+            "Write the result somewhere else."
+        )
+
+
+def _one_select(sql: str) -> str:
+    """`sql` if it is exactly one SELECT (or WITH ... SELECT) statement, by duckdb's own parser."""
+    import duckdb
+
+    statements = duckdb.extract_statements(sql)  # a syntax error is a duckdb.Error
+    if len(statements) != 1:
+        raise AuditError(f"audit query runs exactly one SELECT statement; got {len(statements)}.")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        word = (statements[0].query.split() or ["?"])[0].upper()
+        raise AuditError(
+            f"refused: audit query is read-only and runs only SELECT/WITH, not {word}."
+        )
+    return sql
+
+
+def _lock_down(con: Any, ws: Workspace) -> None:
+    """Allow only the files the views were built on, then lock the configuration."""
+    files = sorted({str(f) for pattern, _ in TABLES.values() for f in ws.recorded_files(pattern)})
+    con.execute("SET allowed_paths = ?", [files])
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def export(
@@ -154,7 +202,12 @@ def status(ws: Workspace | str | os.PathLike[str], verify: bool = False) -> dict
 
     ws = _open(ws)
     parts = ws.metadata_parts()
-    con = ws.connect()
+    stages = ws.status(verify=verify)
+    try:
+        con = ws.connect()
+    except AuditError:
+        _name_damaged(ws, stages)
+        raise
     present = views(con)
     images = {"ok": 0, "missing": 0, "error": 0}
     errors: list[dict[str, Any]] = []
@@ -175,8 +228,9 @@ def status(ws: Workspace | str | os.PathLike[str], verify: bool = False) -> dict
                 ).fetchall()
             ]
     except duckdb.Error as e:
+        _name_damaged(ws, stages)
         raise AuditError(
-            f"cannot read the tables of {ws.root} ({e}). "
+            f"cannot read the tables of {ws.root} ({_first_line(e)}). "
             "Re-run the stage that wrote the damaged file (audit status --verify names it)."
         ) from e
     finally:
@@ -191,9 +245,18 @@ def status(ws: Workspace | str | os.PathLike[str], verify: bool = False) -> dict
             {k: i.get(k) for k in ("path", "kind", "rows", "images")}
             for i in ws.manifest.get("inputs", [])
         ],
-        "stages": ws.status(verify=verify),
+        "stages": stages,
         "errors": errors,
     }
+
+
+def _name_damaged(ws: Workspace, stages: dict[str, dict[str, Any]]) -> None:
+    """Raise an AuditError naming the files `--verify` found changed, if it found any."""
+    bad = [f"{name}: {st['why']}" for name, st in stages.items() if "on disk" in st.get("why", "")]
+    if bad:
+        raise AuditError(
+            f"{ws.root} has damaged files ({'; '.join(bad)}). Re-run the stage that wrote them."
+        )
 
 
 def status_text(info: dict[str, Any]) -> str:

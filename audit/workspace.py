@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -23,48 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audit import stages
 from audit.errors import AuditError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+# Held (flock) by every process that runs a stage on the workspace; holds that process's pid.
+LOCK = ".audit.lock"
 
-# Every table a workspace can hold, as a duckdb view name -> (glob under the workspace, what
-# it is). `audit query` and the reports share these views. Keep in step with the
-# "What is on disk" section of README.md.
-TABLES: dict[str, tuple[str, str]] = {
-    "metadata": (
-        "metadata/part-*.parquet",
-        "one row per record: canonical columns, provenance, image location",
-    ),
-    "errors": (
-        "errors/*.parquet",
-        "one row per problem with a row or an input: stage, reason, detail",
-    ),
-    "hashes": (
-        "hashes/part-*.parquet",
-        "row_id and 64-bit perceptual hashes (phash, dhash, whash, ahash)",
-    ),
-    "clip_scores": (
-        "embeddings/scores-*.parquet",
-        "row_id and image-caption cosine of the embedding model",
-    ),
-    "duplicates": (
-        "duplicates.parquet",
-        "row_id, cluster_id, kind of duplicate, distance to the cluster's representative",
-    ),
-    "optout": (
-        "optout/decisions.parquet",
-        "one row per record and use: decision, signal, where found, evidence",
-    ),
-    "optout_signals": (
-        "optout/signals.parquet",
-        "every opt-out signal found, one row per signal and record",
-    ),
-    "matches": (
-        "memorisation/*/matches.parquet",
-        "one row per generated image: best training match, scores, verdict",
-    ),
-}
+# Every table a workspace can hold (view -> (glob, what it is)), from the stage list.
+TABLES = stages.TABLES
 
 
 _UMASK = os.umask(0)
@@ -117,15 +86,39 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_write_parquet(path: str | os.PathLike[str], table: Any) -> None:
-    """Write a pyarrow Table (or RecordBatch) as parquet, atomically."""
+def atomic_write_parquet(path: str | os.PathLike[str], table: Any, **options: Any) -> str:
+    """Write a pyarrow Table (or RecordBatch) as parquet, atomically (`options`: write_table's).
+
+    Returns the file's sha256, computed as the bytes go out (the writer only appends), so a
+    stage can record it without reading the file back.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        sink = _HashingWriter(f)
+        pq.write_table(table, sink, **{"compression": "zstd", **options})
+    return sink.hash.hexdigest()
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only file that hashes what passes through it."""
+
+    def __init__(self, f: Any):
+        self.f, self.hash, self.size = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.size
 
 
 def atomic_write_npy(path: str | os.PathLike[str], array: Any) -> None:
@@ -143,6 +136,7 @@ class Output:
     path: str
     rows: int | None = None
     row_offset: int | None = None
+    sha256: str | None = None  # when the writer hashed the bytes as it wrote them
 
 
 @dataclass(frozen=True)
@@ -169,12 +163,15 @@ class Workspace:
     def __init__(self, root: str | os.PathLike[str], manifest: dict[str, Any]):
         self.root = Path(root)
         self.manifest = manifest
+        self._started: set[str] = set()  # stages this object started: its records win in `save`
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
     def create(cls, root: str | os.PathLike[str], dataset: str | None = None) -> Workspace:
         """Open `root` if it is a workspace, otherwise make it one."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise AuditError(f"{root} is a file, not a folder. Pass a folder for the workspace.")
         if (root / MANIFEST).exists():
             return cls.open(root)
         if root.exists() and any(root.iterdir()):
@@ -185,7 +182,7 @@ class Workspace:
         root.mkdir(parents=True, exist_ok=True)
         manifest = {
             "schema_version": SCHEMA_VERSION,
-            "dataset": dataset or root.name,
+            "dataset": safe_name(dataset or root.resolve().name, "dataset name"),
             "created": now(),
             "inputs": [],
             "stages": {},
@@ -198,6 +195,8 @@ class Workspace:
     def open(cls, root: str | os.PathLike[str]) -> Workspace:
         root = Path(root)
         path = root / MANIFEST
+        if root.exists() and not root.is_dir():
+            raise AuditError(f"{root} is a file, not an audit workspace folder.")
         if not path.exists():
             raise AuditError(
                 f"{root} is not an audit workspace (no {MANIFEST}). "
@@ -209,6 +208,7 @@ class Workspace:
             raise AuditError(
                 f"{path} is unreadable ({e}). Restore it or re-run `audit ingest`."
             ) from e
+        _check_manifest(path, manifest)
         version = manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise AuditError(
@@ -217,14 +217,122 @@ class Workspace:
             )
         return cls(root, manifest)
 
+    # -- the lock and the manifest merge -------------------------------------------------------
+    # Two processes running stages on one workspace would each save their own copy of the
+    # manifest and erase the other's records; two Workspace objects in one process (match
+    # builds the index through a second one) would do the same. So a stage takes an
+    # exclusive flock on `.audit.lock` (failing fast, never waiting), and `save` re-reads
+    # the manifest and keeps every stage record this object did not itself start.
+    def lock(self) -> None:
+        """Take the workspace lock for this process (re-entrant); raise if another holds it."""
+        import fcntl
+
+        key = self._lock_key = str(self.root.resolve())
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+            return
+        path = self.root / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as e:
+            raise AuditError(f"cannot create the lock file {path} ({e.strerror}).") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise AuditError(
+                f"another audit is running on {self.root} (pid {pid}). Wait for it to finish, "
+                "or stop it; a killed run resumes where it stopped."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = [fd, 1]
+
+    def lock_holder(self) -> str | None:
+        """The pid recorded by the process holding the workspace lock, or None if it is free."""
+        import fcntl
+
+        if str(self.root.resolve()) in _HELD:
+            return str(os.getpid())
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDONLY)
+        except OSError:
+            return None  # never locked (or unreadable): nothing says a stage is running
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)  # also drops the shared lock the probe may have taken
+        return None
+
+    def unlock(self) -> None:
+        """Release one `lock`; the last release frees the workspace for other processes."""
+        key = getattr(self, "_lock_key", None) or str(self.root.resolve())
+        held = _HELD.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            del _HELD[key]
+            os.close(held[0])  # closing the descriptor releases the flock
+
+    def _merged(self) -> dict[str, Any]:
+        """The manifest to save: the one on disk, with the stages this object started replaced
+        by its own records (the dicts themselves, so live `StageRun`s keep writing into them)."""
+        path = self.root / MANIFEST
+        try:
+            disk = json.loads(path.read_text("utf-8"))
+            _check_manifest(path, disk)
+        except (OSError, ValueError, AuditError):
+            return self.manifest
+        records = dict(disk["stages"])
+        for name in self._started:
+            if name in self.manifest["stages"]:
+                records[name] = self.manifest["stages"][name]
+        for name, rec in self.manifest["stages"].items():
+            records.setdefault(name, rec)
+        merged = {**disk, **{k: v for k, v in self.manifest.items() if k != "stages"}}
+        merged["stages"] = records
+        return merged
+
+    def _remove_recorded(self, rec: dict[str, Any]) -> None:
+        """Delete the files an earlier run of a stage recorded, so a fresh start leaves no stale
+        parts behind; only regular files inside the workspace, never through a symlink."""
+        root = self.root.resolve()
+        for out in _all_outputs(rec):
+            p = self.root / str(out.get("path", ""))
+            if p.is_symlink() or not p.is_file():
+                continue
+            if p.resolve().is_relative_to(root) and p.resolve() != root / MANIFEST:
+                p.unlink()
+
+    def recorded_files(self, pattern: str) -> list[Path]:
+        """Files the manifest records (any stage, parts and outputs) whose path matches the
+        glob `pattern` and which exist; what the views read instead of globbing the folder."""
+        import fnmatch
+
+        seen: dict[str, Path] = {}
+        for rec in self.manifest["stages"].values():
+            for out in _all_outputs(rec):
+                rel = str(out.get("path", ""))
+                p = self.root / rel
+                if fnmatch.fnmatchcase(rel, pattern) and rel not in seen and p.is_file():
+                    seen[rel] = p
+        return [seen[k] for k in sorted(seen)]
+
     @property
     def dataset(self) -> str:
-        return str(self.manifest.get("dataset", self.root.name))
+        # reports go to reports/<dataset>/: a name like ../../x must not lead out of there
+        return safe_name(str(self.manifest.get("dataset", self.root.resolve().name)), "dataset")
 
     def path(self, rel: str | os.PathLike[str]) -> Path:
         return self.root / rel
 
     def save(self) -> None:
+        self.manifest = self._merged()
         atomic_write_json(self.root / MANIFEST, self.manifest)
 
     # -- inputs and parts ----------------------------------------------------------------
@@ -234,9 +342,15 @@ class Workspace:
         if not ingest:
             return []
         parts = []
-        for key, rec in sorted(ingest.get("parts", {}).items(), key=lambda kv: int(kv[0])):
-            out = rec["outputs"][0]
-            parts.append(Part(int(key), out["path"], int(out["rows"]), int(out["row_offset"])))
+        try:
+            for key, rec in sorted(ingest.get("parts", {}).items(), key=lambda kv: int(kv[0])):
+                out = rec["outputs"][0]
+                parts.append(Part(int(key), out["path"], int(out["rows"]), int(out["row_offset"])))
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise AuditError(
+                f"{self.root / MANIFEST} is damaged: an ingest part record is malformed ({e!r}). "
+                "Re-ingest into a new workspace."
+            ) from e
         return parts
 
     def require_parts(self) -> list[Part]:
@@ -291,12 +405,16 @@ class Workspace:
         fingerprints, its finished parts are kept and `StageRun.is_done(part)` says so;
         otherwise the record starts afresh.
         """
+        self.lock()
+        # another Workspace object may have recorded stages since this one read the manifest
+        self.manifest = self._merged()
         upstream: dict[str, str] = {}
         for dep in depends_on:
             fp = self.stage_fingerprint(dep)
             if fp is None:
+                self.unlock()
                 raise AuditError(
-                    f"stage '{name}' needs stage '{dep}' first. Run: audit {_COMMAND.get(dep, dep)} {self.root}"
+                    f"stage '{name}' needs stage '{dep}' first. Run: audit {stages.command(dep)} {self.root}"
                 )
             upstream[dep] = fp
         params = json.loads(json.dumps(params, default=str))
@@ -307,6 +425,8 @@ class Workspace:
             rec.setdefault("parts", {})
             rec["resumed"] = now()
         else:
+            if old:
+                self._remove_recorded(old)
             rec = {
                 "status": "running",
                 "params": params,
@@ -317,6 +437,7 @@ class Workspace:
                 "started": now(),
             }
         self.manifest["stages"][name] = rec
+        self._started.add(name)
         self.save()
         return StageRun(self, name, rec)
 
@@ -340,7 +461,13 @@ class Workspace:
                             state, why = "stale", f"{out['path']} changed on disk"
                             break
             elif state == "running":
-                why = f"{len(rec.get('parts', {}))} part(s) finished; re-run to resume"
+                holder = self.lock_holder()
+                done = f"{len(rec.get('parts', {}))} part(s) finished"
+                why = (
+                    f"{done}; an audit holds the workspace lock (pid {holder})"
+                    if holder
+                    else f"{done}, interrupted: no audit is running; re-run to resume"
+                )
             result[name] = {
                 "status": state,
                 "why": why,
@@ -354,13 +481,25 @@ class Workspace:
         """An in-memory duckdb connection with one view per workspace table that exists."""
         import duckdb
 
+        self.manifest = self._merged()  # what other stages recorded since this object opened
         con = duckdb.connect()
         for view, (pattern, _) in TABLES.items():
-            if any(self.root.glob(pattern)):
-                glob = str(self.root / pattern).replace("'", "''")
-                con.execute(
-                    f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{glob}', union_by_name=true)"
-                )
+            # only the files the manifest records: a leftover part is not part of the table
+            files = [str(p) for p in self.recorded_files(pattern)]
+            if files:
+                listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                try:
+                    con.execute(
+                        f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{listed}], union_by_name=true)"
+                    )
+                except duckdb.Error as e:
+                    con.close()
+                    first = str(e).strip().splitlines()[0]
+                    raise AuditError(
+                        f"cannot read the '{view}' files of {self.root} ({first}). "
+                        f"`audit status {self.root} --verify` names damaged files; "
+                        "re-run the stage that wrote them."
+                    ) from e
         return con
 
 
@@ -369,6 +508,14 @@ class StageRun:
 
     def __init__(self, ws: Workspace, name: str, record: dict[str, Any]):
         self.ws, self.name, self.record = ws, name, record
+        self._holds_lock = True  # `start_stage` took the workspace lock for this run
+
+    def __del__(self) -> None:
+        # A stage that raised never calls `finish`; once its run is dropped, the lock goes
+        # too, so a long-lived process (a notebook) does not keep the workspace locked.
+        if getattr(self, "_holds_lock", False):
+            self._holds_lock = False
+            self.ws.unlock()
 
     @property
     def params(self) -> dict[str, Any]:
@@ -403,13 +550,60 @@ class StageRun:
         self.record["status"] = "done"
         self.record["finished"] = now()
         self.ws.save()
+        if self._holds_lock:
+            self._holds_lock = False
+            self.ws.unlock()
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """`name` if it is one plain path component (no separators, not `.`/`..`), else raise:
+    dataset names become folders under `reports/` and must stay inside it."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise AuditError(
+            f"{what} {name!r} is not a plain name: use letters, digits, '-', '_' or '.', "
+            "with no '/' (e.g. --dataset mydata)."
+        )
+    return name
+
+
+# resolved workspace root -> [open lock descriptor, how many `lock` calls hold it]
+_HELD: dict[str, list[int]] = {}
+
+
+def _check_manifest(path: Path, manifest: Any) -> None:
+    """Raise a one-line AuditError unless `manifest` has the shape every reader relies on."""
+    fix = "Restore it from a backup or re-ingest into a new workspace."
+    if not isinstance(manifest, dict):
+        raise AuditError(
+            f"{path} is damaged: a JSON {type(manifest).__name__}, not an object. {fix}"
+        )
+    stages = manifest.get("stages")
+    if not isinstance(stages, dict) or not all(isinstance(r, dict) for r in stages.values()):
+        raise AuditError(f"{path} is damaged: no 'stages' object. {fix}")
+    if not isinstance(manifest.get("inputs", []), list):
+        raise AuditError(f"{path} is damaged: 'inputs' is not a list. {fix}")
+    for name, rec in stages.items():
+        parts = rec.get("parts", {})
+        outs = [o for p in parts.values() if isinstance(p, dict) for o in p.get("outputs", [])]
+        if (
+            not isinstance(parts, dict)
+            or not all(
+                isinstance(p, dict) and isinstance(p.get("outputs"), list) for p in parts.values()
+            )
+            or not isinstance(rec.get("outputs", []), list)
+            or not all(
+                isinstance(o, dict) and isinstance(o.get("path"), str)
+                for o in outs + rec.get("outputs", [])
+            )
+        ):
+            raise AuditError(f"{path} is damaged: the record of stage '{name}' is malformed. {fix}")
 
 
 def _describe(root: Path, out: Output) -> dict[str, Any]:
     p = root / out.path
     return {
         "path": out.path,
-        "sha256": sha256_file(p),
+        "sha256": out.sha256 or sha256_file(p),
         "bytes": p.stat().st_size,
         "rows": out.rows,
         "row_offset": out.row_offset,
@@ -422,15 +616,3 @@ def _all_outputs(rec: dict[str, Any]) -> list[dict[str, Any]]:
         outs.extend(rec["parts"][key]["outputs"])
     outs.extend(rec.get("outputs", []))
     return outs
-
-
-# The command that produces each stage, for "run this first" messages.
-_COMMAND = {
-    "ingest": "ingest",
-    "hash": "hash",
-    "embed": "embed",
-    "index": "index",
-    "dedup": "dedup",
-    "optout": "optout",
-    "filter": "filter",
-}

@@ -1,5 +1,6 @@
 """Import directions (STYLE.md): base <- stages <- composers <- cli; click only in audit/cli;
-the diffusion island imports only audit.errors; `audit --help` loads no heavy library."""
+the diffusion island imports only audit.errors; no import cycles anywhere (imports inside
+functions and relative imports included); `audit --help` loads no heavy library."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ BASE = {
     "audit.workspace",
     "audit.images",
     "audit.progress",
+    "audit.threads",
     "audit.reports",
     "audit.verify",  # the copy verifier: memorisation, duplicates and features share it
+    "audit.stages",
+    "audit.results",
+    "audit.credentials",
 }
 COMPOSERS = {
     "audit.pipeline",
@@ -26,7 +31,10 @@ COMPOSERS = {
     "audit.bench",
     "audit.sample",
     "audit.__main__",
+    "audit.engines",
 }
+# Composers in the order they may import each other: a composer imports only those before it.
+COMPOSER_ORDER = ("audit.engines", "audit.pipeline", "audit.experiments")
 
 
 def module_name(path: Path) -> str:
@@ -44,19 +52,28 @@ def is_module(name: str) -> bool:
     ).exists()
 
 
-def audit_imports(path: Path) -> set[str]:
+def audit_imports(path: Path, name: str | None = None) -> set[str]:
+    """Every module `path` imports, at the top or inside functions, relative imports resolved.
+
+    `from audit.checks import bias` imports the module audit.checks.bias; `from audit.reports
+    import Section` imports audit.reports. A parent package imported only on the way to a
+    submodule is not counted (Python loads it first whatever the importer does)."""
+    name = name or module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text("utf-8"))):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            # `from audit.checks import bias` imports a module; `from audit.reports import Section` does not.
-            found |= {
-                f"{node.module}.{a.name}"
-                for a in node.names
-                if is_module(f"{node.module}.{a.name}")
-            }
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # from . import x / from ..workspace import y
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            subs = {f"{module}.{a.name}" for a in node.names if is_module(f"{module}.{a.name}")}
+            found |= subs
+            if len(subs) < len(node.names):
+                found.add(module)
     return found
 
 
@@ -131,3 +148,81 @@ def test_help_is_fast_and_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def graph() -> dict[str, set[str]]:
+    names = {n for n, _ in modules()}
+    return {n: {i for i in audit_imports(p, n) if i in names and i != n} for n, p in modules()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(g[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    assert cycles(graph()) == []
+
+
+def test_cycle_finder_finds_a_cycle_and_resolves_relative_imports(tmp_path: Path):
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    # audit/checks/x.py: `from . import duplicates` and `from ..workspace import Workspace`
+    src = tmp_path / "x.py"
+    src.write_text("from . import duplicates\nfrom ..workspace import Workspace\n")
+    assert audit_imports(src, "audit.checks.x") == {"audit.checks.duplicates", "audit.workspace"}
+
+
+def test_nothing_outside_the_cli_imports_it():
+    for name, path in modules():
+        if not name.startswith("audit.cli") and name != "audit.__main__":
+            bad = {i for i in audit_imports(path) if i.startswith("audit.cli")}
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_stages_do_not_import_composers():
+    for name, path in modules():
+        unit = owner(name)
+        if unit in COMPOSERS or name.startswith("audit.cli"):
+            continue
+        bad = {i for i in audit_imports(path) if owner(i) in COMPOSERS}
+        assert not bad, f"{name} imports the composer(s) {bad}: composers call stages, not back"
+
+
+def test_composers_import_only_earlier_composers():
+    for name, path in modules():
+        unit = owner(name)
+        if unit not in COMPOSER_ORDER:
+            continue
+        allowed = set(COMPOSER_ORDER[: COMPOSER_ORDER.index(unit) + 1])
+        bad = {
+            i for i in audit_imports(path) if owner(i) in COMPOSER_ORDER and owner(i) not in allowed
+        }
+        assert not bad, f"{name} imports {bad} (experiments call the pipeline, never the reverse)"

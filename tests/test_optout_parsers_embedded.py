@@ -67,10 +67,11 @@ def states(sigs, name: str) -> list[tuple[str, tuple[str, ...]]]:
         ("DMI-PROHIBITED-AIMLTRAINING", "reserved", AI),
         ("DMI-PROHIBITED-GENAIMLTRAINING", "reserved", ("genai_training",)),
         ("DMI-PROHIBITED-EXCEPTSEARCHENGINEINDEXING", "reserved", USES),
-        ("DMI-PROHIBITED", "reserved", USES),
-        ("DMI-SEE-CONSTRAINT", "reserved", USES),
-        ("DMI-SEE-EMBEDDEDRIGHTSEXPR", "reserved", USES),
-        ("DMI-SEE-LINKEDRIGHTSEXPR", "reserved", USES),
+        ("DMI-PROHIBITED", "reserved", (*USES, "search_indexing")),
+        ("DMI-PROHIBITED-SEECONSTRAINT", "reserved", USES),
+        ("DMI-PROHIBITED-SEEEMBEDDEDRIGHTSEXPR", "reserved", USES),
+        ("DMI-PROHIBITED-SEELINKEDRIGHTSEXPR", "reserved", USES),
+        ("DMI-SEE-CONSTRAINT", "not_evaluable", USES),  # not a PLUS value (an old misspelling)
         ("DMI-MAYBE", "not_evaluable", USES),
     ],
 )
@@ -105,7 +106,9 @@ def test_png_itxt_plain_and_compressed_and_ztxt() -> None:
         (b"zTXt", key + b"\x00" + zlib.compress(packet)),
         (b"tEXt", key + packet),
     ]:
-        assert states(embedded.signals(png(chunk)), "iptc-xmp") == [("reserved", USES)], chunk[0]
+        assert states(embedded.signals(png(chunk)), "iptc-xmp") == [
+            ("reserved", (*USES, "search_indexing"))
+        ], chunk[0]
 
 
 def test_raw_scan_for_other_containers() -> None:
@@ -277,19 +280,17 @@ def test_c2pa_active_manifest_decides() -> None:
 @pytest.mark.parametrize(
     "entries,expected",
     [
-        (
-            {"c2pa.ai_training": use("constrained")},
-            [("reserved", AI)],
-        ),  # constrained is NOT allowed
+        # constrained is NOT allowed; each entry stands alone: ai_training is not generative
+        ({"c2pa.ai_training": use("constrained")}, [("reserved", ("ai_training",))]),
         (
             {"c2pa.data_mining": use("notAllowed"), "c2pa.ai_training": use("allowed")},
-            [("reserved", USES)],
+            [("reserved", ("data_mining",)), ("allowed", ("ai_training",))],
         ),
         (
             {"c2pa.ai_training": use("allowed"), "c2pa.ai_generative_training": use("allowed")},
             [("allowed", AI)],
         ),
-        ({"c2pa.ai_inference": use("notAllowed")}, [("not_evaluable", USES)]),
+        ({"c2pa.ai_inference": use("notAllowed")}, [("reserved", ("ai_inference",))]),
     ],
 )
 def test_c2pa_entries(entries: dict, expected: list) -> None:
@@ -304,7 +305,9 @@ def test_cawg_label_json_content_and_instance_suffix() -> None:
         assertion="cawg.training-mining__1",
         kind=b"json",
     )
-    assert states(embedded.signals(png((b"caBX", store(m)))), "c2pa") == [("reserved", AI)]
+    assert states(embedded.signals(png((b"caBX", store(m)))), "c2pa") == [
+        ("reserved", ("ai_training",))
+    ]
 
 
 def test_c2pa_without_training_assertion_and_broken_stores() -> None:
@@ -325,7 +328,7 @@ def test_c2pa_without_training_assertion_and_broken_stores() -> None:
 def test_c2pa_raw_scan() -> None:
     m = store(manifest("urn:uuid:m", {"c2pa.ai_training": use("notAllowed")}))
     assert states(embedded.signals(b"\x00\x00\x00\x1cftypheic" + b"\x00" * 20 + m), "c2pa") == [
-        ("reserved", AI)
+        ("reserved", ("ai_training",))
     ]
 
 

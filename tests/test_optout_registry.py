@@ -121,7 +121,7 @@ def test_parquet_and_tsv_registries(tmp_path):
     "name, content",
     [
         ("missing.txt", None),
-        ("nocol.csv", b"site,use\nexample.com,ai_training\n"),
+        ("nocol.csv", b"website,use\nexample.com,ai_training\n"),
         ("empty.txt", b"# nothing here\n\n"),
         ("broken.parquet", b"PAR1 this is not parquet"),
     ],
@@ -168,3 +168,29 @@ def test_sql_url_key_equals_python(scheme, labels, port, path):
     got = con.execute(registry.keys_sql("url", "one")).fetchall()
     sql = got[0][1] if got else None
     assert sql == registry.url_key(url)
+
+
+def test_rule_kinds_in_a_table_registry(tmp_path):
+    """url (exact), url_prefix, host (that host only), domain (and subdomains), site (the whole
+    registrable domain by the Public Suffix List)."""
+    path = tmp_path / "kinds.csv"
+    path.write_text(
+        "url,url_prefix,host,domain,site,use\n"
+        "https://x.example/a.png,https://p.example/photos,h.example,d.example,www.s.example.co.uk,\n"
+    )
+    reg = registry.load(path)
+    assert reg.error is None and reg.rules == 5
+    urls = [
+        "https://x.example/a.png",  # 0 exact
+        "https://x.example/a.png.jpg",  # 1 exact rule is not a prefix
+        "https://p.example/photos/1.jpg",  # 2 prefix
+        "https://p.example/photo.jpg",  # 3 outside the prefix
+        "https://h.example/1.jpg",  # 4 host
+        "https://sub.h.example/1.jpg",  # 5 a host rule does not cover subdomains
+        "https://a.b.d.example/1.jpg",  # 6 domain covers subdomains
+        "https://cdn.s.example.co.uk/1.jpg",  # 7 site: same registrable domain
+        "https://other.co.uk/1.jpg",  # 8 same public suffix only
+    ]
+    found = hits(reg, urls)
+    assert sorted(found) == [0, 2, 4, 6, 7]
+    assert registry.unmatched(reg, set())["unmatched"] == 5

@@ -150,7 +150,8 @@ def test_planted_decisions_and_evidence(planted):
     assert genai[2][:2] == ("reserved", "x-robots-tag") and "NoAI" in genai[2][2]
     assert genai[3][0] == "allowed" and genai[3][1] == "none"
     assert genai[4][:2] == ("unchecked", "x-robots-tag") and "not in the crawl cache" in genai[4][2]
-    assert genai[5][:2] == ("not_evaluable", "html-meta-robots")
+    # no page_url: the page source does not exist for this row; the other sources decide
+    assert genai[5][:2] == ("allowed", "none") and "no source for this row: page" in genai[5][2]
     assert genai[6][:2] == ("reserved", "robots.txt") and "Disallow: /gpt/" in genai[6][2]
     assert tdm[6][0] == "allowed"  # a GPTBot disallow reserves AI training, not all mining
     assert genai[7][0] == "allowed" and tdm[7][0] == "allowed"
@@ -159,16 +160,15 @@ def test_planted_decisions_and_evidence(planted):
         and tdm[8][0] == "reserved"
         and "503" in genai[8][2]
     )
-    assert genai[9][0] == "not_evaluable" and genai[9][1] in ("iptc-xmp", "c2pa")
+    assert genai[9][0] == "allowed" and "no source for this row: embedded" in genai[9][2]
     assert genai[10][:2] == ("reserved", "html-meta-robots") and "noimageai" in genai[10][2]
     assert genai[11][:2] == ("reserved", "tdmrep.json") and "/tdm/*" in genai[11][2]
     assert genai[12][0] == "allowed"  # the resource's header overrides the site file
-    assert summary["decisions"]["genai_training"] == {
-        "reserved": 7,
-        "allowed": 3,
-        "unchecked": 1,
-        "not_evaluable": 2,
-    }
+    assert summary["decisions"]["genai_training"] == {"reserved": 7, "allowed": 5, "unchecked": 1}
+    cov = {r["row_id"]: r for r in pq.read_table(ws.path("optout/coverage.parquet")).to_pylist()}
+    assert cov[5]["page"] == "absent" and cov[9]["embedded"] == "absent"
+    assert cov[4]["headers"] == "missing" and cov[7]["robots"] == "evaluated"
+    assert cov[0]["registry"] == "not_consulted" and summary["coverage"]["page"]["absent"] == 1
     # every signal row names its row, use and evidence; the agent of the scoped robots rule is kept
     sig = pq.read_table(ws.path("optout/signals.parquet"))
     assert set(sig.column("use").to_pylist()) == {"genai_training", "ai_training", "data_mining"}
@@ -180,7 +180,7 @@ def test_planted_decisions_and_evidence(planted):
     assert {r["agent"] for r in robots6} == {"GPTBot"}
     # one decision per row and use, aligned with the metadata
     dec = pq.read_table(ws.path("optout/decisions.parquet"))
-    assert dec.num_rows == 3 * len(ROWS)
+    assert dec.num_rows == 5 * len(ROWS)  # three training uses + search_indexing, ai_inference
     assert Workspace.open(ws.root).status()["optout"]["status"] == "done"
 
 
@@ -188,7 +188,12 @@ def test_precedence_and_unreadable_registry(planted, tmp_path):
     ws, cache = planted
     reg = tmp_path / "domains.txt"
     reg.write_text("# opt-outs\nb.example.org\n")
-    optouts.compute(ws.root, registry=[reg, tmp_path / "missing-urls.csv"], cache=cache)
+    with pytest.raises(AuditError, match="no such file"):
+        optouts.compute(ws.root, registry=[reg, tmp_path / "missing-urls.csv"], cache=cache)
+    assert not ws.path("optout/decisions.parquet").exists()  # nothing written
+    broken = tmp_path / "missing-urls.csv"
+    broken.write_text("link,use\nhttps://x.example/a.png,ai_training\n")  # no url column
+    optouts.compute(ws.root, registry=[reg, broken], cache=cache)
     genai = decisions(ws)
     # registry signals come first: they are quoted when they tie with the robots.txt reservation
     assert genai[6][:2] == genai[7][:2] == ("reserved", "registry-domain")
@@ -245,8 +250,8 @@ def test_filter_writes_the_input_schema(tmp_path):
     dom.write_text("img2.example.com\n")
     optouts.compute(ws_root, registry=[reg, dom])
     out = tmp_path / "clean.parquet"
-    # metadata-only rows have no image bytes: not_evaluable, kept only when asked for
-    s = optouts.filter_dataset(ws_root, out, keep=["not_evaluable"])
+    # metadata-only rows have no image bytes: the embedded source is absent, the registries decide
+    s = optouts.filter_dataset(ws_root, out)
     clean = pq.read_table(out)
     assert clean.schema.remove_metadata().equals(original.schema.remove_metadata())
     expected = [r for i, r in enumerate(original.to_pylist()) if i != 1 and i % 3 != 2]
@@ -260,11 +265,12 @@ def test_filter_writes_the_input_schema(tmp_path):
     kept = pq.read_table(ws_root / "optout" / "kept.parquet").column("row_id").to_pylist()
     assert kept == [i for i in range(12) if i != 1 and i % 3 != 2]
     assert Workspace.open(ws_root).stage("filter")["status"] == "done"
-    # default: only allowed rows -> nothing, since nothing could be checked in the image bytes
-    assert optouts.filter_dataset(ws_root, tmp_path / "strict.parquet")["kept"] == 0
+    # asking for embedded coverage: nothing, since no image bytes could be read yet
+    strict = optouts.filter_dataset(ws_root, tmp_path / "strict.parquet", require=["embedded"])
+    assert strict["kept"] == 0 and strict["by_decision"]["coverage"] == len(expected)
     # the input moved away: rows are rebuilt from the workspace under the input's names
     src.rename(tmp_path / "moved.parquet")
-    s2 = optouts.filter_dataset(ws_root, tmp_path / "rebuilt.parquet", keep=["not_evaluable"])
+    s2 = optouts.filter_dataset(ws_root, tmp_path / "rebuilt.parquet")
     rebuilt = pq.read_table(tmp_path / "rebuilt.parquet")
     assert s2["rows_written"]["rebuilt_from_workspace"] == len(expected)
     assert set(rebuilt.column_names) == set(original.column_names)

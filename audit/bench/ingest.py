@@ -1,8 +1,8 @@
-"""Benchmark: streaming `audit ingest` against pandas read-all + write-all, side by side.
+"""Benchmark: streaming `audit ingest` against a plain pyarrow read-and-write, side by side.
 
 A synthetic laion2B-schema parquet (1,000,000 rows; 100,000 with `quick`) is ingested in a
-child process; the baseline child reads the whole file with `pandas.read_parquet` and writes
-it back with `to_parquet`. Each child reports its own peak RSS (`ru_maxrss` of
+child process; the baseline child reads the same file batch by batch with pyarrow and
+writes it back with a `ParquetWriter` (the least any tool that rewrites metadata must do). Each child reports its own peak RSS (`ru_maxrss` of
 `getrusage(RUSAGE_SELF)` at exit, i.e. what the parent would see as RUSAGE_CHILDREN for
 that child alone). Ingest must stay under 1 GB whatever the input size.
 
@@ -19,11 +19,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from audit.workspace import atomic_write_json, atomic_write_text
 
 PEAK_LIMIT_MB = 1024
+SPEED_GOAL = 0.9
 
 _CHILD = r"""
 import json, resource, sys, time
@@ -33,13 +35,17 @@ if kind == "ingest":
     from audit import metadata
     rows = metadata.ingest(out, [src])["rows"]
 else:
-    import pandas as pd
-    df = pd.read_parquet(src)
-    df.to_parquet(out)
-    rows = len(df)
+    # the plain way to read and write the same metadata with pyarrow: batch by batch
+    import pyarrow.parquet as pq
+    pf = pq.ParquetFile(src)
+    with pq.ParquetWriter(out, pf.schema_arrow) as w:
+        for batch in pf.iter_batches():
+            w.write_batch(batch)
+    rows = pf.metadata.num_rows
 seconds = time.perf_counter() - t
-print(json.dumps({"rows": rows, "seconds": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+use = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"rows": rows, "seconds": seconds, "cpu_seconds": use.ru_utime + use.ru_stime,
+                  "peak_rss_mb": use.ru_maxrss / 1024}))
 """
 
 
@@ -138,32 +144,66 @@ def _child(kind: str, src: Path, out: Path) -> dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
-    """Run both sides, write `<out_dir>/ingest.json` and `ingest.md`, return the results."""
-    rows = 100_000 if quick else 1_000_000
+def run(
+    out_dir: Path, quick: bool = False, rows: int | None = None, rounds: int = 3
+) -> dict[str, Any]:
+    """Run both sides `rounds` times, alternating, keep each side's best; write ingest.json/.md.
+
+    Ingest's peak memory is also measured on an input a quarter the size: streaming means
+    the two peaks are about equal (flat in the input size).
+    """
+    rows = rows or (100_000 if quick else 1_000_000)
+    small_rows = rows // 4
     tmp = Path(tempfile.mkdtemp(prefix="audit-bench-ingest-"))
     try:
-        src = tmp / "laion2b.parquet"
+        src, small = tmp / "laion2b.parquet", tmp / "laion2b-small.parquet"
         t = time.perf_counter()
         make_laion2b(src, rows)
+        make_laion2b(small, small_rows, seed=1)
         gen_s = time.perf_counter() - t
-        cand = _child("ingest", src, tmp / "ws")
-        base = _child("pandas", src, tmp / "pandas.parquet")
+        cands, bases = [], []
+        for i in range(rounds):  # alternating, so both sides see the same load on average
+            cands.append(_child("ingest", src, tmp / f"ws{i}"))
+            bases.append(_child("pyarrow", src, tmp / f"pyarrow{i}.parquet"))
+            shutil.rmtree(tmp / f"ws{i}", ignore_errors=True)
+        small_peak = _child("ingest", small, tmp / "ws-small")["peak_rss_mb"]
         input_mb = src.stat().st_size / 2**20
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    cand = min(cands, key=lambda r: r["seconds"])
+    base = min(bases, key=lambda r: r["seconds"])
     for r in (cand, base):
         r["rows_per_s"] = r["rows"] / r["seconds"]
     result = {
         "name": "ingest",
         "quick": quick,
         "rows": rows,
+        "rounds": rounds,
         "input_mb": round(input_mb, 1),
         "generate_seconds": round(gen_s, 2),
         "candidate": {"what": "audit ingest (streaming, metadata-only laion2B)", **_round(cand)},
-        "baseline": {"what": "pandas.read_parquet + DataFrame.to_parquet", **_round(base)},
+        "baseline": {
+            "what": "pyarrow ParquetFile.iter_batches + ParquetWriter (same file)",
+            **_round(base),
+        },
+        "all_seconds": {
+            "ingest": [round(r["seconds"], 2) for r in cands],
+            "pyarrow": [round(r["seconds"], 2) for r in bases],
+        },
         "speed_ratio": round(cand["rows_per_s"] / base["rows_per_s"], 3),
+        # under load (2 cores shared) wall time swings by 2x between identical runs; the CPU
+        # time each side spent is steadier, though ingest's writer thread runs beside its reader
+        "median_speed_ratio": round(
+            median(b["seconds"] for b in bases) / median(c["seconds"] for c in cands), 3
+        ),
+        "cpu_ratio": round(
+            min(b["cpu_seconds"] for b in bases) / min(c["cpu_seconds"] for c in cands), 3
+        ),
+        "speed_goal": SPEED_GOAL,
         "peak_ratio": round(cand["peak_rss_mb"] / base["peak_rss_mb"], 3),
+        "peak_small_input_mb": round(small_peak, 1),
+        "small_rows": small_rows,
+        "peak_growth": round(cand["peak_rss_mb"] / small_peak, 3),
         "peak_limit_mb": PEAK_LIMIT_MB,
         "peak_ok": cand["peak_rss_mb"] < PEAK_LIMIT_MB,
     }
@@ -176,16 +216,22 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
             [
                 f"# Ingest benchmark ({rows:,} rows, {result['input_mb']} MB laion2B parquet{', quick' if quick else ''})",
                 "",
+                f"Best of {rounds} alternating runs per side, each in its own process (imports included).",
+                "",
                 "| | rows/s | seconds | peak RSS (MB) |",
                 "|---|---:|---:|---:|",
                 f"| {c['what']} | {c['rows_per_s']:,.0f} | {c['seconds']} | {c['peak_rss_mb']} |",
                 f"| {b['what']} | {b['rows_per_s']:,.0f} | {b['seconds']} | {b['peak_rss_mb']} |",
                 "",
-                f"Speed ratio (ingest / pandas): {result['speed_ratio']}; peak RSS ratio: {result['peak_ratio']}. "
-                f"Ingest peak under {PEAK_LIMIT_MB} MB: {'yes' if result['peak_ok'] else 'NO'}.",
-                "Ingest does more than the baseline (casts to the canonical schema, provenance columns, "
-                "duplicate-key check, manifest with sha256 of every input and output) but its memory does not "
-                "grow with the input; pandas holds the whole file.",
+                f"Speed ratio (ingest / pyarrow): {result['speed_ratio']} best of each, "
+                f"{result['median_speed_ratio']} median of each (goal {SPEED_GOAL}); CPU time ratio "
+                f"(pyarrow / ingest): {result['cpu_ratio']}. "
+                f"Ingest peak RSS {c['peak_rss_mb']} MB at {rows:,} rows, {result['peak_small_input_mb']} MB "
+                f"at {small_rows:,} rows (x{result['peak_growth']} for 4x the input); "
+                f"under {PEAK_LIMIT_MB} MB: {'yes' if result['peak_ok'] else 'NO'}.",
+                "Ingest does more than the baseline: casts to the canonical schema (32 columns), provenance "
+                "columns, the duplicate-key check, a manifest with the sha256 of every input and output; "
+                "its part writes overlap its reads (one background writer thread).",
                 "",
             ]
         ),
@@ -197,6 +243,7 @@ def _round(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "rows": r["rows"],
         "seconds": round(r["seconds"], 2),
+        "cpu_seconds": round(r["cpu_seconds"], 2),
         "rows_per_s": round(r["rows_per_s"]),
         "peak_rss_mb": round(r["peak_rss_mb"], 1),
     }

@@ -220,6 +220,7 @@ def plan(
     rng = np.random.default_rng(seed)
     ids = np.unique(groups)
     rng.shuffle(ids)
+    negatives = min(negatives, len(ids) // 3)  # a small workspace keeps most groups searchable
     neg_groups = set(ids[:negatives].tolist())
     neg = [int(i) for i in np.flatnonzero(np.isin(groups, list(neg_groups)))]
     reps = []

@@ -360,7 +360,14 @@ def find(
         embeddings=why,
         seconds=round(time.perf_counter() - t0, 3),
     )
-    run.finish(summary, [Output("duplicates.parquet", summary["rows_in_clusters"])])
+    summary["metadata"] = metadata_duplicates(ws)  # same URL / caption: needs no image
+    run.finish(
+        summary,
+        [
+            Output("duplicates.parquet", summary["rows_in_clusters"]),
+            Output(METADATA_DUPLICATES, sum(v["rows"] for v in summary["metadata"].values())),
+        ],
+    )
     return summary
 
 
@@ -414,3 +421,72 @@ def _write(
         "by_kind": by_kind,
         "largest_cluster": int(sizes.max()) if len(cl) else 0,
     }
+
+
+# -- metadata duplicates: the same URL or the same caption ---------------------------------------
+METADATA_DUPLICATES = "duplicates-metadata.parquet"
+# A URL is compared after the normalisation every HTTP client would agree on: surrounding
+# spaces and the fragment dropped, scheme and host lower-cased, the default port dropped, an
+# empty path made "/". Path and query keep their case (servers may treat them as distinct).
+_URL_SQL = r"""
+    CASE WHEN regexp_matches(u, '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]+')
+    THEN regexp_replace(regexp_replace(
+            lower(regexp_extract(u, '^([A-Za-z][A-Za-z0-9+.-]*://[^/?#]+)', 1)),
+            '^(http://[^/]*):80$|^(https://[^/]*):443$', '\1\2')
+         || CASE WHEN regexp_extract(u, '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]+(.*)$', 1) = ''
+                 THEN '/' ELSE regexp_extract(u, '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]+(.*)$', 1) END,
+         '', '')
+    ELSE u END"""
+# Captions: case and runs of white space do not make a caption different.
+_CAPTION_SQL = "lower(trim(regexp_replace(caption, '\\s+', ' ', 'g')))"
+
+
+def metadata_duplicates(ws: Workspace) -> dict[str, Any]:
+    """Groups of rows sharing a normalised URL or a caption; writes `duplicates-metadata.parquet`.
+
+    Works on metadata alone (no image needed), so a URL list or a LAION parquet without its
+    images still shows repeated downloads and boilerplate captions. One row per (row, kind)
+    in a group of two or more: row_id, kind (url | caption), group_id (0 = largest of its
+    kind), group_size, representative (lowest row_id), value (the normalised URL or caption,
+    at most 200 characters).
+    """
+    import duckdb
+
+    files = [str(ws.path(p.path)) for p in ws.require_parts()]
+    con = duckdb.connect()
+    con.execute("SET memory_limit='1GB'")
+    con.execute(
+        "CREATE TEMP VIEW m AS SELECT row_id, "
+        f"trim(regexp_replace(url, '#.*$', '')) AS u, caption FROM read_parquet({_quote(files)})"
+    )
+    table = con.sql(
+        f"""
+        WITH v AS (
+            SELECT row_id, 'url' AS kind, {_URL_SQL} AS value FROM m WHERE u IS NOT NULL AND u <> ''
+            UNION ALL
+            SELECT row_id, 'caption', {_CAPTION_SQL} FROM m
+            WHERE caption IS NOT NULL AND trim(caption) <> ''
+        ), g AS (
+            SELECT row_id, kind, value, count(*) OVER w AS group_size, min(row_id) OVER w AS rep
+            FROM v WINDOW w AS (PARTITION BY kind, value)
+        )
+        SELECT row_id, kind,
+               dense_rank() OVER (PARTITION BY kind ORDER BY group_size DESC, rep) - 1 AS group_id,
+               group_size::INTEGER AS group_size, rep AS representative, left(value, 200) AS value
+        FROM g WHERE group_size > 1 ORDER BY kind DESC, group_id, row_id
+        """
+    ).to_arrow_table()
+    atomic_write_parquet(ws.path(METADATA_DUPLICATES), table)
+    con.register("found", table)
+    counts = con.sql(
+        "SELECT kind, count(DISTINCT group_id) AS groups, count(*) AS rows, "
+        "count(*) - count(DISTINCT group_id) AS extra FROM found GROUP BY kind"
+    ).fetchall()
+    by = {k: {"groups": 0, "rows": 0, "extra_copies": 0} for k in ("url", "caption")}
+    for kind, groups, rows, extra in counts:
+        by[kind] = {"groups": int(groups), "rows": int(rows), "extra_copies": int(extra)}
+    return by
+
+
+def _quote(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"

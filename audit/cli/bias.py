@@ -2,7 +2,7 @@
 
 `audit bias WS ...` and `audit bias --generated DIR ...` run the default subcommand `run`;
 `audit bias grid --out grid.csv` writes the default prompt grid.
-Defaults live in the library signatures; an option left out is not passed on.
+Defaults are read from the library signatures (`options.library`), or not passed on.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
+from audit.cli.options import emit, given, json_option, library
 
-def _given(**kw: Any) -> dict[str, Any]:
-    return {k: v for k, v in kw.items() if v is not None}
+_given = given
+BIAS = "audit.checks.bias:compute"
 
 
 class _DefaultRun(click.Group):
@@ -45,10 +46,8 @@ def bias() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the pages go (default reports/<dataset>/bias).",
 )
-@click.option(
-    "--bootstrap", type=int, help="Bootstrap resamples per interval (default 1000; 0 = none)."
-)
-@click.option("--seed", type=int, help="Seed of the bootstrap and clustering (default 0).")
+@library(BIAS, "bootstrap", type=int, help="Bootstrap resamples per interval (0 = none).")
+@library(BIAS, "seed", type=int, help="Seed of the bootstrap and clustering.")
 @click.option(
     "--generated",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -61,15 +60,17 @@ def bias() -> None:
 )
 @click.option("--model", help="With --generated: embedding model (default tiny).")
 @click.option("--pretrained", help="With --generated: its weights (default none = untrained).")
+@json_option
 def run(
     ws: Path | None,
     report_dir: Path | None,
-    bootstrap: int | None,
-    seed: int | None,
+    bootstrap: int,
+    seed: int,
     generated: Path | None,
     prompts: Path | None,
     model: str | None,
     pretrained: str | None,
+    as_json: bool,
 ) -> None:
     """Dataset report for WS, or (with --generated) the generated-image report.
 
@@ -88,9 +89,13 @@ def run(
         from audit.checks import bias as check
 
         s = check.compute(ws, encode_texts=_text_encoder(ws), **opts)
-        click.echo(
-            f"{s['captions']} captions, {s['domains']} domains, female:male {_num(s['female_to_male_ratio'])}, "
-            f"probes {s['probes']} -> {s['report_dir']}/bias.md"
+        emit(
+            s,
+            as_json,
+            lambda: (
+                f"{s['captions']} captions, {s['domains']} domains, female:male {_num(s['female_to_male_ratio'])}, "
+                f"probes {s['probes']} -> {s['report_dir']}/bias.md"
+            ),
         )
         return
     if prompts is None:
@@ -109,9 +114,13 @@ def run(
 
         click.secho(UNTRAINED_WARNING, fg="yellow", err=True)
     s = bias_generated.compute(ws, prompts, generated_dir=generated, **opts)
-    click.echo(
-        f"{s['images']} images in {s['k']} clusters over {s['prompts']} prompts "
-        f"({s['unmatched_prompt_rows']} prompt rows without an image) -> {s['report_dir']}/bias_generated.md"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"{s['images']} images in {s['k']} clusters over {s['prompts']} prompts "
+            f"({s['unmatched_prompt_rows']} prompt rows without an image) -> {s['report_dir']}/bias_generated.md"
+        ),
     )
 
 
@@ -144,17 +153,18 @@ def _text_encoder(ws: Path) -> Any:
     show_default=True,
     help="CSV to write.",
 )
-@click.option("--seeds", type=int, help="Seeds per prompt (default 4).")
-def grid(out: Path, seeds: int | None) -> None:
+@library("audit.checks.bias.generated:write_grid", "seeds", type=int, help="Seeds per prompt.")
+@json_option
+def grid(out: Path, seeds: int, as_json: bool) -> None:
     """Write the default prompt grid (professions x identity descriptors x seeds).
 
     Example: audit bias grid --out grid.csv --seeds 4
     """
     from audit.checks.bias import generated as bias_generated
 
-    path = bias_generated.write_grid(out, **_given(seeds=seeds))
+    path = bias_generated.write_grid(out, seeds=seeds)
     rows = sum(1 for _ in open(path, encoding="utf-8")) - 1
-    click.echo(f"{rows} prompt rows -> {path}")
+    emit({"rows": rows, "out": path}, as_json, lambda: f"{rows} prompt rows -> {path}")
 
 
 @click.command("card")
@@ -179,12 +189,20 @@ def grid(out: Path, seeds: int | None) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Card to write (default MODEL-DIR/MODEL_CARD.md or reports/<dataset>/MODEL_CARD.md).",
 )
+@click.option(
+    "--license",
+    "license_",
+    help="Hub licence id for the weights, e.g. apache-2.0 (default: the training images' licence when they share one).",
+)
+@json_option
 def card(
     ws: Path,
     model_dir: Path | None,
     bias_dir: Path | None,
     memorisation_dir: Path | None,
     out: Path | None,
+    license_: str | None,
+    as_json: bool,
 ) -> None:
     """Merge training, opt-out, memorisation and bias results into one Hugging Face model card.
 
@@ -195,13 +213,22 @@ def card(
     s = cards.build_model_card(
         ws,
         **_given(
-            model_dir=model_dir, bias_dir=bias_dir, memorisation_dir=memorisation_dir, out=out
+            model_dir=model_dir,
+            bias_dir=bias_dir,
+            memorisation_dir=memorisation_dir,
+            out=out,
+            license=license_,
         ),
     )
     parts = [k for k in ("model_details", "bias", "optout", "filter") if s[k]]
-    click.echo(
-        f"model card -> {s['out']} (with: {', '.join(parts) or 'nothing'}; "
-        f"{s['memorisation_results']} memorisation result(s); the rest marked not run)"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"model card -> {s['out']} (with: {', '.join(parts) or 'nothing'}; "
+            f"{s['memorisation_results']} memorisation result(s); the rest marked not run; "
+            f"license {s['license']})"
+        ),
     )
 
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
-
 import click
+
+from audit.cli.options import default, emit, json_option
 
 
 def _default(name: str):  # type: ignore[no-untyped-def]
     """Defaults live in the library signature; read them from there (without importing torch)."""
-    from audit import training
-
-    fn = training.train_on_workspace if name.startswith("train.") else training.generate
-    return inspect.signature(fn).parameters[name.split(".", 1)[1]].default
+    fn = "train_on_workspace" if name.startswith("train.") else "generate"
+    return default(f"audit.training:{fn}", name.split(".", 1)[1])
 
 
 @click.command("train")
@@ -31,7 +29,15 @@ def _default(name: str):  # type: ignore[no-untyped-def]
     type=int,
     default=_default("train.steps"),
     show_default=True,
-    help="Optimizer steps in total.",
+    help="Optimizer steps in total (exactly reproducible).",
+)
+@click.option(
+    "--minutes",
+    type=float,
+    default=_default("train.minutes"),
+    show_default=True,
+    help="Train for this wall-clock budget instead of --steps (0 = by steps); the steps that "
+    "fit are planned from the measured rate and recorded in config.json.",
 )
 @click.option("--batch-size", type=int, default=_default("train.batch_size"), show_default=True)
 @click.option("--lr", type=float, default=_default("train.lr"), show_default=True)
@@ -62,6 +68,13 @@ def _default(name: str):  # type: ignore[no-untyped-def]
     help="Train on every row, ignoring opt-outs (no `audit filter` needed).",
 )
 @click.option(
+    "--base-channels",
+    type=int,
+    default=_default("train.base_channels"),
+    show_default=True,
+    help="UNet width (channels of the first level).",
+)
+@click.option(
     "--checkpoint-every", type=int, default=_default("train.checkpoint_every"), show_default=True
 )
 @click.option(
@@ -71,18 +84,25 @@ def _default(name: str):  # type: ignore[no-untyped-def]
     show_default=True,
     help="Images in samples.png at the end (0 = none).",
 )
-def train_command(ws_root: str, out: str, resolution: str, **options) -> None:  # type: ignore[no-untyped-def]
+@json_option
+def train_command(ws_root: str, out: str, resolution: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Train a small DDPM on the consented rows of workspace WS (resumes from OUT's last checkpoint).
 
-    Example: audit train indexes/sample --out models/sample --steps 3000
+    Example: audit train indexes/sample --out models/sample --minutes 10
     """
     from audit import training
 
     s = training.train_on_workspace(ws_root, out, resolution=int(resolution), **options)
     rate = f", {s['steps_per_s']} steps/s" if s["steps_per_s"] else ""
-    click.echo(
-        f"trained {s['steps']} steps (from {s['resumed_from']}) on {s['rows']} images "
-        f"({s['skipped']} skipped){rate}, loss {s['final_loss']:.4f} -> {out}"
+    if s["budget_seconds"]:
+        rate += f", {s['spent_seconds']:.0f} of {s['budget_seconds']:.0f} s budget"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"trained {s['steps']} steps (from {s['resumed_from']}) on {s['rows']} images "
+            f"({s['skipped']} skipped){rate}, loss {s['final_loss']:.4f} -> {out}"
+        ),
     )
 
 
@@ -138,16 +158,45 @@ def train_command(ws_root: str, out: str, resolution: str, **options) -> None:  
     "--guidance-scale", type=float, default=_default("generate.guidance_scale"), show_default=True
 )
 @click.option("--device", default=_default("generate.device"), show_default=True)
-def generate_command(model: str, out: str, class_label: tuple[str, ...], **options) -> None:  # type: ignore[no-untyped-def]
+@click.option(
+    "--sign-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM certificate chain that signs the C2PA manifests (default: a local, untrusted one).",
+)
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM private key of --sign-cert.",
+)
+@click.option(
+    "--training-mining",
+    type=click.Choice(["notAllowed", "allowed", "constrained"]),
+    default=_default("generate.training_mining"),
+    show_default=True,
+    help="CAWG training-and-data-mining choice embedded in every output.",
+)
+@json_option
+def generate_command(
+    model: str, out: str, class_label: tuple[str, ...], as_json: bool, **options
+) -> None:  # type: ignore[no-untyped-def]
     """Sample images from a trained MODEL folder into OUT (generated/*.png + LAION-like generated.parquet).
 
-    Example: audit generate models/sample --n 64 --out generated/sample
+    Every image carries IPTC trainedAlgorithmicMedia in XMP and a signed C2PA manifest.
+
+    Example: audit generate models/sample --n 64 --out generated/sample --training-mining notAllowed
     """
     from audit import training
 
     s = training.generate(model, out, class_label=list(class_label) or None, **options)
-    click.echo(
-        f"wrote {s['images']} images ({s['sampler']}, {s['steps']} steps, model step {s['model_step']}) -> {out}"
+    who = "a LOCAL, UNTRUSTED test certificate" if s["local_certificate"] else "your certificate"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"wrote {s['images']} images ({s['sampler']}, {s['steps']} steps, model step {s['model_step']}) -> {out}; "
+            f"marked trainedAlgorithmicMedia, C2PA signed with {who} ({s['signer']}), "
+            f"training-mining {s['training_mining']}"
+        ),
     )
 
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import click
 
+from audit.cli.options import default, emit, json_option
+
 
 def _default(fn_name: str, param: str):  # type: ignore[no-untyped-def]
-    """Defaults live in the library signature (audit.experiments imports nothing heavy)."""
-    from audit import experiments
-
-    return inspect.signature(getattr(experiments, fn_name)).parameters[param].default
+    """Defaults live in the library signature (the composer imports nothing heavy)."""
+    module = "audit.experiments" if fn_name == "memorisation" else "audit.pipeline"
+    return default(f"{module}:{fn_name}", param)
 
 
 _HELP = {
@@ -105,19 +105,24 @@ def _descriptor_options(f):  # type: ignore[no-untyped-def]
 )
 @_threshold_options
 @_descriptor_options
-def match_command(generated: str, against: str, **options) -> None:  # type: ignore[no-untyped-def]
+@json_option
+def match_command(generated: str, against: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Find which generated images copy a training image of workspace --against.
 
     Example: audit match generated/sample --against indexes/sample --name ddpm
     """
-    from audit import experiments
+    from audit import pipeline
 
     th = _thresholds(options)
-    s = experiments.match(generated, against, thresholds=th, **options)
+    s = pipeline.match(generated, against, thresholds=th, **options)
     lo, hi = s["replication_ci95"]
-    click.echo(
-        f"{s['generated']} generated images: {s['counts']}; replication rate {s['replication_rate']:.2%} "
-        f"(95% CI {lo:.2%}-{hi:.2%}) -> {against}/memorisation/"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"{s['generated']} generated images: {s['counts']}; replication rate {s['replication_rate']:.2%} "
+            f"(95% CI {lo:.2%}-{hi:.2%}) -> {against}/memorisation/"
+        ),
     )
 
 
@@ -151,23 +156,28 @@ def match_command(generated: str, against: str, **options) -> None:  # type: ign
     help="Where calibration.json/.md/.html go (default reports/<dataset>/).",
 )
 @_descriptor_options
-def calibrate_command(ws: str, **options) -> None:  # type: ignore[no-untyped-def]
+@json_option
+def calibrate_command(ws: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Precision and recall of the memorisation check on copies of WS's own images
     (every transformation, alone and chained) and on held-out images.
 
     Example: audit calibrate indexes/sample --n 150 --negatives 400
     """
-    from audit import experiments
+    from audit import pipeline
 
     group_by = tuple(c.strip() for c in options.pop("group_by").split(",") if c.strip())
-    r = experiments.calibrate(ws, group_by=group_by, **options)
+    r = pipeline.calibrate(ws, group_by=group_by, **options)
     one, geo = r["pooled"]["single"]["verdict"], r["pooled"]["geometric"]["verdict"]
     chains = r["pooled"].get("chains", {}).get("verdict", {"recall": 0, "precision": None})
-    click.echo(
-        f"{r['counts']['sources']} images x {len(r['transforms'])} transforms, "
-        f"{r['counts']['negatives']} negatives: verdict copy recall {one['recall']:.1%} at precision "
-        f"{one['precision'] or 0:.3f} (single), {geo['recall']:.1%} (crop, rotation, mirror), "
-        f"{chains['recall']:.1%} (chains) -> {r['report']}"
+    emit(
+        r,
+        as_json,
+        lambda: (
+            f"{r['counts']['sources']} images x {len(r['transforms'])} transforms, "
+            f"{r['counts']['negatives']} negatives: verdict copy recall {one['recall']:.1%} at "
+            f"precision {one['precision'] or 0:.3f} (single), {geo['recall']:.1%} (crop, rotation, "
+            f"mirror), {chains['recall']:.1%} (chains) -> {r['report']}"
+        ),
     )
 
 
@@ -190,7 +200,8 @@ def calibrate_command(ws: str, **options) -> None:  # type: ignore[no-untyped-de
 @click.option(
     "--steps", type=int, default=None, help="Training steps (default 2500, 400 with --quick)."
 )
-def experiment_command(name: str, **options) -> None:  # type: ignore[no-untyped-def]
+@json_option
+def experiment_command(name: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Train the small DDPM on planted duplicates, then measure what it copied.
 
     Example: audit experiment memorisation --quick --out reports/experiments/memorisation
@@ -198,9 +209,13 @@ def experiment_command(name: str, **options) -> None:  # type: ignore[no-untyped
     from audit import experiments
 
     s = experiments.memorisation(**options)
-    click.echo(
-        f"replication rate {s['replication_rate']:.2%}; by duplication {s['copied_share_by_duplication']}; "
-        f"MIA AUC members vs held-out {s['mia']['auc_members_vs_heldout']:.3f} -> {options['out']}"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"replication rate {s['replication_rate']:.2%}; by duplication {s['copied_share_by_duplication']}; "
+            f"MIA AUC members vs held-out {s['mia']['auc_members_vs_heldout']:.3f} -> {options['out']}"
+        ),
     )
 
 

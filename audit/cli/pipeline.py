@@ -1,12 +1,16 @@
-"""Commands: run (every stage, in order)."""
+"""Commands: run (every stage of `audit.stages.STAGES`, in order)."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import click
 
-from audit import pipeline
+from audit import pipeline, stages
+from audit.cli.options import emit, json_option, library
+
+OPTIONS = "audit.pipeline:RunOptions"
 
 
 @click.command("run")
@@ -21,19 +25,11 @@ from audit import pipeline
     "--report-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where reports go (default reports/<dataset>).",
+    help="Where reports go (default: reports/<dataset> beside the workspace's indexes/ folder, else WS/reports).",
 )
-@click.option(
-    "--model",
-    default="tiny",
-    show_default=True,
-    help="open_clip model name, or 'tiny' (built in code, untrained).",
-)
-@click.option(
-    "--pretrained",
-    default="none",
-    show_default=True,
-    help="open_clip pretrained tag or checkpoint path; 'none' = untrained.",
+@library(OPTIONS, "model", help="open_clip model name, or 'tiny' (built in code, untrained).")
+@library(
+    OPTIONS, "pretrained", help="open_clip pretrained tag or checkpoint path; 'none' = untrained."
 )
 @click.option(
     "--registry",
@@ -54,7 +50,15 @@ from audit import pipeline
     default=None,
     help="Train the small diffusion model for this many steps (0 = skip).",
 )
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option(
+    "--train-minutes",
+    type=float,
+    default=None,
+    help="Train the small diffusion model for this wall-clock budget instead (--demo: "
+    f"{pipeline.DEMO_TRAIN_MINUTES:g}).",
+)
+@library(OPTIONS, "workers", type=int)
+@json_option
 def run(
     workspace,
     sources,
@@ -65,7 +69,9 @@ def run(
     registries,
     crawl_cache,
     train_steps,
+    train_minutes,
     workers,
+    as_json,
 ):
     """Run every stage on a dataset and write its reports.
 
@@ -78,12 +84,32 @@ def run(
     options.model, options.pretrained, options.workers = model, pretrained, workers
     options.registries = list(registries) or options.registries
     options.crawl_cache = crawl_cache or options.crawl_cache
-    if train_steps is not None:
-        options.train_steps = train_steps
-    results = pipeline.run(workspace, options, echo=click.echo)
-    click.echo(
-        f"ran {len(results)} stages on {workspace}; reports in {options.report_dir or 'reports/' + workspace.name}"
+    if train_steps is not None:  # by steps: exactly reproducible
+        options.train_steps, options.train_minutes = train_steps, 0.0
+    if train_minutes is not None:
+        options.train_steps, options.train_minutes = 0, train_minutes
+    results = pipeline.run(workspace, options, echo=click.echo if not as_json else _quiet)
+    emit(
+        results,
+        as_json,
+        lambda: (
+            f"ran {len(results)} stages on {workspace}; "
+            f"reports in {pipeline.run_values(Path(workspace), options)['report_dir']}"
+        ),
     )
+
+
+def _quiet(line: str) -> None:
+    click.echo(line, err=True)  # with --json, stdout holds the JSON alone
+
+
+# The stages `audit run` can run, in order, for its --help.
+run.help = (
+    inspect.cleandoc(run.help or "")
+    + "\n\nStages, in order: "
+    + ", ".join(s.name for s in stages.STAGES if s.when != "never")
+    + "."
+)
 
 
 COMMANDS = [run]

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from audit import sample as lib
+from audit.cli.options import emit, json_option
 
 _DEFAULTS = {k: v.default for k, v in inspect.signature(lib.build).parameters.items()}
 
@@ -45,15 +46,22 @@ def sample() -> None:
     show_default=True,
     help="Debian openclipart-png's png/ folder.",
 )
-def build(out_dir: Path, n: int, seed: int, max_side: int, source_root: Path) -> None:
+@json_option
+def build(
+    out_dir: Path, n: int, seed: int, max_side: int, source_root: Path, as_json: bool
+) -> None:
     """Pick N clip-art pictures and write them as LAION metadata + img2dataset shards.
 
     Example: audit sample build --n 5000 --out /tmp/sample5k
     """
     s = lib.build(out_dir, n=n, seed=seed, source_root=source_root, max_side=max_side)
-    click.echo(
-        f"{s['rows']} rows ({s['png']} png, {s['jpg']} jpg, {s['rehosted']} re-hosted, "
-        f"{s['embedded_optout']} embedded opt-outs), {s['bytes'] / 1e6:.1f} MB -> {out_dir}"
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"{s['rows']} rows ({s['png']} png, {s['jpg']} jpg, {s['rehosted']} re-hosted, "
+            f"{s['embedded_optout']} embedded opt-outs), {s['bytes'] / 1e6:.1f} MB -> {out_dir}"
+        ),
     )
 
 

@@ -26,19 +26,37 @@ EXTRA_JSON = "extra_json"
 
 
 def resolve(
-    names: list[str], where: str, required: bool = True
+    names: list[str],
+    where: str,
+    required: bool = True,
+    overrides: dict[str, str] | None = None,
+    caption_optional: bool = False,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """(canonical -> source name, workspace extra name -> source name) for these source columns.
 
-    With `required`, a source lacking a column of each `schema.REQUIRED_GROUPS` group raises
-    an `AuditError` listing the columns found and the accepted names.
+    `overrides` (canonical -> source column, from `--url-col` / `--caption-col`) win over the
+    accepted names; one that names no column raises. With `required`, a source lacking a
+    column of each `schema.REQUIRED_GROUPS` group raises an `AuditError` listing the columns
+    found and the accepted names; `caption_optional` drops the caption group (a URL list, or
+    img2dataset output of a URL list, has no captions by nature).
     """
     by_lower: dict[str, list[str]] = {}
     for n in names:
         by_lower.setdefault(n.lower(), []).append(n)
     mapping: dict[str, str] = {}
     used: set[str] = set()
+    for canonical, src in (overrides or {}).items():
+        if src not in names:
+            raise AuditError(
+                f"{where} has no column {src!r} (asked for as the {canonical} column). "
+                f"Found columns: {', '.join(names) or '(none)'}. Pass one of those to "
+                f"--{canonical}-col."
+            )
+        mapping[canonical] = src
+        used.add(src)
     for canonical in FROM_SOURCE:
+        if canonical in mapping:
+            continue
         for accepted in SOURCE_COLUMNS.get(canonical, ()):
             hit = (
                 accepted
@@ -50,13 +68,15 @@ def resolve(
                 used.add(hit)
                 break
     if required:
-        missing = [g for g in REQUIRED_GROUPS if not any(c in mapping for c in g)]
+        groups = [g for g in REQUIRED_GROUPS if not (caption_optional and g == ("caption",))]
+        missing = [g for g in groups if not any(c in mapping for c in g)]
         if missing:
             accepted = "; ".join(f"{c}: {', '.join(SOURCE_COLUMNS[c])}" for g in missing for c in g)
             raise AuditError(
                 f"{where} lacks required column(s) {', '.join(c for g in missing for c in g)}. "
                 f"Found columns: {', '.join(names) or '(none)'}. Accepted names: {accepted}. "
-                "Rename the column in the file (or pass the right file)."
+                "Name the column with --url-col / --caption-col, rename it in the file, "
+                "or pass the right file."
             )
     extras: dict[str, str] = {}
     # duckdb names are case-insensitive, so an extra that matches a canonical name in any
@@ -153,3 +173,75 @@ def _integral(f: float) -> int:
     if not f.is_integer():
         raise ValueError(f"{f} is not a whole number")
     return int(f)
+
+
+# Columns whose values must be text in the source: an integer "URL" cast to "12345", or a
+# caption that is a JSON list, is a wrong column, not a value to keep.
+TEXT_ONLY = ("url", "caption", "page_url")
+# Sizes in pixels: a negative one is a broken record, not a size.
+NON_NEGATIVE = ("width", "height", "original_width", "original_height")
+
+
+def check(name: str, source: Any, values: pa.Array) -> tuple[pa.Array, list[tuple[int, str]]]:
+    """Values of canonical column `name` that have the right type but are not valid become null,
+    with a (position, detail) for a `bad_value` error row each: a text column fed by numbers,
+    lists or objects, a null URL in a source that has a URL column, a negative size.
+
+    Vectorised: only the flagged positions become Python values (a URL or caption column of
+    a LAION part is 100,000 strings; converting them all cost more than writing the part).
+    """
+    import pyarrow.compute as pc
+
+    problems: list[tuple[int, str]] = []
+    if name in TEXT_ONLY:
+        raw = source.combine_chunks() if isinstance(source, pa.ChunkedArray) else source
+        if isinstance(raw, pa.Array):
+            t = raw.type.value_type if pa.types.is_dictionary(raw.type) else raw.type
+            textual = any(
+                f(t) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary)
+            )
+            wrong = [] if textual or pa.types.is_null(t) else _positions(raw.is_valid())
+            originals = {i: raw[i].as_py() for i in wrong}
+            kind = str(t)
+        else:
+            wrong = [i for i, v in enumerate(raw) if not isinstance(v, (str, bytes))]
+            originals = {i: raw[i] for i in wrong}
+            kind = ""
+        for i in wrong:
+            if originals[i] is not None:
+                what = kind or type(originals[i]).__name__
+                problems.append(
+                    (i, f"{name}: {_short(originals[i])} is a {what}, not text; stored as null")
+                )
+        if name == "url" and isinstance(raw, pa.Array):  # a parquet column, not a sidecar key
+            flagged = {i for i, _ in problems}
+            nulls = _positions(values.is_null()) if values.null_count else []
+            problems += [
+                (i, "url is null: the record says nothing about where its image came from")
+                for i in nulls
+                if i not in flagged
+            ]
+    elif name in NON_NEGATIVE and values.null_count < len(values):
+        low = pc.min(values).as_py()
+        if low is not None and low < 0:
+            problems += [
+                (i, f"{name}: {values[i].as_py()} is negative; stored as null")
+                for i in _positions(pc.fill_null(pc.less(values, 0), False))
+            ]
+    if not problems:
+        return values, []
+    drop = {i for i, _ in problems}
+    kept = [None if i in drop else v for i, v in enumerate(values.to_pylist())]
+    return pa.array(kept, type=values.type), sorted(problems)
+
+
+def _positions(mask: pa.Array) -> list[int]:
+    """Positions where a boolean array is true (the flagged rows are few; no pandas import)."""
+    import pyarrow.compute as pc
+
+    return pc.indices_nonzero(mask).to_pylist()
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

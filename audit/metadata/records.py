@@ -17,8 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from audit.images import ImageProblem, open_image, read_bytes
-from audit.metadata.columns import FROM_SOURCE, convert
+from audit.images import ImageProblem, check_size, open_image, read_bytes
+from audit.metadata.columns import FROM_SOURCE, check, convert
 from audit.metadata.scan import Loc, RawBatch
 from audit.schema import IMAGE_COLUMNS, METADATA
 
@@ -41,6 +41,7 @@ class Reader:
     def read(self, loc: Loc) -> bytes:
         if loc.member is None:
             return read_bytes(loc.path, 0, None)
+        check_size(loc.size, f"{loc.member} in {loc.path}")  # never read a huge member whole
         f = self._files.get(loc.path)
         if f is None:
             self.close()  # inputs are read one after another; one shard open at a time
@@ -91,6 +92,11 @@ def build(
             cols[name] = pa.nulls(n, target)
             continue
         cols[name], problems = convert(raw.columns[name], target)
+        cols[name], invalid = check(name, raw.columns[name], cols[name])
+        cast_failed = {i for i, kind, _ in problems if kind == "bad_value"}
+        for i, detail in invalid:
+            if i not in cast_failed:
+                error(i, "bad_value", detail)
         for i, kind, value in problems:
             if kind == "not_utf8":
                 error(
@@ -111,9 +117,15 @@ def build(
     if not any(raw.images) and not any(raw.expect_image):
         # metadata only (the common case for LAION parquet): no per-row work at all
         cols.update({k: pa.nulls(n, METADATA.field(k).type) for k in img if k != "image_status"})
-        cols["image_status"] = pa.array(["missing"] * n, pa.string())
+        cols["image_status"] = _repeated("missing", n)
         return _piece(raw, cols, row_offset, source_file, errors, Counter({"missing": n}))
     declared = cols["sha256"].to_pylist()
+    # img2dataset's `sha256` (with `--compute_hash sha256`) hashes the raw download, before its
+    # resizer re-encodes the image (it always does, unless `--skip_reencode`), so it is the
+    # declared *source* hash: it never matches the stored bytes and that says nothing. It stays
+    # in `sha256`; the stored bytes' own hash is `image_sha256`. Rows carrying img2dataset's
+    # `status` are its output; only other declared hashes are compared.
+    downloaded = cols["download_status"].to_pylist()
     for i, loc in enumerate(raw.images):
         if loc is None:
             img["image_status"][i] = "missing"
@@ -123,7 +135,9 @@ def build(
         img["image_path"][i], img["image_member"][i] = loc.path, loc.member
         img["image_offset"][i], img["image_size"][i] = loc.offset, loc.size
         try:
-            data = reader.read(loc)
+            data = raw.inline[i] if raw.inline is not None else reader.read(loc)
+            if data is None:
+                raise ImageProblem("image_missing", "no image bytes in the parquet row")
             img["image_sha256"][i] = digest = hashlib.sha256(data).hexdigest()
             fmt, w, h = inspect(data, max_pixels, verify_images)
         except ImageProblem as p:
@@ -134,7 +148,7 @@ def build(
         img["image_status"][i] = "ok"
         # A mismatch is provenance news, not an unusable image: the bytes in the shard are
         # what a model would train on, so the row stays `ok`.
-        if declared[i] and declared[i].strip().lower() != digest:
+        if declared[i] and downloaded[i] is None and declared[i].strip().lower() != digest:
             error(i, "sha256_mismatch", f"declared {declared[i]}, bytes hash to {digest}")
 
     cols.update({k: pa.array(v, type=METADATA.field(k).type) for k, v in img.items()})
@@ -152,9 +166,14 @@ def _piece(
     import numpy as np
 
     n = raw.n
-    cols["row_id"] = pa.array(np.arange(row_offset, row_offset + n, dtype=np.int64))
-    cols["source_file"] = pa.array([source_file] * n, type=pa.string())
-    cols["source_row"] = pa.array(np.asarray(raw.source_rows, dtype=np.int64))
+    rows = raw.source_rows
+    cols["row_id"] = _int64(np.arange(row_offset, row_offset + n, dtype=np.int64))
+    cols["source_file"] = _repeated(source_file, n)
+    cols["source_row"] = _int64(
+        np.arange(rows.start, rows.stop, dtype=np.int64)
+        if isinstance(rows, range)
+        else np.asarray(rows, dtype=np.int64)
+    )
     fields, arrays = list(METADATA), [cols[name] for name in METADATA.names]
     for name, values in raw.extras.items():
         arr = (
@@ -166,6 +185,27 @@ def _piece(
         arrays.append(arr)
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
     return Piece(table, errors, images)
+
+
+# Arrays built from buffers, not through `pa.array`: on a metadata-only input these are the
+# only arrays ingest makes itself, and `pa.array` imports pandas on first use (a second or
+# more of a short run, measured in audit.bench.ingest).
+def _int64(values: Any) -> pa.Array:
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
+def _repeated(value: str, n: int) -> pa.Array:
+    import numpy as np
+
+    data = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int64) * len(data)
+    if offsets[-1] < 2**31:  # string's offsets are int32
+        return pa.Array.from_buffers(
+            pa.string(), n, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data * n)]
+        )
+    return pa.Array.from_buffers(
+        pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data * n)]
+    ).cast(pa.string())
 
 
 def inspect(data: bytes, max_pixels: int, verify: bool) -> tuple[str, int, int]:

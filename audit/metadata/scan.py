@@ -43,6 +43,9 @@ class RawBatch:
     images: list[Loc | None]
     expect_image: list[bool]  # a record without an image is an `image_missing` error
     problems: list[tuple[int, str, str]] = field(default_factory=list)  # (index, reason, detail)
+    # image bytes carried in the input itself (img2dataset parquet), one entry per record;
+    # ingest copies them into the workspace and points `images` there
+    inline: list[bytes | None] | None = None
 
     @property
     def n(self) -> int:
@@ -133,12 +136,15 @@ def scan_tar(path: Path, problems: list[dict[str, Any]]) -> dict[str, dict[str, 
 def scan_folder(root: Path) -> dict[str, dict[str, Loc]]:
     """Files of a folder: relative path without extension -> {extension: Loc}, in name order."""
     samples: dict[str, dict[str, Loc]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    inside = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):  # does not descend into linked folders
         dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
         for name in sorted(filenames):
             full = Path(dirpath) / name
             if name.startswith(".") or not full.is_file():
                 continue
+            if not full.resolve().is_relative_to(inside):
+                continue  # a symlink out of the source root (to /etc/passwd, say) is not data
             stem, ext = os.path.splitext(os.path.relpath(full, root))
             samples.setdefault(stem.replace(os.sep, "/"), {})[ext.lower().lstrip(".")] = Loc(
                 str(full.resolve()), None, 0, full.stat().st_size

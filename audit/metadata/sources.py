@@ -30,29 +30,69 @@ from audit.metadata.scan import (
     scan_tar,
     sidecar_batch,
 )
+from audit.metadata.tables import (
+    TextTable,
+    is_remote,
+    open_binary,
+    remote_fingerprint,
+    split_name,
+    text_format,
+)
 
-KINDS = ("parquet", "webdataset", "files", "tar", "folder")
+KINDS = ("parquet", "webdataset", "files", "tar", "folder", "table")
+# Records per batch read from a parquet input: large enough that the per-batch work (casts,
+# building the part's columns) is amortised, small enough to stay a few MB.
+BATCH_ROWS = 32768
+# img2dataset `--output_format parquet` keeps each image's bytes in a binary column named by
+# its encode format.
+EMBEDDED_IMAGE_COLUMNS = ("jpg", "png", "webp")
 
 
 @dataclass
 class Input:
-    """One detected input: a parquet file with or without its images, a tar, or a folder."""
+    """One detected input: a parquet or text table with or without its images, a tar, a folder.
+
+    `path` is a local `Path`, or the URL string of a remote metadata file (`location` is
+    either, as text).
+    """
 
     kind: str
-    path: Path  # parquet file, tar or folder: the `source_file` of its records
+    path: Any  # parquet file, text table, tar or folder (or its URL): the `source_file`
     images: Path | None = None  # the tar shard or folder holding the images of a parquet
     mapping: dict[str, str] = field(default_factory=dict)
     extras: dict[str, str] = field(default_factory=dict)
     num_rows: int | None = None  # parquet rows, from the footer
     problems: list[dict[str, Any]] = field(default_factory=list)  # input-level error rows
     skipped: int = 0  # sidecar-only samples and non-image files that became no row
+    overrides: dict[str, str] = field(default_factory=dict)  # canonical -> source (--url-col)
+    # parquet columns holding image bytes (img2dataset parquet: one per encode format)
+    embedded: tuple[str, ...] = ()
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def check(self) -> None:
         """Open the file(s) far enough to fail early: parquet footer and columns, tar header."""
+        if self.kind == "table":
+            fmt = text_format(self.location) or "csv"
+            names = TextTable(self.location, fmt).names()
+            self.mapping, self.extras = resolve(
+                names, self.location, overrides=self.overrides, caption_optional=fmt == "txt"
+            )
         if self.kind in ("parquet", "webdataset", "files"):
-            pf = _parquet_file(self.path)
+            pf = _parquet_file(self.location)
             self.num_rows = pf.metadata.num_rows
-            self.mapping, self.extras = resolve(pf.schema_arrow.names, str(self.path))
+            names = pf.schema_arrow.names
+            if self.kind == "parquet":
+                self.embedded = _embedded_columns(pf.schema_arrow)
+            self.mapping, self.extras = resolve(
+                [n for n in names if n not in self.embedded],
+                self.location,
+                overrides=self.overrides,
+                # img2dataset run on a URL list writes no caption column
+                caption_optional="status" in names and "key" in names,
+            )
         tar = (
             self.path if self.kind == "tar" else self.images if self.kind == "webdataset" else None
         )
@@ -69,10 +109,14 @@ class Input:
     def fingerprint(self) -> dict[str, Any]:
         """What the manifest records about this input; also the resume key."""
         rec: dict[str, Any] = {
-            "path": str(self.path),
+            "path": self.location,
             "kind": self.kind,
-            "sha256": digest(self.path),
+            "sha256": remote_fingerprint(self.path)
+            if isinstance(self.path, str)
+            else digest(self.path),
         }
+        if self.embedded:
+            rec["embedded_images"] = list(self.embedded)
         if self.images is not None:
             rec["images"] = str(self.images)
             rec["images_sha256"] = digest(self.images)
@@ -81,12 +125,17 @@ class Input:
             rec["extra_columns"] = self.extras
         return rec
 
-    def read(self, rows_per_part: int, batch_size: int = 8192) -> Iterator[tuple[str, RawBatch]]:
+    def read(
+        self, rows_per_part: int, batch_size: int = BATCH_ROWS
+    ) -> Iterator[tuple[str, RawBatch]]:
         """(unit, batch) pairs; no batch crosses a multiple of `rows_per_part` within its unit."""
         self.problems, self.skipped = [], 0
         if self.kind in ("tar", "folder"):
             own = self._scan(self.path)
             yield from (("rows", b) for b in self._sidecar_rows(own, None, rows_per_part))
+            return
+        if self.kind == "table":
+            yield from (("rows", b) for b in self._table_rows(rows_per_part))
             return
         samples = self._scan(self.images) if self.images is not None else None
         matched: set[str] = set()
@@ -106,7 +155,7 @@ class Input:
     ) -> Iterator[RawBatch]:
         import pyarrow as pa
 
-        pf = _parquet_file(self.path)
+        pf = _parquet_file(self.location)
         pos = first = 0  # records yielded so far; parquet row of the current row group's start
         # Row group by row group, so a damaged group costs only its own rows.
         for group in range(pf.metadata.num_row_groups):
@@ -128,7 +177,7 @@ class Input:
                 end = first + pf.metadata.row_group(group).num_rows
                 self.problems.append(
                     problem(
-                        self.path,
+                        self.location,
                         row,
                         "parquet_corrupt",
                         f"rows {row}..{end - 1} (row group {group}) unreadable: {e}",
@@ -149,6 +198,14 @@ class Input:
         extras = {out: rb.column(src) for out, src in self.extras.items()}
         images: list[Loc | None] = [None] * n
         expect = [False] * n
+        inline = None
+        if self.embedded:
+            cols = [rb.column(c).to_pylist() for c in self.embedded]
+            inline = [
+                next((v for v in vals if v is not None), None) for vals in zip(*cols, strict=True)
+            ]
+            statuses = _strings(columns.get("download_status"), n)
+            expect = [st in (None, "success") for st in statuses]
         if samples is not None:
             keys = _strings(columns.get("key"), n)
             statuses = _strings(columns.get("download_status"), n)
@@ -159,7 +216,21 @@ class Input:
                     matched.add(key)
                 # img2dataset marks failed downloads; those rows are expected to have no image
                 expect[i] = statuses[i] in (None, "success")
-        return RawBatch(pos, range(row, row + n), columns, extras, images, expect)
+        return RawBatch(pos, range(row, row + n), columns, extras, images, expect, inline=inline)
+
+    # -- text tables ---------------------------------------------------------------------------
+    def _table_rows(self, rows_per_part: int) -> Iterator[RawBatch]:
+        table = TextTable(self.location, text_format(self.location) or "csv")
+        pos = 0
+        for rb in table.batches():
+            start = 0
+            while start < rb.num_rows:
+                piece = rb.slice(start, rows_per_part - pos % rows_per_part)
+                n = piece.num_rows
+                columns = {c: piece.column(src) for c, src in self.mapping.items()}
+                extras = {out: piece.column(src) for out, src in self.extras.items()}
+                yield RawBatch(pos, range(pos, pos + n), columns, extras, [None] * n, [False] * n)
+                pos, start = pos + n, start + n
 
     # -- tar / folder samples --------------------------------------------------------------------
     def _scan(self, where: Path) -> dict[str, dict[str, Loc]]:
@@ -215,6 +286,9 @@ def detect(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[Input], list
     inputs: list[Input] = []
     skipped: list[str] = []
     for s in sources:
+        if is_remote(s):
+            inputs.append(_detect_remote(str(s)))
+            continue
         p = Path(s).absolute()
         if not p.exists():
             raise AuditError(
@@ -226,14 +300,17 @@ def detect(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[Input], list
             skipped += skip
         elif p.suffix.lower() in (".parquet", ".tar"):
             inputs.append(_detect_file(p))
+        elif text_format(p.name):
+            inputs.append(Input("table", p))
         else:
             raise AuditError(
-                f"source {s} is not a .parquet file, a .tar shard or a folder. "
+                f"source {s} is not a .parquet file, a metadata table (.txt URL list, .csv, "
+                ".tsv, .jsonl, optionally .gz/.bz2/.zst), a .tar shard or a folder. "
                 "To ingest single images, pass the folder that holds them."
             )
     owner: dict[Path, Path] = {}
     for inp in inputs:
-        for p in [x for x in (inp.path, inp.images) if x is not None]:
+        for p in [x for x in (inp.path, inp.images) if isinstance(x, Path)]:
             real = p.resolve()
             if real in owner:
                 raise AuditError(
@@ -242,6 +319,21 @@ def detect(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[Input], list
                 )
             owner[real] = inp.path
     return inputs, skipped
+
+
+def _detect_remote(url: str) -> Input:
+    """A remote metadata file (fsspec URL): parquet or a text table; streamed, not copied."""
+    _, suffix, compression = split_name(url)
+    if suffix == ".parquet" and compression is None:
+        return Input("parquet", url)
+    if text_format(url):
+        return Input("table", url)
+    raise AuditError(
+        f"source {url} is a remote {suffix or 'file'}; remote sources can be metadata files "
+        "(.parquet, .txt URL list, .csv, .tsv, .jsonl, optionally .gz/.bz2/.zst). For remote "
+        "shards or image folders, mount the bucket (e.g. s3fs, gcsfuse) or copy the shards, "
+        "then pass the local path."
+    )
 
 
 def _detect_file(p: Path) -> Input:
@@ -271,17 +363,31 @@ def _detect_dir(d: Path) -> tuple[list[Input], list[str]]:
     return inputs, [str(e) for e in entries if e not in used]
 
 
-def _parquet_file(path: Path) -> Any:
+def _parquet_file(path: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        # a remote file is read through fsspec by range requests: footer, then row groups
+        return pq.ParquetFile(open_binary(path) if is_remote(path) else path)
     except (OSError, pa.ArrowException) as e:
         raise AuditError(
             f"cannot read {path} as parquet ({e}). The file is truncated or not parquet: "
             "re-download it or remove it from the sources."
         ) from e
+
+
+def _embedded_columns(schema: Any) -> tuple[str, ...]:
+    import pyarrow as pa
+
+    found = []
+    for name in EMBEDDED_IMAGE_COLUMNS:
+        i = schema.get_field_index(name)
+        if i >= 0 and (
+            pa.types.is_binary(schema.types[i]) or pa.types.is_large_binary(schema.types[i])
+        ):
+            found.append(name)
+    return tuple(found)
 
 
 def _strings(values: Any, n: int) -> list[str | None]:

@@ -35,13 +35,17 @@ def compute(
     cache: str | Path | None = None,
     agent: Sequence[str] = (),
     index_policy: bool = False,
+    spawning: bool = False,
+    spawning_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Decide, for every row and use, whether its creator reserved it; returns the stage summary.
 
-    `registry`: opt-out lists (text/CSV/parquet, see `registry`); `cache`: a crawl cache folder
-    (without one, crawl-based signals are not consulted and the summary says so); `agent`: the
-    user agents whose robots/X-Robots-Tag rules count (default: the AI-training agents and ours);
-    `index_policy`: also count noindex/noimageindex/none as a reservation.
+    `registry`: opt-out lists (text/CSV/parquet, see `registry`; a path that does not exist is an
+    `AuditError`); `cache`: a crawl cache folder (without one, crawl-based signals are not
+    consulted and the summary says so); `agent`: the user agents whose robots/X-Robots-Tag rules
+    count (default: the AI-training agents and ours); `index_policy`: also count
+    noindex/noimageindex/none as a reservation of AI training; `spawning`: also ask Spawning's
+    do-not-train API (key in `SPAWNING_OPTS_KEY`; `spawning_endpoint` overrides the URL).
 
     >>> compute("indexes/sample", registry=["audit/data/sample/optout/registry-domains.txt"],
     ...         cache="audit/data/sample/optout/cache")  # doctest: +SKIP
@@ -49,16 +53,25 @@ def compute(
     """
     import pyarrow.parquet as pq
 
+    from audit.errors import AuditError
     from audit.optouts import decide
+    from audit.optouts import outputs as files
     from audit.optouts import registry as registries
+    from audit.optouts import spawning as spawn
     from audit.optouts.cache import CrawlCache
-    from audit.optouts.signals import DEFAULT_AGENTS
+    from audit.optouts.signals import DEFAULT_AGENTS, SOURCES
     from audit.progress import track
     from audit.workspace import Output, Workspace, sha256_file
 
     started = time.monotonic()
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
+    for p in registry:
+        if not Path(p).is_file():
+            raise AuditError(
+                f"--registry {p}: no such file. Check the path; nothing was written "
+                "(a missing registry would otherwise pass every row it lists)."
+            )
     regs = [registries.load(p) for p in registry]
     store = CrawlCache.open(cache) if cache is not None else None
     agents = tuple(agent) or DEFAULT_AGENTS
@@ -72,6 +85,7 @@ def compute(
         else {"path": str(store.root), "sha256": sha256_file(store.root / "responses.parquet")},
         "agents": list(agents),
         "index_policy": index_policy,
+        "spawning": spawning_endpoint or spawn.DEFAULT_ENDPOINT if spawning else None,
     }
     run = ws.start_stage("optout", params, depends_on=["ingest"])
     if (
@@ -81,40 +95,77 @@ def compute(
     ):
         return run.record["summary"]
     ctx = decide.Context(regs, store, agents, index_policy, rules=registries.connect_rules(regs))
+    # Ingest always writes a page_url column; whether the *input* had one is in its mapping.
+    inputs = ws.manifest.get("inputs", [])
+    ctx.has_page_column = (
+        any("page_url" in (rec.get("columns") or {}) for rec in inputs)
+        if any(rec.get("columns") for rec in inputs)
+        else "page_url" in pq.read_schema(ws.path(parts[0].path)).names
+    )
+    if spawning:
+        todo = [p for p in parts if not run.is_done(p.number)]
+        wanted = [
+            u
+            for p in todo
+            for u in pq.read_table(ws.path(p.path), columns=["url"])["url"].to_pylist()
+            if u
+        ]
+        ctx.spawning = spawn.check(wanted, endpoint=spawning_endpoint or spawn.DEFAULT_ENDPOINT)
     for part in track(parts, total=len(parts), description="opt-out signals"):
         if run.is_done(part.number):
             continue
-        sig_rows, dec_rows, err_rows = decide.evaluate_part(ctx, pq.read_table(ws.path(part.path)))
-        outputs = decide.write_part(ws, part, sig_rows, dec_rows, err_rows)
-        run.record_part(
-            part.number, outputs, counts=decide.part_counts(sig_rows, dec_rows, err_rows)
-        )
-    merged = decide.merge_parts(ws, parts)
+        table = pq.read_table(ws.path(part.path))
+        sig_rows, dec_rows, err_rows, cov_rows = decide.evaluate_part(ctx, table)
+        outputs = files.write_part(ws, part, sig_rows, dec_rows, err_rows, cov_rows)
+        counts = files.part_counts(sig_rows, dec_rows, err_rows, cov_rows)
+        run.record_part(part.number, outputs, counts=counts)
+    merged = files.merge_parts(ws, parts)
     counts = [run.part_info(p.number)["counts"] for p in parts]
+    matched = files.matched_rules(ws)
     summary = {
         "rows": sum(p.rows for p in parts),
         "decisions": _sum_nested([c["decisions"] for c in counts]),
         "signals": _sum_nested([c["signals"] for c in counts]),
+        "coverage": _sum_nested([c.get("coverage", {}) for c in counts]),
+        "coverage_notes": _first_notes([c.get("coverage_notes", {}) for c in counts]),
+        "coverage_sources": {src: list(names) for src, names in SOURCES.items()},
         "errors": _sum_nested([{"_": c["errors"]} for c in counts]).get("_", {}),
         "registries": [
             {
                 "path": r.path,
                 "domains": len(r.domains),
                 "urls": len(r.urls),
+                "url_prefixes": len(r.prefixes),
+                "hosts": len(r.hosts),
                 "skipped": r.skipped,
                 "error": r.error,
+                **({} if r.error else registries.unmatched(r, matched)),
             }
             for r in regs
         ],
         "registry_errors": [r.error for r in regs if r.error],
         "cache": None if store is None else str(store.root),
         "not_consulted": [] if store is not None else list(decide.CRAWL_SIGNALS),
+        "spawning": ctx.spawning.summary() if ctx.spawning is not None else None,
         "agents": list(agents),
         "index_policy": index_policy,
         "seconds": round(time.monotonic() - started, 2),
     }
+    summary["evaluable"] = [
+        src for src, per in summary["coverage"].items() if per.get("evaluated", 0) > 0
+    ]
     run.finish(summary, [Output(path, rows=n) for path, n in merged])
     return summary
+
+
+def _first_notes(items: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, str]]:
+    """Per source and coverage state, the first reason any part recorded (an example for the report)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        for src, per in item.items():
+            for state, why in per.items():
+                out.setdefault(src, {}).setdefault(state, why)
+    return out
 
 
 def _sum_nested(items: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:

@@ -17,6 +17,11 @@ imported from a WARC file (the field's archive format), or built by hand. The fo
 | final_url | string | the URL after redirects |
 | fetched_at | string | ISO-8601 UTC time of the fetch |
 | error | string | why there is no response (`timeout`, `refused: loopback address 127.0.0.1`, `dns: ...`); null on success |
+| redirects | list<string> | the URLs the request was redirected to, in order (only present in caches where some response was redirected) |
+
+A body stored compressed (older crawls asked for identity but some servers send gzip anyway, and
+kept the bytes as received) is decoded when read: where the recorded `Content-Encoding` says gzip
+or deflate and the bytes are compressed, up to `MAX_DECODED` bytes.
 
 A later row for the same (kind, nurl) replaces an earlier one. `responses.parquet` carries the
 format name `audit-crawl-cache/1` in its schema metadata.
@@ -36,6 +41,7 @@ from audit.optouts import urls
 from audit.workspace import atomic_path
 
 KINDS = ("image", "page", "robots", "ai.txt", "tdmrep")
+MAX_DECODED = 4 * 1024 * 1024
 FORMAT = "audit-crawl-cache/1"
 RESPONSES = "responses.parquet"
 # Where each per-host file lives, relative to the origin.
@@ -55,16 +61,20 @@ class Response:
     error: str | None = None
     body_truncated: bool = False
     final_url: str | None = None
+    redirects: list[str] = field(default_factory=list)
 
     @property
     def nurl(self) -> str:
         return urls.normalise(self.url) or self.url
 
 
-def schema() -> Any:
+def schema(redirects: bool = False) -> Any:
+    """The cache's schema; the `redirects` column only when some response was redirected, so a
+    cache without redirects stays byte-identical to one written before the column existed."""
     import pyarrow as pa
 
     header = pa.struct([("name", pa.string()), ("value", pa.string())])
+    extra = [("redirects", pa.list_(pa.string()))] if redirects else []
     return pa.schema(
         [
             ("url", pa.string()),
@@ -77,6 +87,7 @@ def schema() -> Any:
             ("final_url", pa.string()),
             ("fetched_at", pa.string()),
             ("error", pa.string()),
+            *extra,
         ],
         metadata={"format": FORMAT},
     )
@@ -114,16 +125,18 @@ class CrawlCache:
             ) from e
         responses: dict[tuple[str, str], Response] = {}
         for r in rows:
+            headers = [(h["name"], h["value"]) for h in (r["headers"] or [])]
             resp = Response(
                 url=r["url"],
                 kind=r["kind"],
                 status=r["status"],
-                headers=[(h["name"], h["value"]) for h in (r["headers"] or [])],
-                body=r["body"],
+                headers=headers,
+                body=decoded_body(r["body"], headers),
                 fetched_at=r["fetched_at"] or "",
                 error=r["error"],
                 body_truncated=bool(r["body_truncated"]),
                 final_url=r["final_url"],
+                redirects=list(r.get("redirects") or []),
             )
             responses[(resp.kind, r["nurl"] or resp.nurl)] = resp
         return cls(root, responses)
@@ -158,13 +171,56 @@ class CrawlCache:
                 "final_url": r.final_url,
                 "fetched_at": r.fetched_at,
                 "error": r.error,
+                "redirects": r.redirects,
             }
             for key, r in sorted(self.responses.items())
         ]
+        redirected = any(r["redirects"] for r in rows)
+        if not redirected:
+            for r in rows:
+                del r["redirects"]
         path = self.root / RESPONSES
         with atomic_path(path) as tmp:
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema()), tmp, compression="zstd")
+            table = pa.Table.from_pylist(rows, schema=schema(redirected))
+            pq.write_table(table, tmp, compression="zstd")
         return path
+
+
+def decoded_body(body: bytes | None, headers: list[tuple[str, str]]) -> bytes | None:
+    """`body` decoded where the recorded Content-Encoding says gzip/deflate and it is compressed.
+
+    Bytes that do not start like the named encoding are returned as they are: a newer crawler
+    decodes while reading and keeps the header, and decoding twice must not corrupt the body.
+    At most `MAX_DECODED` bytes come out (a gzip bomb costs nothing); a truncated stream gives
+    what could be decoded.
+
+    >>> import gzip
+    >>> decoded_body(gzip.compress(b"Disallow: /"), [("Content-Encoding", "gzip")])
+    b'Disallow: /'
+    """
+    import zlib
+
+    if not body:
+        return body
+    codings = [
+        c.strip().lower()
+        for name, value in headers
+        if name.strip().lower() == "content-encoding"
+        for c in value.split(",")
+        if c.strip().lower() not in ("", "identity")
+    ]
+    for coding in reversed(codings):  # the last coding applied is the first to undo
+        if coding in ("gzip", "x-gzip") and body[:2] == b"\x1f\x8b":
+            wbits = 16 + zlib.MAX_WBITS
+        elif coding == "deflate" and body[:1] and (body[0] & 0x0F) == 8:
+            wbits = zlib.MAX_WBITS  # zlib-wrapped, as RFC 9110 8.4.1.2 defines deflate
+        else:
+            return body
+        try:
+            body = zlib.decompressobj(wbits).decompress(body, MAX_DECODED)
+        except zlib.error:
+            return body
+    return body
 
 
 def kind_of(url: str, content_type: str | None) -> str:

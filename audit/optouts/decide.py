@@ -1,28 +1,30 @@
-"""Gather every signal for a row and decide, per use, whether the row may be used.
+"""Gather every signal for a row, record which sources could be evaluated, and decide per use.
 
 For each row, in this order (the order breaks ties between signals of the same state, so the
 most specific source is the one quoted):
 
 1. registries (`registry-url`, then `registry-domain`), matched in duckdb for the whole part;
-2. embedded metadata in the image bytes (`iptc-xmp`, `c2pa`): `not_evaluable` when the row has
-   no readable image;
+   then the Spawning do-not-train API when asked for (`spawning-api`);
+2. embedded metadata in the image bytes (`iptc-xmp`, `c2pa`);
 3. with a crawl cache: the image URL's response headers (`x-robots-tag`, `tdm-header`,
-   `content-usage`, `content-signal`); the page's HTML meta (`html-meta-robots`, `tdm-meta`;
-   `not_evaluable` when the row has no `page_url`); the TDMRep file of the image's origin
-   (`tdmrep.json`; a `tdm-reservation` header overrides it, TDMRep section 3); robots.txt and ai.txt
-   of the image's origin. A resource missing from the cache, refused by the crawler or answering
-   with an error is `unchecked`: never allowed. A robots.txt that could not be fetched because of
-   a network error counts as unreachable (RFC 9309 2.3.1.4: disallow all), except when our own
-   crawler refused the address, which is `unchecked`.
+   `content-usage`, `content-signal`); the page's HTML meta (`html-meta-robots`); the TDMRep file,
+   robots.txt and ai.txt of the image's origin *and of every origin its URL redirected through*.
+   A `tdm-reservation` meta in the page is left out: the TDMRep HTML technique scopes it to that
+   HTML document, not to the images it shows.
 
-Decision for a use: the most restrictive state among the signals that cover the use
-(reserved > unchecked > not_evaluable > allowed); the first such signal is quoted (signal,
-location, evidence, agent). An allowed decision quotes signal "none" and an evidence string
-saying how many signals allowed it and which sources were consulted, so "allowed" always says
-on what basis.
-Without a crawl cache no crawl-based source is consulted: the summary and every such evidence
-string say "not consulted", rather than recording millions of `unchecked` rows for a choice
-the user made.
+Coverage. Every row gets, for every source in `signals.SOURCES`, one of:
+`evaluated` (consulted; it reserved or allowed), `absent` (the source does not exist for this
+row: no page URL, no image bytes before download, image bytes that cannot be read, a malformed URL),
+`not_consulted` (the user gave no crawl cache / registry / Spawning check), or `missing` (it
+should have been checked and was not: a resource missing from the crawl cache, a fetch error,
+an unreadable registry, a URL the Spawning API did not answer for, embedded metadata that is
+present but cannot be read).
+
+Decision for a use: `reserved` when an evaluated signal reserves it (the first one is quoted);
+else `unchecked` when some source is `missing` (never allowed); else `allowed` when at least one
+source was evaluated, with an evidence string naming the evaluated sources and the ones that had
+no source; else `not_evaluable` (nothing could be looked at). `absent` and `not_consulted` sources
+do not block a row: `audit filter --require page,embedded` does, per row.
 """
 
 from __future__ import annotations
@@ -31,19 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit.images import ImageProblem, read_bytes
-from audit.optouts import embedded, headers, htmlmeta, registry, robots, tdmrep, urls
+from audit.optouts import embedded, headers, htmlmeta, registry, robots, signature, tdmrep, urls
 from audit.optouts.cache import CrawlCache, Response
-from audit.optouts.signals import STATES, USES, Signal, expand_uses
+from audit.optouts.signals import ALL_USES, SOURCES, USES, Signal, expand_uses
 
-CRAWL_SIGNALS = (
-    "x-robots-tag",
-    "tdm-header",
-    "html-meta-robots",
-    "tdmrep.json",
-    "robots.txt",
-    "ai.txt",
-)
-_RANK = {s: i for i, s in enumerate(STATES)}
+CRAWL_SOURCES = ("headers", "page", "robots", "ai_txt", "tdmrep")
+CRAWL_SIGNALS = tuple(n for src in CRAWL_SOURCES for n in SOURCES[src])
+_SOURCE_OF = {name: src for src, names in SOURCES.items() for name in names}
 
 
 @dataclass
@@ -56,19 +52,8 @@ class Context:
     index_policy: bool = False
     rules: Any = None  # duckdb connection holding the registry rules
     host_files: dict[tuple[str, str], Any] = field(default_factory=dict)
-
-    @property
-    def consulted(self) -> str:
-        names = [
-            f"{r.unreadable_signal if r.error else 'registry'} {r.name}" for r in self.registries
-        ]
-        names.append("embedded XMP/C2PA")
-        if self.cache is not None:
-            names.append("crawl cache (headers, page meta, robots.txt, ai.txt, tdmrep.json)")
-        text = "no reservation found; consulted: " + ", ".join(names)
-        if self.cache is None:
-            text += "; not consulted: crawl signals (no --cache)"
-        return text
+    spawning: Any = None  # spawning.Result when the Spawning API was asked, else None
+    has_page_column: bool = True
 
 
 def _unchecked(name: str, where: str, why: str) -> Signal:
@@ -91,6 +76,10 @@ def _fetch_status(resp: Response | None) -> tuple[int | None, bytes]:
     our crawler: unchecked), 0 = network failure (robots.txt: unreachable, disallow all)."""
     if resp is None or (resp.error and resp.error.startswith("refused")):
         return None, b""
+    if resp.error and ("redirect" in resp.error):
+        # Older crawls recorded "more than 5 redirects" as an error. RFC 9309 2.3.1.2: after more
+        # than five consecutive redirects the file MAY be assumed unavailable; 300 stands for that.
+        return 300, b""
     if resp.error:
         return 0, b""
     return resp.status, resp.body or b""
@@ -111,6 +100,20 @@ def _host_file(ctx: Context, kind: str, url: str) -> Any:
     return ctx.host_files[key]
 
 
+def hop_urls(resp: Response | None, url: str) -> list[str]:
+    """The image URL and every URL it redirected through (in order, each origin once)."""
+    chain = [url, *((resp.redirects or []) if resp else [])]
+    if resp is not None and resp.final_url:
+        chain.append(resp.final_url)
+    out, seen = [], set()
+    for hop in chain:
+        origin = urls.origin(hop)
+        if origin and origin not in seen:
+            seen.add(origin)
+            out.append(hop)
+    return out
+
+
 def crawl_signals(ctx: Context, url: str | None, page_url: str | None) -> list[Signal]:
     """Signals from the crawl cache for one row (image URL headers, page, host files)."""
     assert ctx.cache is not None
@@ -120,28 +123,25 @@ def crawl_signals(ctx: Context, url: str | None, page_url: str | None) -> list[S
         return [Signal(n, "not_evaluable", USES, "url column", why) for n in CRAWL_SIGNALS]
     resp = ctx.cache.get("image", url)
     problem = _fetch_problem(resp, "image URL")
-    resource: list[Signal] = []  # tdm-header / tdm-meta: they override tdmrep.json
+    header_tdm: list[Signal] = []  # tdm-header overrides tdmrep.json (TDMRep section 3)
     if problem:
         out += [_unchecked("x-robots-tag", url, problem), _unchecked("tdm-header", url, problem)]
     else:
         sigs = headers.signals(
-            resp.headers,
+            resp.headers,  # type: ignore[union-attr]
             ctx.agents,
-            index_policy=ctx.index_policy,  # type: ignore[union-attr]
+            index_policy=ctx.index_policy,
             location=f"{url} response headers",
         )
         out += [s for s in sigs if s.signal != "tdm-header"]
-        resource += [s for s in sigs if s.signal == "tdm-header"]
+        header_tdm += [s for s in sigs if s.signal == "tdm-header"]
     if not page_url:
-        out.append(
-            Signal(
-                "html-meta-robots",
-                "not_evaluable",
-                USES,
-                "page_url column",
-                "row has no page_url: page-level signals cannot be checked",
-            )
+        why = (
+            "row has no page_url: page-level signals cannot be checked"
+            if ctx.has_page_column
+            else "the dataset has no page URL column: page-level signals cannot be checked"
         )
+        out.append(Signal("html-meta-robots", "not_evaluable", USES, "page_url column", why))
     else:
         page = ctx.cache.get("page", page_url)
         problem = _fetch_problem(page, "page")
@@ -149,21 +149,20 @@ def crawl_signals(ctx: Context, url: str | None, page_url: str | None) -> list[S
             out.append(_unchecked("html-meta-robots", page_url, problem))
         else:
             sigs = htmlmeta.signals(
-                page.body or b"",
+                page.body or b"",  # type: ignore[union-attr]
                 ctx.agents,
-                index_policy=ctx.index_policy,  # type: ignore[union-attr]
+                index_policy=ctx.index_policy,
                 location=page_url,
             )
             out += [s for s in sigs if s.signal != "tdm-meta"]
-            resource += [s for s in sigs if s.signal == "tdm-meta"]
-    file_sigs = _host_file(ctx, "tdmrep", url).signals(url)
+    hops = hop_urls(resp, url)
+    # The header speaks for the resource, whichever host's tdmrep.json it overrides.
     out += tdmrep.combine(
-        file_sigs,
-        [s for s in resource if s.signal == "tdm-header"],
-        [s for s in resource if s.signal == "tdm-meta"],
+        [s for hop in hops for s in _host_file(ctx, "tdmrep", hop).signals(hop)], header_tdm
     )
-    out += robots.signals(_host_file(ctx, "robots", url), url, agents=ctx.agents)
-    out += robots.aitxt_signals(_host_file(ctx, "ai.txt", url), url, agents=ctx.agents)
+    for hop in hops:
+        out += robots.signals(_host_file(ctx, "robots", hop), hop, agents=ctx.agents)
+        out += robots.aitxt_signals(_host_file(ctx, "ai.txt", hop), hop, agents=ctx.agents)
     return out
 
 
@@ -182,7 +181,15 @@ def embedded_signals(row: dict[str, Any]) -> tuple[list[Signal], ImageProblem | 
             Signal(n, "not_evaluable", USES, str(row["image_path"]), why)
             for n in ("iptc-xmp", "c2pa")
         ], p
-    return embedded.signals(data), None
+    # Metadata that is there but cannot be read (a refused or broken XMP packet, an unreadable
+    # C2PA store, a value outside the PLUS vocabulary) was not checked: unchecked, never allowed.
+    # c2pa-python adds the signature status of C2PA signals (see optouts.signature).
+    return [
+        Signal(s.signal, "unchecked", USES, s.location, f"{s.evidence} (present but unreadable)")
+        if s.state == "not_evaluable"
+        else s
+        for s in signature.annotate(embedded.signals(data), data)
+    ], None
 
 
 def registry_signals(ctx: Context, hits: list[dict[str, Any]]) -> list[Signal]:
@@ -198,30 +205,69 @@ def registry_signals(ctx: Context, hits: list[dict[str, Any]]) -> list[Signal]:
     return out
 
 
-def decide(sigs: list[Signal], consulted: str) -> dict[str, dict[str, Any]]:
-    """Per use: the decision and the signal that made it (the first of the most restrictive).
+def spawning_signals(ctx: Context, url: str | None) -> list[Signal]:
+    """The Spawning do-not-train answer for the row's URL (never allowed without an answer)."""
+    result = ctx.spawning
+    answer = result.answer(url) if url else None
+    if answer is None:
+        why = result.why_unchecked(url)
+        return [Signal("spawning-api", "unchecked", USES, result.endpoint, why)]
+    if answer:
+        evidence = f"Spawning API: optOut true for {url}"
+        return [
+            Signal(
+                "spawning-api", "reserved", expand_uses(["ai_training"]), result.endpoint, evidence
+            )
+        ]
+    return [Signal("spawning-api", "allowed", USES, result.endpoint, f"optOut false for {url}")]
 
-    An "allowed" decision quotes no single signal (signal "none"): it rests on all of them, and
-    its evidence says how many signals covered the use and what was consulted.
-    """
-    out = {}
-    for use in USES:
-        best: Signal | None = None
-        covering = 0
-        for s in sigs:
-            if use in s.uses:
-                covering += 1
-                if best is None or _RANK[s.state] < _RANK[best.state]:
-                    best = s
-        if best is None or best.state == "allowed":
-            out[use] = {
-                "decision": "allowed",
-                "signal": "none",
-                "location": "",
-                "agent": "*",
-                "evidence": f"{covering} signal(s) allow; {consulted}",
-            }
+
+def coverage(
+    ctx: Context, sigs: list[Signal], page_url: str | None = "?", url_ok: bool = True
+) -> dict[str, tuple[str, str]]:
+    """(state, why) per source for one row's signals (see the module doc for the states).
+
+    `url_ok` False (a malformed image URL): a registry can only have matched the page URL, and
+    nothing can be asked about the image URL, so those sources are absent unless a rule hit."""
+    by_source: dict[str, list[Signal]] = {src: [] for src in SOURCES}
+    for s in sigs:
+        by_source[_SOURCE_OF[s.signal]].append(s)
+    out: dict[str, tuple[str, str]] = {}
+    for src, found in by_source.items():
+        if src == "page" and not page_url:
+            # With or without a crawl cache: a row without a page URL has no page to read.
+            why = "no page_url" if ctx.has_page_column else "the dataset has no page URL column"
+            out[src] = ("absent", why)
+        elif src == "registry" and not ctx.registries:
+            out[src] = ("not_consulted", "no --registry")
+        elif src == "spawning" and ctx.spawning is None:
+            out[src] = ("not_consulted", "Spawning API not asked (--spawning)")
+        elif src in CRAWL_SOURCES and ctx.cache is None:
+            out[src] = ("not_consulted", "no crawl cache (--cache)")
+        elif any(s.state == "unchecked" for s in found):
+            out[src] = ("missing", next(s.evidence for s in found if s.state == "unchecked"))
+        elif src in ("registry", "spawning") and not url_ok and not found:
+            out[src] = ("absent", "malformed image URL: it cannot be looked up")
+        elif src == "registry" or any(s.state in ("reserved", "allowed") for s in found):
+            out[src] = ("evaluated", "")
         else:
+            why = next((s.evidence for s in found), "no signal from this source")
+            out[src] = ("absent", why)
+    return out
+
+
+def decide(
+    sigs: list[Signal], cover: dict[str, tuple[str, str]], consulted: str = ""
+) -> dict[str, dict[str, Any]]:
+    """Per use (`ALL_USES`): the decision and the signal that made it (see the module doc)."""
+    evaluated = [src for src, (state, _) in cover.items() if state == "evaluated"]
+    absent = [src for src, (state, _) in cover.items() if state == "absent"]
+    unchecked = next((s for s in sigs if s.state == "unchecked"), None)
+    out = {}
+    for use in ALL_USES:
+        reserving = next((s for s in sigs if s.state == "reserved" and use in s.uses), None)
+        best = reserving or unchecked
+        if best is not None:
             out[use] = {
                 "decision": best.state,
                 "signal": best.signal,
@@ -229,11 +275,47 @@ def decide(sigs: list[Signal], consulted: str) -> dict[str, dict[str, Any]]:
                 "evidence": best.evidence,
                 "agent": best.agent,
             }
+            continue
+        allowing = sum(1 for s in sigs if s.state == "allowed")
+        basis = f"evaluated: {', '.join(evaluated) or 'nothing'}"
+        if absent:
+            basis += f"; no source for this row: {', '.join(absent)}"
+        not_consulted = [src for src, (state, _) in cover.items() if state == "not_consulted"]
+        if not_consulted:
+            basis += f"; not consulted: {', '.join(not_consulted)}"
+        if consulted:
+            basis += f"; {consulted}"
+        out[use] = {
+            "decision": "allowed" if evaluated else "not_evaluable",
+            "signal": "none",
+            "location": "",
+            "agent": "*",
+            "evidence": (
+                f"no reservation ({allowing} signal(s) allow); {basis}"
+                if evaluated
+                else f"nothing could be evaluated; {basis}"
+            ),
+        }
     return out
 
 
-def evaluate_part(ctx: Context, table: Any) -> tuple[list[dict], list[dict], list[dict]]:
-    """(signal rows, decision rows, error rows) for one metadata part (an Arrow table)."""
+_ROW_COLUMNS = (
+    "row_id",
+    "url",
+    "page_url",
+    "source_file",
+    "source_row",
+    "image_status",
+    "image_path",
+    "image_offset",
+    "image_size",
+)
+
+
+def evaluate_part(
+    ctx: Context, table: Any
+) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(signal rows, decision rows, error rows, coverage rows) for one metadata part (Arrow)."""
     import pyarrow as pa
 
     cols = {c: table.column(c) for c in ("row_id", "url")}
@@ -245,26 +327,14 @@ def evaluate_part(ctx: Context, table: Any) -> tuple[list[dict], list[dict], lis
     hits: dict[int, list[dict[str, Any]]] = {}
     for hit in registry.match(ctx.rules, pa.table(cols)):
         hits.setdefault(hit["row_id"], []).append(hit)
-    wanted = [
-        c
-        for c in (
-            "row_id",
-            "url",
-            "page_url",
-            "source_file",
-            "source_row",
-            "image_status",
-            "image_path",
-            "image_offset",
-            "image_size",
-        )
-        if c in table.column_names
-    ]
-    sig_rows, dec_rows, err_rows = [], [], []
-    consulted = ctx.consulted
+    wanted = [c for c in _ROW_COLUMNS if c in table.column_names]
+    sig_rows, dec_rows, err_rows, cov_rows = [], [], [], []
     for row in table.select(wanted).to_pylist():
         rid = row["row_id"]
+        url_ok = bool(row["url"]) and urls.normalise(row["url"]) is not None
         sigs = registry_signals(ctx, hits.get(rid, []))
+        if ctx.spawning is not None:
+            sigs += spawning_signals(ctx, row["url"]) if url_ok else []
         emb, problem = embedded_signals(row)
         sigs += emb
         if ctx.cache is not None:
@@ -282,7 +352,20 @@ def evaluate_part(ctx: Context, table: Any) -> tuple[list[dict], list[dict], lis
                         "agent": s.agent,
                     }
                 )
-        for use, d in decide(sigs, consulted).items():
+        cover = coverage(ctx, sigs, row.get("page_url"), url_ok)
+        cov_rows.append(
+            {
+                "row_id": rid,
+                **{src: state for src, (state, _) in cover.items()},
+                "_why": {src: (state, why) for src, (state, why) in cover.items()},
+                "not_evaluated": "; ".join(
+                    f"{src}: {state}" + (f" ({why})" if why else "")
+                    for src, (state, why) in cover.items()
+                    if state != "evaluated"
+                )[:1000],
+            }
+        )
+        for use, d in decide(sigs, cover).items():
             dec_rows.append({"row_id": rid, "use": use, **d})
         base = {
             "stage": "optout",
@@ -292,96 +375,6 @@ def evaluate_part(ctx: Context, table: Any) -> tuple[list[dict], list[dict], lis
         }
         if problem is not None:
             err_rows.append({**base, "reason": problem.reason, "detail": problem.detail})
-        if not row["url"] or urls.normalise(row["url"]) is None:
+        if not url_ok:
             err_rows.append({**base, "reason": "malformed_url", "detail": str(row["url"])[:300]})
-    return sig_rows, dec_rows, err_rows
-
-
-# -- files ------------------------------------------------------------------------------------
-def _schemas() -> tuple[Any, Any]:
-    import pyarrow as pa
-
-    s = pa.string()
-    signals = pa.schema(
-        [
-            ("row_id", pa.int64()),
-            ("signal", s),
-            ("state", s),
-            ("use", s),
-            ("location", s),
-            ("evidence", s),
-            ("agent", s),
-        ]
-    )
-    decisions = pa.schema(
-        [
-            ("row_id", pa.int64()),
-            ("use", s),
-            ("decision", s),
-            ("signal", s),
-            ("location", s),
-            ("evidence", s),
-            ("agent", s),
-        ]
-    )
-    return signals, decisions
-
-
-def write_part(
-    ws: Any, part: Any, sig_rows: list[dict], dec_rows: list[dict], err_rows: list[dict]
-) -> list[Any]:
-    """Write one part's signals, decisions and errors atomically; returns the `Output`s."""
-    import pyarrow as pa
-
-    from audit.schema import error_table
-    from audit.workspace import Output, atomic_write_parquet
-
-    sig_schema, dec_schema = _schemas()
-    outputs = []
-    for name, rows, schema in (
-        ("signals", sig_rows, sig_schema),
-        ("decisions", dec_rows, dec_schema),
-    ):
-        rel = f"optout/parts/{name}-{part.stem}.parquet"
-        atomic_write_parquet(ws.path(rel), pa.Table.from_pylist(rows, schema=schema))
-        outputs.append(Output(rel, rows=len(rows), row_offset=part.row_offset))
-    if err_rows:
-        rel = f"errors/optout-{part.stem}.parquet"
-        atomic_write_parquet(ws.path(rel), error_table(err_rows))
-        outputs.append(Output(rel, rows=len(err_rows), row_offset=part.row_offset))
-    return outputs
-
-
-def part_counts(sig_rows: list[dict], dec_rows: list[dict], err_rows: list[dict]) -> dict[str, Any]:
-    """Counts for the summary: decisions per use and state; rows per signal and state; errors."""
-    decisions: dict[str, dict[str, int]] = {}
-    for d in dec_rows:
-        per = decisions.setdefault(d["use"], {})
-        per[d["decision"]] = per.get(d["decision"], 0) + 1
-    signals: dict[str, dict[str, int]] = {}
-    for _row, signal, state in {(r["row_id"], r["signal"], r["state"]) for r in sig_rows}:
-        per = signals.setdefault(signal, {})
-        per[state] = per.get(state, 0) + 1
-    errors: dict[str, int] = {}
-    for e in err_rows:
-        errors[e["reason"]] = errors.get(e["reason"], 0) + 1
-    return {"decisions": decisions, "signals": signals, "errors": errors}
-
-
-def merge_parts(ws: Any, parts: list[Any]) -> list[tuple[str, int]]:
-    """Concatenate the part files into `optout/signals.parquet` and `optout/decisions.parquet`."""
-    import pyarrow.parquet as pq
-
-    from audit.workspace import atomic_path
-
-    merged = []
-    for name, schema in zip(("signals", "decisions"), _schemas(), strict=True):
-        rel, rows = f"optout/{name}.parquet", 0
-        with atomic_path(ws.path(rel)) as tmp:
-            with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-                for part in parts:
-                    table = pq.read_table(ws.path(f"optout/parts/{name}-{part.stem}.parquet"))
-                    writer.write_table(table.cast(schema))
-                    rows += table.num_rows
-        merged.append((rel, rows))
-    return merged
+    return sig_rows, dec_rows, err_rows, cov_rows

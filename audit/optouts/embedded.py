@@ -10,21 +10,35 @@ or an `rdf:resource`. The PLUS Data Mining vocabulary (http://ns.useplus.org/ldf
     DMI-ALLOWED                                allowed
     DMI-PROHIBITED-AIMLTRAINING                reserved: ai_training (+ genai_training)
     DMI-PROHIBITED-GENAIMLTRAINING             reserved: genai_training
-    DMI-PROHIBITED-EXCEPTSEARCHENGINEINDEXING  reserved: data_mining (+ all training)
-    DMI-PROHIBITED                             reserved: data_mining (+ all training)
-    DMI-SEE-CONSTRAINT, DMI-SEE-EMBEDDEDRIGHTSEXPR, DMI-SEE-LINKEDRIGHTSEXPR
-                                               reserved: data_mining; the terms live elsewhere and we
-                                               cannot evaluate them, so we do not assume consent
+    DMI-PROHIBITED-EXCEPTSEARCHENGINEINDEXING  reserved: data_mining (+ all training); search allowed
+    DMI-PROHIBITED                             reserved: data_mining (+ all training), search_indexing
+    DMI-PROHIBITED-SEECONSTRAINT               reserved: data_mining; `plus:OtherConstraints` quoted
+    DMI-PROHIBITED-SEEEMBEDDEDRIGHTSEXPR       reserved: data_mining; the embedded encoded rights
+                                               expression (Iptc4xmpExt:EmbdEncRightsExpr) quoted
+    DMI-PROHIBITED-SEELINKEDRIGHTSEXPR         reserved: data_mining; the linked rights expression
+                                               (Iptc4xmpExt:LinkedEncRightsExpr) quoted
     anything else                              not_evaluable (value quoted as evidence)
+
+The three "see ..." values say prohibited unless the terms elsewhere allow it; a machine cannot
+evaluate those terms, so we do not assume consent, and quote them for a human to read.
 
 TDMRep's XMP property (`tdm:reservation` 1/0, TDMRep namespace) is read too, as a "tdm-meta" signal.
 
 C2PA: the JUMBF manifest store (JPEG APP11 segments reassembled, PNG `caBX`, WebP `C2PA`, else a raw scan)
-is read; in the active manifest (the last in the store) the `c2pa.training-mining` / `cawg.training-mining`
-assertions (CBOR or JSON; `__N` instance suffixes allowed) give entries `*.ai_generative_training`,
-`*.ai_training`, `*.data_mining` (`*.ai_inference` is not one of our uses), each with `use`
-allowed | notAllowed | constrained. notAllowed and constrained reserve (constraints cannot be evaluated
-by a machine). Signatures are NOT verified: the location says "C2PA assertion (signature not verified)".
+is read; in the active manifest (the last in the store) the `c2pa.training-mining` (C2PA 1.4) /
+`cawg.training-mining` (CAWG 1.0, 1.1) assertions (CBOR or JSON; `__N` instance suffixes allowed)
+give entries `*.ai_generative_training` -> genai_training, `*.ai_training` -> ai_training,
+`*.data_mining` -> data_mining, `*.ai_inference` -> ai_inference, each with `use`
+allowed | notAllowed | constrained. Each entry stands alone (C2PA 1.4 lists them as separate
+permissions): `ai_training: notAllowed` does not reserve generative training, and
+`ai_generative_training: notAllowed` does not reserve other training. notAllowed and constrained
+reserve (CAWG: "In the absence of additional information, `constrained` shall be treated as
+equivalent to `notAllowed`"; `constraint_info` / `constraints_info` is quoted). The entries
+sit under `entries` (C2PA 1.4, CAWG 1.1) or directly in the assertion map (the CAWG 1.0 form).
+Entries with other (custom) keys are no signal, but their keys are reported in the evidence.
+Signatures are NOT verified here: the location says "C2PA assertion (signature not verified)";
+the consent stage then hands the same bytes to c2pa-python (`optouts.signature.annotate`), which
+replaces that with the signature's state and signer.
 
 >>> [(s.signal, s.state) for s in signals(b"")]
 [('iptc-xmp', 'not_evaluable'), ('c2pa', 'not_evaluable')]
@@ -37,7 +51,7 @@ import zlib
 from typing import Any
 
 from audit.optouts import jumbf
-from audit.optouts.signals import USES, Signal, expand_uses
+from audit.optouts.signals import ALL_USES, USES, Signal, expand_uses
 
 MAX_XMP = 2 * 1024 * 1024
 MAX_JUMBF = 16 * 1024 * 1024
@@ -54,15 +68,22 @@ _DMI: dict[str, tuple[str, tuple[str, ...]]] = {
     "DMI-PROHIBITED-AIMLTRAINING": ("reserved", expand_uses(["ai_training"])),
     "DMI-PROHIBITED-GENAIMLTRAINING": ("reserved", expand_uses(["genai_training"])),
     "DMI-PROHIBITED-EXCEPTSEARCHENGINEINDEXING": ("reserved", expand_uses(["data_mining"])),
-    "DMI-PROHIBITED": ("reserved", expand_uses(["data_mining"])),
-    "DMI-SEE-CONSTRAINT": ("reserved", expand_uses(["data_mining"])),
-    "DMI-SEE-EMBEDDEDRIGHTSEXPR": ("reserved", expand_uses(["data_mining"])),
-    "DMI-SEE-LINKEDRIGHTSEXPR": ("reserved", expand_uses(["data_mining"])),
+    "DMI-PROHIBITED": ("reserved", expand_uses(["data_mining", "search_indexing"])),
+    "DMI-PROHIBITED-SEECONSTRAINT": ("reserved", expand_uses(["data_mining"])),
+    "DMI-PROHIBITED-SEEEMBEDDEDRIGHTSEXPR": ("reserved", expand_uses(["data_mining"])),
+    "DMI-PROHIBITED-SEELINKEDRIGHTSEXPR": ("reserved", expand_uses(["data_mining"])),
+}
+# The "see ..." values and the XMP property holding the terms they point to.
+_SEE = {
+    "DMI-PROHIBITED-SEECONSTRAINT": "OtherConstraints",
+    "DMI-PROHIBITED-SEEEMBEDDEDRIGHTSEXPR": "EmbdEncRightsExpr",
+    "DMI-PROHIBITED-SEELINKEDRIGHTSEXPR": "LinkedEncRightsExpr",
 }
 _C2PA_USES = {
     "ai_generative_training": "genai_training",
     "ai_training": "ai_training",
     "data_mining": "data_mining",
+    "ai_inference": "ai_inference",
 }
 
 
@@ -217,10 +238,11 @@ def _local(name: str) -> tuple[str, str]:
     return "", name
 
 
-def _xmp_values(root: Any) -> tuple[list[str], list[str], list[str]]:
-    """plus:DataMining values, plus:OtherConstraints texts and tdm:reservation values in one packet."""
+def _xmp_values(root: Any) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """plus:DataMining values, the terms "see ..." values point to (plus:OtherConstraints,
+    Iptc4xmpExt:EmbdEncRightsExpr / LinkedEncRightsExpr texts) and tdm:reservation values."""
     mining: list[str] = []
-    other: list[str] = []
+    other: dict[str, list[str]] = {}
     tdm: list[str] = []
     for el in root.iter():
         for key, value in list(el.attrib.items()) + [(el.tag, None)]:
@@ -234,7 +256,13 @@ def _xmp_values(root: Any) -> tuple[list[str], list[str], list[str]]:
             if ns.startswith("http://ns.useplus.org/") and local == "DataMining":
                 mining.append(value.strip())
             elif ns.startswith("http://ns.useplus.org/") and local == "OtherConstraints":
-                other.append(value.strip())
+                other.setdefault(local, []).append(value.strip())
+            elif ns.startswith("http://iptc.org/std/Iptc4xmpExt/") and local in (
+                "EmbdEncRightsExpr",
+                "LinkedEncRightsExpr",
+            ):
+                text = " ".join(t.strip() for t in el.itertext() if t.strip()) or value.strip()
+                other.setdefault(local, []).append(text)
             elif "tdmrep" in ns and local == "reservation":
                 tdm.append(value.strip())
     return mining, other, tdm
@@ -268,8 +296,9 @@ def xmp_signals(packet: bytes) -> list[Signal]:
     for value in mining:
         code = value.rstrip("/").rsplit("/", 1)[-1].strip().upper()
         evidence = f"plus:DataMining={value}"
-        if code.startswith("DMI-SEE") and other:
-            evidence += f"; plus:OtherConstraints={other[0]}"
+        if code in _SEE:
+            terms = other.get(_SEE[code])
+            evidence += f"; {_SEE[code]}={terms[0]}" if terms else f"; no {_SEE[code]} found"
         state, uses = _DMI.get(code, ("not_evaluable", USES))
         if code not in _DMI:
             evidence += " (not a PLUS Data Mining value)"
@@ -321,13 +350,18 @@ def c2pa_signals(store_bytes: bytes) -> list[Signal]:
         found = [
             a for a in (assertions.children if assertions else []) if _is_training_label(a.label)
         ]
-        entries: list[tuple[str, str, str]] = []  # (label, entry key, use)
+        entries: list[tuple[str, str, str, str]] = []  # (label, entry key, use, constraint)
         for box in found:
             data = _assertion_data(box)
-            items = data.get("entries", {}) if isinstance(data, dict) else {}
-            for key, entry in items.items() if isinstance(items, dict) else ():
+            for key, entry in _entries(data):
                 use = entry.get("use", "") if isinstance(entry, dict) else ""
-                entries.append((box.label, str(key), str(use)))
+                # C2PA 1.4 names it constraint_info, CAWG 1.1 constraints_info
+                info = (
+                    entry.get("constraint_info") or entry.get("constraints_info") or ""
+                    if isinstance(entry, dict)
+                    else ""
+                )
+                entries.append((box.label, str(key), str(use), str(info or "")))
     except (jumbf.FormatProblem, ValueError, RecursionError) as e:
         return [
             Signal("c2pa", "not_evaluable", USES, _C2PA_LOC, f"C2PA manifest store unreadable: {e}")
@@ -335,11 +369,13 @@ def c2pa_signals(store_bytes: bytes) -> list[Signal]:
     if not found:
         note = f"active manifest {active.label!r} has no training-mining assertion"
         return [Signal("c2pa", "allowed", USES, _C2PA_LOC, note)]
-    reserved, allowed, text = set(), set(), []
-    for _label, key, use in entries:
-        ours = _C2PA_USES.get(key.split(".", 1)[-1])
-        text.append(f"{key}: {use}")
+    reserved, allowed, text, custom = set(), set(), [], []
+    for _label, key, use, info in entries:
+        standard = key.startswith(("c2pa.", "cawg.")) or "." not in key
+        ours = _C2PA_USES.get(key.split(".", 1)[-1]) if standard else None
+        text.append(f"{key}: {use}" + (f" ({info})" if info else ""))
         if ours is None:
+            custom.append(key)
             continue
         if use.lower() in ("notallowed", "constrained"):
             reserved.add(ours)
@@ -347,17 +383,30 @@ def c2pa_signals(store_bytes: bytes) -> list[Signal]:
             allowed.add(ours)
     labels = ", ".join(sorted({b.label for b in found}))
     evidence = f"{labels} {{{'; '.join(text)}}}"
+    if custom:
+        evidence += f" (custom keys, no signal: {', '.join(custom)})"
     out = []
+    # Each entry stands alone: no widening of a reservation to the narrower uses.
     if reserved:
-        out.append(Signal("c2pa", "reserved", expand_uses(reserved), _C2PA_LOC, evidence))
-    rest = tuple(u for u in USES if u in allowed and u not in expand_uses(reserved))
-    if rest:
-        out.append(Signal("c2pa", "allowed", rest, _C2PA_LOC, evidence))
-    if not out:
-        out.append(
-            Signal("c2pa", "not_evaluable", USES, _C2PA_LOC, evidence + " (no entry for our uses)")
-        )
+        uses = tuple(u for u in ALL_USES if u in reserved)
+        out.append(Signal("c2pa", "reserved", uses, _C2PA_LOC, evidence))
+    rest = tuple(u for u in ALL_USES if u in allowed and u not in reserved)
+    if rest or not reserved:
+        out.append(Signal("c2pa", "allowed", rest or USES, _C2PA_LOC, evidence))
     return out
+
+
+def _entries(data: Any) -> list[tuple[Any, Any]]:
+    """The (key, entry) pairs of a training-mining assertion: under `entries` (C2PA 1.4, CAWG
+    1.1) or, in the CAWG 1.0 form, the assertion map itself."""
+    if not isinstance(data, dict):
+        return []
+    items = data.get("entries")
+    if isinstance(items, dict):
+        return list(items.items())
+    if isinstance(items, list):  # some writers emit a list of {"key"/"name": ..., "use": ...}
+        return [(e.get("key") or e.get("name") or "", e) for e in items if isinstance(e, dict)]
+    return [(k, v) for k, v in data.items() if isinstance(v, dict) and "use" in v]
 
 
 def signals(image_bytes: bytes | None) -> list[Signal]:

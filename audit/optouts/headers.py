@@ -9,14 +9,23 @@ Done the way the specifications say, where common tools differ:
   directive applies to every agent. A scope is a token followed by ":" that is not a directive taking
   a value (`unavailable_after: ...`, `max-snippet: ...`);
 * `noai`, `noimageai` (our rows are images) and `noml` reserve ai_training (hence genai_training).
-  `index_policy=True` also counts `noindex`, `noimageindex` and `none` as a reservation of ai_training:
-  off by default, because "do not list me in search" is not "do not train on me";
+  `noindex`, `noimageindex` and `none` reserve the informational use search_indexing; with
+  `index_policy=True` they also reserve ai_training: off by default, because "do not list me in
+  search" is not "do not train on me";
 * `tdm-reservation: 1` (W3C TDMRep) reserves data_mining, with `tdm-policy` as evidence; `0` allows; any
-  other value is not_evaluable;
-* `Content-Usage` (IETF aipref): `tdm`, `train-ai` and `train-genai` (also the draft's older `ai`,
-  `genai`) with `y`/`n`; the most specific stated category decides each use, so `tdm=n, train-ai=y`
-  reserves data_mining but allows AI training;
-* `Content-Signal` (Cloudflare): `ai-train=no` reserves ai_training, `yes` allows.
+  other value is treated as unset: no signal;
+* `Content-Usage` (IETF aipref attach + vocab drafts) is an RFC 9651 Dictionary, parsed with `http_sf`:
+  a field that fails to parse states no preference at all; keys and tokens are case-sensitive; only
+  the tokens `y` and `n` count (the string `"n"` is not the token `n`); a repeated key keeps its last
+  value; unknown labels and all parameters are ignored. Categories: `all` (automated processing;
+  the older `tdm`) -> data_mining, `train-ai` (older `ai`) -> ai_training, `train-genai` (older
+  `genai`) -> genai_training, `search` -> search_indexing, `ai-use` -> ai_inference. As in the
+  vocabulary drafts with category subsets, a use without its own preference takes its parent's
+  (train-genai < train-ai < all; search, ai-use < all), so `all=n, train-ai=y` reserves data_mining
+  but allows AI training. The latest draft narrows `train-ai` to generative models; `train-ai=n`
+  reserves both our training uses, so either reading gives the same reservation;
+* `Content-Signal` (Cloudflare): `ai-train=no` reserves ai_training, `search=no` search_indexing,
+  `ai-input=no` ai_inference; `yes` allows.
 Unknown directives and keys are ignored without error.
 
 >>> [(s.signal, s.state, s.agent) for s in signals([("x-robots-tag", "otherbot: noai"), ("X-Robots-Tag", "GPTBot: noimageai")])]
@@ -31,15 +40,21 @@ from audit.optouts.signals import DEFAULT_AGENTS, USES, Signal, expand_uses, pro
 
 # Directives that take a value after ":"; anything else before a ":" is a user-agent scope.
 _VALUE_DIRECTIVES = {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
-AI_DIRECTIVES = frozenset({"noai", "noimageai", "noml"})
+# "disallowaitraining" is the robots meta / X-Robots-Tag form of draft-canel-robots-ai-control.
+AI_DIRECTIVES = frozenset({"noai", "noimageai", "noml", "disallowaitraining"})
 INDEX_DIRECTIVES = frozenset({"noindex", "noimageindex", "none"})
-_USAGE_KEYS = {
-    "tdm": "data_mining",
-    "train-ai": "ai_training",
-    "ai": "ai_training",
-    "train-genai": "genai_training",
-    "genai": "genai_training",
+# Content-Usage category -> (our use, parent categories to fall back to, most specific first).
+_USAGE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "train-genai": (
+        "genai_training",
+        ("train-genai", "genai", "train-ai", "ai", "all", "tdm"),
+    ),
+    "train-ai": ("ai_training", ("train-ai", "ai", "all", "tdm")),
+    "all": ("data_mining", ("all", "tdm")),
+    "search": ("search_indexing", ("search", "all", "tdm")),
+    "ai-use": ("ai_inference", ("ai-use", "all", "tdm")),
 }
+_SIGNAL_KEYS = {"ai-train": "ai_training", "search": "search_indexing", "ai-input": "ai_inference"}
 _MAX_LINES = 200  # a response with more header lines than this is hostile; the rest are ignored
 
 
@@ -91,6 +106,18 @@ def reserving(directives: Iterable[str], index_policy: bool = False) -> list[str
     return [d for d in directives if d in counted]
 
 
+def reserved_uses(directives: Iterable[str], index_policy: bool = False) -> tuple[str, ...]:
+    """The uses a set of robots directives reserves: AI training for noai/noimageai/noml (and for
+    the index directives under `index_policy`), search_indexing for noindex/noimageindex/none."""
+    found = set(directives)
+    uses = []
+    if found & AI_DIRECTIVES or (index_policy and found & INDEX_DIRECTIVES):
+        uses.append("ai_training")
+    if found & INDEX_DIRECTIVES:
+        uses.append("search_indexing")
+    return expand_uses(uses)
+
+
 def x_robots_signals(
     value: str,
     agent_names: Sequence[str],
@@ -103,18 +130,17 @@ def x_robots_signals(
     by_scope: dict[str, list[str]] = {}
     for scope, directive in robots_directives(value):
         agent = _scope_agent(scope, agent_names)
-        if agent is not None and reserving([directive], index_policy):
+        if agent is not None and (directive in AI_DIRECTIVES or directive in INDEX_DIRECTIVES):
             by_scope.setdefault(agent, []).append(directive)
-    return [
-        Signal(
-            name, "reserved", expand_uses(["ai_training"]), location, evidence or value, agent=agent
-        )
-        for agent in by_scope
-    ]
+    out = []
+    for agent, directives in by_scope.items():
+        uses = reserved_uses(directives, index_policy)
+        out.append(Signal(name, "reserved", uses, location, evidence or value, agent=agent))
+    return out
 
 
 def _dictionary(value: str) -> list[tuple[str, str]]:
-    """Loose RFC 8941 dictionary: "a=y, b=n;param" -> [("a", "y"), ("b", "n")]; bare keys get ""."""
+    """Loose "a=y, b=n;param" -> [("a", "y"), ("b", "n")] for Content-Signal (not a structured field)."""
     out = []
     for member in value.split(","):
         member = member.split(";", 1)[0].strip()
@@ -125,24 +151,39 @@ def _dictionary(value: str) -> list[tuple[str, str]]:
     return out
 
 
+def content_usage(value: str) -> dict[str, str] | None:
+    """The y/n preferences of a Content-Usage value (RFC 9651 Dictionary); None when it does not
+    parse (RFC 9651 4.2: a parse failure means the whole field is ignored).
+
+    >>> content_usage('train-ai=n, search=y, ai-use="n", train-ai=y')
+    {'search': 'y', 'train-ai': 'y'}
+    >>> content_usage("Train-AI=n") is None
+    True
+    """
+    import http_sf
+
+    try:
+        parsed = http_sf.parse(value.encode("latin-1", "replace"), tltype="dictionary")
+    except (http_sf.StructuredFieldError, ValueError, TypeError):
+        return None
+    out = {}
+    for key, member in parsed.items():  # a dict: a repeated key already holds its last value
+        item = member[0] if isinstance(member, tuple) else None
+        if isinstance(item, http_sf.Token) and str(item) in ("y", "n"):
+            out[key] = str(item)
+    return dict(sorted(out.items()))
+
+
 def content_usage_signals(value: str, location: str, evidence: str) -> list[Signal]:
-    """IETF aipref Content-Usage: per use, the most specific category stated decides."""
-    stated: dict[str, str] = {}
-    for key, val in _dictionary(value):
-        if key in _USAGE_KEYS and val in ("y", "n"):
-            stated[key] = val
+    """IETF aipref Content-Usage: per use, its own preference or the nearest parent's decides."""
+    stated = content_usage(value)
     if not stated:
         return []
-    chains = {
-        "genai_training": ("train-genai", "genai", "train-ai", "ai", "tdm"),
-        "ai_training": ("train-ai", "ai", "tdm"),
-        "data_mining": ("tdm",),
-    }
     decided = {
-        use: next((stated[k] for k in chain if k in stated), None) for use, chain in chains.items()
+        use: next((stated[k] for k in chain if k in stated), None) for use, chain in _USAGE.values()
     }
-    reserved = tuple(u for u in USES if decided[u] == "n")
-    allowed = tuple(u for u in USES if decided[u] == "y")
+    reserved = tuple(u for u in decided if decided[u] == "n")
+    allowed = tuple(u for u in decided if decided[u] == "y")
     out = []
     if reserved:
         out.append(Signal("content-usage", "reserved", reserved, location, evidence))
@@ -152,21 +193,20 @@ def content_usage_signals(value: str, location: str, evidence: str) -> list[Sign
 
 
 def content_signal_signals(value: str, location: str, evidence: str) -> list[Signal]:
-    """Cloudflare Content-Signal: `ai-train=no` reserves ai_training; `ai-train=yes` allows it."""
+    """Cloudflare Content-Signal: `ai-train`, `search`, `ai-input` = yes / no."""
+    reserved, allowed = [], []
     for key, val in _dictionary(value):
-        if key == "ai-train" and val in ("no", "n"):
-            return [
-                Signal(
-                    "content-signal", "reserved", expand_uses(["ai_training"]), location, evidence
-                )
-            ]
-        if key == "ai-train" and val in ("yes", "y"):
-            return [
-                Signal(
-                    "content-signal", "allowed", expand_uses(["ai_training"]), location, evidence
-                )
-            ]
-    return []
+        if key in _SIGNAL_KEYS and val in ("no", "n"):
+            reserved.append(_SIGNAL_KEYS[key])
+        elif key in _SIGNAL_KEYS and val in ("yes", "y"):
+            allowed.append(_SIGNAL_KEYS[key])
+    out = []
+    if reserved:
+        out.append(Signal("content-signal", "reserved", expand_uses(reserved), location, evidence))
+    rest = tuple(u for u in expand_uses(allowed) if u not in expand_uses(reserved))
+    if rest:
+        out.append(Signal("content-signal", "allowed", rest, location, evidence))
+    return out
 
 
 def signals(
@@ -184,6 +224,7 @@ def signals(
     xrt_lines: list[str] = []
     tdm_values: list[tuple[int, str]] = []
     policies: list[str] = []
+    usage: list[tuple[int, str]] = []
     for number, (raw_name, raw_value) in enumerate(list(header_lines)[:_MAX_LINES], 1):
         name, value = str(raw_name).strip().lower(), str(raw_value).strip()
         text = f"{raw_name}: {raw_value}"
@@ -196,9 +237,16 @@ def signals(
         elif name == "tdm-policy":
             policies.append(value)
         elif name == "content-usage":
-            out += content_usage_signals(value, where, text)
+            usage.append((number, value))
         elif name == "content-signal":
             out += content_signal_signals(value, where, text)
+    if usage:
+        # RFC 9651 4.2: all field lines of one field are combined, comma-separated, and parsed
+        # as one value (so a later line's duplicate key wins, and one bad line voids them all).
+        joined = ", ".join(v for _, v in usage)
+        lines = ", ".join(str(n) for n, _ in usage)
+        where = f"{location} (Content-Usage, line {lines})"
+        out += content_usage_signals(joined, where, f"Content-Usage: {joined}")
     policy = f"; tdm-policy: {policies[0]}" if policies else ""
     for number, value in tdm_values:
         where = f"{location} (tdm-reservation, line {number})"
@@ -214,16 +262,7 @@ def signals(
             )
         elif value == "0":
             out.append(Signal("tdm-header", "allowed", USES, where, "tdm-reservation: 0"))
-        else:
-            out.append(
-                Signal(
-                    "tdm-header",
-                    "not_evaluable",
-                    USES,
-                    where,
-                    f"tdm-reservation: {value!r} is not 0 or 1",
-                )
-            )
+        # any other value: treated as unset (TDMRep), no signal
     if xrt_lines and not any(s.signal == "x-robots-tag" for s in out):
         out.append(Signal("x-robots-tag", "allowed", USES, location, " | ".join(xrt_lines)))
     if not out:

@@ -4,7 +4,9 @@
   (`<meta name="CCBot" content="noai">`) applies only to that agent; names are case-insensitive. The
   directives are the X-Robots-Tag ones (see `headers`), including `index_policy`;
 * `<meta name="tdm-reservation" content="1">` (W3C TDMRep) reserves data_mining, with
-  `<meta name="tdm-policy">` as evidence; `0` allows.
+  `<meta name="tdm-policy">` as evidence; `0` allows; another value is unset (no signal). The
+  TDMRep HTML technique scopes these metas to the HTML document itself, so the consent stage
+  (`decide`) does not apply them to the images a page shows.
 
 The page is decoded as UTF-8, falling back to Windows-1252 (the WHATWG default for legacy pages);
 the directives are ASCII so either decoding finds them. Only the first `max_bytes` are parsed, with
@@ -156,11 +158,9 @@ def signals(
         elif product_token(name) in tokens and product_token(name) == lname:
             # A meta named after one bot speaks to that bot only; no "bot:" prefix inside it.
             agent = tokens[lname]
-            found = headers.reserving(
-                (d for _, d in headers.robots_directives(content)), index_policy
-            )
-            if found:
-                uses = expand_uses(["ai_training"])
+            directives = [d for _, d in headers.robots_directives(content)]
+            uses = headers.reserved_uses(directives, index_policy)
+            if uses:
                 out.append(Signal("html-meta-robots", "reserved", uses, where, text, agent=agent))
         elif lname == "tdm-reservation":
             tdm.append((content.strip(), line))
@@ -175,8 +175,7 @@ def signals(
             )
         elif value == "0":
             out.append(Signal("tdm-meta", "allowed", USES, where, text))
-        else:
-            out.append(Signal("tdm-meta", "not_evaluable", USES, where, text + " (not 0 or 1)"))
+        # any other value is treated as unset (TDMRep): no signal
     if not any(s.signal == "html-meta-robots" for s in out):
         note = "no robots or agent meta reserves AI training"
         out.insert(0, Signal("html-meta-robots", "allowed", USES, location, note))

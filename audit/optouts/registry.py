@@ -1,14 +1,20 @@
 """Opt-out registries: lists of domains and URLs whose owners reserved them, joined in duckdb.
 
-A registry is a file given with `--registry` (repeatable). Accepted formats:
+A registry is a file given with `--registry` (repeatable); a path that does not exist is a bad
+argument (`AuditError`), never an empty list. Four kinds of rule:
 
-- text (`.txt`, `.lst`, anything not below): one entry per line, `#` starts a comment, blank
-  lines ignored; an optional second word names the use (`example.com data_mining`). An entry
-  with `/` in it is a URL rule (`https://a.example.com/x.png`, `a.example.com/x.png`),
-  anything else a domain rule (`example.com`, `*.example.com`, `.example.com`). Spawning's
-  do-not-train exports (one URL or domain per line) are read as this format.
-- CSV (`.csv`, `.tsv`) and parquet (`.parquet`): a `url` and/or `domain` column (any case),
-  optional `use` column.
+| kind | text form | table column | matches |
+|---|---|---|---|
+| exact URL | `https://a.example.com/x.png`, `a.example.com/x.png` | `url` | that URL after normalisation, any scheme |
+| URL prefix | `https://a.example.com/photos/*` (a final `*`) | `url_prefix` (or a `url` ending in `*`) | every URL starting with it |
+| host | `host:a.example.com` | `host` | URLs on exactly that host |
+| domain | `example.com`, `*.example.com`, `.example.com` | `domain` | the domain and every subdomain |
+| registrable domain | `site:img.example.co.uk` | `site` | every host under the same registrable domain (Public Suffix List): here all of `example.co.uk` |
+
+Text (`.txt`, `.lst`, anything not below): one entry per line, `#` starts a comment, blank lines
+ignored; an optional second word names the use (`example.com data_mining`). Spawning's
+do-not-train exports (one URL or domain per line) are read as this format. CSV (`.csv`, `.tsv`)
+and parquet (`.parquet`): the columns above (any case), optional `use` column.
 
 The use defaults to `ai_training` (a do-not-train list), which also reserves `genai_training`;
 a `use` of `data_mining` reserves all three uses.
@@ -22,15 +28,18 @@ Matching (documented in README "Consent"):
   default port, percent-encoding, fragment) and ignoring the scheme, so an opt-out of
   `http://x/a.png` also covers `https://x/a.png`. Common URLs are normalised with SQL string
   functions; anything unusual (percent signs, ports, non-ASCII, dot segments) goes through
-  `urls.normalise` as a duckdb Python function, so both paths give the same key.
-- A registry that cannot be read (missing file, bad format) is *not* treated as empty: every
-  row gets an `unchecked` signal for it and the summary carries the error.
+  `urls.normalise` as a duckdb Python function, so both paths give the same key. URL prefix
+  rules compare the same keys with `starts_with`.
+- A registry that exists but cannot be read (bad format, no entries) is *not* treated as
+  empty: every row gets an `unchecked` signal for it and the summary carries the error.
+- Rules that matched no row are counted per registry in the summary, with examples, so a
+  mistyped rule does not pass silently.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +67,14 @@ class Registry:
     urls: list[tuple[str, str, str]]  # (url key, use, where)
     error: str | None = None
     skipped: int = 0  # entries that were not a domain or a URL
+    prefixes: list[tuple[str, str, str]] = field(
+        default_factory=list
+    )  # (url key prefix, use, where)
+    hosts: list[tuple[str, str, str]] = field(default_factory=list)  # (host, use, where)
+
+    @property
+    def rules(self) -> int:
+        return len(self.domains) + len(self.urls) + len(self.prefixes) + len(self.hosts)
 
     @property
     def name(self) -> str:
@@ -85,13 +102,10 @@ def load(path: str | os.PathLike[str]) -> Registry:
             _load_table(reg, suffix)
         else:
             _load_text(reg)
-    except (OSError, ValueError, KeyError) as e:
-        reg.domains, reg.urls = [], []
-        reg.error = f"{path}: {type(e).__name__}: {e}"
     except Exception as e:  # noqa: BLE001 - pyarrow raises its own types for corrupt files
-        reg.domains, reg.urls = [], []
+        reg.domains, reg.urls, reg.prefixes, reg.hosts = [], [], [], []
         reg.error = f"{path}: {type(e).__name__}: {e}"
-    if reg.error is None and not reg.domains and not reg.urls:
+    if reg.error is None and not reg.rules:
         reg.error = (
             f"{path}: no domain or URL entries found (an empty registry would allow everything)"
         )
@@ -106,12 +120,31 @@ def _add(reg: Registry, entry: str, use: str | None, where: str) -> None:
         return
     if not entry:
         return
-    if "/" in entry:
+    if entry.lower().startswith("site:"):
+        host = domain_key(entry[5:])
+        key = registrable_domain(host) if host else None
+        if key is None:
+            reg.skipped += 1
+            return
+        reg.domains.append((key, use, where))
+    elif entry.lower().startswith("host:"):
+        key = domain_key(entry[5:])
+        if key is None:
+            reg.skipped += 1
+            return
+        reg.hosts.append((key, use, where))
+    elif "/" in entry:
+        prefix = entry.endswith("*")
+        entry = entry.rstrip("*") if prefix else entry
         key = url_key(entry if "://" in entry else "https://" + entry)
         if key is None:
             reg.skipped += 1
             return
-        reg.urls.append((key, use, where))
+        if prefix:
+            # "a.example.com/photos/" normalises to itself; a bare "a.example.com*" to "a.example.com/"
+            reg.prefixes.append((key, use, where))
+        else:
+            reg.urls.append((key, use, where))
     else:
         key = domain_key(entry)
         if key is None:
@@ -143,9 +176,12 @@ def _load_table(reg: Registry, suffix: str) -> None:
         convert = pcsv.ConvertOptions(strings_can_be_null=True)
         table = pcsv.read_csv(reg.path, parse_options=opts, convert_options=convert)
     cols = {c.lower(): c for c in table.column_names}
-    found = [cols[c] for c in ("url", "domain") if c in cols]
+    found = [cols[c] for c in ("url", "url_prefix", "host", "domain", "site") if c in cols]
     if not found:
-        raise ValueError(f"no 'url' or 'domain' column (columns: {', '.join(table.column_names)})")
+        raise ValueError(
+            "no 'url', 'url_prefix', 'host', 'domain' or 'site' column "
+            f"(columns: {', '.join(table.column_names)})"
+        )
     uses = table.column(cols["use"]).to_pylist() if "use" in cols else [None] * table.num_rows
     first_data_line = 1 if suffix == ".parquet" else 2  # CSV line 1 is the header
     for col in found:
@@ -154,11 +190,16 @@ def _load_table(reg: Registry, suffix: str) -> None:
                 continue
             value = str(value)
             where = f"{reg.path} row {i + first_data_line}"
-            if col.lower() == "domain" and "/" in value:
+            kind = col.lower()
+            if kind in ("domain", "host", "site") and "/" in value:
                 reg.skipped += 1  # a domain column holding a URL is a data error, not a rule
                 continue
-            if col.lower() == "url" and "/" not in value:
+            if kind == "url" and "/" not in value:
                 value += "/"  # a bare host in a url column is the site's root URL
+            if kind == "url_prefix":
+                value = (value if "/" in value else value + "/").rstrip("*") + "*"
+            elif kind in ("host", "site"):
+                value = f"{kind}:{value}"
             _add(reg, value, uses[i], where)
 
 
@@ -171,6 +212,24 @@ def domain_key(entry: str) -> str | None:
     if not entry or any(c in entry for c in " /\\@:?#\x00"):
         return None
     return urls.host("http://" + entry)
+
+
+def registrable_domain(host: str) -> str | None:
+    """The registrable domain of `host` by the Public Suffix List (offline copy), or None for a
+    public suffix itself (`co.uk` names no one's site).
+
+    >>> registrable_domain("img.example.co.uk")
+    'example.co.uk'
+    """
+    from publicsuffixlist import PublicSuffixList
+
+    global _PSL
+    if _PSL is None:
+        _PSL = PublicSuffixList()
+    return _PSL.privatesuffix(host)
+
+
+_PSL: Any = None
 
 
 def url_key(url: str) -> str | None:
@@ -207,21 +266,27 @@ def connect_rules(registries: list[Registry]) -> Any:
         "CREATE MACRO suffixes(h) AS [array_to_string(list_slice(string_split(h, '.'), i, "
         "len(string_split(h, '.'))), '.') for i in range(1, len(string_split(h, '.')) + 1)]"
     )
-    doms, uls = [], []
+    doms, uls, pfx, hsts = [], [], [], []
     for i, reg in enumerate(registries):
         if reg.error:
             continue
         doms += [(d, u, w, i) for d, u, w in reg.domains]
         uls += [(k, u, w, i) for k, u, w in reg.urls]
+        pfx += [(k, u, w, i) for k, u, w in reg.prefixes]
+        hsts += [(k, u, w, i) for k, u, w in reg.hosts]
     rule = pa.schema(
         [("key", pa.string()), ("use", pa.string()), ("entry", pa.string()), ("reg", pa.int32())]
     )
-    for name, rows in (("reg_domains", doms), ("reg_urls", uls)):
+    tables = (("reg_domains", doms), ("reg_urls", uls), ("reg_prefixes", pfx), ("reg_hosts", hsts))
+    for name, rows in tables:
         arrow = pa.Table.from_arrays(
             [pa.array([r[j] for r in rows], rule.field(j).type) for j in range(4)], schema=rule
         )
         con.register(f"{name}_arrow", arrow)
-        con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+        # A prefix rule joins on its host first (a hash join), then compares the prefix: a
+        # starts_with join alone would compare every row with every prefix rule.
+        extra = ", khost(key) AS host" if name == "reg_prefixes" else ""
+        con.execute(f"CREATE TABLE {name} AS SELECT *{extra} FROM {name}_arrow")
         con.unregister(f"{name}_arrow")
     return con
 
@@ -274,9 +339,17 @@ def match(con: Any, rows: Any) -> list[dict[str, Any]]:
                       'domain rule ' || hm.key || ' matches host ' || hm.host || ' of ' || keyed.col, keyed.col
                FROM keyed JOIN hm ON keyed.host = hm.host
                UNION ALL
+               SELECT keyed.row_id, 'registry-domain', h.use, h.entry,
+                      'host rule ' || h.key || ' matches host of ' || keyed.col, keyed.col
+               FROM keyed JOIN reg_hosts h ON h.key = keyed.host
+               UNION ALL
                SELECT keyed.row_id, 'registry-url', u.use, u.entry,
                       'URL rule ' || u.key || ' matches ' || keyed.col, keyed.col
                FROM keyed JOIN reg_urls u ON u.key = keyed.k
+               UNION ALL
+               SELECT keyed.row_id, 'registry-url', p.use, p.entry,
+                      'URL prefix rule ' || p.key || '* matches ' || keyed.col, keyed.col
+               FROM keyed JOIN reg_prefixes p ON keyed.host = p.host AND starts_with(keyed.k, p.key)
                ORDER BY 1, 2, 6"""
         ).fetchall()
     finally:
@@ -292,3 +365,28 @@ def match(con: Any, rows: Any) -> list[dict[str, Any]]:
         }
         for r in hits
     ]
+
+
+def unmatched(reg: Registry, matched: set[str], examples: int = 20) -> dict[str, Any]:
+    """How many of `reg`'s rules matched no row (`matched`: the `location`s of every hit), with
+    the first `examples` of them and a hint for URL rules that look like prefixes."""
+    rules = [
+        (kind, key, where)
+        for kind, items in (
+            ("url", reg.urls),
+            ("url_prefix", reg.prefixes),
+            ("host", reg.hosts),
+            ("domain", reg.domains),
+        )
+        for key, _use, where in items
+    ]
+    missed = [r for r in rules if r[2] not in matched]
+    shown = []
+    for kind, key, where in missed[:examples]:
+        hint = (
+            " (ends with '/': a URL prefix rule needs a final '*')"
+            if kind == "url" and key.endswith("/")
+            else ""
+        )
+        shown.append(f"{where}: {kind} {key}{hint}")
+    return {"rules": len(rules), "unmatched": len(missed), "examples": shown}

@@ -21,7 +21,14 @@ crawling for training needs): a group naming an AI-training agent (`AI_AGENTS`) 
 (hence genai_training); a disallow reached through the `*` group, an unreachable robots.txt, or a group
 naming our own auditor reserves data_mining (hence all uses), because it withholds the page from every
 automated collection. `Content-Signal` (Cloudflare) and `Content-Usage` (IETF aipref) lines inside the
-chosen group are read too.
+chosen group are read too; Content-Usage lines may start with a path and follow the same longest-match
+rule as Allow/Disallow, apply only where crawling is allowed, and rules with identical paths all apply
+(most restrictive); a Content-Usage line without a path is malformed and ignored.
+
+`DisallowAITraining` / `AllowAITraining` (draft-canel-robots-ai-control, deployed by Microsoft) are
+path rules of the chosen group matched like Disallow/Allow (longest match, Allow wins a tie); a
+matching DisallowAITraining reserves ai_training (hence genai_training) for every agent of that group.
+They are a usage statement, independent of whether crawling is allowed.
 
 ai.txt uses the same grammar over file patterns (`Disallow: *.jpg`, `Allow: *.txt`) and is matched
 case-insensitively (site owners write `*.jpg` and serve `IMG_1.JPG`). A disallow reserves ai_training.
@@ -53,6 +60,7 @@ MAX_BYTES = 500 * 1024
 _USER_AGENT_KEYS = {"user-agent", "useragent", "user agent"}
 _DISALLOW_KEYS = {"disallow", "dissallow", "dissalow", "disalow", "diasllow", "disallaw"}
 _ALLOW_KEYS = {"allow"}
+_AI_TRAINING_KEYS = {"disallowaitraining": False, "allowaitraining": True}
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class Rule:
 class _Group:
     agents: list[str] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
+    ai_rules: list[Rule] = field(default_factory=list)  # DisallowAITraining / AllowAITraining
     # (key, value, line, text) of Content-Signal / Content-Usage lines
     extras: list[tuple[str, str, int, str]] = field(default_factory=list)
 
@@ -95,6 +104,17 @@ def _compile(
     segments = tuple(_match_form(piece, ignore_case) for piece in body.split("*"))
     length = sum(len(s) for s in segments) + len(segments) - 1 + (1 if anchored else 0)
     return Rule(allow, pattern, segments, anchored, length, line, text.strip())
+
+
+def compile_pattern(pattern: str, line: int = 0, allow: bool = True) -> Rule | None:
+    """A robots.txt path pattern (`*` anywhere, `$` at the end), compiled for `pattern_matches`;
+    None for an empty pattern. TDMRep locations use the same matching."""
+    return _compile(allow, pattern, line, pattern, "robots.txt", False)
+
+
+def pattern_matches(rule: Rule, path: str) -> bool:
+    """Does the compiled pattern match `path` (a URL path, percent-encoding normalised here)?"""
+    return _matches(rule, _match_form(path, False))
 
 
 def _matches(rule: Rule, path: str) -> bool:
@@ -144,6 +164,8 @@ class RobotsFile:
         self.ignore_case = ignore_case
         self.groups: dict[str, list[Rule]] = {}
         self.extras: dict[str, list[tuple[str, str, int, str]]] = {}
+        self.ai_rules: dict[str, list[Rule]] = {}
+        self.usage_rules: dict[str, list[tuple[Rule, str, int, str]]] = {}  # see _usage_rules
         self.mode = "parsed"  # or "allow_all", "disallow_all", "unchecked"
         self.note = ""  # status evidence, or the truncation note
         self.truncated = False
@@ -227,6 +249,13 @@ def parse(body: bytes, max_bytes: int = MAX_BYTES, kind: str = "robots.txt") -> 
             rule = _compile(key in _ALLOW_KEYS, value, number, line, kind, rf.ignore_case)
             if rule is not None:
                 current.rules.append(rule)
+        elif key in _AI_TRAINING_KEYS:
+            last_was_agent = False
+            if current is None:
+                continue
+            rule = _compile(_AI_TRAINING_KEYS[key], value, number, line, kind, rf.ignore_case)
+            if rule is not None:
+                current.ai_rules.append(rule)
         elif key in ("content-signal", "content-usage") and current is not None:
             last_was_agent = False
             current.extras.append((key, value, number, line.strip()))
@@ -235,7 +264,8 @@ def parse(body: bytes, max_bytes: int = MAX_BYTES, kind: str = "robots.txt") -> 
         for token in group.agents:
             rf.groups.setdefault(token, []).extend(group.rules)
             rf.extras.setdefault(token, []).extend(group.extras)
-    for rules in rf.groups.values():
+            rf.ai_rules.setdefault(token, []).extend(group.ai_rules)
+    for rules in (*rf.groups.values(), *rf.ai_rules.values()):
         rules.sort(key=lambda r: (-r.length, not r.allow))
     return rf
 
@@ -258,9 +288,12 @@ def from_status(status: int | None, body: bytes = b"", kind: str = "robots.txt")
         else:
             rf.mode, rf.note = "unchecked", f"ai.txt unreachable (HTTP {status or 'network error'})"
     elif 300 <= status < 400:
+        # RFC 9309 2.3.1.2: "If there are more than five consecutive redirects, crawlers MAY
+        # assume that the robots.txt file is unavailable" (2.3.1.3: unavailable = allow all).
         rf.mode, rf.note = (
             "allow_all",
-            f"HTTP {status}: redirects not resolved, robots.txt unavailable, allow all (RFC 9309 2.3.1.2)",
+            f"HTTP {status}: more than five redirects or a redirect loop, robots.txt unavailable, "
+            "allow all (RFC 9309 2.3.1.2)",
         )
     elif status == 429:
         rf.mode, rf.note = (
@@ -310,6 +343,7 @@ def signals(
     ai = {a.lower() for a in AI_AGENTS}
     out: list[Signal] = []
     seen: set[tuple[str, str]] = set()
+    groups_done: set[tuple[str, bool | None]] = set()
     first_evidence = ""
     for agent in agents:
         allowed, evidence, token = rf.decide(agent, path)
@@ -324,32 +358,83 @@ def signals(
             if (scope, evidence) not in seen:
                 seen.add((scope, evidence))
                 out.append(Signal("robots.txt", "reserved", uses, where, evidence, agent=scope))
-        if token is not None:
-            for key, value, line, text in rf.extras.get(token, []):
-                for sig in _extra_signals(key, value, path, f"{where} line {line}", text, token):
-                    if (sig.signal + sig.agent, sig.evidence) not in seen:
-                        seen.add((sig.signal + sig.agent, sig.evidence))
-                        out.append(sig)
+        if token is not None and rf.mode == "parsed" and (token, allowed) not in groups_done:
+            groups_done.add((token, allowed))  # agents sharing a group get the same answer
+            extra = _ai_training_signal(rf, token, path, where)
+            # attach draft 3.1: "Usage preferences apply only to those resources that can be
+            # crawled according to Allow/Disallow rules" (a disallow already reserved above).
+            extra += _extras(rf, token, path, where) if allowed else []
+            for sig in extra:
+                if (sig.signal + sig.agent, sig.evidence) not in seen:
+                    seen.add((sig.signal + sig.agent, sig.evidence))
+                    out.append(sig)
     if not any(s.signal == "robots.txt" for s in out):
         evidence = f"{path} allowed for {len(agents)} agents; e.g. {first_evidence}"
         out.insert(0, Signal("robots.txt", "allowed", USES, where, evidence))
     return out
 
 
-def _extra_signals(
-    key: str, value: str, path: str, where: str, text: str, token: str
-) -> list[Signal]:
-    # Content-Usage in robots.txt may start with a path prefix it is scoped to ("/images/ train-ai=n").
-    if key == "content-usage":
-        first, _, rest = value.partition(" ")
-        if first.startswith("/"):
-            if not path.startswith(_match_form(first, False)):
-                return []
-            value = rest
-        parsed = headers.content_usage_signals(value, where, text)
-    else:
-        parsed = headers.content_signal_signals(value, where, text)
-    return [Signal(s.signal, s.state, s.uses, s.location, s.evidence, agent=token) for s in parsed]
+def _ai_training_signal(rf: RobotsFile, token: str, path: str, where: str) -> list[Signal]:
+    """DisallowAITraining / AllowAITraining of group `token` for `path` (longest match wins)."""
+    for rule in rf.ai_rules.get(token, []):  # sorted like the Allow/Disallow rules
+        if _matches(rule, _match_form(path, rf.ignore_case)):
+            evidence = f"line {rule.line} [user-agent: {token}]: {rule.text}"
+            if rule.allow:
+                return [Signal("robots.txt", "allowed", USES, where, evidence, agent=token)]
+            uses = expand_uses(["ai_training"])
+            return [Signal("robots.txt", "reserved", uses, where, evidence, agent=token)]
+    return []
+
+
+def _extras(rf: RobotsFile, token: str, path: str, where: str) -> list[Signal]:
+    """Content-Signal lines of the group, and the longest-matching Content-Usage rules.
+
+    draft-ietf-aipref-attach 3: a Content-Usage rule is a path ("It always starts with "/"")
+    then the preference; the longest matching path applies, as for Allow/Disallow; rules with
+    identical paths all apply (combined most-restrictive, unlike Allow/Disallow). A rule without
+    a path is malformed and ignored.
+    """
+    out: list[Signal] = []
+    for key, value, line, text in rf.extras.get(token, []):
+        if key == "content-signal":
+            for sig in headers.content_signal_signals(value, f"{where} line {line}", text):
+                out.append(_scoped(sig, token))
+    best: list[tuple[int, int, str, str]] = []  # (path length, line, value, text) at the max length
+    matchable = _match_form(path, False)
+    for rule, pref, line, text in _usage_rules(rf, token):  # longest first
+        if best and rule.length < best[0][0]:
+            break
+        if not _matches(rule, matchable):
+            continue
+        if not best or rule.length > best[0][0]:
+            best = [(rule.length, line, pref, text)]
+        elif rule.length == best[0][0]:
+            best.append((rule.length, line, pref, text))
+    for _, line, value, text in best:
+        for sig in headers.content_usage_signals(value, f"{where} line {line}", text):
+            out.append(_scoped(sig, token))
+    return out
+
+
+def _usage_rules(rf: RobotsFile, token: str) -> list[tuple[Rule, str, int, str]]:
+    """The Content-Usage rules of group `token`, compiled once per file: (path rule, preference,
+    line, text); lines without a path are dropped (malformed)."""
+    if token not in rf.usage_rules:
+        rules = []
+        for key, value, line, text in rf.extras.get(token, []):
+            parts = value.strip().replace("\t", " ").split(" ", 1)
+            if key != "content-usage" or len(parts) != 2 or not parts[0].startswith("/"):
+                continue
+            rule = compile_pattern(parts[0], line)
+            if rule is not None:
+                rules.append((rule, parts[1].strip(), line, text))
+        rules.sort(key=lambda r: (-r[0].length, r[2]))  # longest first, then file order
+        rf.usage_rules[token] = rules
+    return rf.usage_rules[token]
+
+
+def _scoped(sig: Signal, token: str) -> Signal:
+    return Signal(sig.signal, sig.state, sig.uses, sig.location, sig.evidence, agent=token)
 
 
 def aitxt_signals(

@@ -20,6 +20,12 @@ from dataclasses import dataclass
 # the narrower ones: data_mining -> ai_training -> genai_training (TDM covers all training; all training
 # covers generative training).
 USES: tuple[str, ...] = ("genai_training", "ai_training", "data_mining")
+# Uses reported on their own and never implied by (or implying) the training uses: being listed by a
+# search engine (noindex, noimageindex, none; AIPREF `search`; PLUS "except search engine indexing")
+# and being fed to a trained model at inference time (AIPREF `ai-use`, C2PA/CAWG `ai_inference`).
+# Informational: `audit filter` ignores them unless asked to exclude them (`exclude_uses`).
+INFO_USES: tuple[str, ...] = ("search_indexing", "ai_inference")
+ALL_USES: tuple[str, ...] = (*USES, *INFO_USES)
 
 # Most restrictive first. "unchecked": a source that should have been consulted was unavailable (registry
 # missing, fetch failed). A robots.txt answering 5xx is *reserved* (RFC 9309 2.3.1.4: disallow all), not
@@ -41,7 +47,23 @@ SIGNAL_NAMES: tuple[str, ...] = (
     "c2pa",
     "content-usage",
     "content-signal",
+    "spawning-api",
 )
+
+# The sources a signal is read from, as `--require` names them. Coverage (`optout/coverage.parquet`)
+# records per row and source whether it was evaluated, has no source for this row, was not
+# consulted, or is missing (should have been checked and was not).
+SOURCES: dict[str, tuple[str, ...]] = {
+    "registry": ("registry-domain", "registry-url"),
+    "spawning": ("spawning-api",),
+    "embedded": ("iptc-xmp", "c2pa"),
+    "headers": ("x-robots-tag", "tdm-header", "content-usage", "content-signal"),
+    "page": ("html-meta-robots", "tdm-meta"),
+    "robots": ("robots.txt",),
+    "ai_txt": ("ai.txt",),
+    "tdmrep": ("tdmrep.json",),
+}
+COVERAGE_STATES: tuple[str, ...] = ("evaluated", "missing", "absent", "not_consulted")
 
 AUDIT_AGENT = "audit-dataset-auditor"
 AI_AGENTS: tuple[str, ...] = (
@@ -65,6 +87,8 @@ _IMPLIES = {
     "data_mining": ("genai_training", "ai_training", "data_mining"),
     "ai_training": ("genai_training", "ai_training"),
     "genai_training": ("genai_training",),
+    "search_indexing": ("search_indexing",),
+    "ai_inference": ("ai_inference",),
 }
 
 
@@ -85,9 +109,9 @@ class Signal:
             raise ValueError(f"unknown signal name {self.signal!r}; expected one of {SIGNAL_NAMES}")
         if self.state not in STATES:
             raise ValueError(f"unknown state {self.state!r}; expected one of {STATES}")
-        bad = [u for u in self.uses if u not in USES]
+        bad = [u for u in self.uses if u not in ALL_USES]
         if bad:
-            raise ValueError(f"unknown uses {bad}; expected a subset of {USES}")
+            raise ValueError(f"unknown uses {bad}; expected a subset of {ALL_USES}")
         object.__setattr__(self, "evidence", clean_evidence(self.evidence))
         object.__setattr__(self, "location", clean_evidence(self.location))
 
@@ -101,9 +125,9 @@ def expand_uses(reserved_uses: Iterable[str]) -> tuple[str, ...]:
     covered: set[str] = set()
     for use in reserved_uses:
         if use not in _IMPLIES:
-            raise ValueError(f"unknown use {use!r}; expected one of {USES}")
+            raise ValueError(f"unknown use {use!r}; expected one of {ALL_USES}")
         covered.update(_IMPLIES[use])
-    return tuple(u for u in USES if u in covered)
+    return tuple(u for u in ALL_USES if u in covered)
 
 
 def most_restrictive(states: Iterable[str]) -> str:

@@ -2,7 +2,13 @@
 
 Rows kept: those whose decision for `use` is `allowed`, plus the states named in `keep`
 (`unchecked`, `not_evaluable`: an explicit choice to accept rows we could not verify).
-`reserved` rows are never kept. Three files come out:
+`reserved` rows are never kept. `allowed` already means that no evaluated signal reserves the
+row and that every source that should have been consulted was (see `decide`); sources that do
+not exist for a row (no page URL, no image bytes yet) do not block it, unless named in
+`require` (`page`, `embedded`, `headers`, `robots`, `ai_txt`, `tdmrep`, `registry`, `spawning`,
+or `crawl` for the four crawl sources): then a row is kept only when each of them was
+evaluated for it (`optout/coverage.parquet`). `exclude` names informational uses
+(`search_indexing`, `ai_inference`) whose reservation removes a row too. Three files come out:
 
 - `out` (parquet): the kept rows *as they were in the input*. For an input that was a parquet
   file (LAION metadata, an img2dataset shard's parquet), the rows are taken from that file by
@@ -29,6 +35,26 @@ from audit.schema import COMPUTED as _COMPUTED
 from audit.workspace import Output, Workspace, atomic_path, atomic_write_json, atomic_write_parquet
 
 KEEPABLE = ("unchecked", "not_evaluable")
+CRAWL = ("headers", "robots", "ai_txt", "tdmrep")
+
+
+def required_sources(require: Sequence[str]) -> list[str]:
+    """The coverage columns `require` names (comma lists allowed, `crawl` = the crawl sources)."""
+    from audit.optouts.signals import SOURCES
+
+    names = [n.strip().replace("ai.txt", "ai_txt") for r in require for n in str(r).split(",")]
+    out: list[str] = []
+    for name in filter(None, names):
+        expanded = CRAWL if name == "crawl" else (name,)
+        for src in expanded:
+            if src not in SOURCES:
+                raise AuditError(
+                    f"--require {name!r} is not a source; choose from "
+                    f"{', '.join(SOURCES)} or crawl."
+                )
+            if src not in out:
+                out.append(src)
+    return out
 
 
 def filter_dataset(
@@ -36,8 +62,17 @@ def filter_dataset(
     out: str | Path,
     use: str = "genai_training",
     keep: Sequence[str] = (),
+    require: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    exclude_synthetic: bool = False,
+    format: str = "parquet",
+    samples_per_shard: int = 10_000,
 ) -> dict[str, Any]:
     """Write the rows consented for `use` to `out`; returns the removal summary.
+
+    `format` "parquet" writes the input's own schema to the file `out`; "webdataset" and
+    "img2dataset-parquet" write training shards into the folder `out` (`audit.optouts.shards`).
+    `exclude_synthetic`: also drop the rows `audit provenance` found marked as generated.
 
     >>> filter_dataset("indexes/sample", "clean.parquet", use="genai_training")  # doctest: +SKIP
     {'kept': 201, 'removed': 99, 'by_decision': {'reserved': 87, 'unchecked': 12}, ...}
@@ -47,11 +82,18 @@ def filter_dataset(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from audit.optouts.signals import USES
+    from audit.optouts.signals import INFO_USES, USES
 
     started = time.monotonic()
     if use not in USES:
         raise AuditError(f"--use {use!r} is not a use; choose one of {', '.join(USES)}.")
+    bad_ex = [u for u in exclude if u not in INFO_USES]
+    if bad_ex:
+        raise AuditError(
+            f"--exclude {', '.join(bad_ex)}: only {', '.join(INFO_USES)} can be excluded "
+            "on top of --use."
+        )
+    required = required_sources(require)
     bad = [k for k in keep if k not in KEEPABLE]
     if bad:
         raise AuditError(
@@ -63,17 +105,25 @@ def filter_dataset(
     if (ws.stage("optout") or {}).get("status") != "done":
         raise AuditError(f"no opt-out decisions in {ws.root}. Run first: audit optout {ws.root}")
     out = Path(out)
-    if out.suffix != ".parquet":
+    if format == "parquet" and out.suffix != ".parquet":
         raise AuditError(f"--out {out} must end in .parquet")
     states = ("allowed", *sorted(set(keep)))
+    params = {"out": str(out), "use": use, "keep": list(states[1:])}
+    if required or exclude:
+        params |= {"require": required, "exclude": sorted(set(exclude))}
+    if exclude_synthetic:
+        params["exclude_synthetic"] = True
     run = ws.start_stage(
-        "filter", {"out": str(out), "use": use, "keep": list(states[1:])}, depends_on=["optout"]
+        "filter", params, depends_on=["optout", *(["provenance"] if exclude_synthetic else [])]
     )
 
     con = ws.connect()
-    con.execute(
-        "CREATE TEMP TABLE d AS SELECT row_id, decision, signal FROM optout WHERE use = ?", [use]
-    )
+    if required and "optout_coverage" not in _views(con):
+        raise AuditError(
+            f"--require needs optout/coverage.parquet, which this workspace's optout run did not "
+            f"write. Run again: audit optout {ws.root}"
+        )
+    con.execute(_decision_sql(required, sorted(set(exclude))), [use, *sorted(set(exclude))])
     kept_ids = np.asarray(
         con.execute(
             f"SELECT row_id FROM d WHERE decision IN ({', '.join('?' * len(states))}) ORDER BY row_id",
@@ -82,6 +132,11 @@ def filter_dataset(
         dtype=np.int64,
     )
     removal = _removal_counts(con, states)
+    if exclude_synthetic:  # rows marked as generated (view `synthetic`, stage provenance)
+        marked = con.execute("SELECT row_id FROM synthetic WHERE synthetic").fetchnumpy()["row_id"]
+        dropped = np.isin(kept_ids, marked)
+        removal["synthetic_removed"] = int(dropped.sum())
+        kept_ids = kept_ids[~dropped]
 
     inputs = {rec["path"]: rec for rec in ws.manifest.get("inputs", [])}
     target = _target_schema(inputs)
@@ -106,10 +161,16 @@ def filter_dataset(
         if tables
         else pa.schema([("url", pa.string()), ("caption", pa.string())])
     )
-    with atomic_path(out) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for t in tables:
-                writer.write_table(_conform(t, schema))
+    written = None
+    if format == "parquet":
+        with atomic_path(out) as tmp:
+            with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+                for t in tables:
+                    writer.write_table(_conform(t, schema))
+    else:
+        from audit.optouts import shards
+
+        written = shards.write(ws, kept_ids, out, format, samples_per_shard)
     atomic_write_parquet(
         ws.path("optout/kept.parquet"), pa.table({"row_id": pa.array(kept_ids, pa.int64())})
     )
@@ -122,11 +183,14 @@ def filter_dataset(
         "kept": int(len(kept_ids)),
         "removed": ws.num_rows - int(len(kept_ids)),
         **removal,
+        "required": required,
+        "excluded_uses": sorted(set(exclude)),
         "schema": "input" if target is not None else "canonical names (no parquet input)",
         "rows_written": how,
+        "shards": written,
         "optout_consulted": {
             k: optout.get("summary", {}).get(k)
-            for k in ("registries", "cache", "not_consulted", "agents")
+            for k in ("registries", "cache", "not_consulted", "agents", "coverage", "evaluable")
         },
         "seconds": round(time.monotonic() - started, 2),
     }
@@ -137,6 +201,40 @@ def filter_dataset(
         [Output("optout/kept.parquet", rows=int(len(kept_ids)))],
     )
     return {**summary, "removed_manifest": str(removed_path)}
+
+
+def _views(con: Any) -> set[str]:
+    return {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+
+
+def _decision_sql(required: list[str], exclude: list[str]) -> str:
+    """SQL creating the temp table `d` (row_id, decision, signal) the filter keeps rows from.
+
+    A row whose required source was not evaluated gets decision `coverage` and signal
+    `<source> <state>`; a row reserved for an excluded informational use gets that use's
+    decision. Parameters: the use, then each excluded use.
+    """
+    sql = "SELECT row_id, decision, signal FROM optout WHERE use = ?"
+    for _ in exclude:
+        sql = f"""SELECT d.row_id,
+                    CASE WHEN d.decision = 'allowed' AND x.decision = 'reserved' THEN 'reserved'
+                         ELSE d.decision END AS decision,
+                    CASE WHEN d.decision = 'allowed' AND x.decision = 'reserved'
+                         THEN x.signal || ' (' || x.use || ')' ELSE d.signal END AS signal
+                  FROM ({sql}) d LEFT JOIN optout x ON x.row_id = d.row_id AND x.use = ?"""
+    if required:
+        # Source names are validated against SOURCES: safe to interpolate as column names.
+        missing = " ".join(
+            f"WHEN c.{src} IS DISTINCT FROM 'evaluated' THEN '{src} ' || coalesce(c.{src}, 'unknown')"
+            for src in required
+        )
+        sql = f"""SELECT d.row_id,
+                    CASE WHEN d.decision = 'allowed' AND ({" OR ".join(f"c.{s} IS DISTINCT FROM 'evaluated'" for s in required)})
+                         THEN 'coverage' ELSE d.decision END AS decision,
+                    CASE WHEN d.decision = 'allowed' THEN coalesce(CASE {missing} END, d.signal)
+                         ELSE d.signal END AS signal
+                  FROM ({sql}) d LEFT JOIN optout_coverage c USING (row_id)"""
+    return f"CREATE TEMP TABLE d AS {sql}"
 
 
 def _removal_counts(con: Any, states: tuple[str, ...]) -> dict[str, Any]:

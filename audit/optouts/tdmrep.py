@@ -1,14 +1,17 @@
 """W3C TDMRep: the site-wide `/.well-known/tdmrep.json` file, and how it combines with headers and metas.
 
 The file is a JSON array of `{"location": pattern, "tdm-reservation": 0|1, "tdm-policy": url}`.
-A location is a path pattern matched against the whole URL path (not a prefix), where `*` stands for
-any run of characters; percent-encoding is normalised on both sides. The FIRST matching entry in array
-order decides. `tdm-reservation: 1` reserves data_mining (hence every AI use); `0` allows.
+A location is matched against the URL path the way robots.txt matches its paths (RFC 9309 2.2.2): a
+prefix match, where `*` stands for any run of characters and a final `$` anchors the end; so "/"
+covers the whole site and "/dir/" every file under it. Percent-encoding is normalised on both sides.
+The FIRST matching entry in array order decides. `tdm-reservation: 1` reserves data_mining (hence
+every AI use); `0` allows.
 
-Entries that are not objects, lack a location, or carry a reservation other than 0/1 are skipped and
-counted. A file that is not a JSON array makes the signal "unchecked": the site published something we
-cannot read, which is never "allowed". A missing file (3xx/4xx) allows; 5xx or a network error is
-unchecked; `None` (not fetched) is unchecked.
+Entries that are not objects, lack a location, or carry a reservation other than 0/1 are treated as
+unset: skipped (matching goes on to the next entry) and counted. A file that cannot be read as a JSON
+array (not JSON, truncated, an object) means the site does not implement the protocol: no
+reservation ("allowed", with the reason as evidence), not "unchecked". A missing file (3xx/4xx)
+allows; 5xx or a network error is unchecked; `None` (not fetched) is unchecked.
 
 Resource-level declarations override the site file (TDMRep: the HTTP header and the HTML meta are
 more specific than tdmrep.json): `combine` drops the file's signal when a `tdm-header` or `tdm-meta`
@@ -25,7 +28,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from audit.optouts import urls
+from audit.optouts import robots, urls
 from audit.optouts.signals import USES, Signal, expand_uses
 
 MAX_BYTES = 1024 * 1024
@@ -38,27 +41,7 @@ class Entry:
     location: str
     reservation: int
     policy: str | None
-    segments: tuple[str, ...]  # normalised literal pieces between `*`
-
-
-def _segments(pattern: str) -> tuple[str, ...]:
-    return tuple(urls.normalise_percent(piece) for piece in pattern.split("*"))
-
-
-def _full_match(segments: tuple[str, ...], path: str) -> bool:
-    """Whole-string wildcard match in linear time: fixed ends, middle pieces placed leftmost."""
-    if len(segments) == 1:
-        return path == segments[0]
-    first, last = segments[0], segments[-1]
-    if not path.startswith(first) or len(path) - len(last) < len(first) or not path.endswith(last):
-        return False
-    pos, end = len(first), len(path) - len(last)
-    for seg in segments[1:-1]:
-        j = path.find(seg, pos, end)
-        if j < 0:
-            return False
-        pos = j + len(seg)
-    return True
+    rule: robots.Rule  # the location compiled as a robots.txt path pattern
 
 
 def _reservation(value: object) -> int | None:
@@ -85,8 +68,8 @@ class TdmRepFile:
         path = url if url.startswith("/") else urls.path_and_query(url)
         if path is None:
             return None
-        path = urls.normalise_percent(path.split("?", 1)[0])
-        return next((e for e in self.entries if _full_match(e.segments, path)), None)
+        path = path.split("?", 1)[0]  # "a pattern matching the path": the query is not part of it
+        return next((e for e in self.entries if robots.pattern_matches(e.rule, path)), None)
 
     def signals(self, url: str, location: str | None = None) -> list[Signal]:
         """The tdmrep.json signal for the resource at `url`."""
@@ -126,12 +109,17 @@ def parse(body: bytes, max_bytes: int = MAX_BYTES) -> TdmRepFile:
     try:
         data = json.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        f.mode, f.note = "unchecked", f"tdmrep.json is not valid JSON: {str(e)[:120]}"
+        f.mode, f.note = (
+            "absent",
+            f"tdmrep.json is not valid JSON ({str(e)[:100]}): TDMRep not implemented",
+        )
         return f
-    if isinstance(data, dict):  # a lone object instead of an array: read it, it is unambiguous
-        data = [data]
     if not isinstance(data, list):
-        f.mode, f.note = "unchecked", f"tdmrep.json is a JSON {type(data).__name__}, not an array"
+        what = type(data).__name__
+        f.mode, f.note = (
+            "absent",
+            f"tdmrep.json is a JSON {what}, not an array: TDMRep not implemented",
+        )
         return f
     for index, item in enumerate(data):
         if not isinstance(item, dict) or not isinstance(item.get("location"), str):
@@ -149,7 +137,11 @@ def parse(body: bytes, max_bytes: int = MAX_BYTES) -> TdmRepFile:
             loc = "/" + loc
         policy = item.get("tdm-policy")
         policy = policy if isinstance(policy, str) and policy.strip() else None
-        f.entries.append(Entry(index, loc, reservation, policy, _segments(loc)))
+        rule = robots.compile_pattern(loc)
+        if rule is None:
+            f.skipped += 1
+            continue
+        f.entries.append(Entry(index, loc, reservation, policy, rule))
     return f
 
 

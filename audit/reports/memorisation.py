@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.images import ImageProblem, decode, read_bytes
-from audit.reports import UNTRAINED_WARNING, Section, save_figure, write_page
+from audit.reports import UNTRAINED_WARNING, Section, cell, fmt, save_figure, write_page
 from audit.workspace import Workspace, atomic_write_bytes
 
 PAIRS = 12  # side-by-side pairs shown
@@ -137,8 +137,9 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     lo, hi = summary["replication_ci95"]
     intro = (
         f"{summary['generated']} generated images ({summary['generated_workspace']}) matched against "
-        f"{summary['training']}: replication rate (verdict copy) {summary['replication_rate']:.2%} "
-        f"(95% bootstrap interval {lo:.2%} to {hi:.2%}), {summary['training_images_copied']} distinct "
+        f"{summary['training']}: replication rate (verdict copy) "
+        f"{fmt(summary['replication_rate'], [lo, hi], True)} (95% bootstrap interval), "
+        f"{summary['training_images_copied']} distinct "
         "training images copied."
     )
     if summary.get("warning"):
@@ -179,8 +180,8 @@ def _method_text(summary: dict[str, Any]) -> str:
         "copy = the verifier's verdict (or the learned descriptor at its threshold); near = a global "
         "descriptor past its threshold, or a transform with enough inliers but a low correlation; "
         "low_information = a blank, near-uniform or tiny-foreground generated image, which no pixel "
-        f"distance or hash can judge. Thresholds: {json.dumps(th)}. Verifier: "
-        f"{json.dumps(summary.get('verifier'))}.\n\nLearned descriptor: {summary.get('descriptor')}"
+        f"distance or hash can judge. Thresholds: {cell(th)}. Verifier: "
+        f"{cell(summary.get('verifier'))}.\n\nLearned descriptor: {summary.get('descriptor')}"
         f"\n\nInterval: {summary['bootstrap']['method']}, {summary['bootstrap']['reps']} replicates."
     )
 
@@ -244,7 +245,7 @@ def write_calibration_page(out_dir: Path) -> Path:
         ),
         Section(
             "Settings",
-            text=f"Thresholds: {json.dumps(r['thresholds'])}\n\nVerifier: {json.dumps(r['verifier'])}",
+            text=f"Thresholds: {cell(r['thresholds'])}\n\nVerifier: {cell(r['verifier'])}",
         ),
     ]
     return write_page(
@@ -288,8 +289,7 @@ def write_experiment_page(out_dir: Path) -> Path:
     auc_rows = [
         {
             "comparison": k.removeprefix("auc_").replace("_", " "),
-            "AUC": v,
-            "95% CI": f"{mia[k + '_ci95'][0]:.3f}-{mia[k + '_ci95'][1]:.3f}",
+            "AUC [95% interval]": fmt(v, mia[k + "_ci95"]),
         }
         for k, v in mia.items()
         if k.startswith("auc_") and not k.endswith("_ci95")
@@ -316,8 +316,8 @@ def write_experiment_page(out_dir: Path) -> Path:
         f"consented images with planted duplication {r['groups']} ([copies, images]); "
         f"{r['sets']['heldout']} consented images held out, {r['sets']['optedout']} opted-out images never "
         f"trained on. {r['samples']} samples ({r['sampler']['name']}, {r['sampler']['steps']} steps) matched "
-        f"against the members: replication rate {r['replication_rate']:.2%} "
-        f"(95% CI {r['replication_ci95'][0]:.2%}-{r['replication_ci95'][1]:.2%}). Sample pairs: memorisation.md. "
+        f"against the members: replication rate {fmt(r['replication_rate'], r['replication_ci95'], True)} "
+        "(95% interval). Sample pairs: [memorisation.md](memorisation.md). "
         f"{UNTRAINED_WARNING}"
     )
     sections = [
@@ -331,21 +331,24 @@ def write_experiment_page(out_dir: Path) -> Path:
         Section(
             "Membership inference (loss-based)",
             table=auc_rows,
-            text=f"{mia['method']}. Mean losses: {json.dumps(mia['mean_loss'])}. AUC 0.5 = no better than "
+            text=f"{mia['method']}. Mean losses: {cell(mia['mean_loss'])}. AUC 0.5 = no better than "
             "chance; members vs opted-out asks whether images whose creators opted out look like training "
             "data (they should not, as they were not trained on).",
         ),
         Section(
             "Setup",
-            text=json.dumps(
-                {
+            table=[
+                {"setting": k, "value": v}
+                for k, v in {
                     "quick": r["quick"],
                     "seed": r["seed"],
                     "steps": r["steps"],
-                    **{k: r["consent"].get(k) for k in ("rows", "kept", "removed", "by_signal")},
-                },
-                default=str,
-            ),
+                    **{
+                        f"consent {k}": r["consent"].get(k)
+                        for k in ("rows", "kept", "removed", "by_signal")
+                    },
+                }.items()
+            ],
         ),
     ]
     return write_page(

@@ -14,24 +14,28 @@ from typing import Any
 
 from audit.errors import AuditError
 from audit.images import ImageProblem, decode, read_bytes
-from audit.reports import Section, png_bytes, write_page
+from audit.reports import Section, default_dir, png_bytes, write_page
 from audit.workspace import Workspace, atomic_write_bytes
 
 STATES = ("reserved", "unchecked", "not_evaluable", "allowed")
-USES = ("genai_training", "ai_training", "data_mining")
+USES = ("genai_training", "ai_training", "data_mining", "search_indexing", "ai_inference")
+COVERAGE = ("evaluated", "missing", "absent", "not_consulted")
 _HOST = "coalesce(nullif(lower(regexp_extract(m.url, '^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#:@]*)', 1)), ''), '(malformed)')"
 
 _METHOD = (
     "Each row gets one decision per use (genai_training, ai_training, data_mining). Every signal found "
     "for the row (registries, XMP/C2PA in the image bytes, HTTP headers of the image URL, the page's meta "
     "tags, robots.txt, ai.txt and tdmrep.json of the host) has a state; the decision is the most restrictive: "
-    "reserved > unchecked (a source that should have been consulted was unavailable) > not_evaluable (the "
-    "signal cannot apply, e.g. no page URL or no image bytes) > allowed. Unchecked and not_evaluable are "
-    "never counted as allowed. A reservation of data_mining also reserves ai_training and genai_training.\n\n"
+    "reserved (an evaluated signal reserves the use) > unchecked (a source that should have been consulted "
+    "was unavailable) > allowed (at least one source was evaluated and none reserves) > not_evaluable "
+    "(nothing could be evaluated). Sources that do not exist for a row (no page URL, no image bytes) do not "
+    "decide; the coverage table says which they were. A reservation of data_mining also reserves "
+    "ai_training and genai_training; search_indexing and ai_inference are reported as their own uses.\n\n"
     "robots.txt is a crawl permission, not a licence: a disallow for an AI-training crawler (GPTBot, CCBot, "
     "img2dataset...) counts as a reservation of AI training; a disallow for every crawler (*) or an "
-    "unreachable robots.txt (RFC 9309: disallow all) counts as a reservation of all uses. C2PA assertions "
-    "are read without verifying signatures."
+    "unreachable robots.txt (RFC 9309: disallow all) counts as a reservation of all uses. C2PA signatures "
+    "are checked with c2pa-python: the evidence starts with their state (untrusted, tampered...) and signer; "
+    "a reservation counts whatever its signature."
 )
 
 
@@ -47,10 +51,15 @@ def write(
     rec = ws.stage("optout")
     if not rec or rec.get("status") != "done":
         raise AuditError(f"no finished optout stage in {ws.root}. Run: audit optout {ws.root}")
-    out = Path(out_dir) if out_dir is not None else Path("reports") / ws.dataset
+    out = Path(out_dir) if out_dir is not None else default_dir(ws)
     summary = rec.get("summary", {})
     con = ws.connect()
     sections = [
+        Section(
+            "Coverage: which sources could be evaluated",
+            _coverage_text(summary),
+            table=_coverage(summary),
+        ),
         Section("Decisions per use", _consulted(summary), table=_decisions(con)),
         Section(
             "Rows per signal and state",
@@ -90,7 +99,8 @@ def write(
             Section(
                 "Consented subset",
                 f"`audit filter` kept {s.get('kept')} of {s.get('rows')} rows "
-                f"for {s.get('use')} (states kept: {', '.join(s.get('kept_states', []))}); "
+                f"for {s.get('use')} (states kept: {', '.join(s.get('kept_states', []))}"
+                f"{'; required sources: ' + ', '.join(s['required']) if s.get('required') else ''}); "
                 f"written to {s.get('out')}.",
                 table=[
                     {"removed because": k, "rows": v} for k, v in s.get("by_decision", {}).items()
@@ -109,7 +119,8 @@ def _consulted(summary: dict[str, Any]) -> str:
             + (
                 " (UNREADABLE: rows unchecked)"
                 if r.get("error")
-                else f" ({r['domains']} domains, {r['urls']} URLs)"
+                else f" ({r['domains']} domain, {r['urls']} URL, {r.get('url_prefixes', 0)} URL prefix, "
+                f"{r.get('hosts', 0)} host rules)"
             )
             for r in summary.get("registries", [])
         )
@@ -124,7 +135,67 @@ def _consulted(summary: dict[str, Any]) -> str:
         )
     for err in summary.get("registry_errors", []):
         lines.append(f"Registry error: {err}")
+    for r in summary.get("registries", []):
+        if r.get("unmatched"):
+            lines.append(
+                f"Registry {Path(r['path']).name}: {r['unmatched']} of {r['rules']} rules matched "
+                "no row, e.g. " + "; ".join(r.get("examples", [])[:5])
+            )
+    sp = summary.get("spawning")
+    if sp:
+        lines.append(
+            f"Spawning API ({sp['endpoint']}): {sp['answered']} URLs answered, {sp['opted_out']} "
+            f"opted out, {sp['unchecked']} unchecked"
+            + (f"; warnings: {'; '.join(sp['warnings'][:3])}" if sp.get("warnings") else "")
+        )
     return "\n\n".join(lines)
+
+
+def _coverage_text(summary: dict[str, Any]) -> str:
+    rows = summary.get("rows", 0)
+    cov = summary.get("coverage", {})
+    lines = [
+        "Rows per source and coverage state. *evaluated*: the source was consulted for the row; "
+        "*absent*: the source does not exist for the row (no page URL, no image bytes before "
+        "download); *not_consulted*: not given to this run (no "
+        "crawl cache, no registry, no Spawning check); *missing*: it should have been checked and "
+        "was not (host missing from the crawl cache, fetch error, unreadable registry, embedded "
+        "metadata present but unreadable) - those "
+        "rows are `unchecked`, never allowed. Absent and not-consulted sources do not block a row; "
+        "`audit filter --require page,embedded` makes them required."
+    ]
+    evaluated = summary.get("evaluable") or []
+    lines.append(
+        f"**Evaluated for at least one row: {', '.join(evaluated) or 'nothing'}.** "
+        + (
+            "Not evaluable for any row: "
+            + ", ".join(
+                f"{src} ({', '.join(f'{k} {v}' for k, v in sorted(per.items()))})"
+                for src, per in cov.items()
+                if per.get("evaluated", 0) == 0
+            )
+            + f" (of {rows} rows)."
+            if any(per.get("evaluated", 0) == 0 for per in cov.values())
+            else ""
+        )
+    )
+    return "\n\n".join(lines)
+
+
+def _coverage(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    sources = summary.get("coverage_sources", {})  # source -> its signal names
+    notes = summary.get("coverage_notes", {})
+    return [
+        {
+            "source": src,
+            "signals": ", ".join(sources.get(src, ())),
+            **{state: per.get(state, 0) for state in COVERAGE},
+            "e.g. why not evaluated": "; ".join(
+                f"{state}: {why}" for state, why in notes.get(src, {}).items()
+            )[:160],
+        }
+        for src, per in summary.get("coverage", {}).items()
+    ]
 
 
 def _pivot(rows: list[tuple], key: str) -> list[dict[str, Any]]:

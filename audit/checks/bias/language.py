@@ -5,6 +5,12 @@ model over byte n-grams. It is unreliable on very short text, so captions of few
 three words are counted separately ("short") and the report says so. For speed on large
 datasets every k-th caption is identified so that at most `max_rows` are (a systematic sample,
 deterministic); the json records the sample size.
+
+When the data declares a language per row (LAION's `LANGUAGE`, ingested as `language`), that
+declaration is the row's language in `languages`, and the identifier only fills the rows
+without one: the identifier is the weaker witness (on a 10,000-row LAION sample it called 7%
+of English captions Nigerian Pidgin). `detected` stays the identifier's own count and
+`agreement` compares the two where both exist.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class LanguageCounter:
         self.detected: Counter[str] = Counter()
         self.declared: Counter[str] = Counter()
         self.pairs: Counter[tuple[str, str]] = Counter()  # (declared, detected) where both
+        self.chosen: Counter[str] = Counter()  # declared language, else the identifier's
+        self.from_column = 0
         self.short = 0
 
     def add(self, captions: list[str | None], declared: list[str | None] | None = None) -> None:
@@ -54,11 +62,12 @@ class LanguageCounter:
                 self.short += 1
             lang = identify(text)
             self.detected[lang] += 1
-            if declared is not None:
-                code = normalise_code(declared[i])
-                if code is not None:
-                    self.declared[code] += 1
-                    self.pairs[(code, lang)] += 1
+            code = normalise_code(declared[i]) if declared is not None else None
+            self.chosen[code or lang] += 1
+            if code is not None:
+                self.from_column += 1
+                self.declared[code] += 1
+                self.pairs[(code, lang)] += 1
         self.seen += len(captions)
 
     def result(self, reps: int, rng: np.random.Generator, top: int = 15) -> dict[str, Any]:
@@ -73,10 +82,23 @@ class LanguageCounter:
                     "language": lang,
                     "captions": k,
                     "share": k / n,
-                    "ci95": stats.bootstrap_cells([k, n - k], lambda d: d[:, 0] / n, reps, rng),
+                    "ci95": stats.wilson(k, n),
                 }
                 for lang, k in self.detected.most_common(top)
             ],
+            "languages": [
+                {
+                    "language": lang,
+                    "captions": k,
+                    "share": k / n,
+                    "ci95": stats.bootstrap_cells([k, n - k], lambda d: d[:, 0] / n, reps, rng),
+                }
+                for lang, k in self.chosen.most_common(top)
+            ],
+            "languages_from": {
+                "language column": self.from_column,
+                "identifier": n - self.from_column,
+            },
         }
         compared = sum(self.pairs.values())
         if compared:
@@ -88,9 +110,7 @@ class LanguageCounter:
                 "compared": compared,
                 "agree": agree,
                 "share": agree / compared,
-                "ci95": stats.bootstrap_cells(
-                    [agree, compared - agree], lambda d: d[:, 0] / compared, reps, rng
-                ),
+                "ci95": stats.wilson(agree, compared),
             }
             out["disagreements"] = [
                 {"declared": a, "detected": b, "captions": k}

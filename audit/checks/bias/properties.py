@@ -1,7 +1,9 @@
 """Image properties: pixel size and aspect ratio, and LAION's score columns when present.
 
 Sizes come from the decoded header (`image_width`/`image_height`, written by ingest) and fall
-back to the declared `width`/`height`. Score columns (`punsafe`, `pwatermark`, `aesthetic`,
+back to the declared `width`/`height`. Where both exist they are compared (`declared_sizes`):
+declared sizes are taken from the web page or the source parquet and can be wrong; LAION's
+original parquet is reported to have WIDTH and HEIGHT swapped. Score columns (`punsafe`, `pwatermark`, `aesthetic`,
 `similarity`, and `clip_similarity` from `audit embed`) are summarised only when they hold
 values. The "share above" cuts in `THRESHOLDS` are reference points, not filters: 0.5 for
 the two detector probabilities, 6 for the aesthetic predictor (a LAION-Aesthetics subset cut)
@@ -36,6 +38,38 @@ def _column(con: Any, sql: str) -> np.ndarray:
     return pc.fill_null(pc.cast(col, pa.float64()), float("nan")).to_numpy(zero_copy_only=False)
 
 
+def declared_sizes(con: Any, tolerance: int = 1) -> dict[str, Any]:
+    """Declared width/height against the decoded image: how many contradict, how many swapped.
+
+    A declared size agrees when each side is within `tolerance` pixels of the decoded one
+    (resizers round); it is swapped when it disagrees but matches with width and height
+    exchanged (and the image is not square).
+    """
+    t = tolerance
+    compared, contradict, swapped = con.sql(
+        f"""
+        SELECT count(*),
+               count(*) FILTER (WHERE NOT (abs(width - image_width) <= {t}
+                                       AND abs(height - image_height) <= {t})),
+               count(*) FILTER (WHERE NOT (abs(width - image_width) <= {t}
+                                           AND abs(height - image_height) <= {t})
+                                AND abs(width - image_height) <= {t}
+                                AND abs(height - image_width) <= {t})
+        FROM metadata
+        WHERE width IS NOT NULL AND height IS NOT NULL
+          AND image_width IS NOT NULL AND image_height IS NOT NULL
+        """
+    ).fetchall()[0]
+    return {
+        "compared": int(compared),
+        "contradict": int(contradict),
+        "contradict_share": contradict / compared if compared else None,
+        "swapped": int(swapped),
+        "swapped_share_of_contradicting": swapped / contradict if contradict else None,
+        "tolerance_px": tolerance,
+    }
+
+
 def compute(con: Any, views: set[str], reps: int, rng: np.random.Generator) -> dict[str, Any]:
     """Distributions over the `metadata` view (and `clip_scores` when present)."""
     w = _column(con, "SELECT coalesce(image_width, width) FROM metadata")
@@ -45,6 +79,7 @@ def compute(con: Any, views: set[str], reps: int, rng: np.random.Generator) -> d
     aspect = w / h
     n = int(ok.sum())
     out: dict[str, Any] = {"rows_with_size": n, "rows_without_size": int((~ok).sum())}
+    out["declared_sizes"] = declared_sizes(con)
     if n:
         shares = {
             "landscape (w/h > 1.05)": int((aspect > 1.05).sum()),
@@ -64,7 +99,7 @@ def compute(con: Any, views: set[str], reps: int, rng: np.random.Generator) -> d
                 k: {
                     "rows": v,
                     "share": v / n,
-                    "ci95": stats.bootstrap_cells([v, n - v], lambda d: d[:, 0] / n, reps, rng),
+                    "ci95": stats.wilson(v, n),
                 }
                 for k, v in shares.items()
             },
@@ -103,7 +138,7 @@ def _score(
             "threshold": threshold,
             "rows": above,
             "share": above / n,
-            "ci95": stats.bootstrap_cells([above, n - above], lambda d: d[:, 0] / n, reps, rng),
+            "ci95": stats.wilson(above, n),
         },
         "hist": stats.histogram(values, np.linspace(lo, hi, 31)),
     }
