@@ -90,7 +90,7 @@ class RunOptions:
             train_minutes=DEMO_TRAIN_MINUTES,
             train_base_channels=16,
             train_batch_size=16,
-            calibrate=200,
+            calibrate=30,  # sources x 10 transformations + chains + negatives: a few minutes
         )
 
 
@@ -220,8 +220,13 @@ def match(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     report_dir: str | Path | None = None,
     workers: int = 2,
+    descriptor: str | Path | None = None,
+    descriptor_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Find the training images that generated images copy; returns the summary.
+
+    `descriptor` is an optional TorchScript/ONNX copy descriptor file (SSCD), copy at
+    `descriptor_threshold` (see `audit.descriptors`).
 
     `generated` is a folder, parquet or webdataset of images (or an already described
     workspace). Writes `<against>/memorisation/<name>/{generated/, matches.parquet, summary.json}`
@@ -230,7 +235,7 @@ def match(
     >>> match("generated/sample", against="indexes/sample", name="ddpm")  # doctest: +SKIP
     {'generated': 64, 'counts': {'copy': 3, 'near': 5, 'novel': 56}, 'replication_rate': 0.047, ...}
     """
-    from audit import knn
+    from audit import descriptors, features, hashes, knn
     from audit.checks import memorisation
     from audit.reports import memorisation as report
 
@@ -238,8 +243,10 @@ def match(
     name = safe_name(name or generated.resolve().name, "--name")  # stays in WS/memorisation/
     train = Workspace.open(against)
     model, pretrained = _embed_params(train)
+    desc = descriptors.load(descriptor, descriptor_threshold) if descriptor else None
     if not train.stage_fingerprint("index"):
         knn.build(train.root)  # the candidates come from the training indexes
+    train = _ensure_features(train)
     if not generated.exists():
         raise AuditError(
             f"{generated} does not exist. Pass the folder (or parquet/webdataset) of generated images."
@@ -256,8 +263,13 @@ def match(
         )
     run = train.start_stage(
         f"match-{name}",
-        {"generated": train.relative(generated), "k": k, "thresholds": thresholds.to_dict()},
-        depends_on=["embed", "hash"],
+        {
+            "generated": train.relative(generated),
+            "k": k,
+            "thresholds": thresholds.to_dict(),
+            "descriptor": desc.info if desc else None,
+        },
+        depends_on=["embed", "hash", "features"],
     )
     summary = memorisation.check(
         gen_root,
@@ -267,6 +279,9 @@ def match(
         out_dir,
         k=k,
         thresholds=thresholds,
+        search_features=features.search,
+        hash_images=hashes.hash_images,
+        descriptor=desc,
     )
     rel = f"memorisation/{name}"
     run.finish(
@@ -283,59 +298,128 @@ def match(
     return summary
 
 
+def _ensure_features(ws: Workspace) -> Workspace:
+    """Build the local-feature index (stage `features`) unless it is done and current;
+    returns the workspace as it is on disk now."""
+    from audit import features
+
+    if ws.status().get("features", {}).get("status") != "done":
+        features.build(ws.root)
+    return Workspace.open(ws.root)
+
+
 def calibrate(
-    ws: str | Path, n: int = 200, seed: int = 0, report_dir: str | Path | None = None
+    ws: str | Path,
+    n: int = 150,
+    negatives: int = 400,
+    seed: int = 0,
+    report_dir: str | Path | None = None,
+    descriptor: str | Path | None = None,
+    descriptor_threshold: float = 0.5,
+    group_by: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Measure each copy descriptor on `n` images of `ws` and their transformed copies.
+    """Precision and recall of the memorisation check on `n` images of `ws` put through
+    every copy transformation (alone and chained) and `negatives` held-out images.
 
-    Writes `<report_dir>/calibration.json|.md|.html` (default `reports/<dataset>/`); returns
-    the result with the thresholds it suggests and those in use.
+    `group_by` names metadata columns whose equal values mark variants of one picture
+    (for an `audit sample` workspace: category, title, author), kept out of the negatives
+    together with their twins.
 
-    >>> calibrate("indexes/sample", n=200, seed=0)  # doctest: +SKIP
+    Writes `<report_dir>/calibration.json|.md|.html` (default `reports/<dataset>/`).
+
+    >>> calibrate("indexes/sample", n=150, negatives=400)  # doctest: +SKIP
     """
+    import numpy as np
 
-    from audit import embeddings, hashes
+    from audit import descriptors, embeddings, features, hashes, knn, verify
     from audit.checks import calibrate as cal
     from audit.checks import memorisation as mem
     from audit.reports import memorisation as report
 
-    if n < 3:
-        raise AuditError(f"--n must be at least 3, got {n}.")
+    if n < 3 or negatives < 1:
+        raise AuditError(
+            f"--n must be at least 3 and --negatives at least 1, got {n} and {negatives}."
+        )
     w = Workspace.open(ws)
     model, pretrained = _embed_params(w)
-    images, skipped = _distinct_images(w, n, seed)
+    if not w.stage_fingerprint("index"):
+        knn.build(w.root)
+    w = _ensure_features(w)
+    import pyarrow.parquet as pq
+
+    have = pq.read_schema(w.path(w.require_parts()[0].path)).names
+    if missing := [c for c in group_by if c not in have]:
+        raise AuditError(f"--group-by {','.join(missing)}: no such metadata column in {w.root}")
+    rows = mem.read_rows(w, range(w.num_rows), [*IMAGE_LOCATION, "image_sha256", *group_by])
+    row_ids, thumbs, usable, sha, family = [], [], [], [], []
+    for rid, rec in sorted(rows.items()):
+        img = mem.load_image(w, {**rec, "row_id": rid})
+        if isinstance(img, Exception):
+            continue
+        row_ids.append(rid)
+        thumbs.append(cal.thumbnail(img))
+        usable.append(verify.information(np.asarray(img.convert("L"))) is None)
+        sha.append(rec["image_sha256"])
+        values = tuple(rec[c] for c in group_by)
+        family.append(values if group_by and all(v is not None for v in values) else None)
+    groups = cal.twin_groups(sha, np.stack(thumbs), families=family)
+    sources, held_out = cal.plan(groups, np.asarray(usable), n, negatives, seed)
+    images = {
+        i: mem.load_image(w, {**rows[row_ids[i]], "row_id": row_ids[i]}) for i in sources + held_out
+    }
     clip = embeddings.load_model(model, pretrained)
-    trained = bool(clip.info.get("trained"))
-    th = Thresholds()
-    descriptors = cal.Descriptors(
-        to_pixels=mem.to_pixels,
-        tile_distance_matrix=mem.tile_distance_matrix,
-        hash_images=hashes.hash_images,
-        hamming=mem.hamming,
-        embed_images=clip.embed_images,
-        rule=lambda s: mem.decide(
-            s["tile_l2"],
-            s["tile_relative"],
-            s["phash_hamming"],
-            s.get("cosine"),
-            th,
-            use_cosine=trained,
-        )[0],
+    desc = descriptors.load(descriptor, descriptor_threshold) if descriptor else None
+    codes, codes_ok = mem.load_hashes(w)
+    train_emb, info = mem.load_embeddings(w)
+    ref = mem.Reference(
+        ws=w,
+        search_hashes=knn.search_hashes,
+        search_features=features.search,
+        codes=codes,
+        codes_ok=codes_ok,
+        embeddings=train_emb,
+        search_embeddings=knn.search_embeddings,
+        use_cosine=bool(info.get("trained")),
+        descriptor_vectors=mem.describe_rows(w, desc) if desc else None,
+        descriptor_threshold=descriptor_threshold,
     )
-    result = cal.calibrate(images, descriptors, seed=seed)
+
+    def match(imgs: list[Any], exclude: frozenset[int]) -> list[dict[str, Any]]:
+        ref.exclude = exclude
+        out = []
+        for s in range(0, len(imgs), 64):
+            chunk = imgs[s : s + 64]
+            emb, dv = clip.embed_images(chunk), desc.embed(chunk) if desc else None
+            queries = [
+                mem.Query(im, emb[j], None if dv is None else dv[j]) for j, im in enumerate(chunk)
+            ]
+            out += mem.match_images(queries, ref, hashes.hash_images)
+        return out
+
+    result = cal.calibrate(
+        [images.get(i) for i in range(len(row_ids))],
+        row_ids,
+        groups,
+        sources,
+        held_out,
+        match,
+        seed,
+    )
     result.update(
         workspace=str(w.root),
         dataset=w.dataset,
-        requested=n,
-        skipped=skipped,
+        requested={"sources": n, "negatives": negatives},
+        group_by=list(group_by),
+        readable_rows=len(row_ids),
+        usable_sources=int(np.sum(usable)),
         model=clip.info,
-        suggested=cal.suggest_thresholds(result),
-        in_use=th.to_dict(),
-        cosine_votes=trained,
+        descriptor=desc.info if desc else None,
+        thresholds=Thresholds().to_dict(),
+        verifier=verify.settings(),
+        cosine_votes=ref.use_cosine,
     )
-    if not trained:
-        result["warning"] = "untrained embedding weights: cosine figures describe a random network"
     out = Path(report_dir or default_dir(w))
+    result["report"] = str(out / "calibration.md")
     atomic_write_json(out / "calibration.json", json.loads(json.dumps(result, default=_jsonable)))
     report.write_calibration_page(out)
     return result
@@ -345,51 +429,3 @@ def _jsonable(v: Any) -> Any:
     import numpy as np
 
     return v.item() if isinstance(v, np.generic) else str(v)
-
-
-def _distinct_images(ws: Workspace, n: int, seed: int) -> tuple[list[Any], dict[str, int]]:
-    """Up to n decoded images with distinct sha256 and some content (blank images are skipped:
-    every blank picture is a 'copy' of every other, which says nothing about a descriptor)."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from audit.checks.memorisation import to_pixels
-    from audit.images import ImageProblem, decode, read_bytes
-
-    cols = ["row_id", *IMAGE_LOCATION, "image_sha256"]
-    rows = [
-        r
-        for p in ws.require_parts()
-        for r in pq.read_table(ws.path(p.path), columns=cols).to_pylist()
-        if r["image_status"] == "ok"
-    ]
-    order = np.random.default_rng(seed).permutation(len(rows))
-    seen: set[str] = set()
-    images: list[Any] = []
-    skipped = {"duplicate": 0, "blank": 0, "unreadable": 0}
-    for i in order:
-        r = rows[i]
-        if len(images) >= n:
-            break
-        if r["image_sha256"] in seen:
-            skipped["duplicate"] += 1
-            continue
-        seen.add(r["image_sha256"])
-        try:
-            img = decode(
-                read_bytes(r["image_path"], r["image_offset"], r["image_size"]),
-                draft_size=(256, 256),
-            )
-        except ImageProblem:
-            skipped["unreadable"] += 1
-            continue
-        img.thumbnail((256, 256))
-        if to_pixels(img).std() < 0.02:
-            skipped["blank"] += 1
-            continue
-        images.append(img)
-    if len(images) < 3:
-        raise AuditError(
-            f"{ws.root} has only {len(images)} distinct, readable, non-blank images; calibration needs 3+."
-        )
-    return images, skipped

@@ -19,6 +19,7 @@ BASE = {
     "audit.progress",
     "audit.threads",
     "audit.reports",
+    "audit.verify",  # the copy verifier: memorisation, duplicates and features share it
     "audit.stages",
     "audit.results",
     "audit.engines",

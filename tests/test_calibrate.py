@@ -1,4 +1,4 @@
-"""Calibration of the copy descriptors on synthetic images."""
+"""Calibration of the memorisation check: real pictures, planted twins, held-out negatives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import build_workspace, encode, synthetic_image
+from conftest import build_workspace, encode
+from PIL import Image
+from test_memorisation_check import sample_images
 
 from audit.checks import calibrate as cal
 
@@ -20,75 +22,91 @@ def result(tmp_path_factory):
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cal")
-    images = [encode(synthetic_image(s, size=96)) for s in range(20)]
-    images += [images[0]]  # an exact duplicate is skipped, not counted as a negative
+    images = [encode(im) for im in sample_images(16, skip=40)]
+    images += [images[0], encode(Image.new("RGB", (64, 64), "white"))]  # a twin and a blank
     ws = build_workspace(root / "ws", images)
     hashes.compute(ws.root, workers=1)
     embeddings.compute(ws.root, model="tiny", pretrained="none", workers=0)
-    return root, experiments.calibrate(ws.root, n=18, seed=0, report_dir=root / "reports")
+    r = experiments.calibrate(ws.root, n=6, negatives=4, seed=0, report_dir=root / "reports")
+    return root, r
 
 
-def test_every_transformation_is_found_above_chance(result):
+def test_every_transformation_is_measured_and_found(result):
     _, r = result
-    assert r["images"] == 18 and r["pairs"] == {"positives": 18 * 7, "negatives": 18 * 17 * 7}
-    assert set(r["per_transform"]) == set(cal.TRANSFORMS)
-    for name, per in r["per_transform"].items():
-        best = max(per.values(), key=lambda s: s["auc"])
-        assert best["auc"] > 0.75, name
-        assert best["recall_at_best_f1"] > best["chance_recall_at_best_f1"] + 0.3, name
-    # pixel and hash descriptors see through mild copies almost perfectly
-    for name in ("jpeg", "rescale"):
-        assert r["per_transform"][name]["tile_relative"]["auc"] > 0.95
-        assert r["rule"][name]["copy_recall"] > r["rule"][name]["copy_false_positive_rate"]
-    # phash is not mirror-invariant: a flip is far harder for it than a JPEG
-    assert (
-        r["per_transform"]["flip"]["phash_hamming"]["auc"]
-        < r["per_transform"]["jpeg"]["phash_hamming"]["auc"]
+    c = r["counts"]
+    assert c["sources"] == 6 and c["negatives"] >= 4 and c["twin_groups"] == 17
+    assert c["queries"] == 6 * len(cal.TRANSFORMS) + 2 * 6 + c["negatives"]
+    assert set(cal.TRANSFORMS) <= set(r["per_transform"])
+    assert any("+" in k for k in r["per_transform"])  # chains beside the singles
+    for name in ("mirror", "grey", "jpeg", "rescale"):
+        assert r["per_transform"][name]["verdict"]["recall"] >= 5 / 6, name
+    single = r["pooled"]["single"]["verdict"]
+    assert single["recall"] > 0.8 and single["false_positives"] <= 1
+    assert r["negatives"]["called_copy"] == 0
+    # each descriptor alone is reported beside the verdict, and the old global rule with it
+    assert {"verdict", "geometry", "tile_l2", "phash_hamming", "old_rule"} <= set(
+        r["pooled"]["single"]
     )
+    # mirror: the pHash of the mirror image finds what the plain pHash cannot
+    assert r["candidates"]["mirror"]["phash"] >= 5 / 6
+    assert r["candidates"]["single"]["any"] > 0.9
 
 
 def test_calibration_outputs(result):
     root, r = result
-    assert r["warning"].startswith("untrained") and r["cosine_votes"] is False
     saved = json.loads((root / "reports" / "calibration.json").read_text())
-    assert saved["suggested"]["near_tile"] == pytest.approx(
-        r["pooled"]["tile_l2"]["best_f1_threshold"]
+    assert saved["pooled"]["single"]["verdict"]["recall"] == pytest.approx(
+        r["pooled"]["single"]["verdict"]["recall"]
     )
-    assert "Per transformation" in (root / "reports" / "calibration.md").read_text()
+    page = (root / "reports" / "calibration.md").read_text()
+    assert "per transformation" in page and "Candidate recall" in page
     assert (root / "reports" / "calibration.html").exists()
 
 
-def test_pr_stats_on_a_planted_split():
+def test_twin_groups_join_sha_thumbnails_and_families():
     rng = np.random.default_rng(0)
-    labels = np.r_[np.ones(50, bool), np.zeros(500, bool)]
-    dist = np.r_[rng.uniform(0, 0.1, 50), rng.uniform(0.05, 1, 500)]
-    s = cal.pr_stats(dist, labels, lower_is_closer=True)
-    assert 0.9 < s["auc"] <= 1
-    assert s["threshold_at_p99"] <= 0.05 + 1e-9  # below the overlap, only positives
-    assert s["precision_at_best_f1"] > 0.7 and 0 <= s["chance_recall_at_best_f1"] < 0.05
-    assert cal.pr_stats(-dist, labels)["auc"] == pytest.approx(s["auc"])
+    thumbs = rng.random((5, 32, 32)).astype(np.float32)
+    thumbs[3] = thumbs[1] + 0.01  # a near-identical thumbnail
+    g = cal.twin_groups(["a", "b", "a", None, "c"], thumbs, families=[None, None, None, None, "f"])
+    assert g.tolist() == [0, 1, 0, 1, 4]
+    g = cal.twin_groups(["a", "b", "c", "d", "e"], thumbs, families=["x", None, None, None, "x"])
+    assert g.tolist() == [0, 1, 2, 1, 0]
+    src, neg = cal.plan(np.array([0, 1, 0, 3, 4, 5]), np.ones(6, bool), sources=2, negatives=1)
+    held = {int(np.array([0, 1, 0, 3, 4, 5])[i]) for i in neg}
+    assert len(held) == 1 and len(src) == 2 and not set(src) & set(neg)
+    if 0 in held:
+        assert sorted(neg) == [0, 2]  # a whole twin group is held out
 
 
-def test_transforms_change_the_image_but_keep_its_size_class():
-    img = synthetic_image(5, size=96)
+def test_transforms_change_the_image():
+    img = sample_images(1, skip=50)[0]
     rng = np.random.default_rng(0)
     for name, fn in cal.TRANSFORMS.items():
         out = fn(img, rng)
         assert out.mode == "RGB", name
-        assert (
-            np.asarray(out.resize(img.size)).astype(int).tolist()
-            != np.asarray(img).astype(int).tolist()
-        ), name
+        assert out.size != img.size or not np.array_equal(np.asarray(out), np.asarray(img)), name
 
 
-def test_calibrate_command(result):
+def test_calibrate_command(result, tmp_path):
     from audit.cli import cli
 
     root, _ = result
     r = CliRunner().invoke(
-        cli, ["calibrate", str(root / "ws"), "--n", "6", "--report-dir", str(root / "r2")]
+        cli,
+        [
+            "calibrate",
+            str(root / "ws"),
+            "--n",
+            "3",
+            "--negatives",
+            "2",
+            "--report-dir",
+            str(tmp_path),
+        ],
     )
     assert r.exit_code == 0, r.output
-    assert "6 images x 7 transforms" in r.output
+    assert "3 images x 10 transforms, 2 negatives: verdict copy recall" in r.output
     bad = CliRunner().invoke(cli, ["calibrate", str(root / "ws"), "--n", "2"])
     assert bad.exit_code == 1 and "--n must be at least 3" in bad.output
+    bad = CliRunner().invoke(cli, ["calibrate", str(root / "ws"), "--group-by", "nope"])
+    assert bad.exit_code == 1 and "no such metadata column" in bad.output

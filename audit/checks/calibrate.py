@@ -1,40 +1,53 @@
-"""Calibration of the copy descriptors: how well does each one tell a copy from another image?
+"""Calibration of the memorisation check: precision and recall, per copy transformation.
 
-Positives are real images put through one copy-style transformation each (crop, rescale,
-JPEG, colour shift, flip, rotation, overlaid text), paired with their original; negatives
-are the same transformed image paired with every *other* original of the set, so a set of
-n images gives n positives and n(n-1) negatives per transformation. That 1:(n-1) ratio is
-the situation of a nearest-neighbour search, harsher than a balanced benchmark, so a
-threshold that keeps 99% precision here is conservative.
+The benchmark is the search a user runs. The workspace's images are deduplicated first
+(same sha256, or near-identical 32x32 grey thumbnails: openclipart holds the same picture
+under several names and long numbered series that differ by a line; and, with
+`group_by`, equal metadata values such as openclipart's numbered variants of one drawing,
+which recolour or redraw a detail and are copies of each other), then whole groups of
+twins are drawn as *negatives* and removed from the searched set, so a negative has no
+copy in it. Of the remaining groups, `sources` images become *positives*: each is put
+through every copy transformation below, alone and in chains of 2-3, and the copy is
+matched against the workspace like a generated image. A positive is found when the verdict
+is `copy` and the matched image is its source or one of the source's twins; a `copy`
+verdict on anything else (a negative, or the wrong source) is a false positive.
 
-For each descriptor (tiled l2, the four perceptual hashes, embedding cosine, and their
-combination) we report, pooled and per transformation: ROC AUC, the threshold that
-maximises F1 with its precision and recall, and the recall reachable at >= 99% precision
-with its threshold. These numbers set the defaults of `audit.checks.memorisation`.
+Reported per transformation, for the final verdict and for each descriptor alone (what it
+would say about its own best candidate at its copy threshold): recall, false positives,
+and precision over the transformation's positives plus every negative (a negative is any
+unrelated image, so its false positives count against every transformation); pooled over
+the single transformations and over the chains. Candidate recall@k says how often the
+true source was among each search's candidates at all.
 
-The descriptors come in as functions (`Descriptors`), so this module imports no stage.
+The matcher comes in as a function (`Match`), so this module imports no stage.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from audit.errors import AuditError
-from audit.schema import HASHES
+import numpy as np
 
-RELATIVE_NEIGHBOURS = 20
+from audit.errors import AuditError
+
+TWIN_RMS = 0.05  # 32x32 grey thumbnails closer than this (RMS, 0-1) are one picture
+CHAINS = 60  # chained queries per chain length (2 and 3)
 
 
 # -- copy-style transformations: (image, rng) -> image -------------------------------------------
+# The edits a copier makes, each at the strength the memorisation issue asks the check to
+# survive: crops down to half the area, rotations up to 20 degrees with fill, mirroring,
+# borders, rescaling, grey, blur, JPEG down to quality 15, overlaid text, colour shifts.
 def crop(img: Any, rng: Any) -> Any:
-    """Keep a random 75-90% of each side, then back to the original size."""
+    """Keep a random 50-90% of the area (any aspect), at the cropped size."""
     w, h = img.size
-    f = rng.uniform(0.75, 0.9)
-    cw, ch = max(1, int(w * f)), max(1, int(h * f))
+    area = rng.uniform(0.5, 0.9)
+    aspect = rng.uniform(0.8, 1.25)
+    fw, fh = min(1.0, np.sqrt(area * aspect)), min(1.0, np.sqrt(area / aspect))
+    cw, ch = max(8, int(w * fw)), max(8, int(h * fh))
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    return img.crop((x, y, x + cw, y + ch)).resize((w, h))
+    return img.crop((x, y, x + cw, y + ch))
 
 
 def rescale(img: Any, rng: Any) -> Any:
@@ -44,13 +57,13 @@ def rescale(img: Any, rng: Any) -> Any:
 
 
 def jpeg(img: Any, rng: Any) -> Any:
-    """Re-encode as JPEG at quality 20-60."""
+    """Re-encode as JPEG at quality 15-50."""
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=int(rng.integers(20, 61)))
+    img.convert("RGB").save(buf, format="JPEG", quality=int(rng.integers(15, 51)))
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
@@ -63,7 +76,19 @@ def colour(img: Any, rng: Any) -> Any:
     return img
 
 
-def flip(img: Any, rng: Any) -> Any:
+def grey(img: Any, rng: Any) -> Any:
+    """Greyscale (kept as RGB)."""
+    return img.convert("L").convert("RGB")
+
+
+def blur(img: Any, rng: Any) -> Any:
+    """Gaussian blur of radius 0.5-1.5% of the longest side (1-4 px at 256)."""
+    from PIL import ImageFilter
+
+    return img.filter(ImageFilter.GaussianBlur(max(img.size) * rng.uniform(0.005, 0.015)))
+
+
+def mirror(img: Any, rng: Any) -> Any:
     """Mirror left-right."""
     from PIL import ImageOps
 
@@ -71,9 +96,19 @@ def flip(img: Any, rng: Any) -> Any:
 
 
 def rotation(img: Any, rng: Any) -> Any:
-    """Rotate 5-15 degrees either way, corners filled white."""
-    angle = rng.uniform(5, 15) * rng.choice([-1, 1])
-    return img.rotate(angle, fillcolor=(255, 255, 255))
+    """Rotate 5-20 degrees either way, corners filled white or a random colour."""
+    angle = rng.uniform(5, 20) * rng.choice([-1, 1])
+    fill = (255, 255, 255) if rng.random() < 0.5 else tuple(int(c) for c in rng.integers(0, 256, 3))
+    return img.rotate(angle, fillcolor=fill, resample=_bilinear())
+
+
+def border(img: Any, rng: Any) -> Any:
+    """A frame of 5-20% of the size on every side, in a random colour."""
+    from PIL import ImageOps
+
+    pad = max(2, int(max(img.size) * rng.uniform(0.05, 0.2)))
+    fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+    return ImageOps.expand(img, border=pad, fill=fill)
 
 
 def overlay_text(img: Any, rng: Any) -> Any:
@@ -93,204 +128,256 @@ def overlay_text(img: Any, rng: Any) -> Any:
     return img
 
 
+def _bilinear() -> Any:
+    from PIL import Image
+
+    return Image.Resampling.BILINEAR
+
+
 TRANSFORMS: dict[str, Callable[[Any, Any], Any]] = {
     "crop": crop,
-    "rescale": rescale,
-    "jpeg": jpeg,
-    "colour": colour,
-    "flip": flip,
     "rotation": rotation,
+    "mirror": mirror,
+    "border": border,
+    "rescale": rescale,
+    "grey": grey,
+    "blur": blur,
+    "jpeg": jpeg,
     "overlay_text": overlay_text,
+    "colour": colour,
 }
+# The three the issue singles out (recall >= 0.90 each), beside the pooled >= 0.95.
+GEOMETRIC = ("crop", "rotation", "mirror")
 
 
-@dataclass(frozen=True)
-class Descriptors:
-    """The functions that describe images, passed in by the composer.
-
-    `rule(scores) -> verdict codes` (0 copy, 1 near, 2 novel) is the memorisation check's
-    decision at its current thresholds, given the score matrices of `pair_scores`; it is
-    measured like one more descriptor.
-    """
-
-    to_pixels: Callable[[Any], Any]
-    tile_distance_matrix: Callable[[Any, Any], Any]
-    hash_images: Callable[[list[Any]], Any]
-    hamming: Callable[[Any, Any], Any]
-    embed_images: Callable[[list[Any]], Any] | None = None
-    rule: Callable[[dict[str, Any]], Any] | None = None
+def chain(img: Any, rng: Any, names: tuple[str, ...]) -> Any:
+    """Apply the named transformations in order."""
+    for name in names:
+        img = TRANSFORMS[name](img, rng)
+    return img
 
 
-# Lower is more similar for distances; every score is turned into "higher = more similar".
-LOWER_IS_CLOSER = {
-    "tile_l2": True,
-    "tile_relative": True,
-    **{f"{h}_hamming": True for h in HASHES},
-    "cosine": False,
-    "combined": False,
-}
+def random_chain(rng: Any, length: int) -> tuple[str, ...]:
+    """`length` distinct transformations in a random order."""
+    return tuple(str(n) for n in rng.choice(list(TRANSFORMS), size=length, replace=False))
 
 
-def pair_scores(originals: list[Any], copies: list[Any], d: Descriptors) -> dict[str, Any]:
-    """(n, n) score matrices, copies x originals, one per descriptor; the diagonal holds the positives."""
-    import numpy as np
-
-    orig_px = np.stack([d.to_pixels(im) for im in originals])
-    copy_px = np.stack([d.to_pixels(im) for im in copies])
-    tile = d.tile_distance_matrix(copy_px, orig_px)
-    scores: dict[str, Any] = {"tile_l2": tile, "tile_relative": relative_matrix(tile)}
-    oh, ch = np.asarray(d.hash_images(originals)), np.asarray(d.hash_images(copies))
-    for j, h in enumerate(HASHES):
-        scores[f"{h}_hamming"] = d.hamming(ch[:, j][:, None], oh[:, j][None, :]).astype(np.float32)
-    if d.embed_images is not None:
-        scores["cosine"] = (
-            np.asarray(d.embed_images(copies)) @ np.asarray(d.embed_images(originals)).T
-        )
-    # a simple combination: mean of the similarities, each mapped onto [0, 1]
-    parts = [1 - scores["tile_l2"], 1 - scores["phash_hamming"] / 64]
-    if "cosine" in scores:
-        parts.append((scores["cosine"] + 1) / 2)
-    scores["combined"] = np.mean(parts, axis=0)
-    return scores
+Match = Callable[[list[Any], frozenset[int]], list[dict[str, Any]]]
 
 
-def relative_matrix(
-    distances: Any, neighbours: int = RELATIVE_NEIGHBOURS, alpha: float = 0.5
+def thumbnail(img: Any) -> Any:
+    """The 32x32 grey thumbnail (float32 in [0, 1]) that twin detection compares."""
+    from PIL import Image
+
+    return np.asarray(img.convert("L").resize((32, 32), Image.Resampling.BOX), np.float32) / 255
+
+
+def twin_groups(
+    sha256: list[Any],
+    thumbs: Any,
+    rms: float = TWIN_RMS,
+    block: int = 1024,
+    families: list[Any] | None = None,
 ) -> Any:
-    """Carlini et al.'s relative distance of every pair: d / (alpha * mean of the row's nearest n).
+    """Group ids (smallest member index) joining same-sha256 images, near-identical
+    thumbnails and, when given, equal `families` values (None = no family)."""
+    n = len(sha256)
+    parent = np.arange(n)
 
-    The match verifies up to 2k = 20 candidates per generated image, so n = 20 here too.
-    """
-    import numpy as np
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
 
-    d = np.asarray(distances, dtype=np.float64)
-    n = min(neighbours, d.shape[1])
-    mean = np.sort(d, axis=1)[:, :n].mean(axis=1, keepdims=True)
-    return d / np.maximum(alpha * mean, 1e-9)
+    def union(i: int, j: int) -> None:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    for keys in (sha256, families or []):
+        first: dict[Any, int] = {}
+        for i, h in enumerate(keys):
+            if h is not None:
+                union(i, first.setdefault(h, i))
+    x = np.asarray(thumbs, np.float32).reshape(n, -1)
+    sq = (x * x).sum(1)
+    limit = rms * rms * x.shape[1]
+    for s in range(0, n, block):
+        d = sq[s : s + block, None] + sq[None, :] - 2 * x[s : s + block] @ x.T
+        for i, j in zip(*np.nonzero(d <= limit), strict=True):
+            if s + i < j:
+                union(s + int(i), int(j))
+    return np.array([find(i) for i in range(n)])
 
 
-def pr_stats(
-    similarity: Any, labels: Any, lower_is_closer: bool = False
-) -> dict[str, float | None]:
-    """ROC AUC, best-F1 threshold and recall at >= 99% precision for one descriptor.
-
-    Thresholds are reported in the descriptor's own unit (a distance: pass when <=).
-    """
-    import numpy as np
-    from sklearn.metrics import precision_recall_curve, roc_auc_score
-
-    s = np.asarray(similarity, dtype=np.float64)
-    s = -s if lower_is_closer else s
-    y = np.asarray(labels, dtype=bool)
-    precision, recall, thr = precision_recall_curve(y, s)
-    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
-    f1 = np.where(
-        precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0
-    )
-    b = int(np.argmax(f1))
-    ok = np.flatnonzero(precision >= 0.99)
-    p99 = int(ok[np.argmax(recall[ok])]) if ok.size else None
-    sign = -1.0 if lower_is_closer else 1.0
-    return {
-        "auc": float(roc_auc_score(y, s)),
-        "best_f1": float(f1[b]),
-        "best_f1_threshold": sign * float(thr[b]),
-        "precision_at_best_f1": float(precision[b]),
-        "recall_at_best_f1": float(recall[b]),
-        "recall_at_p99": float(recall[p99]) if p99 is not None else 0.0,
-        "threshold_at_p99": sign * float(thr[p99]) if p99 is not None else None,
-        "chance_recall_at_best_f1": float(np.mean(s[~y] >= thr[b])),  # = false-positive rate
-    }
+def plan(
+    groups: Any, usable: Any, sources: int, negatives: int, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """(source indices, negative indices): negatives are whole twin groups drawn at random
+    (every member is removed from the search); sources are one usable image per remaining
+    group."""
+    rng = np.random.default_rng(seed)
+    ids = np.unique(groups)
+    rng.shuffle(ids)
+    negatives = min(negatives, len(ids) // 3)  # a small workspace keeps most groups searchable
+    neg_groups = set(ids[:negatives].tolist())
+    neg = [int(i) for i in np.flatnonzero(np.isin(groups, list(neg_groups)))]
+    reps = []
+    for g in ids[negatives:]:
+        members = np.flatnonzero((groups == g) & usable)
+        if members.size:
+            reps.append(int(members[0]))
+        if len(reps) >= sources:
+            break
+    return reps, neg
 
 
 def calibrate(
     images: list[Any],
-    descriptors: Descriptors,
+    row_ids: list[int],
+    groups: Any,
+    sources: list[int],
+    negatives: list[int],
+    match: Match,
     seed: int = 0,
-    transforms: dict[str, Callable[[Any, Any], Any]] | None = None,
+    chains: int = CHAINS,
 ) -> dict[str, Any]:
-    """Measure every descriptor on `images` (PIL, RGB) and their transformed copies.
+    """Run the benchmark: `images[i]` is workspace row `row_ids[i]`, `groups[i]` its twin
+    group; `sources` / `negatives` index into them (see `plan`).
 
-    Returns {"pooled": {descriptor: stats}, "per_transform": {transform: {descriptor: stats}},
-    "rule": {transform: {copy_recall, copy_false_positive_rate, ...}}, "pairs": counts}.
+    Returns {"per_transform": {name: {descriptor: stats}}, "pooled": {...}, "candidates":
+    {name: {search: recall@k}}, "counts": ...}; descriptor "verdict" is the check's.
     """
-    import numpy as np
-
-    transforms = transforms or TRANSFORMS
-    if len(images) < 3:
+    if len(sources) < 3 or not negatives:
         raise AuditError(
-            f"calibration needs at least 3 images, got {len(images)}: pass a larger --n"
+            f"calibration needs at least 3 source images and 1 negative, got {len(sources)} "
+            f"and {len(negatives)}: pass a larger --n or use a larger workspace"
         )
-    n = len(images)
     rng = np.random.default_rng(seed)
-    eye = np.eye(n, dtype=bool)
-    pooled: dict[str, list[Any]] = {}
-    per_transform: dict[str, dict[str, Any]] = {}
-    rule: dict[str, dict[str, float]] = {}
-    all_codes: list[Any] = []
-    for name, fn in transforms.items():
-        copies = [fn(im, rng) for im in images]
-        scores = pair_scores(images, copies, descriptors)
-        per_transform[name] = {
-            k: pr_stats(v.ravel(), eye.ravel(), LOWER_IS_CLOSER[k]) for k, v in scores.items()
-        }
-        for k, v in scores.items():
-            pooled.setdefault(k, []).append(v.ravel())
-        if descriptors.rule is not None:
-            codes = np.asarray(descriptors.rule(scores))
-            rule[name] = _rule_stats(codes, eye)
-            all_codes.append(codes)
-    labels = np.tile(eye.ravel(), len(transforms))
-    result = {
-        "images": n,
-        "seed": seed,
-        "transforms": list(transforms),
-        "pairs": {
-            "positives": int(n * len(transforms)),
-            "negatives": int(n * (n - 1) * len(transforms)),
-        },
-        "pooled": {
-            k: pr_stats(np.concatenate(v), labels, LOWER_IS_CLOSER[k]) for k, v in pooled.items()
-        },
-        "per_transform": per_transform,
+    group_of_row = {int(r): int(g) for r, g in zip(row_ids, groups, strict=True)}
+    queries: list[tuple[str, Any, int | None]] = []  # (transformation, image, source group)
+    for name, fn in TRANSFORMS.items():
+        queries += [(name, fn(images[i].copy(), rng), int(groups[i])) for i in sources]
+    for length in (2, 3):
+        for i in rng.choice(sources, size=min(chains, len(sources)), replace=False):
+            names = random_chain(rng, length)
+            queries.append(("+".join(names), chain(images[i].copy(), rng, names), int(groups[i])))
+    for i in negatives:
+        name = str(rng.choice(list(TRANSFORMS)))
+        queries.append(("negative", TRANSFORMS[name](images[i].copy(), rng), None))
+    excluded = frozenset(int(row_ids[i]) for i in negatives)
+    rows = match([q[1] for q in queries], excluded)
+    outcomes = _outcomes(queries, rows, group_of_row)
+    kinds = {q[0] for q in queries}
+    singles = [k for k in TRANSFORMS if k in kinds]
+    chained = sorted(k for k in kinds if "+" in k)
+    per = {t: _stats(outcomes, {t}) for t in [*singles, *chained]}
+    pooled = {
+        "single": _stats(outcomes, set(singles)),
+        "chains": _stats(outcomes, set(chained)),
+        "geometric": _stats(outcomes, set(GEOMETRIC)),
     }
-    if rule:
-        rule["pooled"] = _rule_stats(
-            np.concatenate(all_codes), np.concatenate([eye] * len(all_codes))
-        )
-        result["rule"] = rule
-    return result
-
-
-def _rule_stats(codes: Any, eye: Any) -> dict[str, float]:
-    """Recall and false-positive rate of the verdicts `copy` and `copy or near` on one transform."""
-
-    copy, flagged = codes == 0, codes <= 1
-    # precision at the search's base rate: among pairs flagged, how many are the true original
+    chain_lengths = {
+        str(n): _stats(outcomes, {k for k in chained if k.count("+") == n - 1}) for n in (2, 3)
+    }
     return {
-        "copy_recall": float(copy[eye].mean()),
-        "copy_false_positive_rate": float(copy[~eye].mean()),
-        "copy_precision": float(copy[eye].sum() / max(1, copy.sum())),
-        "near_or_copy_recall": float(flagged[eye].mean()),
-        "near_or_copy_false_positive_rate": float(flagged[~eye].mean()),
-        "near_or_copy_precision": float(flagged[eye].sum() / max(1, flagged.sum())),
+        "seed": seed,
+        "transforms": list(TRANSFORMS),
+        "counts": {
+            "queries": len(queries),
+            "sources": len(sources),
+            "negatives": len(negatives),
+            "per_transform": len(sources),
+            "chains_per_length": min(chains, len(sources)),
+            "searched_rows": len(row_ids) - len(excluded),
+            "twin_groups": int(len(np.unique(groups))),
+        },
+        "per_transform": per,
+        "pooled": pooled,
+        "chain_lengths": chain_lengths,
+        "candidates": _candidate_recall(outcomes, [*singles, "chains"]),
+        "negatives": _negative_stats(outcomes),
+        "low_information_queries": {
+            t: int(sum(o["low_information"] for o in outcomes if o["kind"] == t))
+            for t in sorted(kinds)
+        },
     }
 
 
-def suggest_thresholds(result: dict[str, Any]) -> dict[str, float | None]:
-    """Copy thresholds at >= 99% precision, near thresholds at the best F1 (pooled)."""
-    p = result["pooled"]
-    out: dict[str, float | None] = {
-        "copy_tile": p["tile_l2"]["threshold_at_p99"],
-        "near_tile": p["tile_l2"]["best_f1_threshold"],
-        "copy_relative": p["tile_relative"]["threshold_at_p99"],
-        "near_relative": p["tile_relative"]["best_f1_threshold"],
-        "copy_hamming": p["phash_hamming"]["threshold_at_p99"],
-        "near_hamming": p["phash_hamming"]["best_f1_threshold"],
-    }
-    if "cosine" in p:
-        out.update(
-            copy_cosine=p["cosine"]["threshold_at_p99"],
-            near_cosine=p["cosine"]["best_f1_threshold"],
+def _outcomes(
+    queries: list[Any], rows: list[dict[str, Any]], group_of_row: dict[int, int]
+) -> list[dict[str, Any]]:
+    """Per query: for the verdict and each descriptor, 'tp', 'fp' (copy of the wrong
+    picture) or 'miss'; and for each search whether it held the source."""
+    out = []
+    for (kind, _, src), r in zip(queries, rows, strict=True):
+        said = {"verdict": (r.get("train_row_id"), r.get("verdict") == "copy")}
+        said.update({k: v for k, v in r.get("_alone", {}).items()})
+        judged = {}
+        for name, (rid, copy) in said.items():
+            right = rid is not None and src is not None and group_of_row.get(int(rid)) == src
+            judged[name] = "tp" if copy and right else "fp" if copy else "miss"
+        found = {
+            s: src is not None and any(group_of_row.get(int(x)) == src for x in ids)
+            for s, ids in r.get("_found", {}).items()
+        }
+        found["any"] = any(found.values())
+        out.append(
+            {
+                "kind": kind,
+                "positive": src is not None,
+                "judged": judged,
+                "found": found,
+                "low_information": r.get("verdict") == "low_information",
+            }
         )
     return out
+
+
+def _stats(outcomes: list[dict[str, Any]], kinds: set[str]) -> dict[str, dict[str, Any]]:
+    """Recall, false positives and precision of every descriptor over `kinds` + negatives."""
+    pos = [o for o in outcomes if o["kind"] in kinds]
+    neg = [o for o in outcomes if not o["positive"]]
+    if not pos:
+        return {}
+    out = {}
+    for name in pos[0]["judged"]:
+        tp = sum(o["judged"].get(name) == "tp" for o in pos)
+        fp = sum(o["judged"].get(name) == "fp" for o in pos + neg)
+        out[name] = {
+            "positives": len(pos),
+            "recall": tp / len(pos),
+            "true_positives": tp,
+            "false_positives": fp,
+            "false_positives_on_negatives": sum(o["judged"].get(name) == "fp" for o in neg),
+            "precision": tp / (tp + fp) if tp + fp else None,
+        }
+    return out
+
+
+def _candidate_recall(outcomes: list[dict[str, Any]], groups: list[str]) -> dict[str, Any]:
+    out = {}
+    for g in groups:
+        pos = [
+            o
+            for o in outcomes
+            if o["positive"] and (o["kind"] == g or (g == "chains" and "+" in o["kind"]))
+        ]
+        if pos:
+            searches = sorted({s for o in pos for s in o["found"]})
+            out[g] = {s: sum(o["found"].get(s, False) for o in pos) / len(pos) for s in searches}
+    single = [o for o in outcomes if o["positive"] and o["kind"] in TRANSFORMS]
+    if single:
+        out["single"] = {"any": sum(o["found"]["any"] for o in single) / len(single)}
+    return out
+
+
+def _negative_stats(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    neg = [o for o in outcomes if not o["positive"]]
+    verdicts = [o["judged"]["verdict"] for o in neg]
+    return {
+        "queries": len(neg),
+        "called_copy": sum(v == "fp" for v in verdicts),
+        "low_information": sum(o["low_information"] for o in neg),
+    }

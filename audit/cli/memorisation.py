@@ -64,6 +64,23 @@ def _thresholds(options: dict):  # type: ignore[no-untyped-def]
     return Thresholds(**values)  # type: ignore[arg-type]
 
 
+def _descriptor_options(f):  # type: ignore[no-untyped-def]
+    f = click.option(
+        "--descriptor-threshold",
+        type=float,
+        default=0.5,
+        show_default=True,
+        help="Copy at descriptor similarity >= this (0.5: Somepalli et al.'s SSCD threshold).",
+    )(f)
+    return click.option(
+        "--descriptor",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="A learned copy descriptor: TorchScript (.pt) or ONNX (.onnx) file, e.g. "
+        "sscd_disc_mixup.torchscript.pt. Votes copy at --descriptor-threshold; never downloaded.",
+    )(f)
+
+
 @click.command("match")
 @click.argument("generated", type=click.Path(exists=True))
 @click.option(
@@ -87,6 +104,7 @@ def _thresholds(options: dict):  # type: ignore[no-untyped-def]
     help="Where memorisation.md/.html go (default reports/<dataset>/).",
 )
 @_threshold_options
+@_descriptor_options
 @json_option
 def match_command(generated: str, against: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Find which generated images copy a training image of workspace --against.
@@ -111,7 +129,24 @@ def match_command(generated: str, against: str, as_json: bool, **options) -> Non
 @click.command("calibrate")
 @click.argument("ws", type=click.Path(file_okay=False, exists=True))
 @click.option(
-    "--n", type=int, default=_default("calibrate", "n"), show_default=True, help="Images to sample."
+    "--n",
+    type=int,
+    default=_default("calibrate", "n"),
+    show_default=True,
+    help="Source images, each put through every transformation.",
+)
+@click.option(
+    "--negatives",
+    type=int,
+    default=_default("calibrate", "negatives"),
+    show_default=True,
+    help="Held-out images (whole twin groups) matched as negatives.",
+)
+@click.option(
+    "--group-by",
+    default="",
+    help="Comma-separated metadata columns whose equal values mark variants of one picture, "
+    "kept out of the negatives with their twins (audit sample workspaces: category,title,author).",
 )
 @click.option("--seed", type=int, default=_default("calibrate", "seed"), show_default=True)
 @click.option(
@@ -120,23 +155,28 @@ def match_command(generated: str, against: str, as_json: bool, **options) -> Non
     default=None,
     help="Where calibration.json/.md/.html go (default reports/<dataset>/).",
 )
+@_descriptor_options
 @json_option
 def calibrate_command(ws: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
-    """Measure precision/recall of the copy descriptors on transformed copies of WS's images.
+    """Precision and recall of the memorisation check on copies of WS's own images
+    (every transformation, alone and chained) and on held-out images.
 
-    Example: audit calibrate indexes/sample --n 200 --seed 0
+    Example: audit calibrate indexes/sample --n 150 --negatives 400
     """
     from audit import pipeline
 
-    r = pipeline.calibrate(ws, **options)
-    rule = r.get("rule", {}).get("pooled", {})
+    group_by = tuple(c.strip() for c in options.pop("group_by").split(",") if c.strip())
+    r = pipeline.calibrate(ws, group_by=group_by, **options)
+    one, geo = r["pooled"]["single"]["verdict"], r["pooled"]["geometric"]["verdict"]
+    chains = r["pooled"].get("chains", {}).get("verdict", {"recall": 0, "precision": None})
     emit(
         r,
         as_json,
         lambda: (
-            f"{r['images']} images x {len(r['transforms'])} transforms: the check's rule finds "
-            f"{rule.get('copy_recall', 0):.1%} of copies as copy, {rule.get('near_or_copy_recall', 0):.1%} "
-            f"as copy or near; suggested thresholds {r['suggested']}"
+            f"{r['counts']['sources']} images x {len(r['transforms'])} transforms, "
+            f"{r['counts']['negatives']} negatives: verdict copy recall {one['recall']:.1%} at "
+            f"precision {one['precision'] or 0:.3f} (single), {geo['recall']:.1%} (crop, rotation, "
+            f"mirror), {chains['recall']:.1%} (chains) -> {r['report']}"
         ),
     )
 

@@ -97,7 +97,7 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     summary = json.loads((folder / "summary.json").read_text("utf-8"))
     matches = pd.read_parquet(folder / "matches.parquet")
     gen = Workspace.open(summary["generated_workspace"])
-    order = {"copy": 0, "near": 1, "novel": 2}
+    order = {"copy": 0, "near": 1, "low_information": 2, "novel": 3}
     top = (
         matches.dropna(subset=["train_row_id"])
         .assign(o=matches["verdict"].map(order))
@@ -109,9 +109,14 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     pairs = []
     for i, r in enumerate(top.itertuples()):
         rel = f"memorisation/{name}-pair-{i:02d}.png"
+        aligned = getattr(r, "pair_png", None)  # the check's query | training | aligned overlap
         atomic_write_bytes(
             out_dir / rel,
-            _pair_png(gen_img.get(int(r.generated_row_id)), train_img.get(int(r.train_row_id))),
+            (folder / aligned).read_bytes()
+            if isinstance(aligned, str) and (folder / aligned).exists()
+            else _pair_png(
+                gen_img.get(int(r.generated_row_id)), train_img.get(int(r.train_row_id))
+            ),
         )
         ham = "n/a" if pd.isna(r.phash_hamming) else int(r.phash_hamming)
         pairs.append(
@@ -119,7 +124,8 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
                 rel,
                 f"{r.verdict}: generated {r.generated_key} | training row {int(r.train_row_id)} "
                 f"({r.train_key}); tile {r.tile_distance:.3f}, relative {r.relative_distance:.2f}, "
-                f"phash {ham}, cosine {r.cosine:.3f}",
+                f"phash {ham}, cosine {r.cosine:.3f}"
+                + (f". Evidence: {r.evidence}" if getattr(r, "evidence", None) else ""),
             )
         )
     hist = _histograms(
@@ -145,7 +151,11 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
             + [{"verdict": "unreadable / no candidate", "generated images": summary["errors"]}],
         ),
         Section(
-            "Top matches (generated | training)", text="Strongest evidence first.", images=pairs
+            "Top matches (generated | training | aligned overlap)",
+            text="Strongest evidence first. The third panel warps the training image onto the "
+            "generated one with the verifier's transform: grey where they agree, red or cyan where "
+            "they differ.",
+            images=pairs,
         ),
         Section(
             "Best-match scores",
@@ -160,72 +170,88 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
 def _method_text(summary: dict[str, Any]) -> str:
     th = summary["thresholds"]
     return (
-        f"Candidates: the k={summary['k']} nearest training images by embedding and the k nearest by phash. "
-        "Each candidate is verified with the tiled l2 distance of Carlini et al. (2023) (64x64, 4x4 tiles, max "
-        "of the per-tile RMS difference, 0..1), their relative criterion (distance / (alpha x mean distance to "
-        f"the distinct candidates), alpha={th['alpha']}), phash Hamming distance and embedding cosine "
+        f"Candidates: the k={summary['k']} best training images by local-feature votes (SIFT, query and "
+        "mirror image), by pHash (query and mirror image), by embedding (trained weights only) and by the "
+        "learned descriptor if one was given. Each candidate is verified geometrically (SIFT matches, a "
+        "RANSAC similarity transform, the correlation over the aligned overlap; see audit/verify.py) and "
+        "scored with the tiled l2 distance of Carlini et al. (2023), their relative criterion "
+        f"(alpha={th['alpha']}), phash Hamming distance and embedding cosine "
         f"(votes: {summary.get('cosine_votes')}).\n\n"
-        "copy = one descriptor past its copy threshold, or two past their near thresholds; near = one past "
-        f"its near threshold. Thresholds: {cell(th)}. Source of the defaults: {summary.get('defaults_source')}."
-        f"\n\nSSCD: {summary.get('sscd')}\n\nInterval: {summary['bootstrap']['method']}, "
-        f"{summary['bootstrap']['reps']} replicates."
+        "copy = the verifier's verdict (or the learned descriptor at its threshold); near = a global "
+        "descriptor past its threshold, or a transform with enough inliers but a low correlation; "
+        "low_information = a blank, near-uniform or tiny-foreground generated image, which no pixel "
+        f"distance or hash can judge. Thresholds: {cell(th)}. Verifier: "
+        f"{cell(summary.get('verifier'))}.\n\nLearned descriptor: {summary.get('descriptor')}"
+        f"\n\nInterval: {summary['bootstrap']['method']}, {summary['bootstrap']['reps']} replicates."
     )
 
 
 def write_calibration_page(out_dir: Path) -> Path:
     """`<out_dir>/calibration.md|.html` from `<out_dir>/calibration.json`."""
     r = json.loads((Path(out_dir) / "calibration.json").read_text("utf-8"))
-    keys = (
-        "auc",
-        "best_f1_threshold",
-        "precision_at_best_f1",
-        "recall_at_best_f1",
-        "chance_recall_at_best_f1",
-        "recall_at_p99",
-        "threshold_at_p99",
-    )
-    pooled = [{"descriptor": d, **{k: s[k] for k in keys}} for d, s in r["pooled"].items()]
-    per = [
-        {"transform": t, "descriptor": d, **{k: s[k] for k in keys}}
-        for t, ds in r["per_transform"].items()
-        for d, s in ds.items()
-    ]
-    rule = [{"transform": t, **v} for t, v in r.get("rule", {}).items()]
+
+    def table(stats: dict[str, Any], label: str) -> list[dict[str, Any]]:
+        return [
+            {
+                label: name,
+                "descriptor": d,
+                "positives": v["positives"],
+                "recall": round(v["recall"], 3),
+                "false positives": v["false_positives"],
+                "of which on negatives": v["false_positives_on_negatives"],
+                "precision": None if v["precision"] is None else round(v["precision"], 3),
+            }
+            for name, per in stats.items()
+            for d, v in per.items()
+        ]
+
+    verdict = {k: {"verdict": v["verdict"]} for k, v in r["per_transform"].items() if v}
+    c = r["counts"]
     intro = (
-        f"{r['images']} distinct images of {r['dataset']} (seed {r['seed']}; skipped: {cell(r['skipped'])}), each "
-        f"put through {len(r['transforms'])} copy transformations: {r['pairs']['positives']} positive and "
-        f"{r['pairs']['negatives']} negative pairs (every other image is a negative, a 1:{r['images'] - 1} "
-        "ratio, so precision is that of a search, not of a balanced test)."
+        f"{c['sources']} source images of {r['dataset']} (seed {r['seed']}), each put through "
+        f"{len(r['transforms'])} copy transformations and {c['chains_per_length']} chains of 2 and of 3; "
+        f"{c['negatives']} held-out images ({r['negatives']['queries']} queries, whole twin groups removed "
+        f"from the {c['searched_rows']} searched rows) as negatives. {c['twin_groups']} twin groups "
+        "(same sha256 or near-identical thumbnails). A copy verdict on the wrong picture is a false positive."
     )
-    if r.get("warning"):
-        intro += f" {r['warning']}."
     sections = [
         Section(
-            "Pooled over transformations",
-            table=pooled,
-            text="Distances pass when <= threshold, cosine and combined when >=. chance_recall = the share "
-            "of negatives passing the same threshold.",
+            "The verdict, pooled",
+            table=table(
+                {k: {"verdict": v["verdict"]} for k, v in r["pooled"].items() if v}, "pool"
+            ),
+            text="single: every single transformation; geometric: crop, rotation, mirror; chains: "
+            "2-3 transformations in a row. Precision counts the negatives' false positives in each pool.",
+        ),
+        Section("The verdict, per transformation", table=table(verdict, "transformation")),
+        Section(
+            "Each descriptor alone",
+            table=table({k: v for k, v in r["pooled"].items() if v}, "pool"),
+            text="What each descriptor would call a copy on its own best candidate at its copy "
+            "threshold; old_rule is the global rule (tiled l2, relative, pHash, cosine) that decided "
+            "before the geometric verifier.",
         ),
         Section(
-            "The check's rule at the thresholds in use",
-            table=rule,
-            text="Recall and false-positive rate of the verdicts `audit match` gives at the thresholds in "
-            "use, per transformation.",
-        ),
-        Section(
-            "Thresholds",
-            text="In use, and suggested by this run (copy at >= 99% precision, near at the best F1).",
+            "Candidate recall at k",
             table=[
-                {"threshold": k, "in use": v, "suggested by this run": r["suggested"].get(k)}
-                for k, v in r["in_use"].items()
+                {"queries": g, **{s: round(v, 3) for s, v in per.items()}}
+                for g, per in r["candidates"].items()
             ],
+            text="Share of copies whose source (or a twin) was among each search's candidates.",
         ),
-        Section("Per transformation", table=per),
+        Section(
+            "Every descriptor, per transformation",
+            table=table(r["per_transform"], "transformation"),
+        ),
+        Section(
+            "Settings",
+            text=f"Thresholds: {cell(r['thresholds'])}\n\nVerifier: {cell(r['verifier'])}",
+        ),
     ]
     return write_page(
         out_dir,
         "calibration",
-        f"Calibration of the copy descriptors: {r['dataset']}",
+        f"Calibration of the memorisation check: {r['dataset']}",
         sections,
         intro,
     )

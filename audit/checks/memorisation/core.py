@@ -1,51 +1,42 @@
-"""Memorisation check: does a generated image copy a training image?
+"""The global copy descriptors of the memorisation check, and its reading helpers.
 
-Two steps, as in the literature. **Retrieval**: for every generated image take the k nearest
-training images from the embedding index and the k nearest from the phash index (both come
-in as functions, so this module imports no stage). **Verification**: score every candidate
-pair with three descriptors and decide per generated image:
+The candidates of a generated image (see `matching`) are scored with these beside the
+geometric verifier (`audit.verify`):
 
 - *tiled l2* (Carlini et al. 2023, "Extracting Training Data from Diffusion Models"): both
   images to 64x64 in [0, 1], cut into a 4x4 grid of 16x16 tiles, distance = max over tiles
   of the tile's root-mean-square difference, so 0 = identical and 1 = black vs white. The
   max makes one copied-and-altered region count, where a whole-image l2 would average it
   away. Their *relative* criterion divides by alpha times the mean distance to the n
-  nearest training images (alpha = 0.5): a copy must be much closer than its neighbours,
-  which is what keeps a plain or mostly-white picture from "copying" every other one. We
-  take the mean over the verified candidates (n <= 2k), duplicates by sha256 collapsed so
-  a duplicated image does not hide its own copy.
+  nearest training images (alpha = 0.5): a copy must be much closer than its neighbours.
+  We take the mean over the verified candidates, duplicates by sha256 collapsed so a
+  duplicated image does not hide its own copy.
 - *phash Hamming distance* (64 bits): robust to rescaling and JPEG, not to flips or crops.
-- *embedding cosine*: the workspace's own model. Somepalli et al. (2023, "Diffusion Art or
-  Digital Forgery?") count a replication at SSCD similarity >= 0.5 and found 1.88% of their
-  Stable Diffusion samples replicated; SSCD is a copy-detection network whose weights are
-  not available offline, so it is *not* used here and CLIP cosine stands in. With
-  untrained weights the cosine carries no meaning and does not vote.
+- *embedding cosine*: the workspace's own model; with untrained weights it carries no
+  meaning and does not vote. A learned copy descriptor (SSCD) comes in through
+  `audit.descriptors` instead.
 
-Verdict, per candidate, keeping the strongest: `copy` when one descriptor passes its copy
-threshold or two pass their near thresholds; `near` when one passes its near threshold;
-`novel` otherwise. Defaults were measured with `audit calibrate` on the bundled clip-art
-sample (`DEFAULTS_SOURCE`): copy thresholds keep >= 99% precision with every other image as
-a negative, near thresholds maximise F1. They are not the papers' numbers (Carlini et al.
-threshold their own image sizes; Somepalli et al.'s 0.5 is an SSCD similarity), and on
-another kind of data `audit calibrate` should be re-run.
+`decide` combines them: `copy` when one passes its copy threshold or two their near
+thresholds, `near` when one passes its near threshold. Since the geometric verifier, this
+global rule only ever makes a pair `near` (see `matching`): a pixel distance or one hash
+alone calls blank pictures copies of each other. Its defaults were measured with `audit
+calibrate` on the bundled clip-art sample (`DEFAULTS_SOURCE`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from audit.errors import AuditError
 from audit.images import ImageProblem, decode, read_bytes
 from audit.schema import HASHES, IMAGE_LOCATION
-from audit.workspace import Workspace, atomic_write_json, atomic_write_parquet
+from audit.workspace import Workspace
 
 TILE_SIZE = 64
 TILE_GRID = 4
-VERDICTS = ("copy", "near", "novel")
 
 DEFAULTS_SOURCE = (
     "audit calibrate on the bundled openclipart sample (tiny model, n=200 distinct non-blank "
@@ -311,243 +302,3 @@ def load_pixels(ws: Workspace, row_ids: Sequence[int], size: int = TILE_SIZE) ->
         except ImageProblem as p:
             out[rid] = p
     return out
-
-
-# -- the check ------------------------------------------------------------------------------------
-SearchEmbeddings = Callable[[Any, Any, int], tuple[Any, Any]]
-SearchHashes = Callable[..., tuple[Any, Any]]
-
-
-def check(
-    generated: str | Path,
-    training: str | Path,
-    search_embeddings: SearchEmbeddings,
-    search_hashes: SearchHashes,
-    out_dir: str | Path,
-    k: int = 10,
-    thresholds: Thresholds = DEFAULT_THRESHOLDS,
-    reps: int = 2000,
-    seed: int = 0,
-    chunk: int = 256,
-) -> dict[str, Any]:
-    """Match every image of the `generated` workspace against the `training` workspace.
-
-    Both must be described (hash, embed, index) with the same model. Writes
-    `<out_dir>/matches.parquet` and `<out_dir>/summary.json`; returns the summary.
-
-    >>> from audit import knn  # doctest: +SKIP
-    >>> check("indexes/gen", "indexes/sample", knn.search_embeddings, knn.search_hashes,
-    ...       "indexes/sample/memorisation/ddpm")  # doctest: +SKIP
-    """
-    import numpy as np
-
-    gen, train = Workspace.open(generated), Workspace.open(training)
-    if k < 1:
-        raise AuditError(f"k must be at least 1, got {k}")
-    gen_emb, gen_info = load_embeddings(gen)
-    train_emb, train_info = load_embeddings(train)
-    if (gen_info.get("model"), gen_info.get("pretrained")) != (
-        train_info.get("model"),
-        train_info.get("pretrained"),
-    ):
-        raise AuditError(
-            f"{gen.root} was embedded with {gen_info.get('model')}/{gen_info.get('pretrained')} but "
-            f"{train.root} with {train_info.get('model')}/{train_info.get('pretrained')}: describe the "
-            "generated images with the training workspace's model"
-        )
-    use_cosine = bool(train_info.get("trained", False))
-    gen_codes, gen_ok = load_hashes(gen)
-    train_codes, train_ok = load_hashes(train)
-    n = gen.num_rows
-    k_eff = min(k, train.num_rows)
-    _, ids_e = search_embeddings(train.root, gen_emb, k_eff)
-    _, ids_h = search_hashes(train.root, gen_codes[:, 0], k_eff, which="phash")
-    ids_e, ids_h = np.asarray(ids_e, np.int64), np.asarray(ids_h, np.int64)
-    gen_meta = read_rows(gen, range(n), ["key", "image_path", "image_member"])
-    all_cand = np.unique(np.r_[ids_e.ravel(), ids_h.ravel()])
-    sha = {
-        r: m["image_sha256"]
-        for r, m in read_rows(train, all_cand[all_cand >= 0], ["image_sha256"]).items()
-    }
-    rows: list[dict[str, Any]] = []
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        cand = {
-            i: sorted({int(r) for r in np.r_[ids_e[i], ids_h[i]] if r >= 0})
-            for i in range(start, stop)
-        }
-        gen_px = load_pixels(gen, range(start, stop))
-        train_px = load_pixels(train, sorted({r for c in cand.values() for r in c}))
-        for i in range(start, stop):
-            rows.append(
-                _verify(
-                    i,
-                    cand[i],
-                    gen_px,
-                    train_px,
-                    gen_emb,
-                    train_emb,
-                    gen_codes,
-                    gen_ok,
-                    train_codes,
-                    train_ok,
-                    ids_e[i],
-                    ids_h[i],
-                    sha,
-                    thresholds,
-                    use_cosine,
-                )
-            )
-    train_meta = read_rows(
-        train,
-        [r["train_row_id"] for r in rows if r["train_row_id"] is not None],
-        ["key", "url", "caption"],
-    )
-    for r in rows:
-        g, t = gen_meta[r["generated_row_id"]], train_meta.get(r["train_row_id"], {})
-        member = f"::{g['image_member']}" if g["image_member"] else ""
-        r["generated_key"] = g["key"]
-        r["generated_file"] = f"{g['image_path']}{member}" if g["image_path"] else None
-        r.update(train_key=t.get("key"), train_url=t.get("url"), train_caption=t.get("caption"))
-    out_dir = Path(out_dir)
-    atomic_write_parquet(out_dir / "matches.parquet", _table(rows))
-    summary = summarise(rows, thresholds, reps, seed)
-    summary.update(
-        generated_workspace=str(gen.root),
-        training=str(train.root),
-        k=k,
-        model=train_info,
-        cosine_votes=use_cosine,
-        defaults_source=DEFAULTS_SOURCE,
-        sscd="not used: SSCD copy-detection weights are not available offline; "
-        "embedding cosine stands in (Somepalli et al. count SSCD >= 0.5 as a copy)",
-    )
-    if not use_cosine:
-        summary["warning"] = (
-            "the embedding model has untrained weights: cosine is reported but does not "
-            "vote; verdicts rest on tiled l2 and phash"
-        )
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
-
-
-def _verify(
-    i: int,
-    cand: list[int],
-    gen_px: dict,
-    train_px: dict,
-    gen_emb: Any,
-    train_emb: Any,
-    gen_codes: Any,
-    gen_ok: Any,
-    train_codes: Any,
-    train_ok: Any,
-    ids_e: Any,
-    ids_h: Any,
-    sha: dict,
-    th: Thresholds,
-    use_cosine: bool,
-) -> dict[str, Any]:
-    """Score one generated image against its candidates and keep the strongest match."""
-    import numpy as np
-
-    row: dict[str, Any] = {
-        "generated_row_id": i,
-        "train_row_id": None,
-        "candidates": len(cand),
-        "verdict": "novel",
-        "error": None,
-    }
-    g = gen_px.get(i)
-    if isinstance(g, ImageProblem) or not cand:
-        row["error"] = g.reason if isinstance(g, ImageProblem) else "no_candidates"
-        return row
-    c = np.asarray(cand, np.int64)
-    ok_px = [not isinstance(train_px.get(r), ImageProblem) for r in cand]
-    px = np.stack(
-        [train_px[r] if ok else np.zeros_like(g) for r, ok in zip(cand, ok_px, strict=True)]
-    )
-    tile = np.where(ok_px, tile_distances(np.broadcast_to(np.asarray(g), px.shape), px), np.nan)
-    hams = hamming(gen_codes[i][None, :], train_codes[c]).astype(np.float64)
-    hams[~(train_ok[c] & gen_ok[i])] = np.nan
-    cos = train_emb[c] @ gen_emb[i]
-    # duplicates (same sha256) collapse to one neighbour, so a duplicated image does not hide its copy
-    distinct: dict[Any, float] = {}
-    for r, d in zip(cand, tile, strict=True):
-        if np.isfinite(d):
-            distinct[sha.get(r) or r] = min(distinct.get(sha.get(r) or r, np.inf), float(d))
-    rel = relative_distances(tile, list(distinct.values()), th.alpha)
-    codes, votes = decide(tile, rel, hams[:, 0], cos, th, use_cosine)
-    # strongest evidence first, then the smallest tile distance, then the highest cosine
-    order = np.lexsort((-np.nan_to_num(cos, nan=-2), np.nan_to_num(tile, nan=2.0), -votes, codes))
-    b = int(order[0])
-    verdict = VERDICTS[codes[b]]
-    found = {"embedding": cand[b] in set(ids_e.tolist()), "phash": cand[b] in set(ids_h.tolist())}
-    row.update(
-        train_row_id=cand[b],
-        verdict=verdict,
-        tile_distance=float(tile[b]),
-        cosine=float(cos[b]),
-        relative_distance=float(rel[b]),
-        votes=int(votes[b]),
-        found_by="+".join(name for name, hit in found.items() if hit),
-        **{
-            f"{h}_hamming": (None if np.isnan(hams[b, j]) else int(hams[b, j]))
-            for j, h in enumerate(HASHES)
-        },
-    )
-    return row
-
-
-def _table(rows: list[dict[str, Any]]) -> Any:
-    import pyarrow as pa
-
-    schema = pa.schema(
-        [
-            ("generated_row_id", pa.int64()),
-            ("generated_key", pa.string()),
-            ("generated_file", pa.string()),
-            ("train_row_id", pa.int64()),
-            ("train_key", pa.string()),
-            ("train_url", pa.string()),
-            ("train_caption", pa.string()),
-            ("verdict", pa.string()),
-            ("tile_distance", pa.float32()),
-            ("relative_distance", pa.float32()),
-            ("cosine", pa.float32()),
-            *[(f"{h}_hamming", pa.int16()) for h in HASHES],
-            ("votes", pa.int8()),
-            ("candidates", pa.int16()),
-            ("found_by", pa.string()),
-            ("error", pa.string()),
-        ]
-    )
-    return pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows], schema=schema)
-
-
-def summarise(
-    rows: list[dict[str, Any]], th: Thresholds, reps: int = 2000, seed: int = 0
-) -> dict[str, Any]:
-    """Counts per verdict and the replication (copy) rate with a bootstrap interval."""
-    import numpy as np
-
-    verdicts = np.array([r["verdict"] for r in rows])
-    rate, lo, hi = bootstrap_rate(verdicts == "copy", reps, seed)
-    near, near_lo, near_hi = bootstrap_rate(verdicts != "novel", reps, seed)
-    copied = {r["train_row_id"] for r in rows if r["verdict"] == "copy"}
-    return {
-        "generated": len(rows),
-        "counts": {v: int((verdicts == v).sum()) for v in VERDICTS},
-        "errors": sum(1 for r in rows if r["error"]),
-        "replication_rate": rate,
-        "replication_ci95": [lo, hi],
-        "copy_or_near_rate": near,
-        "copy_or_near_ci95": [near_lo, near_hi],
-        "training_images_copied": len(copied),
-        "bootstrap": {
-            "reps": reps,
-            "seed": seed,
-            "method": "percentile, resampling generated images",
-        },
-        "thresholds": th.to_dict(),
-    }
