@@ -19,7 +19,7 @@ SYSTEM_STAMP    := $(VENV)/.system-$(shell echo $(SYSTEM_PACKAGES) | cksum | cut
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 $(SYSTEM_STAMP): $(STAMP)

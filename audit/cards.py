@@ -288,7 +288,7 @@ def _license(meta_license: str | None, fig: dict[str, Any] | None) -> tuple[dict
     listed = ", ".join(f"{x['license']} {fmt(x['share'], None, True)}" for x in licences[:5])
     ids = {hub_license(x["license"]) for x in licences}
     if len(licences) >= 1 and len(ids) == 1 and None not in ids:
-        lic = ids.pop()
+        lic = str(ids.pop())
         return {"license": lic}, (
             f"`{lic}`: every training row carries this licence ({listed}). The weights are a work "
             "derived from those images; check the terms before publishing, or choose one with "
@@ -405,7 +405,9 @@ def build_model_card(
         tags=["audit", "diffusion", "ddpm", "pytorch", "safetensors", "dataset-audit"],
         language=langs,
         eval_results=results or None,
-        **license_meta,
+        license=license_meta["license"],
+        license_name=license_meta.get("license_name"),
+        license_link=license_meta.get("license_link"),
     )
     card = ModelCard.from_template(
         data,

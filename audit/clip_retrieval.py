@@ -116,14 +116,14 @@ def import_embeddings(
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
     partitions = _partitions(src)
-    mmaps = [np.load(img, mmap_mode="r") for _, img, _, _ in partitions]
-    tmaps = [np.load(t, mmap_mode="r") if t is not None else None for _, _, t, _ in partitions]
+    mmaps = [np.load(p[1], mmap_mode="r") for p in partitions]
+    tmaps = [np.load(p[2], mmap_mode="r") if p[2] is not None else None for p in partitions]
     dim = int(mmaps[0].shape[1])
-    for (_, img, _, meta), m, t in zip(partitions, mmaps, tmaps, strict=True):
+    for (_, img_file, _, meta), m, t in zip(partitions, mmaps, tmaps, strict=True):
         rows = pq.ParquetFile(meta).metadata.num_rows
         if m.shape != (rows, dim) or (t is not None and t.shape != m.shape):
             raise AuditError(
-                f"{img} holds {m.shape} but {meta.name} has {rows} rows of dimension {dim}: "
+                f"{img_file} holds {m.shape} but {meta.name} has {rows} rows of dimension {dim}: "
                 "the partition is incomplete. Re-run clip-retrieval inference for it."
             )
     con = duckdb.connect()
@@ -144,9 +144,9 @@ def import_embeddings(
     )
     # by key (webdataset image_path, or the json `key`), else by file path, else by file stem
     matched_by, join = "key", "cr.ident = ws.key"
-    if con.execute(f"SELECT count(*) FROM cr JOIN ws ON {join}").fetchone()[0] == 0:
+    if _count(con, f"SELECT count(*) FROM cr JOIN ws ON {join}") == 0:
         matched_by, join = "image_path", "cr.image_path = ws.ws_path"
-        if con.execute(f"SELECT count(*) FROM cr JOIN ws ON {join}").fetchone()[0] == 0:
+        if _count(con, f"SELECT count(*) FROM cr JOIN ws ON {join}") == 0:
             matched_by = "file stem"
             join = "regexp_extract(cr.image_path, '([^/]+?)(\\.[^./]*)?$', 1) = ws.key"
     con.execute(
@@ -155,10 +155,10 @@ def import_embeddings(
                    count(*) OVER (PARTITION BY ws.row_id) AS m
             FROM cr JOIN ws ON {join}"""
     )
-    ambiguous = con.execute("SELECT count(*) FROM pairs WHERE n > 1 OR m > 1").fetchone()[0]
-    unmatched = con.execute(
-        f"SELECT count(*) FROM cr WHERE NOT EXISTS (SELECT 1 FROM ws WHERE {join})"
-    ).fetchone()[0]
+    ambiguous = _count(con, "SELECT count(*) FROM pairs WHERE n > 1 OR m > 1")
+    unmatched = _count(
+        con, f"SELECT count(*) FROM cr WHERE NOT EXISTS (SELECT 1 FROM ws WHERE {join})"
+    )
     numbers = {int(num): i for i, (num, _, _, _) in enumerate(partitions)}
     params = {
         "model": model_name,
@@ -194,8 +194,9 @@ def import_embeddings(
             i = numbers[int(num)]
             rows = np.asarray(got["prow"][sel], np.int64)
             img[local[sel]] = mmaps[i][rows]
-            if tmaps[i] is not None:
-                txt[local[sel]] = tmaps[i][rows]
+            text_vecs = tmaps[i]
+            if text_vecs is not None:
+                txt[local[sel]] = text_vecs[rows]
         matched += len(local)
         missing = np.setdiff1d(np.arange(part.rows), local)
         errors = [
@@ -250,6 +251,10 @@ def import_embeddings(
     )
     run.finish(out, [Output("embeddings/model.json")])
     return out
+
+
+def _count(con: Any, sql: str) -> int:
+    return int(con.sql(sql).fetchall()[0][0])
 
 
 def _sql_list(paths: list[str]) -> str:

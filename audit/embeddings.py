@@ -32,13 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from audit import threads
+from audit import engines, threads
+from audit.engines.local import PartResult
 from audit.errors import AuditError, MissingWeightsError
 from audit.images import ImageProblem, decode, read_bytes
 from audit.progress import track
 from audit.schema import IMAGE_LOCATION, PROVENANCE, error_table
 from audit.workspace import (
     Output,
+    Part,
     Workspace,
     atomic_write_json,
     atomic_write_npy,
@@ -54,8 +56,6 @@ TINY_CONFIG = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 TINY_SEED = 0
-
-
 CHARS_PER_TOKEN = 32  # captions are cut to this many characters per context token
 
 
@@ -338,21 +338,23 @@ def compute(
     batch_size: int = 64,
     workers: int | None = None,
     device: str = "cpu",
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Embed every image and caption of the workspace (stage `embed`); returns the summary.
 
+    `engine` runs the parts here ("local") or as Ray tasks ("ray", see `audit.engines`), each
+    loading the model once per worker; on the same device the vectors are the same.
+
     >>> compute("indexes/sample", model="ViT-B-32", pretrained="laion2b_s34b_b79k")  # doctest: +SKIP
     """
-    import pyarrow.parquet as pq
-    import torch
-
     if workers is None:  # the process's thread budget (audit.threads)
         workers = threads.budget()
     if batch_size < 1 or workers < 0:
         raise AuditError(f"batch_size must be >= 1 and workers >= 0 (got {batch_size}, {workers}).")
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
-    clip = load_model(model, pretrained, device)
+    clip = _model(model, pretrained, device)
     info = dict(clip.info)
     params = {
         k: info.get(k) for k in ("model", "pretrained", "checkpoint_sha256", "trained", "dim")
@@ -361,66 +363,107 @@ def compute(
     run = ws.start_stage(STAGE, params, depends_on=["ingest"])
     atomic_write_json(ws.path("embeddings/model.json"), info)
     todo = [p for p in parts if not run.is_done(p.number)]
-
-    cols = [*PROVENANCE, "caption", *IMAGE_LOCATION]
-    columns: dict[str, list[Any]] = {c: [] for c in cols}
-    batches, owner = [], []  # batches of dataset indices, each inside one part
-    for p in todo:
-        t = pq.read_table(ws.path(p.path), columns=cols).to_pydict()
-        base = len(columns["row_id"])
-        for c in cols:
-            columns[c].extend(t[c])
-        for s in range(0, p.rows, batch_size):
-            batches.append(list(range(base + s, base + min(p.rows, s + batch_size))))
-            owner.append(p)
-    # Decoding workers and the forward pass share the cores; torch threads beyond the cores
-    # left over spin against the workers (and other jobs) and run many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads.budget() - max(1, workers)))
-    try:
-        summary = _embed(ws, run, clip, parts, todo, columns, batches, owner, workers)
-    finally:
-        torch.set_num_threads(before)
+    runner = engines.get(engine, ray_address)
+    settings = {
+        "model": model,
+        "pretrained": pretrained,
+        "batch_size": batch_size,
+        # on Ray each task has one core: decode in the task's own process, one torch thread
+        "workers": workers if runner.in_process else 0,
+        "device": device,
+        # Decoding workers and the forward pass share the cores; torch threads beyond the
+        # cores left over spin against the workers (and other jobs) and run many times slower.
+        "torch_threads": max(1, threads.budget() - max(1, workers)) if runner.in_process else 1,
+    }
+    t0 = time.perf_counter()
+    for part, result in engines.progress(
+        runner, runner.map_parts("audit.embeddings:embed_part", ws.root, todo, settings), todo
+    ):
+        run.record_part(part.number, result.outputs, **result.info)
+    seconds = time.perf_counter() - t0
+    n_errors = sum(int((run.part_info(p.number) or {}).get("image_errors", 0)) for p in parts)
+    rows = sum(p.rows for p in parts)
+    summary = {
+        "rows": rows,
+        "embedded": rows - n_errors,
+        "errors": n_errors,
+        "dim": clip.info["dim"],
+        "parts": len(parts),
+        "resumed_parts": len(parts) - len(todo),
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(sum(p.rows for p in todo) / seconds, 1)
+        if todo and seconds > 0
+        else None,
+    }
     summary.update(model=model, pretrained=pretrained, trained=info["trained"])
     run.finish(summary, [Output("embeddings/model.json")])
     return summary
 
 
-def _embed(
-    ws: Workspace,
-    run: Any,
-    clip: ClipModel,
-    parts: list[Any],
-    todo: list[Any],
-    columns: dict[str, list[Any]],
-    batches: list[list[int]],
-    owner: list[Any],
+# One model per process and (model, weights, device): an engine's worker embeds many parts.
+_MODELS: dict[tuple[str, str, str], ClipModel] = {}
+
+
+def _model(model: str, pretrained: str, device: str) -> ClipModel:
+    key = (model, pretrained, device)
+    if key not in _MODELS:
+        _MODELS.clear()  # keep at most one model in memory
+        _MODELS[key] = load_model(model, pretrained, device)
+    return _MODELS[key]
+
+
+def embed_part(
+    ws_root: str,
+    part: Part,
+    model: str,
+    pretrained: str,
+    batch_size: int,
     workers: int,
-) -> dict[str, Any]:
+    device: str,
+    torch_threads: int = 1,
+) -> PartResult:
+    """Embed one metadata part and write its files (the per-part function engines run)."""
+    import pyarrow.parquet as pq
     import torch
 
-    loader = torch.utils.data.DataLoader(
-        _Rows(columns, clip),
+    ws = Workspace.open(ws_root)
+    clip = _model(model, pretrained, device)
+    cols = [*PROVENANCE, "caption", *IMAGE_LOCATION]
+    columns = pq.read_table(ws.path(part.path), columns=cols).to_pydict()
+    batches = [
+        list(range(s, min(part.rows, s + batch_size))) for s in range(0, part.rows, batch_size)
+    ]
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        img, txt, errors = _embed(clip, columns, batches, workers)
+    finally:
+        torch.set_num_threads(before)
+    return _write_part(ws, part, img, txt, errors)
+
+
+def _embed(
+    clip: ClipModel, columns: dict[str, list[Any]], batches: list[list[int]], workers: int
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Image and text vectors of one part's rows (float32), and its error rows."""
+    import torch
+
+    loader: Any = torch.utils.data.DataLoader(
+        _Rows(columns, clip),  # type: ignore[arg-type]  # a map-style dataset: __getitem__ and __len__
         batch_sampler=batches,
         num_workers=workers if batches else 0,
         collate_fn=_collate,
         prefetch_factor=4 if workers and batches else None,
     )
-    dim, t0 = clip.info["dim"], time.perf_counter()
-    acc: dict[int, dict[str, Any]] = {}
-    for p in todo:
-        if p.rows == 0:
-            _write_part(
-                ws, run, p, np.zeros((0, dim), np.float16), np.zeros((0, dim), np.float16), []
-            )
-    for batch, p in track(
-        zip(loader, owner, strict=True),
+    dim = clip.info["dim"]
+    imgs, txts, errors = [np.zeros((0, dim), np.float32)], [np.zeros((0, dim), np.float32)], []
+    for batch in track(
+        loader,
         total=sum(len(b) for b in batches),
         description="embedding",
         unit="images",
-        weight=lambda item: len(item[0]["i"]),
+        weight=lambda batch: len(batch["i"]),
     ):
-        a = acc.setdefault(p.number, {"img": [], "txt": [], "errors": [], "done": 0})
         ok = np.array(batch["ok"])
         img = np.zeros((len(ok), dim), np.float32)
         if ok.any():
@@ -428,7 +471,7 @@ def _embed(
         txt = clip.encode_text_tokens(batch["tokens"])
         for j, i in enumerate(batch["i"]):
             if not ok[j]:
-                a["errors"].append(
+                errors.append(
                     {
                         "stage": STAGE,
                         "row_id": columns["row_id"][i],
@@ -440,7 +483,7 @@ def _embed(
                 )
             if columns["caption"][i] is None:
                 txt[j] = 0.0
-                a["errors"].append(
+                errors.append(
                     {
                         "stage": STAGE,
                         "row_id": columns["row_id"][i],
@@ -450,37 +493,18 @@ def _embed(
                         "source_row": columns["source_row"][i],
                     }
                 )
-        a["img"].append(img)
-        a["txt"].append(txt)
-        a["done"] += len(ok)
-        if a["done"] == p.rows:
-            a = acc.pop(p.number)
-            _write_part(ws, run, p, np.concatenate(a["img"]), np.concatenate(a["txt"]), a["errors"])
-    seconds = time.perf_counter() - t0
-    n_errors = sum(int(run.part_info(p.number).get("image_errors", 0)) for p in parts)
-    rows = sum(p.rows for p in parts)
-    return {
-        "rows": rows,
-        "embedded": rows - n_errors,
-        "errors": n_errors,
-        "dim": dim,
-        "parts": len(parts),
-        "resumed_parts": len(parts) - len(todo),
-        "seconds": round(seconds, 3),
-        "rows_per_second": round(sum(p.rows for p in todo) / seconds, 1)
-        if todo and seconds > 0
-        else None,
-    }
+        imgs.append(img)
+        txts.append(txt)
+    return np.concatenate(imgs), np.concatenate(txts), errors
 
 
 def _write_part(
     ws: Workspace,
-    run: Any,
-    part: Any,
+    part: Part,
     img: np.ndarray,
     txt: np.ndarray,
     errors: list[dict[str, Any]],
-) -> None:
+) -> PartResult:
     import pyarrow as pa
 
     # float16 halves the disk and memory; cosines move by < 1e-3.
@@ -502,13 +526,12 @@ def _write_part(
     atomic_write_parquet(ws.path(rels[2]), scores)
     atomic_write_parquet(ws.path(rels[3]), error_table(errors))
     image_errors = sum(1 for e in errors if e["reason"] != "caption_missing")
-    run.record_part(
-        part.number,
+    return PartResult(
         [
             Output(rels[0], part.rows, part.row_offset),
             Output(rels[1], part.rows, part.row_offset),
             Output(rels[2], part.rows, part.row_offset),
             Output(rels[3], len(errors)),
         ],
-        image_errors=image_errors,
+        {"image_errors": image_errors},
     )

@@ -45,14 +45,14 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any
 
 import numpy as np
 
-from audit import threads
+from audit import engines, threads
+from audit.engines.local import PartResult
 from audit.errors import AuditError
 from audit.images import (
     DEFAULT_MAX_PIXELS,
@@ -63,7 +63,7 @@ from audit.images import (
 )
 from audit.progress import track
 from audit.schema import HASHES, IMAGE_LOCATION, PROVENANCE, error_table
-from audit.workspace import Output, Workspace, atomic_write_parquet
+from audit.workspace import Output, Part, Workspace, atomic_write_parquet
 
 STAGE = "hash"
 HASH_SIZE = 8
@@ -109,7 +109,7 @@ def _bits_to_codes(bits: np.ndarray) -> np.ndarray:
     return packed.view(">u8").reshape(-1).astype(np.uint64)
 
 
-def _codes(smalls: list[tuple[np.ndarray | None, ...]]) -> np.ndarray:
+def _codes(smalls: list[tuple[Any, ...]]) -> np.ndarray:
     """(N, 4) codes from `_small` arrays, all images of a batch at once (0 where not computed).
 
     The arithmetic is imagehash's, step for step (scipy DCT per axis, numpy median and mean,
@@ -305,6 +305,8 @@ def compute(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fast_decode: bool = True,
     which: tuple[str, ...] | list[str] = HASHES,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Hash every image of the workspace (stage `hash`); returns the summary.
 
@@ -313,13 +315,15 @@ def compute(
     codes bit-identical to `imagehash`; the default decodes at reduced size (see module doc).
     `which` limits the work to some of `HASHES` (the others are stored as null, and stages
     that need them say so: `Workspace.require_hashes`); dedup needs phash and dhash, match all four.
+    `engine` runs the parts here ("local") or as Ray tasks ("ray", see `audit.engines`); the
+    files are the same either way.
 
     >>> compute("indexes/sample", workers=2, fast_decode=False)   # doctest: +SKIP
     """
-    ws = Workspace.open(ws_root)
-    parts = ws.require_parts()
     if workers is None:
         workers = threads.budget()
+    ws = Workspace.open(ws_root)
+    parts = ws.require_parts()
     if workers < 1:
         raise AuditError(f"workers must be >= 1 (got {workers}); use 1 to hash in this process.")
     unknown = sorted(set(which) - set(HASHES))
@@ -340,31 +344,22 @@ def compute(
         depends_on=["ingest"],
     )
     todo = [p for p in parts if not run.is_done(p.number)]
-    settings = {"max_pixels": max_pixels, "fast_decode": fast_decode, "which": which}
-    tasks = [t for p in todo for t in _tasks(ws, p, **settings)]
-    by_part = {p.number: p for p in todo}
-    need = {p.number: math.ceil(p.rows / CHUNK_ROWS) for p in todo}
-    got: dict[int, list[dict[str, Any]]] = {p.number: [] for p in todo}
+    runner = engines.get(engine, ray_address)
+    # in this process a pool hashes each part's chunks; on Ray, parts run side by side instead
+    settings = {
+        "max_pixels": max_pixels,
+        "fast_decode": fast_decode,
+        "which": which,
+        "workers": workers if runner.in_process else 1,
+    }
     t0 = time.perf_counter()
-    for p in todo:  # a part with no rows has no tasks
-        if need[p.number] == 0:
-            outputs, _ = _write_part(ws, p, [], which)
-            run.record_part(p.number, outputs, errors=0)
-    for result in track(
-        _run_tasks(tasks, workers),
-        total=sum(p.rows for p in todo),
-        description="hashing",
-        unit="images",
-        weight=lambda r: len(r["ok"]),
+    for part, result in engines.progress(
+        runner, runner.map_parts("audit.hashes:hash_part", ws.root, todo, settings), todo
     ):
-        number = result["part"]
-        got[number].append(result)
-        if len(got[number]) == need[number]:
-            outputs, n_err = _write_part(ws, by_part[number], got.pop(number), which)
-            run.record_part(number, outputs, errors=n_err)
+        run.record_part(part.number, result.outputs, **result.info)
     seconds = time.perf_counter() - t0
     rows = sum(p.rows for p in parts)
-    n_errors = sum(int(run.part_info(p.number).get("errors", 0)) for p in parts)
+    n_errors = sum(int((run.part_info(p.number) or {}).get("errors", 0)) for p in parts)
     summary = {
         "rows": rows,
         "hashed": rows - n_errors,
@@ -380,6 +375,31 @@ def compute(
     }
     run.finish(summary)
     return summary
+
+
+def hash_part(
+    ws_root: str,
+    part: Part,
+    max_pixels: int,
+    fast_decode: bool,
+    which: tuple[str, ...],
+    workers: int = 1,
+) -> PartResult:
+    """Hash one metadata part and write its files (the per-part function engines run)."""
+    ws = Workspace.open(ws_root)
+    settings = {"max_pixels": max_pixels, "fast_decode": fast_decode, "which": which}
+    tasks = _tasks(ws, part, **settings)
+    chunks = list(
+        track(
+            _run_tasks(tasks, workers),
+            total=part.rows,
+            description="hashing",
+            unit="images",
+            weight=lambda r: len(r["ok"]),
+        )
+    )
+    outputs, n_err = _write_part(ws, part, chunks, which)
+    return PartResult(outputs, {"errors": n_err})
 
 
 def _run_tasks(tasks: list[dict[str, Any]], workers: int):  # type: ignore[no-untyped-def]

@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from audit.engines.local import PartResult
 from audit.errors import AuditError
 from audit.schema import HASHES
-from audit.workspace import Output, Workspace, atomic_path, atomic_write_json
+from audit.workspace import Output, Part, Workspace, atomic_path, atomic_write_json
 
 STAGE = "index"
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
@@ -124,7 +125,48 @@ def _gather(parts: list[tuple[np.ndarray, np.ndarray]], positions: np.ndarray) -
     return np.concatenate(out)
 
 
-def _build_image_index(ws: Workspace, kind: str, budget: int) -> dict[str, Any]:
+def _add(index: Any, row_ids: np.ndarray, vecs: np.ndarray) -> None:
+    for s in range(0, len(row_ids), 65536):
+        index.add_with_ids(
+            np.ascontiguousarray(vecs[s : s + 65536], np.float32), row_ids[s : s + 65536]
+        )
+
+
+def _build_sharded(ws: Workspace, index: Any, runner: Any) -> Any:
+    """Each part's vectors added to a copy of the trained, empty index by the engine's workers
+    (`index_part`), then the shards merged here in part order: the same index, byte for byte,
+    as adding every part in this process. Shards are temporary and removed once merged."""
+    import faiss
+
+    empty = "faiss/shards/empty.faiss"
+    with atomic_path(ws.path(empty)) as tmp:
+        faiss.write_index(index, str(tmp))
+    parts = ws.require_parts()
+    shards = dict(runner.map_parts("audit.knn:index_part", ws.root, parts, {"empty": empty}))
+    for part in parts:
+        rel = shards[part].outputs[0].path
+        index.merge_from(faiss.read_index(str(ws.path(rel))), 0)  # 0: keep the row_ids
+        ws.path(rel).unlink()
+    ws.path(empty).unlink()
+    return index
+
+
+def index_part(ws_root: str, part: Part, empty: str) -> PartResult:
+    """Add one part's image vectors to the trained empty index `empty`; write the shard."""
+    import faiss
+
+    ws = Workspace.open(ws_root)
+    index = faiss.read_index(str(ws.path(empty)))
+    vecs = np.load(ws.path(f"embeddings/img-{part.stem}.npy"), mmap_mode="r")
+    keep = np.flatnonzero(np.any(vecs != 0, axis=1))
+    _add(index, part.row_offset + keep.astype(np.int64), vecs[keep])
+    rel = f"faiss/shards/img-{part.stem}.faiss"
+    with atomic_path(ws.path(rel)) as tmp:
+        faiss.write_index(index, str(tmp))
+    return PartResult([Output(rel, len(keep))])
+
+
+def _build_image_index(ws: Workspace, kind: str, budget: int, runner: Any = None) -> dict[str, Any]:
     import faiss
 
     parts = _embedding_parts(ws)
@@ -138,11 +180,11 @@ def _build_image_index(ws: Workspace, kind: str, budget: int) -> dict[str, Any]:
     if not index.is_trained:  # train on a seeded sample gathered across parts
         size = min(n, max(256 * spec["nlist"], 50_000))
         index.train(_gather(parts, np.sort(rng.choice(n, size=size, replace=False))))
-    for row_ids, vecs in parts:
-        for s in range(0, len(row_ids), 65536):
-            index.add_with_ids(
-                np.ascontiguousarray(vecs[s : s + 65536], np.float32), row_ids[s : s + 65536]
-            )
+    if runner is None or runner.in_process or spec["kind"] == "hnsw":  # HNSW cannot merge
+        for row_ids, vecs in parts:
+            _add(index, row_ids, vecs)
+    else:
+        index = _build_sharded(ws, index, runner)
     queries = _gather(parts, np.sort(rng.choice(n, size=min(RECALL_QUERIES, n), replace=False)))
     k = min(10, n)
     exact = _exact_top(parts, queries, k)
@@ -204,12 +246,20 @@ def _build_hash_index(ws: Workspace) -> dict[str, Any]:
 
 
 def build(
-    ws_root: str | os.PathLike[str], memory_budget_mb: int = 1024, kind: str = "auto"
+    ws_root: str | os.PathLike[str],
+    memory_budget_mb: int = 1024,
+    kind: str = "auto",
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Build the faiss indexes of the workspace (stage `index`); returns the summary.
 
     Needs `audit embed` (image index) and/or `audit hash` (pHash index); builds what it can.
+    With `engine="ray"` the image index is built in shards, one per part, by Ray workers and
+    merged here (flat, ivf, ivfpq; hnsw is built here), with the same bytes and recall.
     """
+    from audit import engines
+
     if kind not in KINDS:
         raise AuditError(f"kind must be one of {', '.join(KINDS)} (got {kind!r}).")
     if memory_budget_mb < 1:
@@ -230,7 +280,8 @@ def build(
     }
     outputs = []
     if "embed" in deps:
-        info["image"] = _build_image_index(ws, kind, memory_budget_mb << 20)
+        runner = engines.get(engine, ray_address)
+        info["image"] = _build_image_index(ws, kind, memory_budget_mb << 20, runner)
         if info["image"].get("path"):
             outputs.append(Output(info["image"]["path"], info["image"]["vectors"]))
     if "hash" in deps:

@@ -73,6 +73,8 @@ class RunOptions:
     generate: int = 64
     seed: int = 0
     calibrate: int = 0  # images for the calibration page (0: no calibration in `audit run`)
+    engine: str = "local"  # executor of the per-part stages: "local" or "ray" (audit.engines)
+    ray_address: str | None = None
 
     @classmethod
     def demo(cls) -> RunOptions:
@@ -262,7 +264,7 @@ def match(
     run = train.start_stage(
         f"match-{name}",
         {
-            "generated": str(generated.resolve()),
+            "generated": train.relative(generated),
             "k": k,
             "thresholds": thresholds.to_dict(),
             "descriptor": desc.info if desc else None,

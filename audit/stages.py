@@ -58,6 +58,8 @@ class Stage:
 
 
 WS = ("ws_root", "ws")
+# Stages with a per-part function take the executor (`audit.engines`) too.
+ENGINE = (("engine", "engine"), ("ray_address", "ray_address"))
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -84,7 +86,7 @@ STAGES: tuple[Stage, ...] = (
         "hash",
         "hash",
         "audit.hashes:compute",
-        (WS, ("workers", "workers")),
+        (WS, ("workers", "workers"), *ENGINE),
         reads=("ingest",),
         writes=(
             Table(
@@ -93,13 +95,14 @@ STAGES: tuple[Stage, ...] = (
                 "row_id and 64-bit perceptual hashes (phash, dhash, whash, ahash)",
             ),
         ),
+        part="audit.hashes:hash_part",
         key_figures=("hashed", "errors"),
     ),
     Stage(
         "embed",
         "embed",
         "audit.embeddings:compute",
-        (WS, ("model", "model"), ("pretrained", "pretrained"), ("workers", "workers")),
+        (WS, ("model", "model"), ("pretrained", "pretrained"), ("workers", "workers"), *ENGINE),
         reads=("ingest",),
         writes=(
             Table(
@@ -108,14 +111,16 @@ STAGES: tuple[Stage, ...] = (
                 "row_id and image-caption cosine of the embedding model",
             ),
         ),
+        part="audit.embeddings:embed_part",
         key_figures=("embedded", "errors", "dim"),
     ),
     Stage(
         "index",
         "index",
         "audit.knn:build",
-        (WS,),
+        (WS, *ENGINE),
         reads=("embed", "hash"),
+        part="audit.knn:index_part",
         key_figures=("image_index", "recall_at_10"),
     ),
     Stage(
@@ -144,7 +149,7 @@ STAGES: tuple[Stage, ...] = (
         "optout",
         "optout",
         "audit.optouts:compute",
-        (WS, ("registry", "registries"), ("cache", "crawl_cache")),
+        (WS, ("registry", "registries"), ("cache", "crawl_cache"), *ENGINE),
         reads=("ingest",),
         writes=(
             Table(
@@ -163,6 +168,8 @@ STAGES: tuple[Stage, ...] = (
                 "one row per record: per source, evaluated / absent / not_consulted / missing",
             ),
         ),
+        part="audit.optouts:optout_part",
+        finish="audit.optouts.outputs:merge_parts",
         report="audit.reports.optout:write",
         pages=(
             (

@@ -331,6 +331,14 @@ class Workspace:
     def path(self, rel: str | os.PathLike[str]) -> Path:
         return self.root / rel
 
+    def relative(self, path: str | os.PathLike[str]) -> str:
+        """`path` as the manifest records it: relative to the workspace when inside it, so the
+        workspace can move (to another folder, machine or shared mount); else unchanged."""
+        p = Path(path)
+        root = self.root.resolve()
+        full = p.resolve() if p.is_absolute() or p.exists() else (Path.cwd() / p).resolve()
+        return full.relative_to(root).as_posix() if full.is_relative_to(root) else str(full)
+
     def save(self) -> None:
         self.manifest = self._merged()
         atomic_write_json(self.root / MANIFEST, self.manifest)

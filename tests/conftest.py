@@ -137,7 +137,8 @@ def audited_sample(tmp_path_factory) -> Path:
     ws_root = project / "indexes" / "sample"
     reports = project / "reports" / "sample"
     options = pipeline.RunOptions.demo()
-    options.train_steps, options.calibrate = 0, 20
+    # no training (by steps or by time budget): the fixture must stay fast
+    options.train_steps, options.train_minutes, options.calibrate = 0, 0.0, 20
     pipeline.run(ws_root, options, echo=lambda _: None)
     generated = project / "generated"
     generated.mkdir()

@@ -22,6 +22,7 @@ BASE = {
     "audit.verify",  # the copy verifier: memorisation, duplicates and features share it
     "audit.stages",
     "audit.results",
+    "audit.engines",
     "audit.credentials",
 }
 COMPOSERS = {
@@ -31,10 +32,9 @@ COMPOSERS = {
     "audit.bench",
     "audit.sample",
     "audit.__main__",
-    "audit.engines",
 }
 # Composers in the order they may import each other: a composer imports only those before it.
-COMPOSER_ORDER = ("audit.engines", "audit.pipeline", "audit.experiments")
+COMPOSER_ORDER = ("audit.pipeline", "audit.experiments")
 
 
 def module_name(path: Path) -> str:
@@ -150,6 +150,13 @@ def test_help_is_fast_and_light():
     assert out.stdout.strip() == "[]"
 
 
+def test_only_the_ray_engine_imports_ray():
+    """Ray is an optional extra: the core runs without it (the benchmark starts a local Ray)."""
+    for name, path in modules():
+        if any(i == "ray" or i.startswith("ray.") for i in audit_imports(path)):
+            assert name in ("audit.engines.ray", "audit.bench.engines"), f"{name} imports ray"
+
+
 def graph() -> dict[str, set[str]]:
     names = {n for n, _ in modules()}
     return {n: {i for i in audit_imports(p, n) if i in names and i != n} for n, p in modules()}
@@ -210,7 +217,7 @@ def test_nothing_outside_the_cli_imports_it():
 def test_stages_do_not_import_composers():
     for name, path in modules():
         unit = owner(name)
-        if unit in COMPOSERS or name.startswith("audit.cli"):
+        if unit in COMPOSERS or name.startswith(("audit.cli", "audit.bench")):
             continue
         bad = {i for i in audit_imports(path) if owner(i) in COMPOSERS}
         assert not bad, f"{name} imports the composer(s) {bad}: composers call stages, not back"

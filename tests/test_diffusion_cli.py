@@ -213,3 +213,18 @@ def test_category_conditioning_labels_and_prompts(ws, tmp_path):
         cli, ["generate", str(model), "--out", str(tmp_path / "g3"), "--class-label", "dogs"]
     )
     assert bad.exit_code == 1 and "animals, food" in bad.output
+
+
+def test_train_by_budget_records_the_steps_done_and_the_budget(ws, tmp_path):
+    model = tmp_path / "models" / "b"
+    result = run(
+        "train", ws.root, "--out", model, "--minutes", 0.05, "--batch-size", 4,
+        "--base-channels", 8, "--sample-grid", 0, "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["model"]["base_channels"] == 8 and cfg["minutes"] == 0.05
+    assert cfg["step"] == cfg["steps"] >= 1
+    # Within the 3 s budget, except that the first step always runs (a busy machine).
+    assert cfg["steps"] == 1 or cfg["budget"]["spent_seconds"] <= 3.5
+    assert f"trained {cfg['steps']} steps" in result.output and "of 3 s budget" in result.output

@@ -187,8 +187,36 @@ def test_remote_metadata_through_local_http_server(
     assert s["rows"] == 9
     with pytest.raises(AuditError, match="cannot be reached|cannot open"):
         metadata.ingest(tmp_path / "ws3", [f"{base}/nope.parquet"])
-    with pytest.raises(AuditError, match="remote .tar.*mount the bucket"):
-        metadata.ingest(tmp_path / "ws3", [f"{base}/00000.tar"])
+    with pytest.raises(AuditError, match=r"remote .tar \(compressed\).*mount the bucket"):
+        metadata.ingest(tmp_path / "ws3", [f"{base}/00000.tar.gz"])
+
+
+def test_remote_webdataset_shard_is_streamed_once_into_the_workspace(
+    tmp_path: Path, http_root: tuple[str, Path]
+) -> None:
+    from audit import hashes
+
+    base, root = http_root
+    for name in ("00000.tar", "00000.parquet"):
+        shutil.copy(I2D / "webdataset" / name, root / name)
+    shutil.copy(I2D / "from_txt" / "00000.tar", root / "alone.tar")  # no parquet twin
+    s = metadata.ingest(tmp_path / "ws", [f"{base}/00000.tar", f"{base}/alone.tar"])
+    assert s["rows"] == 17 and s["images"] == {"ok": 16, "missing": 1, "error": 0}
+    assert s["errors"] == {}
+    local = {r["key"]: r["image_sha256"] for r in rows_of_ingested(tmp_path / "local")}
+    rows = rows_of(tmp_path / "ws")
+    webdataset = [r for r in rows if r["source_file"] == f"{base}/00000.parquet"]
+    assert {r["key"]: r["image_sha256"] for r in webdataset} == local
+    staged = {Path(r["image_path"]).parent for r in rows if r["image_status"] == "ok"}
+    assert staged == {(tmp_path / "ws" / "images").resolve()}
+    # later stages read the local copy: no server needed any more
+    shutil.rmtree(root)
+    assert hashes.compute(tmp_path / "ws")["hashed"] == 16
+
+
+def rows_of_ingested(ws: Path) -> list[dict]:
+    metadata.ingest(ws, [I2D / "webdataset"])
+    return rows_of(ws)
 
 
 def test_memory_and_file_urls(tmp_path: Path) -> None:
@@ -437,6 +465,7 @@ def test_dedup_finds_same_url_and_caption_on_metadata_alone(tmp_path: Path) -> N
         cli, ["dedup", str(tmp_path / "ws"), "--report-dir", str(tmp_path / "r")]
     )
     assert res.exit_code == 0, res.output
+    assert "same URL: 2 group(s), 5 rows; same caption: 1 group(s), 2 rows" in res.output
     md = (tmp_path / "r" / "duplicates.md").read_text()
     assert "Same URL or same caption" in md and "https://img.example.com/a/1.jpg" in md
 

@@ -69,11 +69,13 @@ def test_invalid_entries_are_skipped_and_counted() -> None:
             {"location": "/x/", "tdm-reservation": 2},
             "junk",
             {"tdm-reservation": 1},
-            {"location": "/x/", "tdm-reservation": "1"},
+            {"location": "/x/", "tdm-reservation": "1"},  # "an integer": a string is an error
+            {"location": "/x/", "tdm-reservation": True},
+            {"location": "/x/", "tdm-reservation": 1},
         ]
     ).encode()
     f = tdmrep.parse(body)
-    assert f.skipped == 3 and [e.index for e in f.entries] == [3]
+    assert f.skipped == 5 and [e.index for e in f.entries] == [5]
 
 
 # "Failure to provide access to such a representation implies that the origin server does not

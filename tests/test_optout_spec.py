@@ -217,6 +217,34 @@ def test_tdmrep_first_rule_in_order_wins():
     assert f.signals("https://p.example/images/deep/a.jpg?w=200")[0].state == "reserved"
 
 
+def test_tdmrep_final_report_examples():
+    """TDMRep examples: `[{"location": "/", "tdm-reservation": 1}]` opts out "for every file
+    present on a Web server"; and three groups: /directory-a/ reserved, /directory-b/html/
+    reserved with a policy, "TDM rights are not reserved for all JPEG images" in
+    /directory-b/images/*.jpg. "If no match is found, a TDM Agent MUST consider that
+    `tdm-reservation` is unset for the given URL.\""""
+    groups = tdmrep.parse(
+        json.dumps(
+            [
+                {"location": "/directory-a/", "tdm-reservation": 1},
+                {
+                    "location": "/directory-b/html/",
+                    "tdm-reservation": 1,
+                    "tdm-policy": "https://provider.com/policies/policy.json",
+                },
+                {"location": "/directory-b/images/*.jpg", "tdm-reservation": 0},
+            ]
+        ).encode()
+    )
+    at = lambda p: groups.signals("https://provider.com" + p)[0]  # noqa: E731
+    assert at("/directory-a/report.pdf").state == "reserved"
+    html = at("/directory-b/html/page.html")
+    assert html.state == "reserved" and "policies/policy.json" in html.evidence
+    assert at("/directory-b/images/cat.jpg").state == "allowed"
+    assert at("/directory-b/images/cat.png").state == "allowed"  # no match: unset
+    assert "no location matches" in at("/elsewhere.jpg").evidence
+
+
 @pytest.mark.parametrize("value", ["2", "yes", "", "1.0"])
 def test_tdm_reservation_protocol_errors_are_unset(value):
     """TDMRep: "Other values are considered protocol errors. In such a case the TDM Agents MUST
@@ -226,8 +254,9 @@ def test_tdm_reservation_protocol_errors_are_unset(value):
     ] == []
     page = f'<meta name="tdm-reservation" content="{value}">'.encode()
     assert [s for s in htmlmeta.signals(page) if s.signal == "tdm-meta"] == []
-    f = tdmrep.parse(json.dumps([{"location": "/", "tdm-reservation": value}]).encode())
-    assert f.skipped == 1 and f.signals("https://p.example/a")[0].state == "allowed"
+    for bad in (value, "1", True):  # "`tdm-reservation` is an integer"
+        f = tdmrep.parse(json.dumps([{"location": "/", "tdm-reservation": bad}]).encode())
+        assert f.skipped == 1 and f.signals("https://p.example/a")[0].state == "allowed"
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "reports" / "screenshots"
 EXPECTED = {
     "index.html",
     "optout.html",
+    "synthetic.html",
     "duplicates.html",
     "memorisation.html",
     "calibration.html",

@@ -50,7 +50,7 @@ def _workspace(root: Path, files: list[Path], captions: list[str]) -> Any:
     rows = []
     for i, (f, cap) in enumerate(zip(files, captions, strict=True)):
         data = f.read_bytes()
-        rec = {name: None for name in METADATA.names}
+        rec: dict[str, Any] = {name: None for name in METADATA.names}
         rec.update(
             row_id=i,
             key=f"{i:09d}",
@@ -75,17 +75,25 @@ def _workspace(root: Path, files: list[Path], captions: list[str]) -> Any:
 
 
 def _sample_files(tmp: Path, limit: int) -> tuple[list[Path], list[str]]:
-    files, captions = [], []
+    files: list[Path] = []
+    captions: list[str] = []
     with tarfile.open(SAMPLE) as tar:
         members = {m.name: m for m in tar.getmembers()}
         for name in sorted(members):
             if name.endswith((".png", ".jpg")) and len(files) < limit:
                 out = tmp / name
-                out.write_bytes(tar.extractfile(members[name]).read())
+                out.write_bytes(_member_bytes(tar, members[name]))
                 files.append(out)
                 txt = members.get(name.rsplit(".", 1)[0] + ".txt")
-                captions.append(tar.extractfile(txt).read().decode() if txt else "")
+                captions.append(_member_bytes(tar, txt).decode() if txt else "")
     return files, captions
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tar.extractfile(member)
+    if f is None:  # a directory or link member: the bundled sample has none
+        raise ValueError(f"{member.name} in {SAMPLE} is not a regular file")
+    return f.read()
 
 
 def _time(fn: Any, repeats: int) -> float:
@@ -256,7 +264,8 @@ def _bench_near(n: int, subset: int) -> dict[str, Any]:
         np.ascontiguousarray(sub.astype(">u8").view(np.uint8).reshape(-1, 8)), 7
     )
     brute = time.perf_counter() - t0
-    q = np.repeat(np.arange(len(sub)), np.diff(lims.astype(np.int64)))
+    bounds = np.asarray(lims, dtype=np.int64)
+    q = np.repeat(np.arange(len(sub)), bounds[1:] - bounds[:-1])
     brute_pairs = {(int(a), int(b)) for a, b in zip(q, ids, strict=True) if a < b}
     si, sj, _ = duplicates.near_pairs(sub, 6)
     agree = brute_pairs == set(zip(si.tolist(), sj.tolist(), strict=True))

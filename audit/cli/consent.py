@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from audit.cli.options import emit, json_option, library
+from audit.cli.options import emit, engine_options, json_option, library
 
 CRAWL = "audit.optouts:crawl"
 
@@ -67,6 +67,7 @@ def optout() -> None:
     default=None,
     help="Where optout.md/.html go (default reports/<dataset>).",
 )
+@engine_options("audit.optouts:compute")
 @json_option
 def decide(
     ws_root: str,
@@ -77,6 +78,8 @@ def decide(
     spawning: bool,
     spawning_endpoint: str | None,
     report_dir: str | None,
+    engine: str,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Decide per row and use whether it was reserved; write optout/*.parquet and the report.
@@ -97,6 +100,8 @@ def decide(
         index_policy=index_policy,
         spawning=spawning,
         spawning_endpoint=spawning_endpoint,
+        engine=engine,
+        ray_address=ray_address,
     )
     page = report.write(ws_root, report_dir)
     for warning in (s.get("spawning") or {}).get("warnings", []):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from audit.cli.options import WS, default, emit, json_option, library
+from audit.cli.options import WS, default, emit, engine_options, json_option, library
 
 
 @click.command("hash")
@@ -34,8 +34,17 @@ from audit.cli.options import WS, default, emit, json_option, library
     help="Comma-separated subset of phash,dhash,whash,ahash (dedup needs phash,dhash, match "
     "all four).",
 )
+@engine_options("audit.hashes:compute")
 @json_option
-def hash_(ws: Path, workers: int, fast_decode: bool, which: str, as_json: bool) -> None:
+def hash_(
+    ws: Path,
+    workers: int,
+    fast_decode: bool,
+    which: str,
+    engine: str,
+    ray_address: str | None,
+    as_json: bool,
+) -> None:
     """pHash, dHash, wHash and aHash of every image: hashes/part-*.parquet.
 
     Example: audit hash indexes/sample --workers 2
@@ -43,7 +52,14 @@ def hash_(ws: Path, workers: int, fast_decode: bool, which: str, as_json: bool) 
     from audit import hashes
 
     chosen = [h.strip() for h in which.split(",") if h.strip()]
-    s = hashes.compute(ws, workers=workers, fast_decode=fast_decode, which=chosen)
+    s = hashes.compute(
+        ws,
+        workers=workers,
+        fast_decode=fast_decode,
+        which=chosen,
+        engine=engine,
+        ray_address=ray_address,
+    )
     emit(
         s,
         as_json,
@@ -79,6 +95,7 @@ def hash_(ws: Path, workers: int, fast_decode: bool, which: str, as_json: bool) 
     help="Decoding processes feeding the model (default: the thread budget, --threads).",
 )
 @library("audit.embeddings:compute", "device", help="torch device.")
+@engine_options("audit.embeddings:compute")
 @json_option
 def embed(
     ws: Path,
@@ -87,6 +104,8 @@ def embed(
     batch_size: int,
     workers: int,
     device: str,
+    engine: str,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """CLIP image and caption embeddings: embeddings/img-*.npy, txt-*.npy, scores-*.parquet.
@@ -103,6 +122,8 @@ def embed(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        engine=engine,
+        ray_address=ray_address,
     )
     if not s["trained"]:
         click.secho(UNTRAINED_WARNING, fg="yellow", err=True)
@@ -125,15 +146,25 @@ def embed(
     type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfpq"]),
     help="Index type (auto: chosen by size and memory budget).",
 )
+@engine_options("audit.knn:build")
 @json_option
-def index(ws: Path, memory_budget_mb: int, kind: str, as_json: bool) -> None:
+def index(
+    ws: Path,
+    memory_budget_mb: int,
+    kind: str,
+    engine: str,
+    ray_address: str | None,
+    as_json: bool,
+) -> None:
     """faiss indexes over image embeddings (inner product) and pHash codes: faiss/.
 
     Example: audit index indexes/sample --memory-budget-mb 512
     """
     from audit import knn
 
-    s = knn.build(ws, memory_budget_mb=memory_budget_mb, kind=kind)
+    s = knn.build(
+        ws, memory_budget_mb=memory_budget_mb, kind=kind, engine=engine, ray_address=ray_address
+    )
     recall = "n/a" if s.get("recall_at_10") is None else f"{s['recall_at_10']:.3f}"
     emit(
         s,
@@ -181,6 +212,12 @@ def dedup(ws: Path, hamming: int, cosine: float, report_dir: Path | None, as_jso
         f"{s['clusters']} cluster(s), {s['rows_in_clusters']} rows "
         f"({s['by_kind']}) -> {ws}/duplicates.parquet"
     )
+    meta = s.get("metadata") or {}
+    if meta:
+        line += (
+            f"; same URL: {meta['url']['groups']} group(s), {meta['url']['rows']} rows; same "
+            f"caption: {meta['caption']['groups']} group(s), {meta['caption']['rows']} rows"
+        )
     line += f"; report {page.write(ws, report_dir)}"
     emit(s, as_json, lambda: line)
 

@@ -68,3 +68,20 @@ def emit(result: Any, as_json: bool, line: Callable[[], str]) -> None:
         click.echo(json.dumps(_plain(result), indent=2, default=str))
     else:
         click.echo(line())
+
+
+def engine_options(ref: str) -> Callable[[F], F]:
+    """`--engine` and `--ray-address` for a command whose library function `ref` takes them."""
+
+    def decorate(f: F) -> F:
+        f = library(
+            ref, "ray_address", help="Ray cluster: auto, or ray://HOST:PORT (--engine ray)."
+        )(f)
+        return library(
+            ref,
+            "engine",
+            type=click.Choice(["local", "ray"]),
+            help="Run the parts in this process, or as Ray tasks (pip install 'audit[ray]').",
+        )(f)
+
+    return decorate

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from audit import pipeline, stages
-from audit.cli.options import emit, json_option, library
+from audit.cli.options import emit, engine_options, json_option, library
 
 OPTIONS = "audit.pipeline:RunOptions"
 
@@ -58,6 +58,7 @@ OPTIONS = "audit.pipeline:RunOptions"
     f"{pipeline.DEMO_TRAIN_MINUTES:g}).",
 )
 @library(OPTIONS, "workers", type=int)
+@engine_options(OPTIONS)
 @json_option
 def run(
     workspace,
@@ -71,6 +72,8 @@ def run(
     train_steps,
     train_minutes,
     workers,
+    engine,
+    ray_address,
     as_json,
 ):
     """Run every stage on a dataset and write its reports.
@@ -82,6 +85,7 @@ def run(
         raise click.UsageError("pass SOURCES or --demo, not both")
     options.report_dir = str(report_dir) if report_dir else None
     options.model, options.pretrained, options.workers = model, pretrained, workers
+    options.engine, options.ray_address = engine, ray_address
     options.registries = list(registries) or options.registries
     options.crawl_cache = crawl_cache or options.crawl_cache
     if train_steps is not None:  # by steps: exactly reproducible

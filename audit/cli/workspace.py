@@ -44,9 +44,9 @@ def ingest(
     SOURCE is a .parquet (images in a same-name .tar or folder beside it, or in a jpg column
     as img2dataset's parquet output has them), a metadata table (.txt URL list, .csv, .tsv,
     .jsonl; .gz/.bz2/.zst too), a .tar shard, a folder of shards, or a plain folder of images
-    with .txt/.json sidecars. Metadata files can be remote (https://, s3://, gs://, hf://,
-    file://, memory://: read through fsspec, streaming). Rerunning after an interruption
-    continues after the last finished part.
+    with .txt/.json sidecars. Metadata files and .tar shards can be remote (https://, s3://,
+    gs://, hf://, file://, memory://: through fsspec, streaming). Rerunning after an
+    interruption continues after the last finished part.
 
     Example: audit ingest indexes/demo audit/data/sample/
     Example: audit ingest indexes/mine links.csv.gz --url-col image_link --caption-col alt

@@ -220,6 +220,7 @@ def train(
     rate = None  # steps per second, measured in this session (a resume starts from the last)
     if ckpt is not None:
         rate = (old.get("budget") or {}).get("steps_per_s")
+    prior_rate = rate
     plan = (
         _Plan(cfg.steps, cfg.warmup_steps, cfg.checkpoint_every)
         if budget_s is None
@@ -232,6 +233,7 @@ def train(
     model.train()
     t0 = time.perf_counter()
     t_first, last_budget_write, saved_at = 0.0, 0.0, resumed_from
+    last_lr = float(log[-1]["lr"]) if log else None
     while step < plan.steps:
         now = time.perf_counter() - t0
         if budget_s is not None and (step > 0 or ckpt is not None):
@@ -262,6 +264,9 @@ def train(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         lr = plan.lr(cfg.lr, step, decay=budget_s is not None)
+        if budget_s is not None and step >= plan.warmup_steps and last_lr is not None:
+            lr = min(lr, last_lr)  # a re-plan that adds steps slows the decay, never undoes it
+        last_lr = lr
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
@@ -274,9 +279,16 @@ def train(
         else:  # the first step of a session pays for allocations: measure from its end
             rate = (done - 1) / max(now - t_first, 1e-6)
         if budget_s is not None and (
-            done in (1, 5) or step % REPLAN_EVERY == 0 or step >= plan.steps
+            done == 5 or step % REPLAN_EVERY == 0 or step >= plan.steps
         ):  # a budgeted run ends when its time is up, not at a plan made from one step
-            plan = _Plan.fit(step, spent0 + now, budget_s, rate, cfg.warmup_steps)
+            # The first steps of a session are slow (allocations): plan from 5 steps, or
+            # until then from the rate the run measured before it was stopped.
+            measured = rate if done >= 5 else prior_rate
+            plan = (
+                _Plan.fit(step, spent0 + now, budget_s, measured, cfg.warmup_steps)
+                if measured
+                else _Plan(step + 1, plan.warmup_steps, plan.checkpoint_every)
+            )
         log.append(
             {
                 "step": step,

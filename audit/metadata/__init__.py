@@ -7,15 +7,20 @@
 Inputs (rules by name only, see `sources.detect`): metadata parquet files in the LAION-400M,
 laion2B / LAION-5B and img2dataset column variants (mapped by `schema.SOURCE_COLUMNS`),
 img2dataset webdataset shards (`00000.parquet` + `00000.tar`), img2dataset "files" output
-(`00000.parquet` + `00000/`), tar shards without a parquet, and plain image folders with
-optional `<stem>.txt` captions and `<stem>.json` metadata.
+(`00000.parquet` + `00000/`), img2dataset parquet output (image bytes in a `jpg`/`png`/`webp`
+column, copied to `images/part-NNNNN.bin`), tar shards without a parquet, plain image folders
+with optional `<stem>.txt` captions and `<stem>.json` metadata, and metadata tables as
+img2dataset reads them (`metadata.tables`: URL lists, CSV, TSV, JSON lines, compressed too).
+Anything `scheme://` goes through fsspec: metadata files are streamed in place, a remote tar
+is streamed once into `images/remote-<id>.bin`. `url_col` / `caption_col` name columns that
+the accepted names (`schema.SOURCE_COLUMNS`) do not cover.
 
 Every record becomes one row with a dense `row_id` (from 0, in input order), its
 `source_file` and `source_row`, its canonical columns (cast to `schema.METADATA`; a value
 that does not fit becomes null plus a `bad_value` error row), then the input's unknown
 columns under their own names (sidecar inputs: unknown JSON keys in `extra_json`). Parts
 hold at most `rows_per_part` rows and never mix inputs, so a part's schema is uniform.
-Images are located, hashed (sha256) and checked; the bytes stay where they are.
+Images are located, hashed (sha256) and checked; local bytes stay where they are.
 
 Decisions on bad input:
 - An input that cannot be used at all (missing path, not parquet, unreadable footer,
@@ -118,7 +123,7 @@ def ingest(
     run = ws.start_stage("ingest", params)
     # a killed run leaves temporary files; a fresh start also drops an earlier ingest's parts
     _remove_ingest_files(
-        ws, ("metadata/.tmp-part-*", "errors/.tmp-ingest-*", f"{EMBEDDED_DIR}/.tmp-part-*")
+        ws, ("metadata/.tmp-part-*", "errors/.tmp-ingest-*", f"{EMBEDDED_DIR}/.tmp-*")
     )
     if not run.record["parts"]:
         _remove_ingest_files(
@@ -127,10 +132,13 @@ def ingest(
                 "metadata/part-*.parquet",
                 "errors/ingest-*.parquet",
                 f"{EMBEDDED_DIR}/part-*.bin",
+                f"{EMBEDDED_DIR}/remote-*.bin",
             ),
         )
     ws.manifest["inputs"] = records
     ws.save()
+    for inp in inputs:
+        inp.staging = ws.path(EMBEDDED_DIR)
 
     writer = _PartWriter(run, len(inputs), max_pixels, verify_images)
     try:
@@ -171,8 +179,10 @@ def ingest(
         "skipped": len(skipped) + sum(inp.skipped for inp in inputs),
         "seconds": round(time.perf_counter() - start, 2),
     }
+    staged = [Output(str(inp.staged.relative_to(ws.root))) for inp in inputs if inp.staged]
     run.finish(
-        summary, [Output(KEYS_ERRORS, keys.num_rows), Output(INPUT_ERRORS, problems.num_rows)]
+        summary,
+        [Output(KEYS_ERRORS, keys.num_rows), Output(INPUT_ERRORS, problems.num_rows), *staged],
     )
     return summary
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from audit.errors import AuditError
 from audit.metadata.columns import EXTRA_JSON, FROM_SOURCE, resolve
 from audit.workspace import sha256_file
 
@@ -66,7 +67,7 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def problem(source: Path, source_row: int | None, reason: str, detail: str) -> dict[str, Any]:
+def problem(source: Path | str, source_row: int | None, reason: str, detail: str) -> dict[str, Any]:
     return {
         "stage": "ingest",
         "row_id": None,
@@ -130,6 +131,68 @@ def scan_tar(path: Path, problems: list[dict[str, Any]]) -> dict[str, dict[str, 
             samples.setdefault(key, {})[ext.lower()] = Loc(
                 str(path.resolve()), m.name, m.offset_data, m.size
             )
+    return samples
+
+
+def stage_remote_tar(
+    url: str, dest: Path, problems: list[dict[str, Any]]
+) -> dict[str, dict[str, Loc]]:
+    """Samples of a remote tar (fsspec URL), streamed once: members are copied into the local
+    file `dest` (in the workspace) and every `Loc` points there, so later stages read the
+    bytes like those of a local shard, with one seek and read and no network. Unsafe members
+    are reported and not copied; a member over `images.MAX_IMAGE_BYTES` keeps its size but
+    not its bytes, so reading it is an `image_too_large` error, as for a local shard.
+    """
+    from audit.images import MAX_IMAGE_BYTES
+    from audit.metadata.tables import open_binary
+    from audit.workspace import atomic_path
+
+    samples: dict[str, dict[str, Loc]] = {}
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out, open_binary(url) as f:
+        try:
+            tf = tarfile.open(fileobj=f, mode="r|")
+        except (tarfile.TarError, OSError) as e:
+            raise AuditError(
+                f"{url} is not an uncompressed tar ({e}). img2dataset writes plain .tar shards; "
+                "decompress it first or remove it from the sources."
+            ) from e
+        with tf:
+            while True:
+                try:
+                    m = tf.next()
+                except (tarfile.TarError, OSError, EOFError) as e:
+                    problems.append(
+                        problem(
+                            url,
+                            None,
+                            "tar_corrupt",
+                            f"members after {len(samples)} samples unreadable: {e}",
+                        )
+                    )
+                    break
+                if m is None:
+                    break
+                tf.members.clear()  # type: ignore[attr-defined]  # memory stays per-member
+                if m.isdir():
+                    continue
+                why = _unsafe(m)
+                if why:
+                    problems.append(
+                        problem(url, None, "unsafe_tar_member", f"{m.name!r} is {why}; not read")
+                    )
+                    continue
+                head, _, base = m.name.rpartition("/")
+                if not base or base.startswith("."):
+                    continue
+                stem, _, ext = base.partition(".")
+                key = f"{head}/{stem}" if head else stem
+                offset = out.tell()
+                if m.size <= MAX_IMAGE_BYTES:
+                    member = tf.extractfile(m)
+                    if member is not None:
+                        while block := member.read(1 << 20):
+                            out.write(block)
+                samples.setdefault(key, {})[ext.lower()] = Loc(str(dest), m.name, offset, m.size)
     return samples
 
 

@@ -10,6 +10,7 @@ that no parquet row names); a metadata part never mixes units, so its schema is 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ from audit.metadata.scan import (
     scan_folder,
     scan_tar,
     sidecar_batch,
+    stage_remote_tar,
 )
 from audit.metadata.tables import (
     TextTable,
@@ -58,7 +60,7 @@ class Input:
 
     kind: str
     path: Any  # parquet file, text table, tar or folder (or its URL): the `source_file`
-    images: Path | None = None  # the tar shard or folder holding the images of a parquet
+    images: Path | str | None = None  # the tar shard (or its URL) or folder holding the images
     mapping: dict[str, str] = field(default_factory=dict)
     extras: dict[str, str] = field(default_factory=dict)
     num_rows: int | None = None  # parquet rows, from the footer
@@ -67,6 +69,9 @@ class Input:
     overrides: dict[str, str] = field(default_factory=dict)  # canonical -> source (--url-col)
     # parquet columns holding image bytes (img2dataset parquet: one per encode format)
     embedded: tuple[str, ...] = ()
+    # where a remote tar's members are copied as it streams (set by ingest: the workspace)
+    staging: Path | None = None
+    staged: Path | None = None  # the local copy of a remote tar, once read
 
     @property
     def location(self) -> str:
@@ -96,7 +101,7 @@ class Input:
         tar = (
             self.path if self.kind == "tar" else self.images if self.kind == "webdataset" else None
         )
-        if tar is not None:
+        if tar is not None and not isinstance(tar, str):  # a remote tar is checked as it streams
             try:
                 with tarfile.open(tar, mode="r:"):
                     pass
@@ -119,7 +124,11 @@ class Input:
             rec["embedded_images"] = list(self.embedded)
         if self.images is not None:
             rec["images"] = str(self.images)
-            rec["images_sha256"] = digest(self.images)
+            rec["images_sha256"] = (
+                remote_fingerprint(self.images)
+                if isinstance(self.images, str)
+                else digest(self.images)
+            )
         if self.mapping or self.extras:
             rec["columns"] = self.mapping
             rec["extra_columns"] = self.extras
@@ -233,7 +242,13 @@ class Input:
                 pos, start = pos + n, start + n
 
     # -- tar / folder samples --------------------------------------------------------------------
-    def _scan(self, where: Path) -> dict[str, dict[str, Loc]]:
+    def _scan(self, where: Any) -> dict[str, dict[str, Loc]]:
+        if isinstance(where, str):  # a remote tar: streamed once into the workspace
+            if self.staging is None:
+                raise AuditError(f"{where}: a remote tar needs a workspace to be copied into.")
+            name = hashlib.sha256(where.encode()).hexdigest()[:16]
+            self.staged = self.staging / f"remote-{name}.bin"
+            return stage_remote_tar(where, self.staged, self.problems)
         return (
             scan_tar(where, self.problems) if where.suffix.lower() == ".tar" else scan_folder(where)
         )
@@ -243,13 +258,16 @@ class Input:
     ) -> Iterator[RawBatch]:
         """One record per image of `samples` not in `matched`, metadata from `.txt` / `.json`."""
         source = self.images if self.images is not None else self.path
+        is_tar = str(source).lower().endswith(".tar")
+        if self.staged is not None:
+            source = self.staged  # sidecars of a remote tar are read from its local copy
         rows: list[tuple[int, str, dict[str, Loc], Loc]] = []
         ordinal = 0
         for key, sample in samples.items():
             imgs = [sample[e] for e in IMAGE_EXTS if e in sample]
             # A folder keeps every image of a stem (a.jpg and a.png are two pictures);
             # a tar sample is one record (webdataset).
-            if source.suffix.lower() == ".tar":
+            if is_tar:
                 imgs = imgs[:1]
             if not imgs:
                 self.skipped += 1
@@ -257,7 +275,8 @@ class Input:
                 if matched is None or key not in matched:
                     rows.append((ordinal, key, sample, loc))
                 ordinal += 1
-        with open(source, "rb") if source.is_file() else contextlib.nullcontext() as f:
+        local = isinstance(source, Path) and source.is_file()
+        with open(source, "rb") if local else contextlib.nullcontext() as f:
             for start in range(0, len(rows), rows_per_part):
                 chunk = rows[start : start + rows_per_part]
                 yield sidecar_batch(start, chunk, f)
@@ -322,18 +341,34 @@ def detect(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[Input], list
 
 
 def _detect_remote(url: str) -> Input:
-    """A remote metadata file (fsspec URL): parquet or a text table; streamed, not copied."""
+    """A remote metadata file (fsspec URL): parquet or a text table, streamed, not copied; or
+    a remote `.tar` shard, streamed once into the workspace (with its `.parquet` twin when
+    the store has one: a webdataset shard)."""
     _, suffix, compression = split_name(url)
     if suffix == ".parquet" and compression is None:
         return Input("parquet", url)
+    if suffix == ".tar" and compression is None:
+        twin = url[: -len(".tar")] + ".parquet"
+        return Input("webdataset", twin, images=url) if _remote_exists(twin) else Input("tar", url)
     if text_format(url):
         return Input("table", url)
     raise AuditError(
-        f"source {url} is a remote {suffix or 'file'}; remote sources can be metadata files "
-        "(.parquet, .txt URL list, .csv, .tsv, .jsonl, optionally .gz/.bz2/.zst). For remote "
-        "shards or image folders, mount the bucket (e.g. s3fs, gcsfuse) or copy the shards, "
-        "then pass the local path."
+        f"source {url} is a remote {suffix or 'file'}{' (compressed)' if compression else ''}; "
+        "remote sources can be metadata files "
+        "(.parquet, .txt URL list, .csv, .tsv, .jsonl, optionally .gz/.bz2/.zst) or .tar "
+        "shards, one URL each. For remote image folders or compressed tars, mount the bucket "
+        "(e.g. s3fs, gcsfuse) or copy them, then pass the local path."
     )
+
+
+def _remote_exists(url: str) -> bool:
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        return bool(fs.exists(path))
+    except (OSError, ValueError, ImportError):
+        return False
 
 
 def _detect_file(p: Path) -> Input:
@@ -359,7 +394,7 @@ def _detect_dir(d: Path) -> tuple[list[Input], list[str]]:
             continue  # read through its parquet
         inp = _detect_file(e)
         inputs.append(inp)
-        used.update(p for p in (inp.path, inp.images) if p is not None)
+        used.update(p for p in (inp.path, inp.images) if isinstance(p, Path))
     return inputs, [str(e) for e in entries if e not in used]
 
 

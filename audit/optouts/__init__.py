@@ -16,6 +16,8 @@ this package's other modules do the I/O around them.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +28,15 @@ from audit.optouts.cache import export_warc, import_warc, sample_signals
 from audit.optouts.crawl import crawl
 from audit.optouts.subset import filter_dataset
 
-__all__ = ["compute", "crawl", "export_warc", "filter_dataset", "import_warc", "sample_signals"]
+__all__ = [
+    "compute",
+    "optout_part",
+    "crawl",
+    "export_warc",
+    "filter_dataset",
+    "import_warc",
+    "sample_signals",
+]
 
 
 def compute(
@@ -37,6 +47,8 @@ def compute(
     index_policy: bool = False,
     spawning: bool = False,
     spawning_endpoint: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Decide, for every row and use, whether its creator reserved it; returns the stage summary.
 
@@ -46,6 +58,8 @@ def compute(
     count (default: the AI-training agents and ours); `index_policy`: also count
     noindex/noimageindex/none as a reservation of AI training; `spawning`: also ask Spawning's
     do-not-train API (key in `SPAWNING_OPTS_KEY`; `spawning_endpoint` overrides the URL).
+    `engine` runs the parts here ("local") or as Ray tasks ("ray", see `audit.engines`) with the
+    same decisions (not with `spawning`, whose answers are fetched here for every part).
 
     >>> compute("indexes/sample", registry=["audit/data/sample/optout/registry-domains.txt"],
     ...         cache="audit/data/sample/optout/cache")  # doctest: +SKIP
@@ -53,6 +67,7 @@ def compute(
     """
     import pyarrow.parquet as pq
 
+    from audit import engines
     from audit.errors import AuditError
     from audit.optouts import decide
     from audit.optouts import outputs as files
@@ -64,6 +79,10 @@ def compute(
     from audit.workspace import Output, Workspace, sha256_file
 
     started = time.monotonic()
+    if spawning and engine != "local":
+        raise AuditError(
+            "--spawning runs with --engine local only (its answers are not shipped to workers yet)."
+        )
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
     for p in registry:
@@ -111,18 +130,26 @@ def compute(
             if u
         ]
         ctx.spawning = spawn.check(wanted, endpoint=spawning_endpoint or spawn.DEFAULT_ENDPOINT)
-    for part in track(parts, total=len(parts), description="opt-out signals"):
-        if run.is_done(part.number):
-            continue
-        table = pq.read_table(ws.path(part.path))
-        sig_rows, dec_rows, err_rows, cov_rows = decide.evaluate_part(ctx, table)
-        outputs = files.write_part(ws, part, sig_rows, dec_rows, err_rows, cov_rows)
-        counts = files.part_counts(sig_rows, dec_rows, err_rows, cov_rows)
-        run.record_part(part.number, outputs, counts=counts)
+    settings = {
+        "registry": [str(p) for p in registry],
+        "cache": None if cache is None else str(cache),
+        "agents": list(agents),
+        "index_policy": index_policy,
+        "has_page_column": ctx.has_page_column,
+    }
+    # in this process the parts use this context (with Spawning's answers); a Ray worker
+    # builds its own from the same settings
+    _CONTEXTS.clear()
+    _CONTEXTS[_key(settings)] = ctx
+    todo = [p for p in parts if not run.is_done(p.number)]
+    runner = engines.get(engine, ray_address)
+    results = runner.map_parts("audit.optouts:optout_part", ws.root, todo, settings)
+    for part, result in track(results, total=len(todo), description="opt-out signals"):
+        run.record_part(part.number, result.outputs, **result.info)
     merged = files.merge_parts(ws, parts)
-    counts = [run.part_info(p.number)["counts"] for p in parts]
+    counts = [(run.part_info(p.number) or {})["counts"] for p in parts]
     matched = files.matched_rules(ws)
-    summary = {
+    summary: dict[str, Any] = {
         "rows": sum(p.rows for p in parts),
         "decisions": _sum_nested([c["decisions"] for c in counts]),
         "signals": _sum_nested([c["signals"] for c in counts]),
@@ -156,6 +183,71 @@ def compute(
     ]
     run.finish(summary, [Output(path, rows=n) for path, n in merged])
     return summary
+
+
+# The context of the last settings seen, per process: an engine's worker decides many parts
+# with the same registries and crawl cache, and loading them is most of the cost of a small part.
+_CONTEXTS: dict[str, Any] = {}
+
+
+def _key(settings: dict[str, Any]) -> str:
+    cache = settings["cache"]
+    files = [*settings["registry"], *([os.path.join(cache, "responses.parquet")] if cache else [])]
+    # a worker process outlives one run: a file changed since must not reuse the old context
+    stamps = [(f, st.st_mtime_ns, st.st_size) for f in files if (st := _stat(f)) is not None]
+    return json.dumps([settings, stamps], sort_keys=True)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def optout_part(
+    ws_root: str,
+    part: Any,
+    registry: list[str],
+    cache: str | None,
+    agents: list[str],
+    index_policy: bool,
+    has_page_column: bool,
+) -> Any:
+    """Decide one metadata part and write its files (the per-part function engines run)."""
+    import pyarrow.parquet as pq
+
+    from audit.engines.local import PartResult
+    from audit.optouts import decide
+    from audit.optouts import outputs as files
+    from audit.optouts import registry as registries
+    from audit.optouts.cache import CrawlCache
+    from audit.workspace import Workspace
+
+    settings = {
+        "registry": registry,
+        "cache": cache,
+        "agents": agents,
+        "index_policy": index_policy,
+        "has_page_column": has_page_column,
+    }
+    key = _key(settings)
+    if key not in _CONTEXTS:
+        _CONTEXTS.clear()
+        regs = [registries.load(p) for p in registry]
+        store = CrawlCache.open(cache) if cache is not None else None
+        ctx = decide.Context(
+            regs, store, tuple(agents), index_policy, rules=registries.connect_rules(regs)
+        )
+        ctx.has_page_column = has_page_column
+        _CONTEXTS[key] = ctx
+    ws = Workspace.open(ws_root)
+    table = pq.read_table(ws.path(part.path))
+    sig_rows, dec_rows, err_rows, cov_rows = decide.evaluate_part(_CONTEXTS[key], table)
+    outputs = files.write_part(ws, part, sig_rows, dec_rows, err_rows, cov_rows)
+    return PartResult(
+        outputs, {"counts": files.part_counts(sig_rows, dec_rows, err_rows, cov_rows)}
+    )
 
 
 def _first_notes(items: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, str]]:

@@ -362,7 +362,8 @@ def sample_signals(sample_dir: str | os.PathLike[str]) -> dict[str, Any]:
     (out / "registry-urls.csv").write_text("\n".join(lines) + "\n", "utf-8")
 
     responses = []
-    for origin in sorted({urls.origin(u) for u in image_urls if urls.origin(u)}):
+    origins = {o for o in (urls.origin(u) for u in image_urls) if o}
+    for origin in sorted(origins):
         responses += _sample_host_files(origin)
     oc = 0
     for i, (u, page) in enumerate(zip(image_urls, pages, strict=True)):

@@ -166,7 +166,9 @@ def content_usage(value: str) -> dict[str, str] | None:
         parsed = http_sf.parse(value.encode("latin-1", "replace"), tltype="dictionary")
     except (http_sf.StructuredFieldError, ValueError, TypeError):
         return None
-    out = {}
+    out: dict[str, str] = {}
+    if not isinstance(parsed, dict):
+        return None
     for key, member in parsed.items():  # a dict: a repeated key already holds its last value
         item = member[0] if isinstance(member, tuple) else None
         if isinstance(item, http_sf.Token) and str(item) in ("y", "n"):

@@ -108,7 +108,7 @@ def filter_dataset(
     if format == "parquet" and out.suffix != ".parquet":
         raise AuditError(f"--out {out} must end in .parquet")
     states = ("allowed", *sorted(set(keep)))
-    params = {"out": str(out), "use": use, "keep": list(states[1:])}
+    params: dict[str, Any] = {"out": ws.relative(out), "use": use, "keep": list(states[1:])}
     if required or exclude:
         params |= {"require": required, "exclude": sorted(set(exclude))}
     if exclude_synthetic:
@@ -197,7 +197,7 @@ def filter_dataset(
     removed_path = out.with_name(out.stem + ".removed.json")
     atomic_write_json(removed_path, summary)
     run.finish(
-        {k: v for k, v in summary.items() if k != "by_domain"},
+        {k: v for k, v in summary.items() if k != "by_domain"} | {"out": ws.relative(out)},
         [Output("optout/kept.parquet", rows=int(len(kept_ids)))],
     )
     return {**summary, "removed_manifest": str(removed_path)}

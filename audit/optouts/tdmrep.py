@@ -45,12 +45,10 @@ class Entry:
 
 
 def _reservation(value: object) -> int | None:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int) and value in (0, 1):
+    # TDMRep: "`tdm-reservation` is an integer" and "Other values are considered protocol
+    # errors": a JSON string "1" or `true` is unset, like 2.
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
         return value
-    if isinstance(value, str) and value.strip() in ("0", "1"):
-        return int(value.strip())
     return None
 
 

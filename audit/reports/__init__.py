@@ -37,6 +37,7 @@ UNTRAINED_WARNING = (
 NAV_LABELS = {
     "index.md": "Overview",
     "optout.md": "Consent",
+    "synthetic.md": "Synthetic images",
     "duplicates.md": "Duplicates",
     "memorisation.md": "Memorisation",
     "calibration.md": "Calibration",
@@ -154,16 +155,6 @@ def cell(v: Any) -> str:
     if isinstance(v, dict):
         return "; ".join(f"{k} {cell(x)}" for k, x in v.items())
     return str(v)
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "_(none)_\n"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(_mdcell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        out.append("| " + " | ".join(_mdcell(cell(r.get(c))) for c in cols) + " |")
-    return "\n".join(out) + "\n"
 
 
 def _mdcell(v: Any) -> str:
@@ -348,9 +339,7 @@ def write_page(
                 "table": table,
                 # short columns (ids, states, counts) are kept on one line; long ones wrap
                 "nowrap": {
-                    k
-                    for k in (table[0] if table else {})
-                    if max(len(r.get(k) or "") for r in table) <= 16
+                    k for k in (table or [{}])[0] if max(len(r[k]) for r in table or []) <= 16
                 },
                 "html_extra": s.html_extra,
                 "images": [

@@ -35,6 +35,7 @@ KEY_FIGURES = stages.KEY_FIGURES
 PAGE_STAGES = {
     "optout.md": "optout",
     "duplicates.md": "dedup",
+    "synthetic.md": "provenance",
     "memorisation.md": "match-",
     "bias/bias.md": "bias",
 }
