@@ -276,6 +276,15 @@ STAGES: tuple[Stage, ...] = (
         when="calibrate",  # `audit calibrate`, and `audit run --demo`: it measures the check
     ),
     Stage(
+        "features",
+        "features",
+        "audit.features:build",
+        (WS,),
+        reads=("ingest",),
+        key_figures=("descriptors", "images"),
+        when="never",  # built on demand by `audit match` and `audit calibrate`
+    ),
+    Stage(
         "bias_generated",
         "bias",  # `audit bias generated`
         "audit.checks.bias.generated:compute",

@@ -17,6 +17,7 @@ from audit.cli import cli
 # The library function each command calls (the stage list names the stages' own).
 LIBRARY = {
     **{s.command: s.entry for s in stages.STAGES if s.when != "never"},
+    "features": "audit.features:build",
     "query": "audit.sql:export",
     "status": "audit.sql:status",
     "run": "audit.pipeline:RunOptions",

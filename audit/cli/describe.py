@@ -222,4 +222,29 @@ def dedup(ws: Path, hamming: int, cosine: float, report_dir: Path | None, as_jso
     emit(s, as_json, lambda: line)
 
 
-COMMANDS: list = [hash_, embed, index, dedup]
+@click.command("features")
+@WS
+@library(
+    "audit.features:build", "per_image", type=int, help="Strongest SIFT descriptors kept per image."
+)
+@json_option
+def features(ws: Path, per_image: int, as_json: bool) -> None:
+    """Local-feature (RootSIFT) index of the training images, the copy candidates of `audit match`.
+
+    `audit match` and `audit calibrate` build it when it is missing; run it ahead to pay the cost
+    once. Example: audit features indexes/sample --per-image 64
+    """
+    from audit import features as local_features
+
+    s = local_features.build(ws, per_image=per_image)
+    emit(
+        s,
+        as_json,
+        lambda: (
+            f"{s['descriptors']} descriptors of {s['images']} images ({s['kind']}) "
+            f"-> {ws}/faiss/features.faiss"
+        ),
+    )
+
+
+COMMANDS: list = [hash_, embed, index, features, dedup]
