@@ -82,8 +82,8 @@ def preprocess(img: Any, size: int = SIZE) -> Any:
     from PIL import Image
 
     a = np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32)
-    a = (a / 255.0 - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
+    normalised = (a / 255.0 - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1), np.float32)
 
 
 def load(path: str | Path, threshold: float = SSCD_THRESHOLD, size: int = SIZE) -> Descriptor:

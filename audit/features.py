@@ -60,7 +60,7 @@ def _index(n: int, d: int) -> tuple[Any, dict[str, Any]]:
         quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
     )
     index.own_fields = True
-    quantizer.this.disown()
+    quantizer.this.disown()  # type: ignore[attr-defined]  # the IVF index owns it now
     index.nprobe = min(nlist, NPROBE)
     return index, {"kind": "ivf_sq8", "nlist": nlist, "nprobe": index.nprobe}
 

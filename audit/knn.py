@@ -87,12 +87,13 @@ def _new_index(spec: dict[str, Any], d: int) -> Any:
         inner.hnsw.efSearch = spec["efSearch"]
         return faiss.IndexIDMap2(inner)
     quantizer = faiss.IndexFlatIP(d)
+    index: Any
     if spec["kind"] == "ivf":
         index = faiss.IndexIVFFlat(quantizer, d, spec["nlist"], ip)
     else:
         index = faiss.IndexIVFPQ(quantizer, d, spec["nlist"], spec["m"], spec["nbits"], ip)
     index.own_fields = True
-    quantizer.this.disown()  # the IVF index now owns its quantizer
+    quantizer.this.disown()  # type: ignore[attr-defined]  # the IVF index now owns its quantizer
     index.nprobe = spec["nprobe"]
     return index
 

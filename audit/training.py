@@ -261,7 +261,7 @@ def _bars() -> Iterator[Callable[[str, int, int, dict[str, str]], None] | None]:
             speed = bar.tasks[list(tasks).index(description)].speed
             fields = {"rate": f"{speed:.2f} steps/s" if speed else ""}
             fields["eta"] = _clock((total - done) / speed) if speed else ""
-        bar.update(task, completed=done, total=total, **fields)
+        bar.update(task, completed=done, total=total, **fields)  # type: ignore[arg-type]  # task fields
 
     try:
         yield update

@@ -98,7 +98,9 @@ def _sift() -> Any:
     import cv2
 
     if _SIFT is None:
-        _SIFT = cv2.SIFT_create(nfeatures=MAX_FEATURES, contrastThreshold=CONTRAST)
+        _SIFT = cv2.SIFT_create(  # type: ignore[attr-defined]  # missing from OpenCV's stubs
+            nfeatures=MAX_FEATURES, contrastThreshold=CONTRAST
+        )
     return _SIFT
 
 

@@ -54,7 +54,7 @@ def _search(n_images: int, queries: int, seed: int = 0) -> dict[str, Any]:
         d = np.concatenate([noisy, other])
         qs.append([SimpleNamespace(descriptors=d / np.linalg.norm(d, axis=1, keepdims=True))])
     t0 = time.perf_counter()
-    found = features.vote(index, owners, qs, k=10)
+    found = features.vote(index, owners, qs, k=10)  # type: ignore[arg-type]  # only .descriptors is read
     seconds = time.perf_counter() - t0
     hits = [int(s) in {r for r, _ in f} for s, f in zip(sources, found, strict=True)]
     return {
@@ -78,11 +78,13 @@ def _verification(pairs: int = 20) -> dict[str, Any]:
     from audit.checks.memorisation import tile_distances, to_pixels
     from audit.pipeline import sample_dir
 
-    imgs = []
+    imgs: list[Any] = []
     with tarfile.open(sample_dir() / "shards" / "00000.tar") as tar:
         for m in tar.getmembers():
             if m.name.endswith((".png", ".jpg")) and len(imgs) < pairs + 1:
-                imgs.append(Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB"))
+                member = tar.extractfile(m)
+                assert member is not None  # a regular file: the name ends in .png/.jpg
+                imgs.append(Image.open(io.BytesIO(member.read())).convert("RGB"))
     feats = [verify.extract(im) for im in imgs]
     copies = [
         im.rotate(10, fillcolor=(255, 255, 255)).crop((10, 10, im.width, im.height)) for im in imgs

@@ -178,7 +178,8 @@ def check(
         ["key", "url", "caption"],
     )
     for r in rows:
-        g, t = gen_meta[r["generated_row_id"]], train_meta.get(r.get("train_row_id"), {})
+        g = gen_meta[r["generated_row_id"]]
+        t = train_meta.get(r["train_row_id"], {}) if r.get("train_row_id") is not None else {}
         member = f"::{g['image_member']}" if g["image_member"] else ""
         r["generated_key"] = g["key"]
         r["generated_file"] = f"{g['image_path']}{member}" if g["image_path"] else None
@@ -227,7 +228,7 @@ def describe_rows(ws: Workspace, descriptor: Any, batch: int = 32) -> Any:
     """The learned descriptor of every row of `ws` (zeros where the image is unreadable)."""
     import numpy as np
 
-    meta = read_rows(ws, range(ws.num_rows), IMAGE_LOCATION)
+    meta = read_rows(ws, range(ws.num_rows), list(IMAGE_LOCATION))
     out = np.zeros((ws.num_rows, descriptor.dim), np.float32)
     for start in range(0, ws.num_rows, batch):
         ids = list(range(start, min(ws.num_rows, start + batch)))

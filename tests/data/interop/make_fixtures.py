@@ -67,7 +67,7 @@ def write_inputs() -> None:
     pq.write_table(pa.table({"url": urls, "txt": caps}), inputs / "sample.parquet")
     with open(inputs / "mapped.csv", "w") as f:  # other column names: --url-col / --caption-col
         f.write("image_link,alt_description,LANGUAGE\n")
-        for u, c in zip(urls, caps):
+        for u, c in zip(urls, caps, strict=True):
             f.write(f'{u},"{c}",en\n')
 
 
@@ -117,18 +117,29 @@ def run_img2dataset() -> None:
 
 
 def run_clip_retrieval() -> None:
-    import torch
-    from open_clip import factory
-
     import open_clip
+    import torch
     from clip_retrieval.clip_inference.main import main as clip_inference
+    from open_clip import factory
 
     # A tiny architecture registered with open_clip (as audit's `tiny` model is), seeded random
     # weights saved to a checkpoint, and clip-retrieval loads `open_clip:<arch>/<checkpoint>`.
     config = {
         "embed_dim": 64,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+        "vision_cfg": {
+            "image_size": 64,
+            "layers": 2,
+            "width": 64,
+            "head_width": 32,
+            "patch_size": 8,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 2,
+            "layers": 2,
+        },
     }
     factory._MODEL_CONFIGS["interop-tiny"] = config
     torch.manual_seed(0)
