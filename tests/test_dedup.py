@@ -136,9 +136,13 @@ def test_embedding_near_duplicates_only_with_trained_model(tmp_path):
     s = duplicates.find(ws.root)
     assert s["embeddings"] == "embedding model is untrained" and s["by_kind"]["near_embedding"] == 0
     plant_embeddings(ws, vecs, trained=True)
+    # rows 1 and 13 only have planted embeddings; their pixels differ, so verification says no
     s = duplicates.find(ws.root)
+    assert s["by_kind"]["near_embedding"] == 0 and s["clusters"] == 3 and s["rejected_pairs"] >= 1
+    s = duplicates.find(ws.root, verify=False)
     rows = {r["row_id"]: r for r in pq.read_table(ws.path("duplicates.parquet")).to_pylist()}
     assert s["by_kind"]["near_embedding"] == 2 and s["clusters"] == 4
+    assert rows[13]["verified"] is False and rows[13]["correlation"] is None
     assert rows[13]["kind"] == "near_embedding" and rows[13]["representative"] == 1
     assert rows[13]["cosine"] > 0.95 and abs(rows[13]["distance"] - (1 - rows[13]["cosine"])) < 1e-6
     assert json.loads(ws.path("manifest.json").read_text())["stages"]["dedup"][
