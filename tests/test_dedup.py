@@ -105,7 +105,7 @@ def test_planted_families_found_and_nothing_else(tmp_path):
 def test_threshold_zero_keeps_only_identical_codes(tmp_path):
     ws = families_workspace(tmp_path)
     hashes.compute(ws.root, workers=1)
-    duplicates.find(ws.root, hamming=0)
+    duplicates.find(ws.root, hamming=0, dhash_candidates=-1)
     rows = pq.read_table(ws.path("duplicates.parquet")).to_pylist()
     codes = {r["row_id"]: r["hamming"] for r in rows}
     assert set(codes) >= {3, 11, 5, 9} and all(h == 0 for h in codes.values())
