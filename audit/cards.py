@@ -1,17 +1,18 @@
-"""`audit card`: one Hugging Face model card from the audit's fragments.
+"""`audit card`: one Hugging Face model card from the audit's results.
 
-Merges, in the standard model-card section order (Hugging Face "Model Card" guidebook, after
-Mitchell et al. 2019, "Model Cards for Model Reporting"):
+The card is built with `huggingface_hub`'s `ModelCard` / `ModelCardData`, so its metadata is
+what the Hub reads: a licence id (or `other` with `license_name` and `license_link`),
+`pipeline_tag: unconditional-image-generation`, and a `model-index` holding the results
+the card reports (`EvalResult`s: replication rate, membership-inference AUC). A local dataset
+is not a Hub id, so it stays out of `datasets:` and its provenance goes in the body.
 
-- Model Details: `model_dir/config.json` of a model trained by `audit train` (hyperparameters,
-  data fingerprint, step) and `training_rows.parquet` (how many rows it saw);
-- Training Data: the bias report's fragment (`<bias_dir>/MODEL_CARD.fragment.md`) plus the
-  workspace manifest's "optout" and "filter" stage summaries;
-- Evaluation: memorisation results, `WS/memorisation/*/summary.json` (replication rate with its
-  interval; membership-inference AUC when present);
-- Bias, Risks, and Limitations: the bias fragment.
-
-A part that is missing is written as "Not run" with the command that produces it, never left out.
+Sections follow the Hugging Face model-card guidebook (after Mitchell et al. 2019) and stay
+short enough to paste: Model Details (`config.json`, `training_rows.parquet` of a model
+trained by `audit train`), Uses, Training Data (the bias report's fragment, and the consent
+stages of the workspace manifest), Evaluation (`WS/memorisation/*/summary.json`), Bias, Risks,
+and Limitations (the bias fragment). A part that was not run says so with the command that
+runs it. Beside the card: `MODEL_CARD.html` (the same text as a report page) and the model's
+pictures. No absolute path of the machine that built it appears anywhere.
 
 Example:
     >>> from audit import cards
@@ -28,74 +29,61 @@ from typing import Any
 
 from audit import credentials
 from audit.errors import AuditError
+from audit.reports import Section, fmt, path_scrubber, write_page
 from audit.results import MembershipInference
-from audit.workspace import Workspace, atomic_write_text, now
+from audit.workspace import Workspace, atomic_write_text
 
 FRAGMENT = "MODEL_CARD.fragment.md"
+PIPELINE_TAG = "unconditional-image-generation"
+TASK_NAME = "Unconditional image generation"
+
+# Licence ids the Hub accepts in `license:` (https://huggingface.co/docs/hub/repositories-licenses).
+HUB_LICENSES = frozenset(
+    """apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0
+    bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear
+    c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0
+    cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0
+    cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0 cdla-permissive-2.0 wtfpl
+    ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl
+    lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0
+    odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
+    deepfloyd-if-license llama2 llama3 llama3.1 llama3.2 llama3.3 gemma unknown other""".split()
+)
+
+
+def hub_license(url_or_id: str | None) -> str | None:
+    """The Hub licence id for a licence URL or id from a `license` column, or None.
+
+    Creative Commons URLs map by their path (`.../licenses/by-sa/4.0/` -> `cc-by-sa-4.0`);
+    the CC public-domain dedication and CC0 map to `cc0-1.0`.
+    """
+    if not url_or_id:
+        return None
+    text = str(url_or_id).strip().lower()
+    if text in HUB_LICENSES:
+        return text
+    if re.search(r"creativecommons\.org/(publicdomain/zero/1\.0|licenses/publicdomain)", text):
+        return "cc0-1.0"
+    m = re.search(r"creativecommons\.org/licenses/([a-z-]+)/(\d\.\d)", text)
+    if m and f"cc-{m.group(1)}-{m.group(2)}" in HUB_LICENSES:
+        return f"cc-{m.group(1)}-{m.group(2)}"
+    return None
 
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
-    """(front matter, body) of a markdown file with `---` YAML front matter (simple keys and lists)."""
+    """(front matter, body) of a markdown file with `---` YAML front matter."""
+    import yaml
+
     if not text.startswith("---\n"):
         return {}, text
     end = text.find("\n---", 4)
     if end < 0:
         return {}, text
-    meta: dict[str, Any] = {}
-    key = None
-    for line in text[4:end].splitlines():
-        if line.startswith("- ") and key is not None:
-            if not isinstance(meta.get(key), list):
-                meta[key] = []
-            meta[key].append(_scalar(line[2:]))
-        elif ":" in line and not line.startswith(" "):
-            key, _, value = line.partition(":")
-            key = key.strip()
-            meta[key] = _scalar(value) if value.strip() else []
-    return meta, text[end + 4 :].lstrip("\n")
-
-
-def _scalar(value: str) -> Any:
-    value = value.strip()
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-def front_matter(meta: dict[str, Any]) -> str:
-    """YAML front matter; strings are JSON-quoted (valid YAML) when they need quoting."""
-    lines = ["---"]
-    for key, value in meta.items():
-        if isinstance(value, list):
-            if not value:
-                continue
-            lines.append(f"{key}:")
-            lines += [f"- {_yaml(v)}" for v in value]
-        elif isinstance(value, dict):
-            lines.append(f"{key}:")
-            lines += [f"  {k}: {_yaml(v)}" for k, v in value.items()]
-        elif value is not None:
-            lines.append(f"{key}: {_yaml(value)}")
-    return "\n".join(lines + ["---", ""])
-
-
-def _yaml(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return json.dumps(v)
-    if isinstance(v, (int, float)):
-        return repr(v)
-    s = str(v)
-    return (
-        s
-        if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_./+-]*", s)
-        and s.lower() not in ("yes", "no", "true", "false", "null", "on", "off")
-        else json.dumps(s)
-    )
+    return yaml.safe_load(text[4:end]) or {}, text[end + 4 :].lstrip("\n")
 
 
 def sections(body: str) -> dict[str, str]:
-    """`## Title` -> text, in order."""
+    """`## Title` -> text, in order (### subsections stay inside their section)."""
     out: dict[str, str] = {}
     title = None
     for line in body.splitlines():
@@ -107,32 +95,6 @@ def sections(body: str) -> dict[str, str]:
     return {k: v.strip() for k, v in out.items()}
 
 
-def _fmt(v: Any, ci: Any = None) -> str:
-    if v is None:
-        return "n/a"
-    text = f"{v:.4g}" if isinstance(v, float) else str(v)
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
-        text += f" (95% CI {ci[0]:.4g}-{ci[1]:.4g})"
-    return text
-
-
-def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested dict -> [("a.b", value)]."""
-    if not isinstance(d, dict):
-        return [(prefix.rstrip("."), d)]
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        out += _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
-    return out
-
-
-def _kv_lines(d: dict[str, Any], limit: int = 40) -> str:
-    rows = [(k, v) for k, v in _flatten(d) if not isinstance(v, list) or len(v) <= 8][:limit]
-    return "\n".join(
-        f"- `{k}`: {json.dumps(v, default=str) if not isinstance(v, str) else v}" for k, v in rows
-    )
-
-
 PICTURES = (  # (file in the model folder, caption); copied next to the card as <model>_<file>
     ("samples.png", "samples of the trained model (EMA weights, DDPM sampler)"),
     ("training_images.png", "training images at the same resolution, for comparison"),
@@ -140,11 +102,11 @@ PICTURES = (  # (file in the model folder, caption); copied next to the card as 
 )
 
 
-def _pictures(model_dir: Path, card: Path) -> str:
-    """Copy the model's pictures beside the card and return markdown that shows them."""
+def _pictures(model_dir: Path, card: Path) -> list[tuple[str, str]]:
+    """Copy the model's pictures beside the card; (file name beside the card, caption)."""
     import shutil
 
-    lines = []
+    found = []
     for name, caption in PICTURES:
         src = model_dir / name
         if src.exists():
@@ -153,88 +115,191 @@ def _pictures(model_dir: Path, card: Path) -> str:
                 dst = card.parent / f"{model_dir.name}_{name}"
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
-            lines.append(f"![{caption}]({dst.name})  \n*{caption}* (`{dst.name}`)")
-    return "\n\n".join(lines)
+            found.append((dst.name, caption))
+    return found
 
 
-def _model_details(model_dir: Path | None) -> tuple[str, dict[str, Any]]:
+def _model_details(model_dir: Path | None, shown: Any) -> tuple[str, dict[str, Any]]:
     if model_dir is None:
         return (
-            "Not run: no model folder given (`audit card WS --model-dir models/NAME`; train with `audit train`).",
+            "Not run: no model folder given (`audit card WS --model-dir models/NAME`; "
+            "train with `audit train`).",
             {},
         )
-    cfg_path = Path(model_dir) / "config.json"
+    cfg_path = model_dir / "config.json"
     if not cfg_path.exists():
         return (
-            f"Not run: {cfg_path} does not exist (train a model with `audit train WS --out {model_dir}`).",
+            f"Not run: {shown(str(cfg_path))} does not exist "
+            f"(train a model with `audit train WS --out {shown(str(model_dir))}`).",
             {},
         )
     cfg = json.loads(cfg_path.read_text("utf-8"))
-    text = f"Model folder `{model_dir}`. Configuration (`config.json`):\n\n{_kv_lines(cfg)}"
-    rows_path = Path(model_dir) / "training_rows.parquet"
-    if rows_path.exists():
-        import pyarrow.parquet as pq
-
-        text += f"\n\nTrained on {pq.ParquetFile(rows_path).metadata.num_rows} rows (`training_rows.parquet`)."
+    m, data = cfg.get("model") or {}, cfg.get("data") or {}
+    res = m.get("resolution")
+    facts = [
+        (
+            "Model type",
+            "denoising diffusion probabilistic model (DDPM), a small UNet, trained from scratch",
+        ),
+        ("Resolution", f"{res}x{res} pixels, {m.get('channels', 3)} channels" if res else None),
+        (
+            "UNet",
+            f"base width {m.get('base_channels')}, channel multipliers {m.get('channel_mults')}, "
+            f"attention at {m.get('attention_resolution')}x{m.get('attention_resolution')}"
+            if m
+            else None,
+        ),
+        (
+            "Noise schedule",
+            f"{(cfg.get('schedule') or {}).get('beta_schedule')}, "
+            f"{(cfg.get('schedule') or {}).get('timesteps')} steps"
+            if cfg.get("schedule")
+            else None,
+        ),
+        (
+            "Training",
+            f"{cfg.get('step', cfg.get('steps'))} steps, batch {cfg.get('batch_size')}, "
+            f"learning rate {cfg.get('lr')}, EMA {cfg.get('ema_decay')}, precision {cfg.get('precision')}, "
+            f"seed {cfg.get('seed')}",
+        ),
+        ("Conditioning", data.get("conditioning") or "none"),
+        (
+            "Training images",
+            f"{data.get('images', data.get('rows'))} (images sha256 "
+            f"`{str(data.get('images_sha256', ''))[:12]}`)"
+            if data
+            else None,
+        ),
+    ]
+    text = "\n".join(f"- **{k}:** {v}" for k, v in facts if v)
+    text += (
+        f"\n\nEvery hyperparameter and the training data's fingerprint are in `config.json` "
+        f"of the model folder (`{shown(str(model_dir))}`)."
+    )
     return text, cfg
 
 
 def _consent(ws: Workspace) -> str:
-    parts = []
-    for stage, cmd in (
-        ("optout", "audit optout WS"),
-        ("filter", "audit filter WS --out consented.parquet"),
-    ):
-        rec = ws.stage(stage)
-        if not rec or rec.get("status") != "done":
-            parts.append(f"- `{stage}`: Not run (`{cmd}`).")
-        else:
-            parts.append(
-                f"- `{stage}` (finished {rec.get('finished')}), parameters "
-                f"{json.dumps(rec.get('params', {}), default=str)}:\n\n{_kv_lines(rec.get('summary', {}))}"
-            )
-    return "\n\n".join(parts)
+    rec, filt = ws.stage("optout"), ws.stage("filter")
+    if not rec or rec.get("status") != "done":
+        return "Opt-outs: not run (`audit optout WS`); the model may include images their creators reserved."
+    s = rec.get("summary", {})
+    regs = ", ".join(Path(r["path"]).name for r in s.get("registries", [])) or "none"
+    lines = [
+        f"`audit optout` read every machine-readable reservation it could for the {s.get('rows')} rows: "
+        f"opt-out registries ({regs}), {'a crawl cache of' if s.get('cache') else 'no crawl cache, so not'} "
+        "HTTP headers, HTML meta, robots.txt, ai.txt and TDMRep, and XMP/C2PA in the image files."
+    ]
+    for use, by_state in (s.get("decisions") or {}).items():
+        lines.append(f"- {use}: " + ", ".join(f"{k} {v}" for k, v in by_state.items()))
+    if filt and filt.get("status") == "done":
+        f = filt.get("summary", {})
+        by_signal = ", ".join(f"{k} {v}" for k, v in (f.get("by_signal") or {}).items())
+        lines.append(
+            f"\n`audit filter` kept {f.get('kept')} of {f.get('rows')} rows for {f.get('use')} and "
+            f"removed {f.get('removed')}"
+            + (f" (deciding signal: {by_signal})" if by_signal else "")
+            + "; the model trains only on the kept rows."
+        )
+    else:
+        lines.append("\nConsented subset: not made (`audit filter WS --out consented.parquet`).")
+    return "\n".join(lines)
 
 
-def _memorisation(paths: list[Path]) -> tuple[str, dict[str, float]]:
+def _memorisation(paths: list[Path], dataset: str) -> tuple[str, list[Any]]:
+    """Evaluation text and the `EvalResult`s that go into `model-index`."""
     if not paths:
-        return "Not run: no memorisation results (`audit match GENERATED --against WS`).", {}
-    blocks: list[str] = []
-    metrics: dict[str, float] = {}
+        return "Not run: no memorisation results (`audit match GENERATED --against WS`).", []
+    rows, results, auc_lines = [], [], []
     for p in paths:
         s = json.loads(p.read_text("utf-8"))
         name = p.parent.name
-        lines = [
-            f"### Memorisation check `{name}`",
-            "",
-            f"- Generated images checked: {_fmt(s.get('generated'))}",
-            f"- Replication rate (verdict copy): {_fmt(s.get('replication_rate'), s.get('replication_ci95'))}",
-        ]
-        if "copy_or_near_rate" in s:
-            lines.append(
-                f"- Copy or near-copy rate: {_fmt(s['copy_or_near_rate'], s.get('copy_or_near_ci95'))}"
+        counts = s.get("counts") or {}
+        rate = s.get("replication_rate")
+        rows.append(
+            f"| {name} | {s.get('generated')} | {counts.get('copy', 0)} | {counts.get('near', 0)} | "
+            f"{fmt(rate, s.get('replication_ci95'), True)} |"
+        )
+
+        if isinstance(rate, (int, float)):
+            results.append(
+                _result(dataset, name, "replication_rate", "Replication rate (%)", 100 * rate)
             )
-        if "counts" in s:
-            lines.append(f"- Verdict counts: {json.dumps(s['counts'])}")
-        if "thresholds" in s:
-            lines.append(f"- Thresholds: {json.dumps(s['thresholds'], default=str)}")
         if isinstance(s.get("membership_inference"), dict):
             mia = MembershipInference.from_dict(s["membership_inference"])
-            aucs = [("members vs held-out", mia.members_vs_heldout)]
+            aucs = [("members vs held-out", "heldout", mia.members_vs_heldout)]
             if mia.members_vs_optedout is not None:
-                aucs.append(("members vs opted-out", mia.members_vs_optedout))
-            aucs += [(f"members copied x{c} vs held-out", a) for c, a in mia.by_copies.items()]
-            for label, a in aucs:
-                lines.append(f"- Membership-inference AUC, {label}: {_fmt(a.value, a.ci95)}")
-            metrics[f"mia_auc_{name}"] = mia.members_vs_heldout.value
-        if s.get("warning"):
-            lines.append(f"- Warning: {s['warning']}")
-        if isinstance(s.get("replication_rate"), (int, float)):
-            metrics[f"replication_rate_{name}"] = s["replication_rate"]
-        blocks.append("\n".join(lines))
-    if not any(k.startswith("mia_auc_") for k in metrics):
-        blocks.append("Membership inference: not run (`audit experiment memorisation`).")
-    return "\n\n".join(blocks), metrics
+                aucs.append(("members vs opted-out", "optedout", mia.members_vs_optedout))
+            aucs += [
+                (f"members copied x{c} vs held-out", f"x{c}_heldout", a)
+                for c, a in mia.by_copies.items()
+            ]
+            for label, key, a in aucs:
+                auc_lines.append(f"- Membership inference ({label}), AUC: {fmt(a.value, a.ci95)}")
+                results.append(
+                    _result(
+                        dataset,
+                        name,
+                        f"mia_auc_{key}",
+                        f"Membership-inference AUC ({label})",
+                        a.value,
+                    )
+                )
+    text = (
+        "Generated images matched against the training images (`audit match`): copy = a near-exact "
+        "reproduction by the tiled l2 distance of Carlini et al. (2023) or pHash; near = a close variant. "
+        "Rates are percentages of generated images with a 95% interval in brackets.\n\n"
+        "| check | generated | copies | near copies | replication rate |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+    )
+    text += "\n\n" + (
+        "\n".join(auc_lines)
+        if auc_lines
+        else "Membership inference: not run (`audit experiment memorisation`)."
+    )
+    return text, results
+
+
+def _result(dataset: str, check: str, metric: str, label: str, value: float) -> Any:
+    """One `model-index` entry: the task, the (local) dataset it was measured on, the metric."""
+    from huggingface_hub import EvalResult
+
+    return EvalResult(
+        task_type=PIPELINE_TAG,
+        task_name=TASK_NAME,
+        dataset_type=dataset,
+        dataset_name=f"{dataset} (training set, memorisation check {check})",
+        metric_type=metric,
+        metric_name=label,
+        metric_value=round(float(value), 4),
+    )
+
+
+def _license(meta_license: str | None, fig: dict[str, Any] | None) -> tuple[dict[str, str], str]:
+    """(license metadata, the card's License section)."""
+    if meta_license:
+        if meta_license not in HUB_LICENSES:
+            raise AuditError(
+                f"--license {meta_license} is not a Hub licence id; use one of "
+                "https://huggingface.co/docs/hub/repositories-licenses (e.g. apache-2.0, cc-by-4.0)."
+            )
+        return {"license": meta_license}, f"Licence chosen by the card's author: `{meta_license}`."
+    licences = (fig or {}).get("sources", {}).get("licenses") or []
+    listed = ", ".join(f"{x['license']} {fmt(x['share'], None, True)}" for x in licences[:5])
+    ids = {hub_license(x["license"]) for x in licences}
+    if len(licences) >= 1 and len(ids) == 1 and None not in ids:
+        lic = ids.pop()
+        return {"license": lic}, (
+            f"`{lic}`: every training row carries this licence ({listed}). The weights are a work "
+            "derived from those images; check the terms before publishing, or choose one with "
+            "`audit card --license ID`."
+        )
+    return (
+        {"license": "other", "license_name": "training-data-terms", "license_link": "LICENSE.md"},
+        "Not chosen: the training images carry "
+        + (f"several licences ({listed})" if listed else "no recorded licence")
+        + ", listed in `LICENSE.md` beside this card. Choose one with `audit card --license ID`.",
+    )
 
 
 def build_model_card(
@@ -243,15 +308,21 @@ def build_model_card(
     bias_dir: str | os.PathLike[str] | None = None,
     memorisation_dir: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
+    license: str | None = None,
 ) -> dict[str, Any]:
-    """Write one model card (markdown with YAML front matter) and return what went in.
+    """Write one model card (`MODEL_CARD.md` with Hub metadata, and `.html`) and return what went in.
 
     Defaults: `bias_dir` = the report folder recorded by the workspace's "bias" stage, else
-    `reports/<dataset>/bias`; `memorisation_dir` = `WS/memorisation`; `out` =
-    `<model_dir>/MODEL_CARD.md`, else `reports/<dataset>/MODEL_CARD.md`.
+    `<reports>/bias`; `memorisation_dir` = `WS/memorisation`; `out` = `<model_dir>/MODEL_CARD.md`,
+    else `<reports>/MODEL_CARD.md` (`<reports>` = `audit.reports.default_dir`). `license` is a
+    Hub licence id; without it the training images' licence is used when they share one.
 
     Example: `audit card indexes/sample --model-dir models/sample --out MODEL_CARD.md`
     """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from audit.reports import default_dir
+
     ws = Workspace.open(ws_root)
     model_dir = Path(model_dir) if model_dir is not None else None
     if model_dir is not None and not model_dir.is_dir():
@@ -260,86 +331,122 @@ def build_model_card(
         )
     if bias_dir is None:
         recorded = ((ws.stage("bias") or {}).get("summary") or {}).get("report_dir")
-        bias_dir = Path(recorded) if recorded else Path("reports") / ws.dataset / "bias"
+        bias_dir = Path(recorded) if recorded else default_dir(ws) / "bias"
     bias_dir = Path(bias_dir)
     mem_dir = Path(memorisation_dir) if memorisation_dir is not None else ws.path("memorisation")
-    out = (
-        Path(out)
-        if out is not None
-        else (
-            model_dir / "MODEL_CARD.md"
-            if model_dir
-            else Path("reports") / ws.dataset / "MODEL_CARD.md"
-        )
-    )
+    out = Path(out) if out is not None else (model_dir or default_dir(ws)) / "MODEL_CARD.md"
+    shown = path_scrubber(out.parent)
 
     frag_path = bias_dir / FRAGMENT
     frag_meta, frag = (
         split_front_matter(frag_path.read_text("utf-8")) if frag_path.exists() else ({}, "")
     )
     frag_sections = sections(frag)
-    details, cfg = _model_details(model_dir)
-    if cfg and model_dir is not None:
-        pictures = _pictures(model_dir, out)
-        details += f"\n\n{pictures}" if pictures else ""
-    mem_text, metrics = _memorisation(
-        sorted(mem_dir.glob("*/summary.json")) if mem_dir.is_dir() else []
+    fig_path = bias_dir / "bias.json"
+    fig = json.loads(fig_path.read_text("utf-8")) if fig_path.exists() else None
+    details, cfg = _model_details(model_dir, shown)
+    pictures = _pictures(model_dir, out) if cfg and model_dir is not None else []
+    mem_text, results = _memorisation(
+        sorted(mem_dir.glob("*/summary.json")) if mem_dir.is_dir() else [], ws.dataset
     )
-    not_run_bias = f"Not run: no bias report in {bias_dir} (`audit bias {ws.root}`)."
-
-    meta: dict[str, Any] = {
-        "license": cfg.get("license", "other"),
-        "library_name": "audit",
-        "tags": ["audit", "image-generation", "diffusion", "dataset-audit"],
-        "datasets": [ws.dataset],
-        "language": frag_meta.get("language") or [],
-        "metrics": sorted(metrics),
-    }
-    name = model_dir.name if model_dir else ws.dataset
+    license_meta, license_text = _license(license, fig)
+    not_run_bias = f"Not run: no bias report in {shown(str(bias_dir))} (`audit bias WS`)."
+    res = (cfg.get("model") or {}).get("resolution")
+    name = model_dir.name if model_dir else "model"
+    title = (
+        f"{name}: a {res}x{res} diffusion model trained on `{ws.dataset}`"
+        if res
+        else f"Model trained on `{ws.dataset}`"
+    )
+    inputs = ws.manifest.get("inputs", [])
+    provenance = (
+        f"Dataset `{ws.dataset}` is local (not on the Hugging Face Hub): {ws.num_rows} rows ingested by "
+        f"`audit ingest` from {len(inputs)} input file(s) ("
+        + ", ".join(
+            f"`{Path(i['path']).name}` sha256 `{str(i.get('sha256', ''))[:12]}`" for i in inputs[:4]
+        )
+        + ")."
+    )
     body = [
-        f"# Model card: {name}",
-        "",
-        f"Built by `audit card` on {now()} from the audit of workspace `{ws.root}` (dataset `{ws.dataset}`). "
-        "Every number below comes from an artefact of that audit; parts that were not run say so.",
-        "",
-        "## Model Details",
-        "",
-        details,
-        "",
-        "### How outputs are marked",  # EU AI Act Art. 50(2); see audit.credentials
-        "",
-        credentials.marking_statement(),
-        "",
-        "## Training Data",
-        "",
-        frag_sections.get("Training Data") or not_run_bias,
-        "",
-        "### Consent and opt-outs",
-        "",
-        _consent(ws),
-        "",
-        "## Evaluation",
-        "",
-        mem_text,
-        "",
-        "## Bias, Risks, and Limitations",
-        "",
-        frag_sections.get("Bias, Risks, and Limitations") or not_run_bias,
-        "",
+        Section("Model Details", details, images=pictures),
+        # EU AI Act Art. 50(2); see audit.credentials
+        Section("How outputs are marked", credentials.marking_statement(), level=3),
+        Section(
+            "Uses",
+            "Research on dataset auditing and memorisation: a small model whose training data, consent "
+            "decisions and copies are all on record. Not for producing images for publication: at this "
+            "size and training length its samples are low-resolution and may reproduce training images "
+            "(see Evaluation).",
+        ),
+        Section(
+            "Training Data",
+            provenance
+            + "\n\n"
+            + (frag_sections.get("Training Data") or not_run_bias)
+            + "\n\n### Consent and opt-outs\n\n"
+            + _consent(ws),
+        ),
+        Section("Evaluation", mem_text),
+        Section(
+            "Bias, Risks, and Limitations",
+            frag_sections.get("Bias, Risks, and Limitations") or not_run_bias,
+        ),
+        Section("License", license_text),
     ]
-    if metrics:
-        body += [
-            "## Results summary",
-            "",
-            "\n".join(f"- `{k}`: {_fmt(v)}" for k, v in metrics.items()),
-            "",
-        ]
-    atomic_write_text(out, front_matter(meta) + "\n".join(body))
+    summary = (
+        f"Built by `audit card` from the audit of dataset `{ws.dataset}`. Every number comes from an "
+        "artefact of that audit (workspace manifest, bias report, memorisation results); parts that "
+        "were not run say so. Intervals are 95% intervals, in brackets."
+    )
+    langs = frag_meta.get("language") or None
+    data = ModelCardData(
+        model_name=name,
+        pipeline_tag=PIPELINE_TAG,
+        tags=["audit", "diffusion", "ddpm", "pytorch", "safetensors", "dataset-audit"],
+        language=langs,
+        eval_results=results or None,
+        **license_meta,
+    )
+    card = ModelCard.from_template(
+        data,
+        template_path=str(Path(__file__).parent / "reports" / "templates" / "model_card.md.j2"),
+        title=title,
+        summary=summary,
+        sections=[{"title": s.title, "text": _section_md(s), "level": s.level} for s in body],
+    )
+    text = shown(str(card))
+    # The HTML page first (it renders the same sections), then the Hub's markdown over its .md.
+    write_page(out.parent, out.stem, title, body, summary)
+    atomic_write_text(out, text)
+    if license_meta.get("license_link") == "LICENSE.md":
+        atomic_write_text(out.parent / "LICENSE.md", _license_file(fig))
     return {
         "out": str(out),
         "model_details": bool(cfg),
         "bias": bool(frag_sections),
         "optout": bool(ws.stage("optout")),
         "filter": bool(ws.stage("filter")),
-        "memorisation_results": sum(1 for k in metrics if k.startswith("replication_rate")),
+        "memorisation_results": sum(1 for r in results if r.metric_type == "replication_rate"),
+        "license": license_meta["license"],
     }
+
+
+def _section_md(s: Section) -> str:
+    pics = "\n\n".join(f"![{caption}]({src})" for src, caption in s.images)
+    return s.text + (f"\n\n{pics}" if pics else "")
+
+
+def _license_file(fig: dict[str, Any] | None) -> str:
+    licences = (fig or {}).get("sources", {}).get("licenses") or []
+    lines = [
+        "# Training-data terms",
+        "",
+        "No licence was chosen for these weights. They were trained on images under the terms below",
+        "(the `license` column of the training data, share of rows); choose a licence compatible with",
+        "them, e.g. `audit card WS --license cc-by-4.0`.",
+        "",
+    ]
+    lines += [f"- {x['license']}: {fmt(x['share'], None, True)}" for x in licences] or [
+        "- (no licence recorded)"
+    ]
+    return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from audit import threads
 from audit.errors import AuditError, MissingWeightsError
 from audit.images import ImageProblem, decode, read_bytes
 from audit.progress import track
@@ -335,7 +336,7 @@ def compute(
     model: str = TINY,
     pretrained: str = "none",
     batch_size: int = 64,
-    workers: int = 2,
+    workers: int | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Embed every image and caption of the workspace (stage `embed`); returns the summary.
@@ -345,6 +346,8 @@ def compute(
     import pyarrow.parquet as pq
     import torch
 
+    if workers is None:  # the process's thread budget (audit.threads)
+        workers = threads.budget()
     if batch_size < 1 or workers < 0:
         raise AuditError(f"batch_size must be >= 1 and workers >= 0 (got {batch_size}, {workers}).")
     ws = Workspace.open(ws_root)
@@ -372,12 +375,12 @@ def compute(
             owner.append(p)
     # Decoding workers and the forward pass share the cores; torch threads beyond the cores
     # left over spin against the workers (and other jobs) and run many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - max(1, workers)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads.budget() - max(1, workers)))
     try:
         summary = _embed(ws, run, clip, parts, todo, columns, batches, owner, workers)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     summary.update(model=model, pretrained=pretrained, trained=info["trained"])
     run.finish(summary, [Output("embeddings/model.json")])
     return summary
@@ -411,7 +414,11 @@ def _embed(
                 ws, run, p, np.zeros((0, dim), np.float16), np.zeros((0, dim), np.float16), []
             )
     for batch, p in track(
-        zip(loader, owner, strict=True), total=len(batches), description="embedding"
+        zip(loader, owner, strict=True),
+        total=sum(len(b) for b in batches),
+        description="embedding",
+        unit="images",
+        weight=lambda item: len(item[0]["i"]),
     ):
         a = acc.setdefault(p.number, {"img": [], "txt": [], "errors": [], "done": 0})
         ok = np.array(batch["ok"])

@@ -292,6 +292,7 @@ def _membership_inference(
 def _model_card(work: Path, out: Path, result: dict[str, Any]) -> None:
     """MODEL_CARD.md through `audit.cards` (consent from the sample workspace, results from the match)."""
     from audit import cards
+    from audit.reports import fmt
     from audit.workspace import atomic_write_text
 
     card = out / "MODEL_CARD.md"
@@ -307,11 +308,9 @@ def _model_card(work: Path, out: Path, result: dict[str, Any]) -> None:
         f"Trained {result['steps']} steps on {result['sets']['train']} distinct consented images duplicated "
         f"{result['groups']} (copies, images); {result['sets']['heldout']} consented images held out and "
         f"{result['sets']['optedout']} opted-out images never trained on. {result['samples']} samples: "
-        f"replication rate {result['replication_rate']:.2%} (95% CI {result['replication_ci95'][0]:.2%}-"
-        f"{result['replication_ci95'][1]:.2%}); share of members copied by duplication "
+        f"replication rate {fmt(result['replication_rate'], result['replication_ci95'], True)}; share of members copied by duplication "
         f"{json.dumps(result['copied_share_by_duplication'])}. Membership-inference AUC (members vs held-out) "
-        f"{mia['auc_members_vs_heldout']:.3f} (95% CI {mia['auc_members_vs_heldout_ci95'][0]:.3f}-"
-        f"{mia['auc_members_vs_heldout_ci95'][1]:.3f}).\n\n"
+        f"{fmt(mia['auc_members_vs_heldout'], mia['auc_members_vs_heldout_ci95'])} (95% intervals in brackets).\n\n"
         "Limits: a 32x32 model trained for minutes on a few hundred clip-art images on CPU; descriptors of an "
         "untrained embedding model; copy thresholds calibrated on clip art; a handful of images per group, so "
         "intervals are wide. See experiment.md beside this card.\n"

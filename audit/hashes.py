@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from audit import threads
 from audit.errors import AuditError
 from audit.images import (
     DEFAULT_MAX_PIXELS,
@@ -300,14 +301,15 @@ def _write_part(
 
 def compute(
     ws_root: str | os.PathLike[str],
-    workers: int = 2,
+    workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fast_decode: bool = True,
     which: tuple[str, ...] | list[str] = HASHES,
 ) -> dict[str, Any]:
     """Hash every image of the workspace (stage `hash`); returns the summary.
 
-    `workers` processes decode in parallel (1 = in this process). `fast_decode=False` gives
+    `workers` processes decode in parallel (1 = in this process; None = the process's thread
+    budget, `audit.threads.budget()`). `fast_decode=False` gives
     codes bit-identical to `imagehash`; the default decodes at reduced size (see module doc).
     `which` limits the work to some of `HASHES` (the others are stored as null, and stages
     that need them say so: `Workspace.require_hashes`); dedup needs phash and dhash, match all four.
@@ -316,6 +318,8 @@ def compute(
     """
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
+    if workers is None:
+        workers = threads.budget()
     if workers < 1:
         raise AuditError(f"workers must be >= 1 (got {workers}); use 1 to hash in this process.")
     unknown = sorted(set(which) - set(HASHES))
@@ -346,7 +350,13 @@ def compute(
         if need[p.number] == 0:
             outputs, _ = _write_part(ws, p, [], which)
             run.record_part(p.number, outputs, errors=0)
-    for result in track(_run_tasks(tasks, workers), total=len(tasks), description="hashing"):
+    for result in track(
+        _run_tasks(tasks, workers),
+        total=sum(p.rows for p in todo),
+        description="hashing",
+        unit="images",
+        weight=lambda r: len(r["ok"]),
+    ):
         number = result["part"]
         got[number].append(result)
         if len(got[number]) == need[number]:

@@ -22,6 +22,7 @@ from typing import Any
 from audit import stages
 from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
+from audit.reports import default_dir
 from audit.schema import IMAGE_LOCATION
 from audit.workspace import Output, Workspace, atomic_write_json, safe_name
 
@@ -51,6 +52,9 @@ def sample_dir() -> Path:
     return Path(str(resources.files("audit") / "data" / "sample"))
 
 
+DEMO_TRAIN_MINUTES = 11.0  # `audit run --demo` trains for this budget (make demo <= 15 min)
+
+
 @dataclass
 class RunOptions:
     """What `audit run` does. `demo()` fills it for the bundled sample."""
@@ -62,9 +66,13 @@ class RunOptions:
     workers: int = 2
     registries: list[str] = field(default_factory=list)
     crawl_cache: str | None = None
-    train_steps: int = 0  # 0: do not train the diffusion model
+    train_steps: int = 0  # 0: do not train the diffusion model (unless train_minutes)
+    train_minutes: float = 0.0  # > 0: train for this wall-clock budget instead of steps
+    train_base_channels: int = 32
+    train_batch_size: int = 32
     generate: int = 64
     seed: int = 0
+    calibrate: int = 0  # images for the calibration page (0: no calibration in `audit run`)
 
     @classmethod
     def demo(cls) -> RunOptions:
@@ -73,7 +81,14 @@ class RunOptions:
             sources=[str(sample / "shards")],
             registries=[str(p) for p in sorted((sample / "optout").glob("registry-*"))],
             crawl_cache=str(sample / "optout" / "cache"),
-            train_steps=3000,
+            # Bounded time on any 2-core CPU: a fixed budget, and the half-width UNet at half
+            # the batch, which fits about 3x the steps of the full one at batch 32 (0.6x the
+            # time per step each): where there is no native bf16, steps are what the samples
+            # lack (README, "How long the demo takes").
+            train_minutes=DEMO_TRAIN_MINUTES,
+            train_base_channels=16,
+            train_batch_size=16,
+            calibrate=200,
         )
 
 
@@ -91,10 +106,12 @@ def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
     from audit.reports import writable_dir
 
     dataset = safe_name(ws_root.resolve().name, "workspace folder name")
-    report_dir = writable_dir(options.report_dir or Path("reports") / dataset)
+    report_dir = writable_dir(options.report_dir or default_dir(ws_root))
     model_dir = ws_root / "models" / "ddpm"
-    trained = bool(options.train_steps)
+    trained = bool(options.train_steps or options.train_minutes)
     return {
+        # the options first: the resolved values below (report_dir) replace their raw form
+        **{f.name: getattr(options, f.name) for f in fields(options)},
         "ws": ws_root,
         "dataset": dataset,
         "report_dir": report_dir,
@@ -108,7 +125,6 @@ def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
         "trained_model_dir": model_dir if trained else None,
         "trained_memorisation_dir": ws_root / "memorisation" if trained else None,
         "model_card": report_dir / "MODEL_CARD.md",
-        **{f.name: getattr(options, f.name) for f in fields(options)},
     }
 
 
@@ -122,15 +138,21 @@ def run(
     if not options.sources and not (ws_root / "manifest.json").exists():
         raise AuditError("nothing to run: pass SOURCE paths, or --demo for the bundled sample")
     values = run_values(ws_root, options)
-    applies = {"always": True, "sources": bool(options.sources), "train": bool(options.train_steps)}
+    trains = bool(options.train_steps or options.train_minutes)
+    applies = {
+        "always": True,
+        "sources": bool(options.sources),
+        "train": trains,
+        "calibrate": bool(options.calibrate),
+    }
     if options.pretrained == "none":
         echo(UNTRAINED_WARNING)
     results: list[StageResult] = []
-    for stage in stages.STAGES:
-        if not applies.get(stage.when, False):
-            continue
+    todo = [stage for stage in stages.STAGES if applies.get(stage.when, False)]
+    for i, stage in enumerate(todo):
         started = time.perf_counter()
-        echo(f"[{stage.name}] ...")
+        left = _time_left([s.name for s in todo[i:]], results, options)
+        echo(f"[{stage.name}] ... (stage {i + 1} of {len(todo)}{left})")
         summary = stages.load(stage.entry)(**{kw: values[key] for kw, key in stage.args})
         if stage.report:
             stages.load(stage.report)(ws_root, values["report_dir"])
@@ -139,6 +161,32 @@ def run(
         echo(f"[{stage.name}] done in {seconds:.1f}s: {_brief(summary)}")
     echo(f"report: {overview.write(ws_root, values['report_dir'])}")
     return results
+
+
+# Sampling 64 images with 50 denoising steps costs about this many training steps (a forward
+# pass at batch 64 is ~0.4-0.7 of a training step at batch 32, measured for both UNet widths).
+SAMPLING_IN_TRAIN_STEPS = 30
+
+
+def _time_left(names: list[str], done: list[StageResult], options: RunOptions) -> str:
+    """How long the run has left, as ", about N min left in the run": the training budget
+    plus the stage times measured so far (the mean of the finished quick stages; sampling
+    from the measured training rate). Empty when training by steps (no rate is known yet)."""
+    quick = [r.seconds for r in done if r.stage not in ("train", "generate")]
+    per_stage = sum(quick) / len(quick) if quick else 2.0
+    rate = next((r.summary.get("steps_per_s") for r in done if r.stage == "train"), None)
+    sampling = SAMPLING_IN_TRAIN_STEPS / rate if rate else 0.1 * options.train_minutes * 60
+    seconds = 0.0
+    for name in names:
+        if name == "train":
+            if not options.train_minutes:
+                return ""  # by steps: the rate is not known before it runs
+            seconds += options.train_minutes * 60 + sampling  # the budget + the sample grid
+        elif name == "generate":
+            seconds += sampling * -(-options.generate // 64)
+        else:
+            seconds += per_stage
+    return f", about {seconds / 60:.1f} min left in the run"
 
 
 def _brief(summary: Any) -> str:
@@ -229,7 +277,7 @@ def match(
             Output(f"{rel}/summary.json"),
         ],
     )
-    report.write_match_page(train.root, name, Path(report_dir or Path("reports") / train.dataset))
+    report.write_match_page(train.root, name, Path(report_dir or default_dir(train)))
     return summary
 
 
@@ -285,7 +333,7 @@ def calibrate(
     )
     if not trained:
         result["warning"] = "untrained embedding weights: cosine figures describe a random network"
-    out = Path(report_dir or Path("reports") / w.dataset)
+    out = Path(report_dir or default_dir(w))
     atomic_write_json(out / "calibration.json", json.loads(json.dumps(result, default=_jsonable)))
     report.write_calibration_page(out)
     return result

@@ -40,7 +40,7 @@ class Stage:
     `finish` what runs once after every part is in; both None for a stage that works on the
     whole dataset at once. `report` renders its page after it ran in `audit run`. `when`:
     "always", "sources" (only when `audit run` was given sources), "train" (only when a model
-    is trained).
+    is trained), "calibrate" (only when `RunOptions.calibrate` names a number of images).
     """
 
     name: str
@@ -138,7 +138,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         report="audit.reports.duplicates:write",
         pages=(("duplicates.md", "Which images are exact or near duplicates?"),),
-        key_figures=("clusters", "rows_in_clusters", "largest_cluster"),
+        key_figures=("clusters", "rows_in_clusters", "by_kind", "largest_cluster"),
     ),
     Stage(
         "optout",
@@ -196,7 +196,7 @@ STAGES: tuple[Stage, ...] = (
         "audit.optouts:filter_dataset",
         (WS, ("out", "consented"), ("exclude_synthetic", "exclude_synthetic")),
         reads=("optout", "provenance"),
-        key_figures=("use", "kept", "removed", "synthetic_removed"),
+        key_figures=("use", "kept", "removed", "by_decision", "synthetic_removed"),
     ),
     Stage(
         "bias",
@@ -205,13 +205,21 @@ STAGES: tuple[Stage, ...] = (
         (WS, ("report_dir", "bias_dir")),
         reads=("ingest", "embed"),
         pages=(("bias/bias.md", "How do captions, sources, languages and image properties skew?"),),
-        key_figures=("captions", "female_to_male_ratio", "domains", "probes"),
+        key_figures=("captions", "female_to_male_ratio", "domains", "top10_domain_share", "probes"),
     ),
     Stage(
         "train",
         "train",
         "audit.training:train_on_workspace",
-        (WS, ("out", "model_dir"), ("steps", "train_steps"), ("seed", "seed")),
+        (
+            WS,
+            ("out", "model_dir"),
+            ("steps", "train_steps"),
+            ("minutes", "train_minutes"),
+            ("base_channels", "train_base_channels"),
+            ("batch_size", "train_batch_size"),
+            ("seed", "seed"),
+        ),
         reads=("ingest",),
         when="train",
     ),
@@ -250,7 +258,7 @@ STAGES: tuple[Stage, ...] = (
         "calibrate",
         "calibrate",
         "audit.pipeline:calibrate",
-        (("ws", "ws"), ("report_dir", "report_dir")),
+        (("ws", "ws"), ("n", "calibrate"), ("seed", "seed"), ("report_dir", "report_dir")),
         reads=("embed",),
         pages=(
             (
@@ -258,7 +266,7 @@ STAGES: tuple[Stage, ...] = (
                 "How well does each copy descriptor separate copies from non-copies?",
             ),
         ),
-        when="never",  # `audit calibrate` only: it measures the check, not the dataset
+        when="calibrate",  # `audit calibrate`, and `audit run --demo`: it measures the check
     ),
     Stage(
         "bias_generated",

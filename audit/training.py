@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from audit import progress
 from audit.errors import AuditError
 from audit.images import DEFAULT_MAX_PIXELS, ImageProblem, decode, read_bytes
 from audit.progress import track
@@ -156,6 +159,7 @@ def train_on_workspace(
     out: str | Path,
     resolution: int = 32,
     steps: int = 2000,
+    minutes: float = 0.0,
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
@@ -165,10 +169,15 @@ def train_on_workspace(
     all_rows: bool = False,
     checkpoint_every: int = 500,
     sample_grid: int = 64,
+    base_channels: int = 32,
 ) -> dict[str, Any]:
     """Train the small DDPM on a workspace's consented rows; resume if `out` holds a checkpoint.
 
+    `minutes > 0` trains for that wall-clock budget instead of `steps` (the steps that fit
+    are planned from the measured rate and recorded in `config.json`).
+
     >>> train_on_workspace("indexes/sample", "models/sample", steps=3000)  # doctest: +SKIP
+    >>> train_on_workspace("indexes/sample", "models/sample", minutes=10)  # doctest: +SKIP
     """
     from audit import diffusion
 
@@ -186,13 +195,14 @@ def train_on_workspace(
     mults = (1, 2, 2) if resolution == 32 else (1, 2, 2, 2)
     model = diffusion.ModelConfig(
         resolution=resolution,
-        base_channels=32,
+        base_channels=base_channels,
         channel_mults=mults,
         attention_resolution=8,
         num_classes=len(classes),
     )
     config = diffusion.TrainConfig(
         steps=steps,
+        minutes=minutes,
         batch_size=batch_size,
         lr=lr,
         seed=seed,
@@ -204,9 +214,79 @@ def train_on_workspace(
         classes=classes,
         data=provenance,
     )
-    summary = diffusion.train(images, labels, config, out, progress=track)
+    with _bars() as bar:
+        summary = diffusion.train(
+            images,
+            labels,
+            config,
+            out,
+            on_step=bar and (lambda i: bar("training", i.step, i.total, _train_fields(i))),
+            on_sample=bar and (lambda done, total: bar("sampling the grid", done, total, {})),
+        )
     summary.update(rows=provenance["rows"], skipped=len(errors), classes=len(classes))
     return summary
+
+
+@contextmanager
+def _bars() -> Iterator[Callable[[str, int, int, dict[str, str]], None] | None]:
+    """Progress bars in steps with steps/s, loss, elapsed and ETA; None when bars are off.
+
+    `update(description, done, total, fields)` draws the bar of that description, which
+    appears at its first update (so sampling's bar shows up once training is done).
+    """
+    if not progress.enabled():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
+        console=Console(stderr=True),
+    )
+    tasks: dict[str, Any] = {}
+    bar.start()
+
+    def update(description: str, done: int, total: int, fields: dict[str, str]) -> None:
+        if description not in tasks:
+            tasks[description] = bar.add_task(description, total=total, rate="", loss="", eta="")
+        task = tasks[description]
+        if not fields:  # plain steps: the rate rich measures
+            speed = bar.tasks[list(tasks).index(description)].speed
+            fields = {"rate": f"{speed:.2f} steps/s" if speed else ""}
+            fields["eta"] = _clock((total - done) / speed) if speed else ""
+        bar.update(task, completed=done, total=total, **fields)
+
+    try:
+        yield update
+    finally:
+        bar.stop()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
+
+
+def _train_fields(info: Any) -> dict[str, str]:
+    """steps/s, loss and ETA of a training step: a budgeted run ends at the earlier of its
+    planned steps and its budget."""
+    rate = info.steps_per_s
+    left = (info.total - info.step) / rate if rate else None
+    if info.budget_seconds:
+        budget_left = max(0.0, info.budget_seconds - info.seconds)
+        left = budget_left if left is None else min(left, budget_left)
+    return {
+        "rate": f"{rate:.2f} steps/s" if rate else "",
+        "loss": f"loss {info.loss:.4f}",
+        "eta": _clock(left) if left is not None else "",
+    }
 
 
 def _jobs(
@@ -310,17 +390,20 @@ def generate(
     per_image = [job for job in jobs for _ in range(n)]
     k = net.config.num_classes
     labels = [k if j["class_id"] is None else j["class_id"] for j in per_image] if k else None
-    images = diffusion.sample(
-        net,
-        schedule,
-        len(per_image),
-        seed=seed,
-        sampler=sampler,
-        steps=steps,
-        eta=eta,
-        class_labels=labels,
-        guidance_scale=guidance_scale,
-    )
+    with _bars() as bar:
+        images = diffusion.sample(
+            net,
+            schedule,
+            len(per_image),
+            seed=seed,
+            sampler=sampler,
+            steps=steps,
+            eta=eta,
+            class_labels=labels,
+            guidance_scale=guidance_scale,
+            on_step=bar
+            and (lambda done, total: bar(f"sampling {len(per_image)} images", done, total, {})),
+        )
     model_sha = sha256_file(weights)
     agent = {
         "name": f"audit DDPM {model_dir.name}",

@@ -115,3 +115,66 @@ def make_workspace(tmp_path: Path):
         return build_workspace(tmp_path / "ws", images, **kw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def audited_sample(tmp_path_factory) -> Path:
+    """The bundled sample audited end to end, as a user's project folder (fast: about a minute).
+
+    `<project>/indexes/sample` is the workspace and `<project>/reports/sample` its reports:
+    `audit run` on the sample without training (so no model folder), a calibration page on 20
+    images, and a memorisation check of planted "generated" images (4 training images copied,
+    one colour-shifted, 4 synthetic pictures) so the memorisation page and the card's
+    `model-index` have results, and the same 9 images as a prompt grid for the generated-image
+    bias page. Returns the project folder; tests must not modify it.
+    """
+    from PIL import ImageOps
+
+    from audit import cards, experiments, pipeline
+    from audit.images import decode, read_bytes
+
+    project = tmp_path_factory.mktemp("project")
+    ws_root = project / "indexes" / "sample"
+    reports = project / "reports" / "sample"
+    options = pipeline.RunOptions.demo()
+    options.train_steps, options.calibrate = 0, 20
+    pipeline.run(ws_root, options, echo=lambda _: None)
+    generated = project / "generated"
+    generated.mkdir()
+    con = Workspace.open(ws_root).connect()
+    rows = con.execute(
+        "SELECT row_id, image_path, image_offset, image_size FROM metadata "
+        "WHERE row_id IN (3, 40, 77, 150) ORDER BY row_id"
+    ).fetchall()
+    for row_id, path, offset, size in rows:
+        img = decode(read_bytes(path, offset, size), mode="RGB")
+        img.save(generated / f"copy-{row_id}.png")
+    ImageOps.autocontrast(img).save(generated / "shifted-150.png")
+    for i in range(4):
+        synthetic_image(100 + i, 64).save(generated / f"novel-{i}.png")
+    experiments.match(generated, against=ws_root, name="planted", report_dir=reports, workers=1)
+    # the generated-image bias page: the same images as a tiny prompt grid
+    from audit.checks.bias import generated as bias_generated
+
+    grid = project / "grid.csv"
+    files = sorted(p.name for p in generated.glob("*.png"))
+    plan = [("doctor", ""), ("doctor", "female"), ("nurse", "")]
+    grid.write_text(
+        "file,prompt,profession,descriptor,seed\n"
+        + "".join(
+            f"{f},a photo of a {plan[i % 3][1]} {plan[i % 3][0]},{plan[i % 3][0]},{plan[i % 3][1]},{i}\n"
+            for i, f in enumerate(files)
+        )
+    )
+    bias_generated.compute(
+        ws_root / "memorisation" / "planted" / "generated",
+        grid,
+        generated_dir=generated,
+        report_dir=reports / "bias",
+        bootstrap=50,
+    )
+    cards.build_model_card(ws_root, out=reports / "MODEL_CARD.md")
+    from audit.reports import overview
+
+    overview.write(ws_root, reports)
+    return project

@@ -17,6 +17,7 @@ BASE = {
     "audit.workspace",
     "audit.images",
     "audit.progress",
+    "audit.threads",
     "audit.reports",
     "audit.stages",
     "audit.results",

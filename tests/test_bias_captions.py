@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from audit.checks.bias import wordlists
+from audit.checks.bias import stats, wordlists
 from audit.checks.bias.captions import CaptionCounter
 
 CAPTIONS = [
@@ -59,7 +59,7 @@ def test_whole_word_matching():
 
 
 def test_counts_shares_and_pmi_by_hand():
-    c = CaptionCounter()
+    c = CaptionCounter(pmi_min_count=1)  # every co-occurrence counts, to check the arithmetic
     c.add(CAPTIONS)
     res = c.result(reps=500, rng=np.random.default_rng(0))
     assert res["captions"] == 6 and res["empty_captions"] == 2
@@ -80,6 +80,31 @@ def test_counts_shares_and_pmi_by_hand():
     for fig in (g["captions_with_term"]["female"], g["female_to_male_ratio"]):
         lo, hi = fig["ci95"]
         assert lo <= (fig.get("share") or fig.get("value")) <= (hi if hi is not None else math.inf)
+
+
+def test_small_counts_say_too_few_and_pmi_is_omitted():
+    c = CaptionCounter()  # default minimums
+    c.add(CAPTIONS)
+    res = c.result(reps=200, rng=np.random.default_rng(0))
+    doc = {o["occupation"]: o for o in res["occupations"]}["doctor"]
+    # 2 gendered mentions: a share is stated but flagged, and its interval is honest (Wilson)
+    assert doc["too_few"] and doc["female_share_ci95"][1] - doc["female_share_ci95"][0] > 0.5
+    # 1 co-occurrence each: PMI omitted, no interval running to -inf
+    assert doc["pmi_female"] is None and doc["pmi_female_too_few"]
+    assert "pmi_female_ci95" not in doc
+    assert res["gender"]["female_share_of_gendered"]["too_few"]
+
+
+def test_wilson_interval_known_values():
+    # Wilson (1927); values as in Agresti & Coull (1998) / statsmodels proportion_confint(method="wilson")
+    lo, hi = stats.wilson(1, 1)
+    assert lo == pytest.approx(0.2065, abs=1e-4) and hi == pytest.approx(1.0)
+    lo, hi = stats.wilson(0, 10)
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = stats.wilson(30, 100)
+    assert lo == pytest.approx(0.2189, abs=1e-4) and hi == pytest.approx(0.3958, abs=1e-4)
+    assert stats.wilson(0, 0) == [None, None]
+    assert stats.proportion(3, 4)["too_few"] and not stats.proportion(30, 100)["too_few"]
 
 
 def test_occupation_intervals_contain_estimates_and_narrow_with_n():

@@ -37,7 +37,7 @@ UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3 marks "no default" wi
 # Options whose CLI value is converted before the call, so their types differ on purpose.
 CONVERTED = {("train", "resolution"): str, ("hash", "which"): lambda v: ",".join(v)}
 # No default on purpose: None means "the preset's value" (`audit run --demo` trains 3000 steps).
-PRESET = {("run", "train_steps")}
+PRESET = {("run", "train_steps"), ("run", "train_minutes")}
 
 
 def leaves(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:

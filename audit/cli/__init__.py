@@ -79,14 +79,28 @@ def _unreadable_file(e: Exception) -> bool:
 @click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="audit")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option(
+    "--threads",
+    envvar="AUDIT_THREADS",
+    default="auto",
+    show_default=True,
+    help="CPU threads for the whole run (torch, faiss, BLAS, worker processes); auto: the CPUs "
+    "this process may use (affinity, cgroup quota). Also $AUDIT_THREADS.",
+)
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, threads: str) -> None:
     """Audit image-text training data for provenance, consent, duplicates, memorisation and bias.
 
     Start with `audit ingest indexes/mydata my.parquet shards/`, then `audit status indexes/mydata`.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    from audit import threads as thread_budget
+
+    try:  # before any command imports torch or faiss: the OpenMP wait policy is read at load
+        ctx.obj["threads"] = thread_budget.configure(threads)
+    except AuditError as e:
+        raise click.BadParameter(str(e), param_hint="--threads") from e
 
 
 for _module in (

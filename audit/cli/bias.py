@@ -189,6 +189,11 @@ def grid(out: Path, seeds: int, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Card to write (default MODEL-DIR/MODEL_CARD.md or reports/<dataset>/MODEL_CARD.md).",
 )
+@click.option(
+    "--license",
+    "license_",
+    help="Hub licence id for the weights, e.g. apache-2.0 (default: the training images' licence when they share one).",
+)
 @json_option
 def card(
     ws: Path,
@@ -196,6 +201,7 @@ def card(
     bias_dir: Path | None,
     memorisation_dir: Path | None,
     out: Path | None,
+    license_: str | None,
     as_json: bool,
 ) -> None:
     """Merge training, opt-out, memorisation and bias results into one Hugging Face model card.
@@ -207,7 +213,11 @@ def card(
     s = cards.build_model_card(
         ws,
         **_given(
-            model_dir=model_dir, bias_dir=bias_dir, memorisation_dir=memorisation_dir, out=out
+            model_dir=model_dir,
+            bias_dir=bias_dir,
+            memorisation_dir=memorisation_dir,
+            out=out,
+            license=license_,
         ),
     )
     parts = [k for k in ("model_details", "bias", "optout", "filter") if s[k]]
@@ -216,7 +226,8 @@ def card(
         as_json,
         lambda: (
             f"model card -> {s['out']} (with: {', '.join(parts) or 'nothing'}; "
-            f"{s['memorisation_results']} memorisation result(s); the rest marked not run)"
+            f"{s['memorisation_results']} memorisation result(s); the rest marked not run; "
+            f"license {s['license']})"
         ),
     )
 

@@ -15,7 +15,10 @@ from audit.cli.options import WS, default, emit, json_option, library
 @click.command("hash")
 @WS
 @library(
-    "audit.hashes:compute", "workers", type=int, help="Decoding processes (1 = in this process)."
+    "audit.hashes:compute",
+    "workers",
+    type=int,
+    help="Decoding processes (1 = in this process; default: the thread budget, --threads).",
 )
 @library(
     "audit.hashes:compute",
@@ -70,7 +73,10 @@ def hash_(ws: Path, workers: int, fast_decode: bool, which: str, as_json: bool) 
 )
 @library("audit.embeddings:compute", "batch_size", type=int, help="Images per forward pass.")
 @library(
-    "audit.embeddings:compute", "workers", type=int, help="Decoding processes feeding the model."
+    "audit.embeddings:compute",
+    "workers",
+    type=int,
+    help="Decoding processes feeding the model (default: the thread budget, --threads).",
 )
 @library("audit.embeddings:compute", "device", help="torch device.")
 @json_option
@@ -165,11 +171,11 @@ def dedup(ws: Path, hamming: int, cosine: float, report_dir: Path | None, as_jso
     Example: audit dedup indexes/sample --hamming 6 --report-dir reports/sample
     """
     from audit.checks import duplicates
+    from audit.reports import default_dir, writable_dir
     from audit.reports import duplicates as page
-    from audit.reports import writable_dir
     from audit.workspace import Workspace
 
-    report_dir = writable_dir(report_dir or Path("reports") / Workspace.open(ws).dataset)
+    report_dir = writable_dir(report_dir or default_dir(Workspace.open(ws)))
     s = duplicates.find(ws, hamming=hamming, cosine=cosine)
     line = (
         f"{s['clusters']} cluster(s), {s['rows_in_clusters']} rows "

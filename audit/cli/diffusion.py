@@ -29,7 +29,15 @@ def _default(name: str):  # type: ignore[no-untyped-def]
     type=int,
     default=_default("train.steps"),
     show_default=True,
-    help="Optimizer steps in total.",
+    help="Optimizer steps in total (exactly reproducible).",
+)
+@click.option(
+    "--minutes",
+    type=float,
+    default=_default("train.minutes"),
+    show_default=True,
+    help="Train for this wall-clock budget instead of --steps (0 = by steps); the steps that "
+    "fit are planned from the measured rate and recorded in config.json.",
 )
 @click.option("--batch-size", type=int, default=_default("train.batch_size"), show_default=True)
 @click.option("--lr", type=float, default=_default("train.lr"), show_default=True)
@@ -60,6 +68,13 @@ def _default(name: str):  # type: ignore[no-untyped-def]
     help="Train on every row, ignoring opt-outs (no `audit filter` needed).",
 )
 @click.option(
+    "--base-channels",
+    type=int,
+    default=_default("train.base_channels"),
+    show_default=True,
+    help="UNet width (channels of the first level).",
+)
+@click.option(
     "--checkpoint-every", type=int, default=_default("train.checkpoint_every"), show_default=True
 )
 @click.option(
@@ -73,12 +88,14 @@ def _default(name: str):  # type: ignore[no-untyped-def]
 def train_command(ws_root: str, out: str, resolution: str, as_json: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Train a small DDPM on the consented rows of workspace WS (resumes from OUT's last checkpoint).
 
-    Example: audit train indexes/sample --out models/sample --steps 3000
+    Example: audit train indexes/sample --out models/sample --minutes 10
     """
     from audit import training
 
     s = training.train_on_workspace(ws_root, out, resolution=int(resolution), **options)
     rate = f", {s['steps_per_s']} steps/s" if s["steps_per_s"] else ""
+    if s["budget_seconds"]:
+        rate += f", {s['spent_seconds']:.0f} of {s['budget_seconds']:.0f} s budget"
     emit(
         s,
         as_json,

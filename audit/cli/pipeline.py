@@ -25,7 +25,7 @@ OPTIONS = "audit.pipeline:RunOptions"
     "--report-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where reports go (default reports/<dataset>).",
+    help="Where reports go (default: reports/<dataset> beside the workspace's indexes/ folder, else WS/reports).",
 )
 @library(OPTIONS, "model", help="open_clip model name, or 'tiny' (built in code, untrained).")
 @library(
@@ -50,6 +50,13 @@ OPTIONS = "audit.pipeline:RunOptions"
     default=None,
     help="Train the small diffusion model for this many steps (0 = skip).",
 )
+@click.option(
+    "--train-minutes",
+    type=float,
+    default=None,
+    help="Train the small diffusion model for this wall-clock budget instead (--demo: "
+    f"{pipeline.DEMO_TRAIN_MINUTES:g}).",
+)
 @library(OPTIONS, "workers", type=int)
 @json_option
 def run(
@@ -62,6 +69,7 @@ def run(
     registries,
     crawl_cache,
     train_steps,
+    train_minutes,
     workers,
     as_json,
 ):
@@ -76,15 +84,17 @@ def run(
     options.model, options.pretrained, options.workers = model, pretrained, workers
     options.registries = list(registries) or options.registries
     options.crawl_cache = crawl_cache or options.crawl_cache
-    if train_steps is not None:
-        options.train_steps = train_steps
+    if train_steps is not None:  # by steps: exactly reproducible
+        options.train_steps, options.train_minutes = train_steps, 0.0
+    if train_minutes is not None:
+        options.train_steps, options.train_minutes = 0, train_minutes
     results = pipeline.run(workspace, options, echo=click.echo if not as_json else _quiet)
     emit(
         results,
         as_json,
         lambda: (
             f"ran {len(results)} stages on {workspace}; "
-            f"reports in {options.report_dir or 'reports/' + workspace.name}"
+            f"reports in {pipeline.run_values(Path(workspace), options)['report_dir']}"
         ),
     )
 

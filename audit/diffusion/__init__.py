@@ -25,13 +25,14 @@ Importing this package imports torch, so the CLI imports it inside commands only
 from audit.diffusion.model import ModelConfig, UNet
 from audit.diffusion.sample import DEFAULT_LOSS_TIMESTEPS, load, per_example_loss, sample
 from audit.diffusion.schedule import Schedule, ScheduleConfig
-from audit.diffusion.train import TrainConfig, grid_png, train
+from audit.diffusion.train import StepInfo, TrainConfig, grid_png, train
 
 __all__ = [
     "DEFAULT_LOSS_TIMESTEPS",
     "ModelConfig",
     "Schedule",
     "ScheduleConfig",
+    "StepInfo",
     "TrainConfig",
     "UNet",
     "grid_png",

@@ -9,7 +9,8 @@ images are compared under identical corruption and the score is reproducible.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 
 from audit.diffusion.checkpoint import CONFIG, WEIGHTS, load_weights, read_json
 from audit.diffusion.model import ModelConfig, UNet
-from audit.diffusion.schedule import Schedule, ScheduleConfig, run_sampler
+from audit.diffusion.schedule import EpsFn, Schedule, ScheduleConfig, run_sampler
 from audit.errors import AuditError
 
 DEFAULT_LOSS_TIMESTEPS = (25, 50, 100, 200, 300, 400, 500, 700)
@@ -98,13 +99,15 @@ def sample(
     class_labels: Sequence[int] | None = None,
     guidance_scale: float = 2.0,
     batch_size: int = 64,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """`n` images as uint8 (N, H, W, 3). Image i comes from its own generator seeded
     `seed + i`, so it does not depend on `n` or `batch_size`.
 
     With `class_labels` (one per image) and a class-conditioned model, classifier-free
     guidance mixes the predictions: eps = eps_none + guidance_scale * (eps_class - eps_none)
-    (1.0 = plain conditional sampling).
+    (1.0 = plain conditional sampling). `on_step(done, total)` is called after each
+    denoising step of each batch (for a progress bar).
 
     The default is ancestral DDPM sampling: on the bundled sample after 2,000 steps, DDIM
     with eta=0 gave noisy, over-saturated pictures where DDPM's fresh noise at each step
@@ -118,21 +121,29 @@ def sample(
     device = next(model.parameters()).device
     c, r = model.config.channels, model.config.resolution
     out = []
+    total = -(-n // batch_size) * len(schedule.timestep_sequence(steps))
+    count = itertools.count(1)  # denoising steps done, over all batches
     for start in range(0, n, batch_size):
         idx = range(start, min(n, start + batch_size))
         gens = [torch.Generator().manual_seed(seed + i) for i in idx]
         x = torch.stack([torch.randn(c, r, r, generator=g) for g in gens]).to(device)
         y = labels[start : start + len(idx)].to(device) if labels is not None else None
-        out.append(
-            to_uint8(
-                run_sampler(
-                    _eps_fn(model, y, guidance_scale), schedule, x, gens, sampler, steps, eta
-                )
-            )
-        )
+        eps_fn = _eps_fn(model, y, guidance_scale)
+        if on_step is not None:
+            eps_fn = _counted(eps_fn, lambda: on_step(next(count), total))
+        out.append(to_uint8(run_sampler(eps_fn, schedule, x, gens, sampler, steps, eta)))
     if not out:
         return np.zeros((0, r, r, c), dtype=np.uint8)
     return np.concatenate(out)
+
+
+def _counted(eps_fn: EpsFn, after: Callable[[], None]) -> EpsFn:
+    def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = eps_fn(x, t)
+        after()
+        return eps
+
+    return counted
 
 
 def _eps_fn(model: UNet, y: torch.Tensor | None, scale: float):  # type: ignore[no-untyped-def]

@@ -7,18 +7,30 @@ Every random choice (which images, flips, timesteps, noise, label dropout) comes
 CPU `torch.Generator` seeded by `seed`, drawn in a fixed order each step. Its state is part
 of each checkpoint, so a run killed after a checkpoint and resumed continues bit for bit as
 if it had never stopped (on CPU; CUDA kernels are not bitwise deterministic).
+
+Training by budget (`minutes > 0`) trades that exactness for bounded time: the number of
+steps is whatever fits. The loop measures its own step rate and plans the run from it,
+again every `REPLAN_EVERY` steps (a shared machine speeds up and slows down): planned
+steps = done + remaining budget x rate; warm-up is `WARMUP_SHARE` of the plan (at most
+`warmup_steps`), the learning rate then follows a cosine to `LR_FLOOR` x lr at the planned
+end, and a checkpoint is written every tenth of the plan. Time spent is recorded in each
+checkpoint and, every few seconds, in `budget.json`, so a run killed with `kill -9` and
+resumed continues within the same budget instead of starting it over: at most a few seconds
+of the work lost to the kill are not counted.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import hashlib
 import io
 import json
+import math
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,10 +56,25 @@ from audit.errors import AuditError
 
 LOG = "train_log.csv"
 LOG_EVERY = 50  # steps between rewrites of train_log.csv (to watch a long run)
+BUDGET = "budget.json"  # time spent so far by a run with a budget (the kill -9 record)
+BUDGET_EVERY_S = 2.0  # seconds between rewrites of budget.json
+REPLAN_EVERY = 20  # steps between re-plans of a budgeted run from the measured rate
+WARMUP_SHARE = 0.05
+LR_FLOOR = 0.1
+CHECKPOINTS_PER_RUN = 10
 
 
-def _plain(items: Iterable[int], total: int, description: str) -> Iterable[int]:
-    return items
+@dataclass
+class StepInfo:
+    """What a progress display needs after each step (passed to `train(on_step=...)`)."""
+
+    step: int
+    total: int  # steps planned (a budgeted run re-plans as it measures its rate)
+    loss: float
+    lr: float
+    seconds: float  # training time spent, including earlier sessions of a resumed run
+    steps_per_s: float | None  # measured in this session
+    budget_seconds: float | None  # None: trained by steps
 
 
 @dataclass
@@ -69,6 +96,9 @@ class TrainConfig:
     # others. "auto" picks bf16 only where the CPU has it, so the choice is recorded resolved.
     precision: str = "fp32"
     cfg_dropout: float = 0.1  # how often a class label is replaced by "no class"
+    # > 0: train for this wall-clock budget instead of `steps` (see the module docstring);
+    # `steps`, `warmup_steps` and `checkpoint_every` are then planned from the measured rate.
+    minutes: float = 0.0
     checkpoint_every: int = 500
     sample_grid: int = 64  # images in samples.png at the end (0 = none)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -93,7 +123,9 @@ class TrainConfig:
 
 # Training settings that may change between a run and its resumption without changing the
 # result up to the old step: more steps, or checkpoints at another interval.
-_MAY_CHANGE_ON_RESUME = ("steps", "checkpoint_every", "sample_grid")
+# A budgeted run plans its own steps, warm-up and checkpoints, recorded under "budget".
+_MAY_CHANGE_ON_RESUME = ("steps", "checkpoint_every", "sample_grid", "budget")
+_PLANNED = ("steps", "warmup_steps", "checkpoint_every")
 
 
 def _validate(images: np.ndarray, labels: np.ndarray | None, cfg: TrainConfig) -> None:
@@ -116,8 +148,10 @@ def _validate(images: np.ndarray, labels: np.ndarray | None, cfg: TrainConfig) -
             raise AuditError(f"labels must be (N,) ints in 0..{k - 1}; got shape {labels.shape}.")
     if cfg.classes and len(cfg.classes) != k:
         raise AuditError(f"{len(cfg.classes)} class names for {k} classes.")
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
-        raise AuditError("steps, batch_size and checkpoint_every must be positive.")
+    if (cfg.steps < 1 and not cfg.minutes > 0) or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
+        raise AuditError("steps (or minutes), batch_size and checkpoint_every must be positive.")
+    if cfg.minutes < 0:
+        raise AuditError(f"minutes must be positive (or 0 to train by steps), got {cfg.minutes}.")
 
 
 def data_fingerprint(images: np.ndarray, labels: np.ndarray | None) -> str:
@@ -132,15 +166,19 @@ def train(
     labels: np.ndarray | None,
     config: TrainConfig | dict[str, Any],
     out_dir: str | Path,
-    progress: Callable[[Iterable[int], int, str], Iterable[int]] | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_sample: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume training) a DDPM on `images_uint8` (N, R, R, 3); write the model folder.
 
     Resumes from the newest checkpoint in `out_dir` if its configuration and data match.
-    `progress(iterable, total, description)` may wrap the step loop (e.g. a progress bar).
+    `on_step(StepInfo)` is called after every step (e.g. to draw a progress bar), and
+    `on_sample(done, total)` after each denoising step of the final sample grid.
 
     >>> train(images, None, TrainConfig(steps=100), "models/tiny")  # doctest: +SKIP
     {'steps': 100, 'final_loss': ..., 'resumed_from': 0, ...}
+    >>> train(images, None, TrainConfig(minutes=10), "models/tiny")  # doctest: +SKIP
+    {'steps': 731, 'budget_seconds': 600.0, ...}
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     images = np.asarray(images_uint8)
@@ -156,6 +194,7 @@ def train(
     device = resolve_device(cfg.device)
     bf16 = _use_bf16(cfg.precision, device)
     full["precision"] = "bf16" if bf16 else "fp32"  # resolved: a resume must match it
+    budget_s = cfg.minutes * 60 if cfg.minutes > 0 else None
 
     torch.manual_seed(cfg.seed)  # weight init
     model = UNet(cfg.model).to(device)
@@ -167,19 +206,39 @@ def train(
     step = 0
     log: list[dict[str, Any]] = []
     ckpt = latest_checkpoint(out)
+    spent0 = 0.0  # training seconds spent by earlier sessions of this run
     if ckpt is not None:
-        _check_resumable(read_json(ckpt / CONFIG), full, ckpt)
+        old = read_json(ckpt / CONFIG)
+        _check_resumable(old, full, ckpt)
         step = restore_checkpoint(ckpt, ema, model, opt, gen)
         log = [row for row in _read_log(out / LOG) if int(row["step"]) <= step]
+        spent0 = float((old.get("budget") or {}).get("spent_seconds", 0.0))
+        spent0 = max(spent0, float(log[-1]["seconds"]) if log else 0.0)
+    if budget_s is not None:
+        spent0 = max(spent0, _spent_before(out / BUDGET, full))
     resumed_from = step
-    elapsed0 = float(log[-1]["seconds"]) if log else 0.0
+    rate = None  # steps per second, measured in this session (a resume starts from the last)
+    if ckpt is not None:
+        rate = (old.get("budget") or {}).get("steps_per_s")
+    plan = (
+        _Plan(cfg.steps, cfg.warmup_steps, cfg.checkpoint_every)
+        if budget_s is None
+        else _Plan.fit(step, spent0, budget_s, rate, cfg.warmup_steps)
+    )
 
     data = from_uint8(images).to(device)
     y_all = torch.from_numpy(labels).to(device) if labels is not None else None
     n, b, k = len(images), cfg.batch_size, cfg.model.num_classes
     model.train()
     t0 = time.perf_counter()
-    for _ in (progress or _plain)(range(step, cfg.steps), cfg.steps - step, "training"):
+    t_first, last_budget_write, saved_at = 0.0, 0.0, resumed_from
+    while step < plan.steps:
+        now = time.perf_counter() - t0
+        if budget_s is not None and (step > 0 or ckpt is not None):
+            # Stop when the next step would not fit (the first step always runs, so a
+            # killed run always has a checkpoint to finish from).
+            if spent0 + now + (1 / rate if rate else 0.0) > budget_s:
+                break
         # The draw order below is part of the resume contract: do not reorder.
         idx = torch.randint(0, n, (b,), generator=gen)
         flip = torch.rand(b, generator=gen) < 0.5
@@ -202,26 +261,53 @@ def train(
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        lr = plan.lr(cfg.lr, step, decay=budget_s is not None)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
         _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
         step += 1
+        now = time.perf_counter() - t0
+        done = step - resumed_from
+        if done == 1:
+            t_first, rate = now, 1 / max(now, 1e-6)
+        else:  # the first step of a session pays for allocations: measure from its end
+            rate = (done - 1) / max(now - t_first, 1e-6)
+        if budget_s is not None and (
+            done in (1, 5) or step % REPLAN_EVERY == 0 or step >= plan.steps
+        ):  # a budgeted run ends when its time is up, not at a plan made from one step
+            plan = _Plan.fit(step, spent0 + now, budget_s, rate, cfg.warmup_steps)
         log.append(
             {
                 "step": step,
                 "loss": f"{loss.item():.6f}",
                 "lr": f"{lr:.3g}",
-                "seconds": f"{elapsed0 + time.perf_counter() - t0:.2f}",
+                "seconds": f"{spent0 + now:.2f}",
             }
         )
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(out, full, step, ema, model, opt, gen)
-        if step % LOG_EVERY == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % plan.checkpoint_every == 0 or step == plan.steps:
+            c = full
+            if budget_s is not None:
+                c = _budgeted(full, plan, budget_s, spent0 + now, rate, plan.steps)
+            save_checkpoint(out, c, step, ema, model, opt, gen)
+            saved_at = step
+        if step % LOG_EVERY == 0 or step % plan.checkpoint_every == 0 or step == plan.steps:
             _write_log(out / LOG, log)  # rows past the last checkpoint are dropped on resume
+        if budget_s is not None and now - last_budget_write >= BUDGET_EVERY_S:
+            _write_spent(out / BUDGET, full, step, spent0 + now)
+            last_budget_write = now
+        info = StepInfo(step, plan.steps, loss.item(), lr, spent0 + now, rate, budget_s)
+        if on_step is not None:
+            on_step(info)
 
     seconds = time.perf_counter() - t0
+    if on_step is not None and step > resumed_from and info.total != step:
+        on_step(dataclasses.replace(info, total=step))  # the budget ended it: show it done
+    if budget_s is not None:  # record the steps done; the last checkpoint is the final state
+        full = _budgeted(full, plan, budget_s, spent0 + seconds, rate, step)
+        if saved_at != step or latest_checkpoint(out) is None:
+            save_checkpoint(out, full, step, ema, model, opt, gen)
+        _write_spent(out / BUDGET, full, step, spent0 + seconds)
     final = latest_checkpoint(out)
     assert final is not None
     shutil.copyfile(final / WEIGHTS, out / f".tmp-{WEIGHTS}")
@@ -233,7 +319,14 @@ def train(
     if cfg.sample_grid > 0:
         ema.eval()
         class_labels = [i % k for i in range(cfg.sample_grid)] if k else None
-        grid = sample(ema, schedule, cfg.sample_grid, seed=cfg.seed, class_labels=class_labels)
+        grid = sample(
+            ema,
+            schedule,
+            cfg.sample_grid,
+            seed=cfg.seed,
+            class_labels=class_labels,
+            on_step=on_sample,
+        )
         write_atomic(out / "samples.png", grid_png(grid))
         # The same number of training images at the same size, to judge the samples against.
         pick = np.random.default_rng(cfg.seed).permutation(n)[: cfg.sample_grid]
@@ -246,10 +339,81 @@ def train(
         "final_loss": float(losses[-100:].mean()) if len(losses) else None,
         "seconds": round(seconds, 1),
         "steps_per_s": round(done / seconds, 3) if done and seconds > 0 else None,
+        "budget_seconds": budget_s,
+        "spent_seconds": round(spent0 + seconds, 1),
         "device": str(device),
         "precision": full["precision"],
         "out": str(out),
     }
+
+
+@dataclass
+class _Plan:
+    """Steps, warm-up and checkpoint interval of a run (fixed, or fitted to a budget)."""
+
+    steps: int
+    warmup_steps: int
+    checkpoint_every: int
+
+    @classmethod
+    def fit(
+        cls, step: int, spent: float, budget_s: float, rate: float | None, max_warmup: int
+    ) -> _Plan:
+        if rate is None:  # nothing measured yet: plan one step, re-planned right after it
+            return cls(step + 1, max(1, max_warmup), 1)
+        total = max(step + 1, step + int(max(0.0, budget_s - spent) * rate))
+        warmup = max(1, min(max_warmup, round(WARMUP_SHARE * total)))
+        return cls(total, warmup, max(1, total // CHECKPOINTS_PER_RUN))
+
+    def lr(self, base: float, step: int, decay: bool) -> float:
+        """Linear warm-up; with `decay` (budgeted runs) then a cosine to LR_FLOOR x base."""
+        lr = base * min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if decay and step >= self.warmup_steps:
+            p = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+            lr = base * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * p)))
+        return lr
+
+
+def _budgeted(
+    full: dict[str, Any],
+    plan: _Plan,
+    budget_s: float,
+    spent: float,
+    rate: float | None,
+    steps: int,
+) -> dict[str, Any]:
+    """The config of a budgeted run: `steps` (planned, or done at the end) and its plan."""
+    budget = {
+        "minutes": budget_s / 60,
+        "spent_seconds": round(spent, 2),
+        "planned_steps": plan.steps,
+        "warmup_steps": plan.warmup_steps,
+        "checkpoint_every": plan.checkpoint_every,
+        "steps_per_s": round(rate, 3) if rate else None,
+        "lr_schedule": f"linear warm-up, then cosine to {LR_FLOOR} x lr at planned_steps",
+    }
+    return {**full, "steps": steps, "budget": budget}
+
+
+def _write_spent(path: Path, full: dict[str, Any], step: int, spent: float) -> None:
+    record = {
+        "minutes": full["minutes"],
+        "images_sha256": full["data"]["images_sha256"],
+        "step": step,
+        "spent_seconds": round(spent, 2),
+    }
+    write_json(path, record)
+
+
+def _spent_before(path: Path, full: dict[str, Any]) -> float:
+    """Seconds an earlier session of this run spent (0 when budget.json is another run's)."""
+    if not path.exists():
+        return 0.0
+    record = read_json(path)
+    same = record.get("minutes") == full["minutes"] and (
+        record.get("images_sha256") == full["data"]["images_sha256"]
+    )
+    return float(record.get("spent_seconds", 0.0)) if same else 0.0
 
 
 @torch.no_grad()
@@ -282,7 +446,7 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], ckpt: Path) -> No
             f"{ckpt} belongs to a different training run (differs in: {', '.join(diff)}). "
             "Pass a new --out folder, or delete the old one to start over."
         )
-    if int(old.get("step", 0)) > new["steps"]:
+    if not new.get("minutes") and int(old.get("step", 0)) > new["steps"]:
         raise AuditError(
             f"{ckpt} is already at step {old['step']}, beyond steps={new['steps']}. "
             "Pass more --steps or a new --out."

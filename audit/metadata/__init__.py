@@ -44,7 +44,6 @@ writing for finished parts, so a killed run continues after its last recorded pa
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import Counter
@@ -58,7 +57,7 @@ from audit.errors import AuditError
 from audit.images import DEFAULT_MAX_PIXELS
 from audit.metadata.records import Piece, Reader, build
 from audit.metadata.scan import IMAGE_EXTS, RawBatch
-from audit.metadata.sources import BATCH_ROWS, KINDS, Input, detect
+from audit.metadata.sources import KINDS, Input, detect
 from audit.metadata.tables import is_remote
 from audit.progress import track
 from audit.schema import ERRORS, error_table
@@ -136,7 +135,11 @@ def ingest(
     writer = _PartWriter(run, len(inputs), max_pixels, verify_images)
     try:
         for idx, inp, unit, raw in track(
-            _batches(inputs, rows_per_part), _estimate(inputs, rows_per_part), "ingest"
+            _batches(inputs, rows_per_part),
+            _estimate(inputs),
+            "ingest",
+            unit="rows",
+            weight=lambda item: item[3].n,
         ):
             writer.add(idx, inp, unit, raw, rows_per_part)
         writer.flush()
@@ -362,12 +365,15 @@ def _batches(inputs: list[Input], rows_per_part: int) -> Any:
             yield idx, inp, unit, raw
 
 
-def _estimate(inputs: list[Input], rows_per_part: int, batch_size: int = BATCH_ROWS) -> int | None:
-    """Batches to expect, when every input is a parquet file (for the progress bar)."""
-    if any(inp.num_rows is None or inp.images is not None for inp in inputs):
+def _estimate(inputs: list[Input]) -> int | None:
+    """Rows to expect, when every input's row count is known in advance (parquet footers).
+
+    Orphan images of a webdataset shard (no parquet row) are extra rows, so the count can
+    end above the total; tar and folder inputs are only counted as they are read.
+    """
+    if any(inp.num_rows is None for inp in inputs):
         return None
-    step = min(batch_size, rows_per_part)
-    return sum(math.ceil((inp.num_rows or 0) / step) for inp in inputs)
+    return sum(inp.num_rows or 0 for inp in inputs)
 
 
 def _remove_ingest_files(ws: Workspace, patterns: tuple[str, ...]) -> None:

@@ -13,29 +13,29 @@ import json
 from pathlib import Path
 from typing import Any
 
-from audit.reports import Section, save_figure, write_page
+from audit.reports import Section, fmt, save_figure, write_page
 from audit.workspace import atomic_write_json, atomic_write_text
 
 FRAGMENT = "MODEL_CARD.fragment.md"
 
 
-def fmt(value: Any, ci: Any = None, pct: bool = False) -> str:
-    """`0.1234` -> "0.123 [0.101, 0.145]"; percentages with pct=True; None -> "n/a"."""
-    if value is None:
-        return "n/a"
+def _minimums(fig: dict[str, Any]) -> tuple[int, int]:
+    """(fewest captions a share is read from, fewest co-occurrences for a PMI), as recorded."""
+    b = fig.get("bootstrap", {})
+    return int(b.get("min_n", 10)), int(b.get("pmi_min_count", 5))
 
-    def one(v: Any, unbounded: str = "n/a") -> str:
-        if (
-            v is None
-        ):  # an interval end that is infinite (e.g. PMI when a resample has no co-occurrence)
-            return unbounded
-        v = v + 0.0 if v != 0 else 0.0  # no "-0"
-        return f"{100 * v:.1f}%" if pct else f"{v:.3g}"
 
-    text = one(value)
-    if ci and any(c is not None for c in ci):
-        text += f" [{one(ci[0], '-inf')}, {one(ci[1], 'inf')}]"
-    return text
+def _share(value: Any, ci: Any, n: int | None, min_n: int, too_few: bool | None = None) -> str:
+    """A share as a percentage with its interval, or "too few" when `n` is below the minimum."""
+    if too_few if too_few is not None else (n is not None and n < min_n):
+        return f"too few ({n}; under {min_n})"
+    return fmt(value, ci, True)
+
+
+def _pmi(o: dict[str, Any], side: str, min_count: int) -> str:
+    if o.get(f"pmi_{side}_too_few"):
+        return f"too few ({o[f'with_{side}']}; under {min_count})"
+    return fmt(o[f"pmi_{side}"], o.get(f"pmi_{side}_ci95"))
 
 
 def _plt() -> Any:
@@ -72,6 +72,7 @@ def _bars(
             for v, c in zip(values, cis, strict=False)
         ]
     )
+    lo, hi = np.clip(lo, 0, None), np.clip(hi, 0, None)  # float noise at the interval ends
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
     y = np.arange(len(labels))[::-1]
     ax.barh(y, vals, xerr=[lo, hi], color="#5b8fc9", ecolor="#333", capsize=2)
@@ -98,7 +99,14 @@ def _hist(path: Path, hist: dict[str, list], title: str, xlabel: str, logx: bool
         edgecolor="white",
     )
     if logx:
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
         ax.set_xscale("log")
+        # a few major ticks in plain numbers; minor ticks unlabeled (labelled they overlap)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelrotation=0, labelsize=8)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("rows")
@@ -125,7 +133,8 @@ def write_dataset_report(fig: dict[str, Any], report_dir: str | Path) -> list[Pa
     ]
     intro = (
         f"Dataset `{fig['dataset']}`: {fig['rows']} rows, {fig['captions']['captions']} non-empty captions. "
-        f"Every figure has a 95% bootstrap interval in brackets ({fig['bootstrap']['reps']} resamples). "
+        "Every figure has a 95% interval in brackets: Wilson score intervals for shares, percentile "
+        f"bootstrap ({fig['bootstrap']['reps']} resamples) for ratios, PMI and concentration. "
         "Words in captions describe how images were labelled on the web, not who is in them."
     )
     md = write_page(out, "bias", f"Bias report: {fig['dataset']}", sections, intro)
@@ -144,7 +153,7 @@ def _gender_section(fig: dict[str, Any], out: Path) -> Section:
         f"non-binary: {fmt(groups['nonbinary']['share'], groups['nonbinary']['ci95'], True)}.\n\n"
         f"Female-to-male ratio of captions: {fmt(ratio['value'], ratio['ci95'])} "
         f"({ratio['female_captions']} vs {ratio['male_captions']}); female share of gendered mentions: "
-        f"{fmt(fshare['value'], fshare['ci95'], True)} (parity = 50%)."
+        f"{_share(fshare['value'], fshare['ci95'], fshare.get('gendered_mentions'), _minimums(fig)[0], fshare.get('too_few'))} (parity = 50%)."
     )
     img = _bars(
         out / "bias_gender.png",
@@ -170,10 +179,13 @@ def _gender_section(fig: dict[str, Any], out: Path) -> Section:
 
 def _occupation_section(fig: dict[str, Any], out: Path) -> Section:
     occ = fig["captions"]["occupations"]
+    min_n, min_count = _minimums(fig)
     text = (
         "Occupation terms (U.S. SOC titles) and the gendered terms in the same caption. "
         "Female share = captions with a female term / (with female + with male). "
-        "PMI in nats: > 0 the occupation appears with the gender more often than chance."
+        "PMI in nats: > 0 the occupation appears with the gender more often than chance. "
+        f"Shares of fewer than {min_n} gendered mentions and PMI from fewer than "
+        f"{min_count} co-occurrences are too few to read and are not given."
     )
     if not occ:
         return Section(
@@ -185,13 +197,18 @@ def _occupation_section(fig: dict[str, Any], out: Path) -> Section:
             "captions": o["captions"],
             "with female": o["with_female"],
             "with male": o["with_male"],
-            "female share": fmt(o["female_share_of_gendered"], o.get("female_share_ci95"), True),
-            "PMI female": fmt(o["pmi_female"], o.get("pmi_female_ci95")),
-            "PMI male": fmt(o["pmi_male"], o.get("pmi_male_ci95")),
+            "female share": _share(
+                o["female_share_of_gendered"],
+                o.get("female_share_ci95"),
+                o["with_female"] + o["with_male"],
+                min_n,
+            ),
+            "PMI female": _pmi(o, "female", min_count),
+            "PMI male": _pmi(o, "male", min_count),
         }
         for o in occ[:30]
     ]
-    shown = [o for o in occ if o["with_female"] + o["with_male"] >= 5][:25]
+    shown = [o for o in occ if o["with_female"] + o["with_male"] >= min_n][:25]
     images = []
     if shown:
         img = _bars(
@@ -199,7 +216,7 @@ def _occupation_section(fig: dict[str, Any], out: Path) -> Section:
             [o["occupation"] for o in shown],
             [o["female_share_of_gendered"] for o in shown],
             [o.get("female_share_ci95") for o in shown],
-            "Female share of gendered mentions (occupations with >= 5)",
+            f"Female share of gendered mentions (occupations with >= {min_n})",
             "female share",
             ref=0.5,
         )
@@ -402,9 +419,19 @@ def _context_section(fig: dict[str, Any]) -> Section:
                 )
                 + "."
             )
-        if o.get("filter") and o["filter"].get("summary"):
+        f = (o.get("filter") or {}).get("summary") or {}
+        if f:
             parts.append(
-                "Filter stage summary: " + json.dumps(o["filter"]["summary"], default=str)[:600]
+                f"`audit filter` kept {f.get('kept')} of {f.get('rows')} rows for {f.get('use')}"
+                f" and removed {f.get('removed')}"
+                + (
+                    " ("
+                    + ", ".join(f"{k} {v}" for k, v in (f.get("by_decision") or {}).items())
+                    + ")"
+                    if f.get("by_decision")
+                    else ""
+                )
+                + "."
             )
     else:
         parts.append(f"Opt-outs: {o['note']}.")
@@ -412,9 +439,13 @@ def _context_section(fig: dict[str, Any]) -> Section:
         parts.append(
             f"Duplicates: {d['rows_in_clusters']} rows in {d['clusters']} clusters; keeping one per cluster removes "
             f"{d['removable_if_one_kept']} rows ({fmt(d['removable_share'], d.get('removable_share_ci95'), True)}). "
-            f"Largest clusters: {d['largest_clusters']}; the top 10 clusters hold "
+            "Largest clusters: "
+            + ", ".join(str(x) for x in d["largest_clusters"])
+            + f" rows; the top 10 clusters hold "
             f"{fmt(d['top10_clusters_share_of_duplicated_rows'], None, True)} of duplicated rows; Gini over cluster sizes "
-            f"{fmt(d['gini_cluster_sizes'])}. By kind: {d['by_kind']}. Domains of duplicated rows: "
+            f"{fmt(d['gini_cluster_sizes'])}. By kind: "
+            + ", ".join(f"{k} {v}" for k, v in d["by_kind"].items())
+            + ". Domains of duplicated rows: "
             + ", ".join(f"{x['domain']} {x['rows']}" for x in d["domains_of_duplicated_rows"])
             + "."
         )
@@ -457,8 +488,13 @@ def model_card_fragment(fig: dict[str, Any]) -> str:
         "## Training Data",
         "",
         f"Dataset `{fig['dataset']}`: {fig['rows']} image-text rows from {s['domains']} registrable domains "
-        f"({s['hosts']} hosts). The top 10 domains hold {fmt(c.get('top10_share', {}).get('value'), c.get('top10_share', {}).get('ci95'), True)} "
-        f"of rows; largest: {top or 'n/a'}.",
+        f"({s['hosts']} hosts). "
+        + (
+            f"The top 10 domains hold {fmt(c.get('top10_share', {}).get('value'), c.get('top10_share', {}).get('ci95'), True)} of rows"
+            if s["domains"] > 10
+            else "By share of rows"
+        )
+        + f"; largest: {top or 'n/a'}.",
         "Caption languages (py3langid): "
         + ", ".join(f"{x['language']} {fmt(x['share'], None, True)}" for x in lang["detected"][:5])
         + ".",
@@ -469,10 +505,6 @@ def model_card_fragment(fig: dict[str, Any]) -> str:
         )
         + ".",
     ]
-    if fig["optout"]["present"]:
-        training.append(
-            "Opt-out decisions were computed (see the opt-out section of the model card)."
-        )
     if fig["duplicates"]["present"]:
         d = fig["duplicates"]
         training.append(
@@ -486,7 +518,7 @@ def model_card_fragment(fig: dict[str, Any]) -> str:
         "",
         f"- Captions mentioning female terms: {fmt(groups['female']['share'], groups['female']['ci95'], True)}; male: "
         f"{fmt(groups['male']['share'], groups['male']['ci95'], True)}; female-to-male ratio "
-        f"{fmt(g['female_to_male_ratio']['value'], g['female_to_male_ratio']['ci95'])} (95% bootstrap intervals).",
+        f"{fmt(g['female_to_male_ratio']['value'], g['female_to_male_ratio']['ci95'])} (95% intervals).",
     ]
     if skew:
         risks.append(

@@ -1,7 +1,9 @@
 """Report page `duplicates.md/.html`: counts by kind and each cluster's thumbnails.
 
 Reads `duplicates.parquet` and the metadata; writes one contact sheet per shown cluster under
-`<out_dir>/duplicates/cluster-NNNNN.png` (largest clusters first, at most `max_clusters`).
+`<out_dir>/duplicates/cluster-NNNNN.png` (largest clusters first, at most `max_clusters`), and
+`<out_dir>/duplicates_keep.csv`: every clustered row with `keep` or `remove` and why (see
+`KEEP_RULE`), a list to act on.
 
 Example:
     >>> from audit.reports import duplicates
@@ -19,6 +21,99 @@ from audit.reports import UNTRAINED_WARNING, Section, png_bytes, write_page
 from audit.workspace import Workspace, atomic_write_bytes
 
 THUMB = 96
+
+KEEP_RULE = (
+    "One row is kept per cluster: a row whose creators did not reserve it (opt-out decision "
+    "for genai_training not reserved, when the optout stage ran), then the most pixels, then "
+    "the lowest row_id. The others are removed as duplicates of it."
+)
+KEEP_COLUMNS = (
+    "cluster_id",
+    "row_id",
+    "action",
+    "reason",
+    "kind",
+    "representative",
+    "distance",
+    "width",
+    "height",
+    "optout",
+    "url",
+)
+
+
+def keep_list(ws: Workspace, dups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per clustered row: keep or remove, and why (`KEEP_RULE`); ordered by cluster then action."""
+    con = ws.connect()
+    ids = ",".join(str(int(r["row_id"])) for r in dups) or "NULL"
+    meta = {
+        r[0]: r[1:]
+        for r in con.execute(
+            "SELECT row_id, coalesce(image_width, width), coalesce(image_height, height), url "
+            f"FROM metadata WHERE row_id IN ({ids})"
+        ).fetchall()
+    }
+    decisions: dict[int, str] = {}
+    if ws.stage("optout"):
+        decisions = dict(
+            con.execute(
+                f"SELECT row_id, decision FROM optout WHERE use = 'genai_training' AND row_id IN ({ids})"
+            ).fetchall()
+        )
+    clusters: dict[int, list[dict[str, Any]]] = {}
+    for r in dups:
+        clusters.setdefault(r["cluster_id"], []).append(r)
+    out = []
+    for cid in sorted(clusters):
+        members = clusters[cid]
+
+        def rank(r: dict[str, Any]) -> tuple[bool, int, int]:
+            w, h, _ = meta.get(r["row_id"], (None, None, None))
+            return (decisions.get(r["row_id"]) == "reserved", -((w or 0) * (h or 0)), r["row_id"])
+
+        kept = min(members, key=rank)
+        kw, kh, _ = meta.get(kept["row_id"], (None, None, None))
+        reserved = [decisions.get(m["row_id"]) == "reserved" for m in members]
+        why = []
+        if all(reserved):
+            why.append("every row of the cluster is reserved by its creators")
+        elif any(reserved):
+            why.append("not reserved by its creators")
+        if len({meta.get(m["row_id"], (None, None))[:2] for m in members}) > 1:
+            why.append(f"most pixels ({kw}x{kh})")
+        if not why:
+            why.append(f"lowest row_id of {len(members)} equal candidates")
+        for m in sorted(members, key=lambda r: (r is not kept, r["row_id"])):
+            w, h, url = meta.get(m["row_id"], (None, None, None))
+            out.append(
+                {
+                    "cluster_id": cid,
+                    "row_id": m["row_id"],
+                    "action": "keep" if m is kept else "remove",
+                    "reason": "keep: " + "; ".join(why)
+                    if m is kept
+                    else f"remove: {m['kind'].replace('_', ' ')} duplicate of row {kept['row_id']}",
+                    "kind": m["kind"],
+                    "representative": m["representative"],
+                    "distance": m["distance"],
+                    "width": w,
+                    "height": h,
+                    "optout": decisions.get(m["row_id"], ""),
+                    "url": url,
+                }
+            )
+    return out
+
+
+def _write_keep_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=KEEP_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def _sheet(images: list[Any]) -> Any:
@@ -83,7 +178,18 @@ def write(
         f"{params.get('hamming')} bits (near_hash), image-embedding cosine >= {params.get('cosine')} "
         f"(near_embedding; {summary.get('embeddings', 'not used')})."
     )
-    sections = [Section("Rows by kind", table=[{"kind": k, "rows": v} for k, v in by_kind.items()])]
+    keep = keep_list(ws, dups)
+    _write_keep_csv(out_dir / "duplicates_keep.csv", keep)
+    removed = sum(r["action"] == "remove" for r in keep)
+    sections = [
+        Section("Rows by kind", table=[{"kind": k, "rows": v} for k, v in by_kind.items()]),
+        Section(
+            "What to keep",
+            f"[duplicates_keep.csv](duplicates_keep.csv) lists every clustered row with `keep` or "
+            f"`remove` and the reason: keeping one row per cluster removes {removed} rows. {KEEP_RULE}",
+        ),
+    ]
+    action = {r["row_id"]: r["action"] for r in keep}
     model = ws.path("embeddings/model.json")
     if (
         summary.get("embeddings") == "used"
@@ -111,6 +217,7 @@ def write(
         table = [
             {
                 "row_id": m["row_id"],
+                "action": action.get(m["row_id"], ""),
                 "kind": m["kind"],
                 "distance": m["distance"],
                 "caption": (meta.get(m["row_id"], {}).get("caption") or "")[:80],

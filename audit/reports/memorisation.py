@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.images import ImageProblem, decode, read_bytes
-from audit.reports import UNTRAINED_WARNING, Section, save_figure, write_page
+from audit.reports import UNTRAINED_WARNING, Section, cell, fmt, save_figure, write_page
 from audit.workspace import Workspace, atomic_write_bytes
 
 PAIRS = 12  # side-by-side pairs shown
@@ -131,8 +131,9 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     lo, hi = summary["replication_ci95"]
     intro = (
         f"{summary['generated']} generated images ({summary['generated_workspace']}) matched against "
-        f"{summary['training']}: replication rate (verdict copy) {summary['replication_rate']:.2%} "
-        f"(95% bootstrap interval {lo:.2%} to {hi:.2%}), {summary['training_images_copied']} distinct "
+        f"{summary['training']}: replication rate (verdict copy) "
+        f"{fmt(summary['replication_rate'], [lo, hi], True)} (95% bootstrap interval), "
+        f"{summary['training_images_copied']} distinct "
         "training images copied."
     )
     if summary.get("warning"):
@@ -165,7 +166,7 @@ def _method_text(summary: dict[str, Any]) -> str:
         f"the distinct candidates), alpha={th['alpha']}), phash Hamming distance and embedding cosine "
         f"(votes: {summary.get('cosine_votes')}).\n\n"
         "copy = one descriptor past its copy threshold, or two past their near thresholds; near = one past "
-        f"its near threshold. Thresholds: {json.dumps(th)}. Source of the defaults: {summary.get('defaults_source')}."
+        f"its near threshold. Thresholds: {cell(th)}. Source of the defaults: {summary.get('defaults_source')}."
         f"\n\nSSCD: {summary.get('sscd')}\n\nInterval: {summary['bootstrap']['method']}, "
         f"{summary['bootstrap']['reps']} replicates."
     )
@@ -191,7 +192,7 @@ def write_calibration_page(out_dir: Path) -> Path:
     ]
     rule = [{"transform": t, **v} for t, v in r.get("rule", {}).items()]
     intro = (
-        f"{r['images']} distinct images of {r['dataset']} (seed {r['seed']}; skipped {r['skipped']}), each "
+        f"{r['images']} distinct images of {r['dataset']} (seed {r['seed']}; skipped: {cell(r['skipped'])}), each "
         f"put through {len(r['transforms'])} copy transformations: {r['pairs']['positives']} positive and "
         f"{r['pairs']['negatives']} negative pairs (every other image is a negative, a 1:{r['images'] - 1} "
         "ratio, so precision is that of a search, not of a balanced test)."
@@ -208,8 +209,16 @@ def write_calibration_page(out_dir: Path) -> Path:
         Section(
             "The check's rule at the thresholds in use",
             table=rule,
-            text=f"Thresholds in use: {json.dumps(r['in_use'])}\n\nSuggested by this run (copy at >= 99% "
-            f"precision, near at best F1): {json.dumps(r['suggested'])}",
+            text="Recall and false-positive rate of the verdicts `audit match` gives at the thresholds in "
+            "use, per transformation.",
+        ),
+        Section(
+            "Thresholds",
+            text="In use, and suggested by this run (copy at >= 99% precision, near at the best F1).",
+            table=[
+                {"threshold": k, "in use": v, "suggested by this run": r["suggested"].get(k)}
+                for k, v in r["in_use"].items()
+            ],
         ),
         Section("Per transformation", table=per),
     ]
@@ -254,8 +263,7 @@ def write_experiment_page(out_dir: Path) -> Path:
     auc_rows = [
         {
             "comparison": k.removeprefix("auc_").replace("_", " "),
-            "AUC": v,
-            "95% CI": f"{mia[k + '_ci95'][0]:.3f}-{mia[k + '_ci95'][1]:.3f}",
+            "AUC [95% interval]": fmt(v, mia[k + "_ci95"]),
         }
         for k, v in mia.items()
         if k.startswith("auc_") and not k.endswith("_ci95")
@@ -282,8 +290,8 @@ def write_experiment_page(out_dir: Path) -> Path:
         f"consented images with planted duplication {r['groups']} ([copies, images]); "
         f"{r['sets']['heldout']} consented images held out, {r['sets']['optedout']} opted-out images never "
         f"trained on. {r['samples']} samples ({r['sampler']['name']}, {r['sampler']['steps']} steps) matched "
-        f"against the members: replication rate {r['replication_rate']:.2%} "
-        f"(95% CI {r['replication_ci95'][0]:.2%}-{r['replication_ci95'][1]:.2%}). Sample pairs: memorisation.md. "
+        f"against the members: replication rate {fmt(r['replication_rate'], r['replication_ci95'], True)} "
+        "(95% interval). Sample pairs: [memorisation.md](memorisation.md). "
         f"{UNTRAINED_WARNING}"
     )
     sections = [
@@ -297,21 +305,24 @@ def write_experiment_page(out_dir: Path) -> Path:
         Section(
             "Membership inference (loss-based)",
             table=auc_rows,
-            text=f"{mia['method']}. Mean losses: {json.dumps(mia['mean_loss'])}. AUC 0.5 = no better than "
+            text=f"{mia['method']}. Mean losses: {cell(mia['mean_loss'])}. AUC 0.5 = no better than "
             "chance; members vs opted-out asks whether images whose creators opted out look like training "
             "data (they should not, as they were not trained on).",
         ),
         Section(
             "Setup",
-            text=json.dumps(
-                {
+            table=[
+                {"setting": k, "value": v}
+                for k, v in {
                     "quick": r["quick"],
                     "seed": r["seed"],
                     "steps": r["steps"],
-                    **{k: r["consent"].get(k) for k in ("rows", "kept", "removed", "by_signal")},
-                },
-                default=str,
-            ),
+                    **{
+                        f"consent {k}": r["consent"].get(k)
+                        for k in ("rows", "kept", "removed", "by_signal")
+                    },
+                }.items()
+            ],
         ),
     ]
     return write_page(

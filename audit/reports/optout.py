@@ -14,7 +14,7 @@ from typing import Any
 
 from audit.errors import AuditError
 from audit.images import ImageProblem, decode, read_bytes
-from audit.reports import Section, png_bytes, write_page
+from audit.reports import Section, default_dir, png_bytes, write_page
 from audit.workspace import Workspace, atomic_write_bytes
 
 STATES = ("reserved", "unchecked", "not_evaluable", "allowed")
@@ -51,7 +51,7 @@ def write(
     rec = ws.stage("optout")
     if not rec or rec.get("status") != "done":
         raise AuditError(f"no finished optout stage in {ws.root}. Run: audit optout {ws.root}")
-    out = Path(out_dir) if out_dir is not None else Path("reports") / ws.dataset
+    out = Path(out_dir) if out_dir is not None else default_dir(ws)
     summary = rec.get("summary", {})
     con = ws.connect()
     sections = [

@@ -59,7 +59,8 @@ LIMITS = [
     "Word counts measure how captions (mostly web alt text) describe images, not who is shown or how they identify.",
     "The word lists are English and short; other languages and synonyms are not counted (see the language section for how much text is not English).",
     "A term is counted wherever it appears, including in names, brands and unrelated senses ('model', 'judge', 'he' in a product code).",
-    "Intervals are percentile bootstrap intervals over captions (or rows/images): they cover sampling noise only, not list choice or caption noise.",
+    "Intervals cover sampling noise only, not list choice or caption noise: Wilson score intervals for shares, percentile bootstrap intervals for ratios, PMI and concentration.",
+    f"Shares over fewer than {stats.MIN_N} captions are reported as too few to read, and PMI from fewer than {stats.PMI_MIN_COUNT} co-occurrences is omitted.",
     "A TLD says where a domain was registered, not where images were made or who made them; generic TLDs (.com) carry no country.",
     "Language identification is unreliable on captions of one or two words.",
 ]
@@ -88,9 +89,9 @@ def compute(
         )
     ws = Workspace.open(ws_root)
     parts = ws.require_parts()
-    report_dir = (
-        Path(report_dir) if report_dir is not None else Path("reports") / ws.dataset / "bias"
-    )
+    from audit.reports import default_dir
+
+    report_dir = Path(report_dir) if report_dir is not None else default_dir(ws) / "bias"
     run = ws.start_stage(
         "bias",
         {"bootstrap": bootstrap, "seed": seed, "max_language_rows": max_language_rows},
@@ -156,6 +157,9 @@ def _figures(
         "bootstrap": {
             "reps": reps,
             "method": "percentile, resampling captions/rows (multinomial cell counts)",
+            "proportions": "Wilson score interval",
+            "min_n": stats.MIN_N,
+            "pmi_min_count": stats.PMI_MIN_COUNT,
             "seed_note": "seeded: the same --seed gives the same intervals",
         },
         "wordlists": wordlists.describe(),

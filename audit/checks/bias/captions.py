@@ -6,7 +6,9 @@ captions, drawn as multinomial cell counts (see `stats`).
 
 Co-occurrence is counted per caption: a caption "a female doctor and her dog" counts once
 for (doctor, female). PMI = log(p(occupation and female) / (p(occupation) p(female))) in nats
-over captions: 0 = as often as chance, > 0 = more often, < 0 = less often.
+over captions: 0 = as often as chance, > 0 = more often, < 0 = less often. PMI is omitted
+(None, with `pmi_*_too_few`) below `stats.PMI_MIN_COUNT` co-occurrences; shares use Wilson
+intervals (`stats.wilson`) and are flagged `too_few` below `stats.MIN_N` captions.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def _fm_index(groups: set[str]) -> int:
 class CaptionCounter:
     """Accumulates caption counts; `result` turns them into figures with intervals."""
 
-    def __init__(self, lex: Lexicon | None = None):
+    def __init__(self, lex: Lexicon | None = None, pmi_min_count: int = stats.PMI_MIN_COUNT):
         self.lex = lex or lexicon()
+        self.pmi_min_count = pmi_min_count
         self.n = 0  # captions with text
         self.empty = 0
         self.fm_cells = np.zeros(4, dtype=np.int64)  # over all captions
@@ -109,13 +112,15 @@ class CaptionCounter:
     @staticmethod
     def _female_share(cells: np.ndarray, reps: int, rng: np.random.Generator) -> dict[str, Any]:
         """Female captions / (female + male captions); a caption with both counts on both sides."""
-        f, m = cells[1] + cells[3], cells[2] + cells[3]
+        f, m = int(cells[1] + cells[3]), int(cells[2] + cells[3])
         if f + m == 0:
-            return {"value": None, "ci95": [None, None], "gendered_mentions": 0}
-        ci = stats.bootstrap_cells(
-            cells, lambda d: (d[:, 1] + d[:, 3]) / (d[:, 1] + d[:, 2] + 2 * d[:, 3]), reps, rng
-        )
-        return {"value": float(f / (f + m)), "ci95": ci, "gendered_mentions": int(f + m)}
+            return {"value": None, "ci95": [None, None], "gendered_mentions": 0, "too_few": True}
+        return {
+            "value": f / (f + m),
+            "ci95": stats.wilson(f, f + m),
+            "gendered_mentions": f + m,
+            "too_few": f + m < stats.MIN_N,
+        }
 
     def _occupations(self, reps: int, rng: np.random.Generator) -> list[dict[str, Any]]:
         n, out = self.n, []
@@ -134,9 +139,16 @@ class CaptionCounter:
                 "with_female": n_of,
                 "with_male": n_om,
                 "female_share_of_gendered": n_of / (n_of + n_om) if n_of + n_om else None,
+                "female_share_ci95": stats.wilson(n_of, n_of + n_om),
+                "too_few": n_of + n_om < stats.MIN_N,
                 "pmi_female": stats.pmi(n_of, n_o, n_f, n),
                 "pmi_male": stats.pmi(n_om, n_o, n_m, n),
+                "pmi_female_too_few": n_of < self.pmi_min_count,
+                "pmi_male_too_few": n_om < self.pmi_min_count,
             }
+            for side in ("female", "male"):
+                if row[f"pmi_{side}_too_few"]:
+                    row[f"pmi_{side}"] = None
             if reps > 0 and n:
                 draws = rng.multinomial(n, joint / n, size=reps).astype(float)
                 o = draws[:, :4]
@@ -145,14 +157,16 @@ class CaptionCounter:
                 d_f = d_of + draws[:, 5] + draws[:, 7]
                 d_m = d_om + draws[:, 6] + draws[:, 7]
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    row["share_ci95"] = stats.interval(d_o / n)
-                    row["female_share_ci95"] = stats.interval(d_of / (d_of + d_om))
-                    row["pmi_female_ci95"] = stats.interval(stats.pmi_array(d_of, d_o, d_f, n))
-                    row["pmi_male_ci95"] = stats.interval(stats.pmi_array(d_om, d_o, d_m, n))
+                    row["share_ci95"] = stats.wilson(n_o, n)
+                    for side, d_xy, d_y in (("female", d_of, d_f), ("male", d_om, d_m)):
+                        if not row[f"pmi_{side}_too_few"]:
+                            row[f"pmi_{side}_ci95"] = stats.interval(
+                                stats.pmi_array(d_xy, d_o, d_y, n)
+                            )
             out.append(row)
         return out
 
 
 def _share_figure(k: int, n: int, reps: int, rng: np.random.Generator) -> dict[str, Any]:
-    ci = stats.bootstrap_cells([k, n - k], lambda d: d[:, 0] / n, reps, rng) if n else [None, None]
-    return {"captions": int(k), "share": stats.share(k, n), "ci95": ci}
+    """Share of captions with a term; Wilson interval (no resampling needed for a proportion)."""
+    return {"captions": int(k), "share": stats.share(k, n), "ci95": stats.wilson(k, n)}

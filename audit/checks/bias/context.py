@@ -88,7 +88,5 @@ def duplicates(
         ],
     }
     if total:
-        out["removable_share_ci95"] = stats.bootstrap_cells(
-            [removable, total - removable], lambda d: d[:, 0] / total, reps, rng
-        )
+        out["removable_share_ci95"] = stats.wilson(removable, total)
     return out

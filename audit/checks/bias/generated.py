@@ -374,10 +374,9 @@ def compute(
     )
     atomic_write_json(ws.path(OUTPUT), result)
     from audit.reports import bias as report
+    from audit.reports import default_dir
 
-    report_dir = (
-        Path(report_dir) if report_dir is not None else Path("reports") / ws.dataset / "bias"
-    )
+    report_dir = Path(report_dir) if report_dir is not None else default_dir(ws) / "bias"
     pages = report.write_generated_report(result, report_dir)
     summary = {
         "images": result["images"],

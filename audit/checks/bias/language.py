@@ -82,7 +82,7 @@ class LanguageCounter:
                     "language": lang,
                     "captions": k,
                     "share": k / n,
-                    "ci95": stats.bootstrap_cells([k, n - k], lambda d: d[:, 0] / n, reps, rng),
+                    "ci95": stats.wilson(k, n),
                 }
                 for lang, k in self.detected.most_common(top)
             ],
@@ -110,9 +110,7 @@ class LanguageCounter:
                 "compared": compared,
                 "agree": agree,
                 "share": agree / compared,
-                "ci95": stats.bootstrap_cells(
-                    [agree, compared - agree], lambda d: d[:, 0] / compared, reps, rng
-                ),
+                "ci95": stats.wilson(agree, compared),
             }
             out["disagreements"] = [
                 {"declared": a, "detected": b, "captions": k}

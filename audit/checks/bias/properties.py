@@ -99,7 +99,7 @@ def compute(con: Any, views: set[str], reps: int, rng: np.random.Generator) -> d
                 k: {
                     "rows": v,
                     "share": v / n,
-                    "ci95": stats.bootstrap_cells([v, n - v], lambda d: d[:, 0] / n, reps, rng),
+                    "ci95": stats.wilson(v, n),
                 }
                 for k, v in shares.items()
             },
@@ -138,7 +138,7 @@ def _score(
             "threshold": threshold,
             "rows": above,
             "share": above / n,
-            "ci95": stats.bootstrap_cells([above, n - above], lambda d: d[:, 0] / n, reps, rng),
+            "ci95": stats.wilson(above, n),
         },
         "hist": stats.histogram(values, np.linspace(lo, hi, 31)),
     }

@@ -121,7 +121,7 @@ class SourceCounter:
                     "domain": d,
                     "rows": k,
                     "share": k / n,
-                    "ci95": stats.bootstrap_cells([k, n - k], lambda x: x[:, 0] / n, reps, rng),
+                    "ci95": stats.wilson(k, n),
                 }
                 for d, k in domains.most_common(top)
             ],

@@ -17,6 +17,13 @@ import numpy as np
 
 Z95 = (2.5, 97.5)
 
+# Below these counts a figure is reported as "too few" instead of a number: a proportion
+# over fewer than MIN_N captions (one caption reads as "100%"), a PMI from fewer than
+# PMI_MIN_COUNT co-occurrences (one chance co-occurrence swings it by log(n), and zero makes
+# it -inf). Stated on every page that shows these figures.
+MIN_N = 10
+PMI_MIN_COUNT = 5
+
 
 def interval(values: np.ndarray) -> list[float | None]:
     """Percentile 95% interval of bootstrap values; an infinite or NaN end becomes None."""
@@ -49,6 +56,29 @@ def bootstrap_cells(
 
 def share(k: int, n: int) -> float | None:
     return k / n if n else None
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> list[float | None]:
+    """Wilson score 95% interval for k successes in n trials (Wilson 1927).
+
+    Unlike a bootstrap or the normal approximation it does not collapse to a point at
+    k = 0 or k = n: one caption out of one gives [20.7%, 100%], not [100%, 100%].
+    """
+    if n <= 0:
+        return [None, None]
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # exact ends at k = 0 and k = n (rounding would put them a hair inside)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return [min(lo, p), max(hi, p)]
+
+
+def proportion(k: int, n: int) -> dict[str, Any]:
+    """A share with its Wilson interval and whether n is too small to read (`MIN_N`)."""
+    return {"share": share(k, n), "ci95": wilson(k, n), "n": int(n), "too_few": n < MIN_N}
 
 
 def pmi(n_xy: float, n_x: float, n_y: float, n: float) -> float | None:
