@@ -258,7 +258,7 @@ def test_planted_copies_cluster_and_lookalikes_do_not(tmp_path):
 
 
 def test_chain_is_cut_where_its_ends_are_not_near():
-    from audit.checks.clusters import linked_clusters
+    from audit.checks.duplicates.clusters import linked_clusters
 
     # A~B, B~C verified, A and C not near: never one cluster
     rep = linked_clusters(3, np.array([0, 1]), np.array([1, 2]), lambda u, v: False)

@@ -191,6 +191,13 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     out_dir = Path(out_dir)
     n = 1000 if quick else int(os.environ.get("AUDIT_BENCH_DEDUP_N", "5000"))
     result: dict[str, Any] = {"quick": quick, "goal": GOAL}
+    from audit.bench.descriptors import OPENCLIPART
+
+    if not OPENCLIPART.is_dir():
+        result["skipped"] = f"{OPENCLIPART} missing: apt-get install openclipart-png"
+        (out_dir / "dedup.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out_dir / "dedup.md").write_text(f"# Duplicate clusters\n\nSkipped: {result['skipped']}\n")
+        return result
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         images = tmp / "images"

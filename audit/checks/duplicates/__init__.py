@@ -1,6 +1,6 @@
 """Check `dedup`: exact and near-duplicate clusters, written to `duplicates.parquet`.
 
-Three kinds of link between rows, joined into clusters (connected components):
+Three kinds of link between rows propose duplicate pairs:
   * exact: same `image_sha256`;
   * near_hash: pHash Hamming distance <= `hamming` (default 6 of 64 bits; optionally dHash
     within `dhash` bits too). A low-information pHash (fewer than 16 or more than 48 bits
@@ -24,12 +24,19 @@ that is m = hamming+1 exact bands; for 10^6 codes and 6 bits, 4 bands of 16 bits
 1 bit: ~25 s on two busy cores).
 Identical codes are collapsed first, so a thousand blank images cost nothing extra.
 
+Hashes only propose pairs. With `verify` (the default) every proposed pair between two
+sha256 groups (pHash within `hamming` bits, dHash within `dhash_candidates` bits, or
+embeddings) is checked on its pixels (`clusters.aligned_pixel_check`, with a low-information
+guard) before it may join, and clusters are complete-linkage around a representative
+(`clusters.linked_clusters`): no A~B~C chains.
+
 Output `duplicates.parquet`, one row per row that has at least one duplicate:
-row_id, cluster_id (0 = largest cluster), cluster_size, kind (exact | near_hash |
-near_embedding: the strongest link the row has), representative (lowest row_id of the
-cluster), distance (Hamming bits to the representative for exact/near_hash rows, 1 - cosine
-for near_embedding rows), hamming (pHash bits to the representative), cosine (to the
-representative, when embeddings were used).
+row_id, cluster_id (0 = largest cluster), cluster_size, kind (how the row is tied to its
+representative: exact | near_hash | near_embedding; the representative carries its
+cluster's strongest kind), representative (most verified neighbours), distance (Hamming bits
+to the representative for exact/near_hash rows, 1 - cosine for near_embedding rows), hamming
+(pHash bits to the representative), cosine (when embeddings were used), correlation and
+tile_correlation (the pixel check of the tie), verified (the tie was confirmed).
 
 Example:
     >>> from audit.checks import duplicates
@@ -47,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.checks.clusters import PairVerifier, linked_clusters
+from audit.checks.duplicates.clusters import PairVerifier, linked_clusters
 from audit.errors import AuditError
 from audit.workspace import Output, Workspace, atomic_write_parquet
 
