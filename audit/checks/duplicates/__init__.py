@@ -26,8 +26,8 @@ Identical codes are collapsed first, so a thousand blank images cost nothing ext
 
 Hashes only propose pairs. With `verify` (the default) every proposed pair between two
 sha256 groups (pHash within `hamming` bits, dHash within `dhash_candidates` bits, or
-embeddings) is checked on its pixels (`clusters.aligned_pixel_check`, with a low-information
-guard) before it may join, and clusters are complete-linkage around a representative
+embeddings) is checked on its pixels (`audit.verify` through `clusters.check_pair`, with its
+low-information guard) before it may join, and clusters are complete-linkage around a representative
 (`clusters.linked_clusters`): no A~B~C chains.
 
 Output `duplicates.parquet`, one row per row that has at least one duplicate:
@@ -364,11 +364,12 @@ def find(
     kind_of = np.array(list(pairs.values()), np.int8)
     checker = PairVerifier(_loader(rows)) if verify else None
     if checker is not None:
-        ok, corr, tile = checker.many(pa_, pb_)
+        ok, corr, tile, inl = checker.many(pa_, pb_)
         joins = ok
     else:  # hashes alone: every candidate joins, none is verified
         ok, joins = np.zeros(len(pa_), bool), np.ones(len(pa_), bool)
         corr, tile = np.full((2, len(pa_)), np.nan, np.float32)
+        inl = np.zeros(len(pa_), np.int32)
 
     def near(u: int, v: int) -> bool:  # a pair no hash proposed, met inside a cluster
         if checker is not None:
@@ -378,7 +379,7 @@ def find(
     group_rows = np.bincount(leader_of, minlength=n)
     rep = linked_clusters(n, pa_[joins], pb_[joins], near, weight=group_rows)[leader_of]
     ties = {p: k for k, p in enumerate(pairs)}
-    summary = _write(ws, rows, leader_of, rep, ties, (kind_of, ok, corr, tile), emb)
+    summary = _write(ws, rows, leader_of, rep, ties, (kind_of, ok, corr, tile, inl), emb)
     summary.update(
         rows=n,
         near_hash_pairs=int(len(ci)),
@@ -386,7 +387,7 @@ def find(
         verified_pairs=int(ok.sum()) if verify else None,
         rejected_pairs=int((~ok).sum()) if verify else None,
         pixel_checks=checker.pairs if checker is not None else 0,
-        verifier="aligned_pixel_check" if verify else "none (hashes alone)",
+        verifier="audit.verify (near-duplicate thresholds)" if verify else "none (hashes alone)",
         bands=bands,
         embeddings=why,
         seconds=round(time.perf_counter() - t0, 3),
@@ -475,11 +476,13 @@ def _write(
     sizes = np.bincount(rep, minlength=n)
     members = np.flatnonzero(sizes[rep] > 1)
     r = rep[members]
-    kind_of, ok, corr, tile = evidence
+    kind_of, ok, corr, tile, inl = evidence
     # per member: 3 exact (same sha256 group as the representative), else the pair's kind
     k = np.zeros(len(members), np.int8)
     cor = np.full(len(members), np.nan, np.float32)
     tcor = np.full(len(members), np.nan, np.float32)
+    inliers = np.zeros(len(members), np.int32)
+    has_tie = np.zeros(len(members), bool)
     verified = np.ones(len(members), bool)
     same = leader_of[members] == r
     k[same] = 3
@@ -489,6 +492,7 @@ def _write(
         if t is None:  # cannot happen: a member is adjacent to its representative
             raise AssertionError(f"row {members[idx]} has no pair with representative {v}")
         k[idx], cor[idx], tcor[idx], verified[idx] = kind_of[t], corr[t], tile[t], ok[t]
+        inliers[idx], has_tie[idx] = inl[t], True
     is_rep = members == r
     strongest = np.zeros(n, np.int8)
     np.maximum.at(strongest, r[~is_rep], k[~is_rep])
@@ -523,6 +527,7 @@ def _write(
             "cosine": pa.array(cos[o], pa.float32(), mask=~cos_ok[o]),
             "correlation": pa.array(cor[o], pa.float32(), mask=np.isnan(cor[o])),
             "tile_correlation": pa.array(tcor[o], pa.float32(), mask=np.isnan(tcor[o])),
+            "inliers": pa.array(inliers[o], pa.int32(), mask=~has_tie[o]),
             "verified": pa.array(verified[o], pa.bool_()),
         }
     )

@@ -13,11 +13,9 @@ pictures of the same kind, and connected components over such links collect whol
    A~B~C with A and C not near is never one cluster, and every row of `duplicates.parquet`
    names the pair that ties it to its representative.
 
-The pixel verification here, `aligned_pixel_check`, is a stop-gap for the re-encodes,
-rescales and small edits that near-duplicates are (no geometry: no crops, no rotations):
-both pictures resized to one small square, zero-normalised correlation over the picture and
-per tile, and a low-information guard. It is meant to be replaced by the shared verifier
-(`audit/verify.py`, SIFT + RANSAC + aligned correlation) once that is merged.
+The pixel verification is the shared copy verifier, `audit.verify` (SIFT + RANSAC similarity
+fit, aligned zero-normalised correlation over the picture and per tile, low-information
+guard), at stricter thresholds than a copy needs (`check_pair`).
 """
 
 from __future__ import annotations
@@ -29,109 +27,51 @@ from typing import Any
 
 import numpy as np
 
-SIDE = 128  # pictures are kept at most this long, and compared at the smaller one's size
-TILES = 4  # ... over the picture and per tile of a TILES x TILES grid
-# Thresholds read off 1,000 openclipart images with 100 planted copies (seed 7, not the
-# benchmark's seed): copies sit at correlation ~0.999; 0.93 / 0.97 keep ~88% of them.
-MIN_CORRELATION = 0.93  # whole-picture zero-normalised correlation (colour) of a copy
-MIN_TILE_CORRELATION = 0.97  # median over tiles with content: the symbols of two cards differ
-# Low-information guard, on the grey picture at 64 x 64 in [0, 1] (alpha composited on white).
-BLANK_STD = 0.02  # standard deviation below this: blank / uniform
-FOREGROUND_DIFF = 0.1  # a pixel differs from the background (border median) by more than this
-MIN_FOREGROUND = 0.03  # ... on at least this share of the picture, or it is "tiny foreground"
+# A near-duplicate is stricter than a copy: `verify.is_copy` accepts a crop or a recoloured
+# copy at correlation 0.8; a duplicate to remove must also match over the picture and per tile
+# (thresholds read off 1,000 openclipart images with 100 planted copies, seed 7, not the
+# benchmark's seed: copies sit at correlation ~0.99).
+MIN_CORRELATION = 0.93  # aligned zero-normalised correlation over the picture
+MIN_TILE_CORRELATION = 0.97  # median over tiles with content: the pips of two cards differ
 COMPLETE = 32  # a new member must be near this many members already in its cluster
-CACHE = 2048  # prepared pictures kept in memory while pairs are verified
+CACHE = 1024  # prepared pictures kept while pairs are verified (SIFT features: ~0.5 MB each)
 
 
 @dataclass(frozen=True)
 class PairEvidence:
-    """What the pixel check found for one pair: correlation -1..1 (nan if not compared)."""
+    """What the verifier found for one pair: correlations -1..1 (nan if not compared)."""
 
     verified: bool
     correlation: float = float("nan")
     tile_correlation: float = float("nan")
     low_information: str | None = None
+    inliers: int = 0
 
 
-def information(grey: np.ndarray) -> str | None:
-    """Why a grey float picture in [0, 1] carries too little to be anybody's copy, or None."""
-    if grey.std() < BLANK_STD:
-        return f"blank: grey standard deviation {grey.std():.3f} < {BLANK_STD}"
-    border = np.r_[grey[0], grey[-1], grey[:, 0], grey[:, -1]]
-    fg = float(np.mean(np.abs(grey - np.median(border)) > FOREGROUND_DIFF))
-    if fg < MIN_FOREGROUND:
-        return f"tiny_foreground: {fg:.1%} of the picture differs from its background"
-    return None
+def prepare(img: Any) -> tuple[Any, Any, str | None]:
+    """A PIL image -> (features, mirrored features, low-information reason) for `verify`."""
+    from audit import verify
+
+    f = verify.extract(img)
+    if f.low_information is not None:  # never a duplicate: skip describing the mirror image
+        return f, None, f.low_information
+    return f, verify.extract(img, mirrored=True), None
 
 
-def prepare(img: Any) -> tuple[np.ndarray, str | None]:
-    """A PIL image (RGB) -> (float32 RGB in [0, 1], at most SIDE long; low-information reason)."""
-    import cv2
+def check_pair(a: tuple[Any, Any, str | None], b: tuple[Any, Any, str | None]) -> PairEvidence:
+    """`verify.verify` on two prepared pictures, at the near-duplicate thresholds above."""
+    from audit import verify
 
-    rgb = np.asarray(img.convert("RGB"), np.float32) / 255.0
-    h, w = rgb.shape[:2]
-    f = min(1.0, SIDE / max(h, w))
-    if f < 1:
-        rgb = cv2.resize(
-            rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
-        )
-    grey = cv2.resize(rgb.mean(axis=2), (64, 64), interpolation=cv2.INTER_AREA)
-    return rgb, information(grey)
-
-
-def _zncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Zero-normalised correlation along the last axis (nan where either side is flat)."""
-    a = a - a.mean(-1, keepdims=True)
-    b = b - b.mean(-1, keepdims=True)
-    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 1e-6, (a * b).sum(-1) / den, np.nan)
-
-
-def aligned_pixel_check(
-    a: tuple[np.ndarray, str | None], b: tuple[np.ndarray, str | None]
-) -> PairEvidence:
-    """Stop-gap copy test on two `prepare`d pictures (to be replaced by audit/verify.py).
-
-    Both are resized to the smaller one's size (a half-size copy is then compared at its own
-    detail, not blurred up), lightly blurred (JPEG blocks, resampling and a one-pixel line
-    count for little), and correlated in colour (a red and a magenta arrow are the same in
-    grey). The whole-picture correlation alone is fooled by layout: two playing cards share a
-    white card, a border and corner indices. The median over the tiles that hold content is
-    not: the pips differ.
-    """
-    import cv2
-
-    (ra, la), (rb, lb) = a, b
-    low = la or lb
-    h, w = min(ra.shape[0], rb.shape[0]), min(ra.shape[1], rb.shape[1])
-    if h < TILES or w < TILES:
-        return PairEvidence(False, low_information=low or "too small to compare")
-    ga, gb = (
-        cv2.GaussianBlur(cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA), (0, 0), 0.5)
-        for x in (ra, rb)
-    )
-    corr = float(_zncc(ga.ravel(), gb.ravel()))
-    th, tw = h // TILES, w // TILES
-
-    def tiles(x: np.ndarray) -> np.ndarray:
-        x = x[: th * TILES, : tw * TILES]
-        return x.reshape(TILES, th, TILES, tw, 3).swapaxes(1, 2).reshape(TILES * TILES, -1)
-
-    ta, tb = tiles(ga), tiles(gb)
-    content = (ta.std(1) > BLANK_STD) | (tb.std(1) > BLANK_STD)  # white margins say nothing
-    tiled = _zncc(ta[content], tb[content])
-    # a tile with content on one side only is a disagreement, not a missing value
-    tiled = np.where(np.isnan(tiled), 0.0, tiled)
-    tile = float(np.median(tiled)) if len(tiled) else float("nan")
+    low = a[2] or b[2]
+    if low is not None:
+        return PairEvidence(False, low_information=low)
+    e = verify.verify(None, None, query_features=(a[0], a[1]), candidate_features=b[0])
     ok = (
-        low is None
-        and np.isfinite(corr)
-        and corr >= MIN_CORRELATION
-        and np.isfinite(tile)
-        and tile >= MIN_TILE_CORRELATION
+        verify.is_copy(e)
+        and e.correlation >= MIN_CORRELATION
+        and np.nan_to_num(e.tile_correlation, nan=-1.0) >= MIN_TILE_CORRELATION
     )
-    return PairEvidence(bool(ok), corr, tile, low)
+    return PairEvidence(bool(ok), e.correlation, e.tile_correlation, e.low_information, e.inliers)
 
 
 class PairVerifier:
@@ -161,17 +101,19 @@ class PairVerifier:
         pu, pv = self._prepared(int(u)), self._prepared(int(v))
         if pu is None or pv is None:
             return PairEvidence(False, low_information="unreadable")
-        return aligned_pixel_check(pu, pv)
+        return check_pair(pu, pv)
 
-    def many(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(verified, correlation, tile_correlation) of the pairs (a[k], b[k])."""
+    def many(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(verified, correlation, tile_correlation, inliers) of the pairs (a[k], b[k])."""
         ok = np.zeros(len(a), bool)
+        inliers = np.zeros(len(a), np.int32)
         corr = np.full(len(a), np.nan, np.float32)
         tile = np.full(len(a), np.nan, np.float32)
         for k in np.lexsort((b, a)):
             ev = self(a[k], b[k])
             ok[k], corr[k], tile[k] = ev.verified, ev.correlation, ev.tile_correlation
-        return ok, corr, tile
+            inliers[k] = ev.inliers
+        return ok, corr, tile, inliers
 
 
 def linked_clusters(
