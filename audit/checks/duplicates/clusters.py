@@ -52,6 +52,11 @@ def prepare(img: Any) -> tuple[Any, Any, str | None]:
     """A PIL image -> (features, mirrored features, low-information reason) for `verify`."""
     from audit import verify
 
+    # the guard first, on a grey thumbnail: blank and tiny-foreground pictures (most of the
+    # pairs dHash proposes on clip art) never verify, so they need no SIFT features
+    low = verify.information(np.asarray(img.convert("L").resize((64, 64)), np.uint8))
+    if low is not None:
+        return None, None, low
     f = verify.extract(img)
     if f.low_information is not None:  # never a duplicate: skip describing the mirror image
         return f, None, f.low_information
