@@ -46,6 +46,7 @@ test-slow: $(SYSTEM_STAMP)  ## Run the slow tests too (kill -9 resume, longer tr
 	$(BIN)/pytest -p no:cacheprovider
 
 bench: $(STAMP)  ## Benchmarks against baselines, side by side; results in reports/bench/
+	$(BIN)/pip install --quiet --no-deps 'imagededup>=0.3.3'  # the `bench` extra; never reinstalls torch
 	$(BIN)/python -m audit.bench --out reports/bench
 
 experiment: $(STAMP)  ## The memorisation experiment on the bundled sample (reports/experiments/)

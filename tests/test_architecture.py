@@ -17,6 +17,7 @@ BASE = {
     "audit.workspace",
     "audit.images",
     "audit.progress",
+    "audit.verify",  # the copy verifier: memorisation, duplicates and features share it
     "audit.threads",
     "audit.reports",
     "audit.verify",  # the copy verifier: memorisation, duplicates and features share it

@@ -105,7 +105,7 @@ def test_planted_families_found_and_nothing_else(tmp_path):
 def test_threshold_zero_keeps_only_identical_codes(tmp_path):
     ws = families_workspace(tmp_path)
     hashes.compute(ws.root, workers=1)
-    duplicates.find(ws.root, hamming=0)
+    duplicates.find(ws.root, hamming=0, dhash_candidates=-1)
     rows = pq.read_table(ws.path("duplicates.parquet")).to_pylist()
     codes = {r["row_id"]: r["hamming"] for r in rows}
     assert set(codes) >= {3, 11, 5, 9} and all(h == 0 for h in codes.values())
@@ -136,9 +136,13 @@ def test_embedding_near_duplicates_only_with_trained_model(tmp_path):
     s = duplicates.find(ws.root)
     assert s["embeddings"] == "embedding model is untrained" and s["by_kind"]["near_embedding"] == 0
     plant_embeddings(ws, vecs, trained=True)
+    # rows 1 and 13 only have planted embeddings; their pixels differ, so verification says no
     s = duplicates.find(ws.root)
+    assert s["by_kind"]["near_embedding"] == 0 and s["clusters"] == 3 and s["rejected_pairs"] >= 1
+    s = duplicates.find(ws.root, verify=False)
     rows = {r["row_id"]: r for r in pq.read_table(ws.path("duplicates.parquet")).to_pylist()}
     assert s["by_kind"]["near_embedding"] == 2 and s["clusters"] == 4
+    assert rows[13]["verified"] is False and rows[13]["correlation"] is None
     assert rows[13]["kind"] == "near_embedding" and rows[13]["representative"] == 1
     assert rows[13]["cosine"] > 0.95 and abs(rows[13]["distance"] - (1 - rows[13]["cosine"])) < 1e-6
     assert json.loads(ws.path("manifest.json").read_text())["stages"]["dedup"][
@@ -159,3 +163,141 @@ def test_cli_dedup_with_report(tmp_path):
     assert md.index("cluster 0") < md.index("cluster 1")
     r = CliRunner().invoke(cli, ["dedup", str(tmp_path / "nowhere")])
     assert r.exit_code == 1
+
+
+# -- precision: verified pairs, no chains, a keep list (issue 16) ----------------------------------
+
+
+def card(suit: str, size=(200, 280)):
+    """A playing-card-like picture: white card, border, corner index, five pips of `suit`."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    w, h = size
+    d.rounded_rectangle([4, 4, w - 5, h - 5], 12, outline="black", width=3)
+    for fx, fy in [(0.3, 0.25), (0.7, 0.25), (0.5, 0.5), (0.3, 0.75), (0.7, 0.75)]:
+        x, y = fx * w, fy * h
+        if suit == "spades":
+            d.polygon([(x, y - 18), (x - 16, y + 6), (x + 16, y + 6)], fill="black")
+            d.ellipse([x - 12, y - 2, x, y + 12], fill="black")
+            d.ellipse([x, y - 2, x + 12, y + 12], fill="black")
+        else:
+            for dx, dy in ((0, -9), (-9, 4), (9, 4)):
+                d.ellipse([x + dx - 8, y + dy - 8, x + dx + 8, y + dy + 8], fill="black")
+        d.rectangle([x - 3, y + 4, x + 3, y + 20], fill="black")
+    d.text((14, 10), "5", fill="black", font_size=22)
+    return img
+
+
+def tiny_foreground(shape: str):
+    """A 10-pixel mark on a 512 x 512 white canvas: pHash sees the canvas, not the mark."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (512, 512), "white")
+    d = ImageDraw.Draw(img)
+    box = [200, 200, 210, 210]
+    (d.ellipse if shape == "dot" else d.rectangle)(box, fill="red" if shape == "dot" else "blue")
+    return img
+
+
+def lookalikes_workspace(tmp_path):
+    """Rows 0-3: a picture and its JPEG q50, half-size and one-pixel-line copies; then pairs
+    that pHash calls near but are not copies: blank (4, 5), tiny foreground (6, 7), the five
+    of spades and the five of clubs (8, 9)."""
+    from PIL import Image, ImageDraw
+
+    from audit.images import decode as dec
+
+    pic = dec(encode(synthetic_image(7, 160), "PNG"))
+    line = pic.copy()
+    ImageDraw.Draw(line).line([(0, 30), (159, 120)], fill=(0, 0, 0), width=1)
+    images = [
+        encode(pic, "PNG"),
+        encode(pic, "JPEG", quality=50),
+        encode(pic.resize((80, 80)), "PNG"),
+        encode(line, "PNG"),
+        encode(Image.new("RGB", (64, 64), "white"), "PNG"),
+        encode(Image.new("RGB", (100, 80), "white"), "PNG"),
+        encode(tiny_foreground("dot"), "PNG"),
+        encode(tiny_foreground("square"), "PNG"),
+        encode(card("spades"), "PNG"),
+        encode(card("clubs"), "PNG"),
+    ]
+    ws = build_workspace(tmp_path / "ws", images)
+    hashes.compute(ws.root, workers=1)
+    return ws
+
+
+def clusters_of(ws):
+    out: dict[int, set[int]] = {}
+    for r in pq.read_table(ws.path("duplicates.parquet")).to_pylist():
+        out.setdefault(r["cluster_id"], set()).add(r["row_id"])
+    return sorted(map(sorted, out.values()))
+
+
+def test_planted_copies_cluster_and_lookalikes_do_not(tmp_path):
+    ws = lookalikes_workspace(tmp_path)
+    s = duplicates.find(ws.root)
+    assert clusters_of(ws) == [[0, 1, 2, 3]]
+    rows = {r["row_id"]: r for r in pq.read_table(ws.path("duplicates.parquet")).to_pylist()}
+    for copy in (1, 2, 3):  # each copy tied to the representative by a verified pair
+        assert rows[copy]["representative"] == rows[0]["representative"]
+        tie = rows[copy] if copy != rows[copy]["representative"] else rows[0]
+        assert tie["verified"] is True and tie["correlation"] > 0.93
+    assert s["rejected_pairs"] >= 3  # blank, tiny foreground and cards were proposed, refused
+    # on hashes alone, the blank, tiny-foreground and card pairs all join: the test can fail
+    duplicates.find(ws.root, verify=False)
+    alone = clusters_of(ws)
+    assert [4, 5] in alone and [6, 7] in alone and [8, 9] in alone
+    assert all(
+        r["verified"] is False
+        for r in pq.read_table(ws.path("duplicates.parquet")).to_pylist()
+        if r["kind"] != "exact" and r["row_id"] != r["representative"]
+    )
+
+
+def test_chain_is_cut_where_its_ends_are_not_near():
+    from audit.checks.duplicates.clusters import linked_clusters
+
+    # A~B, B~C verified, A and C not near: never one cluster
+    rep = linked_clusters(3, np.array([0, 1]), np.array([1, 2]), lambda u, v: False)
+    assert len(set(rep.tolist())) == 2
+    # a numbered series 0~1~2~...~9 (each only near its neighbours): no cluster above 2
+    a = np.arange(9)
+    rep = linked_clusters(10, a, a + 1, lambda u, v: abs(u - v) <= 1)
+    assert max(np.bincount(rep)) <= 2
+    # a real family: everyone near everyone -> one cluster whatever the edges the hash found
+    rep = linked_clusters(4, np.array([0, 0, 0]), np.array([1, 2, 3]), lambda u, v: True)
+    assert set(rep.tolist()) == {0}
+
+
+def test_keep_list_names_one_keeper_per_cluster_with_a_reason(tmp_path):
+    import csv
+
+    from audit.reports import duplicates as page
+
+    ws = families_workspace(tmp_path)
+    hashes.compute(ws.root, workers=1)
+    duplicates.find(ws.root)
+    page.write(ws.root, tmp_path / "rep")
+    with open(tmp_path / "rep" / "duplicates_keep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_cluster: dict[str, list[dict]] = {}
+    for r in rows:
+        by_cluster.setdefault(r["cluster_id"], []).append(r)
+    assert len(by_cluster) == 3
+    for members in by_cluster.values():
+        kept = [r for r in members if r["action"] == "keep"]
+        assert len(kept) == 1 and kept[0]["reason"].startswith("keep: ")
+        for r in members:
+            if r["action"] == "remove":
+                assert f"duplicate of row {kept[0]['row_id']}" in r["reason"]
+                assert (
+                    "same sha256" in r["reason"]
+                    or "verified" in r["reason"]
+                    or ("representative" in r["reason"])
+                )
+    by_row = {int(r["row_id"]): r for r in rows}
+    assert by_row[3]["action"] == "keep"  # equal candidates: the lowest row_id
+    assert "verified, correlation" in by_row[7]["reason"]

@@ -68,7 +68,7 @@ def test_duplicates_keep_list(audited_sample: Path):
     clusters: dict[str, list[dict]] = {}
     for r in rows:
         clusters.setdefault(r["cluster_id"], []).append(r)
-    assert len(clusters) == 17 and len(rows) == 35  # every clustered row of the sample
+    assert len(clusters) == 18 and len(rows) == 37  # every clustered row of the sample
     for members in clusters.values():
         kept = [r for r in members if r["action"] == "keep"]
         assert len(kept) == 1 and kept[0]["reason"].startswith("keep: ")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 # Explicit list, in the order `make bench` runs them.
-BENCHES = ("ingest", "descriptors", "optout", "busy", "engines", "match")
+BENCHES = ("ingest", "descriptors", "optout", "busy", "engines", "match", "dedup")
 
 
 def main() -> None:

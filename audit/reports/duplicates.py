@@ -25,7 +25,9 @@ THUMB = 96
 KEEP_RULE = (
     "One row is kept per cluster: a row whose creators did not reserve it (opt-out decision "
     "for genai_training not reserved, when the optout stage ran), then the most pixels, then "
-    "the lowest row_id. The others are removed as duplicates of it."
+    "one with a caption and a licence, then the lowest row_id. The others are removed as "
+    "duplicates of it: clusters are complete-linkage, so every removed row was found near "
+    "its cluster's representative (`verified`: on its pixels) and near the other members."
 )
 KEEP_COLUMNS = (
     "cluster_id",
@@ -35,6 +37,8 @@ KEEP_COLUMNS = (
     "kind",
     "representative",
     "distance",
+    "verified",
+    "correlation",
     "width",
     "height",
     "optout",
@@ -49,7 +53,8 @@ def keep_list(ws: Workspace, dups: list[dict[str, Any]]) -> list[dict[str, Any]]
     meta = {
         r[0]: r[1:]
         for r in con.execute(
-            "SELECT row_id, coalesce(image_width, width), coalesce(image_height, height), url "
+            "SELECT row_id, coalesce(image_width, width), coalesce(image_height, height), url, "
+            "coalesce(trim(caption), '') <> '' AND coalesce(trim(license), '') <> '' "
             f"FROM metadata WHERE row_id IN ({ids})"
         ).fetchall()
     }
@@ -67,24 +72,39 @@ def keep_list(ws: Workspace, dups: list[dict[str, Any]]) -> list[dict[str, Any]]
     for cid in sorted(clusters):
         members = clusters[cid]
 
-        def rank(r: dict[str, Any]) -> tuple[bool, int, int]:
-            w, h, _ = meta.get(r["row_id"], (None, None, None))
-            return (decisions.get(r["row_id"]) == "reserved", -((w or 0) * (h or 0)), r["row_id"])
+        def rank(r: dict[str, Any]) -> tuple[bool, int, bool, int]:
+            w, h, _, described = meta.get(r["row_id"], (None, None, None, False))
+            pixels = -((w or 0) * (h or 0))
+            return (decisions.get(r["row_id"]) == "reserved", pixels, not described, r["row_id"])
 
         kept = min(members, key=rank)
-        kw, kh, _ = meta.get(kept["row_id"], (None, None, None))
+        kw, kh, _, described = meta.get(kept["row_id"], (None, None, None, False))
         reserved = [decisions.get(m["row_id"]) == "reserved" for m in members]
         why = []
         if all(reserved):
             why.append("every row of the cluster is reserved by its creators")
         elif any(reserved):
             why.append("not reserved by its creators")
-        if len({meta.get(m["row_id"], (None, None))[:2] for m in members}) > 1:
+        sizes = [meta.get(m["row_id"], (None, None))[:2] for m in members]
+        if len(set(sizes)) > 1:
             why.append(f"most pixels ({kw}x{kh})")
+        most = [m for m, sz in zip(members, sizes, strict=True) if sz == (kw, kh)]
+        if described and len({bool(meta.get(m["row_id"], (0,) * 4)[3]) for m in most}) > 1:
+            why.append("has a caption and a licence")
         if not why:
             why.append(f"lowest row_id of {len(members)} equal candidates")
         for m in sorted(members, key=lambda r: (r is not kept, r["row_id"])):
-            w, h, url = meta.get(m["row_id"], (None, None, None))
+            w, h, url, _ = meta.get(m["row_id"], (None, None, None, False))
+            corr = m.get("correlation")
+            if m["row_id"] == m["representative"]:
+                tie = "the cluster's representative"
+            elif m["kind"] == "exact":
+                tie = f"tied to representative {m['representative']}: same sha256"
+            else:
+                tie = f"tied to representative {m['representative']}: " + (
+                    "verified" if m.get("verified") else "not verified"
+                )
+                tie += f", correlation {corr:.3f}" if corr is not None else ""
             out.append(
                 {
                     "cluster_id": cid,
@@ -92,10 +112,13 @@ def keep_list(ws: Workspace, dups: list[dict[str, Any]]) -> list[dict[str, Any]]
                     "action": "keep" if m is kept else "remove",
                     "reason": "keep: " + "; ".join(why)
                     if m is kept
-                    else f"remove: {m['kind'].replace('_', ' ')} duplicate of row {kept['row_id']}",
+                    else f"remove: {m['kind'].replace('_', ' ')} duplicate of row {kept['row_id']} "
+                    f"({tie})",
                     "kind": m["kind"],
                     "representative": m["representative"],
                     "distance": m["distance"],
+                    "verified": m.get("verified"),
+                    "correlation": m.get("correlation"),
                     "width": w,
                     "height": h,
                     "optout": decisions.get(m["row_id"], ""),

@@ -1,6 +1,6 @@
 """Check `dedup`: exact and near-duplicate clusters, written to `duplicates.parquet`.
 
-Three kinds of link between rows, joined into clusters (connected components):
+Three kinds of link between rows propose duplicate pairs:
   * exact: same `image_sha256`;
   * near_hash: pHash Hamming distance <= `hamming` (default 6 of 64 bits; optionally dHash
     within `dhash` bits too). A low-information pHash (fewer than 16 or more than 48 bits
@@ -24,12 +24,19 @@ that is m = hamming+1 exact bands; for 10^6 codes and 6 bits, 4 bands of 16 bits
 1 bit: ~25 s on two busy cores).
 Identical codes are collapsed first, so a thousand blank images cost nothing extra.
 
+Hashes only propose pairs. With `verify` (the default) every proposed pair between two
+sha256 groups (pHash within `hamming` bits, dHash within `dhash_candidates` bits, or
+embeddings) is checked on its pixels (`audit.verify` through `clusters.check_pair`, with its
+low-information guard) before it may join, and clusters are complete-linkage around a representative
+(`clusters.linked_clusters`): no A~B~C chains.
+
 Output `duplicates.parquet`, one row per row that has at least one duplicate:
-row_id, cluster_id (0 = largest cluster), cluster_size, kind (exact | near_hash |
-near_embedding: the strongest link the row has), representative (lowest row_id of the
-cluster), distance (Hamming bits to the representative for exact/near_hash rows, 1 - cosine
-for near_embedding rows), hamming (pHash bits to the representative), cosine (to the
-representative, when embeddings were used).
+row_id, cluster_id (0 = largest cluster), cluster_size, kind (how the row is tied to its
+representative: exact | near_hash | near_embedding; the representative carries its
+cluster's strongest kind), representative (most verified neighbours), distance (Hamming bits
+to the representative for exact/near_hash rows, 1 - cosine for near_embedding rows), hamming
+(pHash bits to the representative), cosine (when embeddings were used), correlation and
+tile_correlation (the pixel check of the tie), verified (the tie was confirmed).
 
 Example:
     >>> from audit.checks import duplicates
@@ -47,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from audit.checks.duplicates.clusters import PairVerifier, linked_clusters
 from audit.errors import AuditError
 from audit.workspace import Output, Workspace, atomic_write_parquet
 
@@ -56,6 +64,7 @@ PAIR_CHUNK = 4_000_000  # candidate pairs verified per numpy step (bounded memor
 # A probe pass costs about 3 candidate verifications per code (measured on 10^6 random codes:
 # 3 bands x 254 probes took 48 s, 4 bands x 17 probes 23 s).
 LOOKUP_COST = 3.0
+DHASH_MIN_BITS = 8  # dHash codes with fewer bits set propose no pairs (near-flat pictures)
 LOW_INFORMATION_BITS = 16  # pHash with < 16 or > 48 bits set: also needs dHash agreement
 
 
@@ -170,8 +179,8 @@ def _expand(
             found_j.append(j[keep])
 
 
-def _read_rows(ws: Workspace, n: int) -> dict[str, np.ndarray]:
-    """Per row: sha256 group id (-1 none), phash and dhash (valid mask), in row_id order."""
+def _read_rows(ws: Workspace, n: int) -> dict[str, Any]:
+    """Per row: sha256 group id (-1 none), phash and dhash (valid mask), image location."""
     ws.require_hashes(["phash", "dhash"], by="audit dedup")
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -179,7 +188,17 @@ def _read_rows(ws: Workspace, n: int) -> dict[str, np.ndarray]:
 
     meta = pa.concat_tables(
         [
-            pq.read_table(ws.path(p.path), columns=["row_id", "image_sha256", "image_status"])
+            pq.read_table(
+                ws.path(p.path),
+                columns=[
+                    "row_id",
+                    "image_sha256",
+                    "image_status",
+                    "image_path",
+                    "image_offset",
+                    "image_size",
+                ],
+            )
             for p in ws.require_parts()
         ]
     )
@@ -188,8 +207,15 @@ def _read_rows(ws: Workspace, n: int) -> dict[str, np.ndarray]:
     )
     enc = pc.dictionary_encode(sha).combine_chunks()
     group = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    out = {"sha_group": np.full(n, -1, np.int64)}
-    out["sha_group"][meta["row_id"].to_numpy()] = group
+    out: dict[str, Any] = {"sha_group": np.full(n, -1, np.int64)}
+    ids = meta["row_id"].to_numpy()
+    out["sha_group"][ids] = group
+    # where each image is, for the pixel verification of candidate pairs
+    ok = pc.equal(meta["image_status"], "ok").fill_null(False).to_numpy(zero_copy_only=False)
+    for name in ("image_path", "image_offset", "image_size"):
+        out[name] = np.full(n, None, object)
+        out[name][ids] = np.array(meta[name].to_pylist(), object)
+    out["image_path"][ids[~ok]] = None
     for name in ("phash", "dhash"):
         out[name] = np.zeros(n, np.uint64)
         out[name + "_ok"] = np.zeros(n, bool)
@@ -244,14 +270,16 @@ def find(
     dhash: int | None = None,
     embeddings: str = "trained",
     neighbours: int = 10,
+    verify: bool = True,
+    dhash_candidates: int = 10,
 ) -> dict[str, Any]:
     """Cluster exact and near duplicates (stage `dedup`); returns the summary.
 
     `embeddings`: "trained" (use image embeddings only if the model was trained), "always", "never".
+    `verify`: check every near pair on its pixels before it may join (False: hashes alone,
+    for comparison; low-information pictures then cluster again).
+    `dhash_candidates`: with `verify`, dHash within this many bits also proposes pairs (-1: no).
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     if not 0 <= hamming <= 64:
         raise AuditError(f"hamming must be between 0 and 64 bits (got {hamming}).")
     if not -1 <= cosine <= 1:
@@ -276,86 +304,90 @@ def find(
         + (["embed"] if use_emb else [])
         + (["index"] if use_emb and ws.stage_fingerprint("index") else [])
     )
-    run = ws.start_stage(
-        STAGE,
-        {
-            "hamming": hamming,
-            "cosine": cosine,
-            "dhash": dhash,
-            "embeddings": embeddings,
-            "neighbours": neighbours,
-        },
-        depends_on=deps,
-    )
+    params = {"hamming": hamming, "cosine": cosine, "dhash": dhash, "embeddings": embeddings}
+    params.update(neighbours=neighbours, verify=verify, dhash_candidates=dhash_candidates)
+    run = ws.start_stage(STAGE, params, depends_on=deps)
     t0 = time.perf_counter()
     rows = _read_rows(ws, n)
-    edges_a, edges_b, kinds = [], [], np.zeros(n, np.int8)  # 3 exact, 2 near_hash, 1 near_embedding
 
-    # exact: link every row to the first row of its sha256 group
+    # exact: every row of a sha256 group stands behind its first row (the group's leader);
+    # near pairs are searched and verified between leaders only
     g = rows["sha_group"]
     has = np.flatnonzero(g >= 0)
     order = has[np.argsort(g[has], kind="stable")]
     grp = g[order]
     head = np.concatenate([[True], grp[1:] != grp[:-1]]) if len(order) else np.zeros(0, bool)
-    leader = (
-        order[np.maximum.accumulate(np.where(head, np.arange(len(order)), 0))]
-        if len(order)
-        else order
-    )
-    dup = leader != order
-    edges_a.append(order[dup])
-    edges_b.append(leader[dup])
-    kinds[order[dup]] = 3
-    kinds[leader[dup]] = 3
+    leader_of = np.arange(n)
+    if len(order):
+        leader_of[order] = order[np.maximum.accumulate(np.where(head, np.arange(len(order)), 0))]
+    is_leader = leader_of == np.arange(n)
 
-    # near_hash: collapse identical codes, then multi-index search over distinct codes
-    valid = np.flatnonzero(rows["phash_ok"])
-    uniq, first_pos, inverse = np.unique(
-        rows["phash"][valid], return_index=True, return_inverse=True
-    )
-    rep = valid[first_pos]  # a row per distinct code
-    same = rep[inverse] != valid
+    # near_hash candidates: collapse identical codes, multi-index search over distinct codes
+    valid = np.flatnonzero(rows["phash_ok"] & is_leader)
+    uniq, inverse = np.unique(rows["phash"][valid], return_inverse=True)
     bands = choose_bands(len(uniq), hamming) if len(uniq) > 1 else None
-    i, j, _ = near_pairs(uniq, hamming, bands)
-    a, b = rep[i], rep[j]
+    ci, cj, _ = near_pairs(uniq, hamming, bands)
+    a, b = _row_pairs(valid, inverse, ci, cj)
     # A pHash with few (or many) set bits comes from an image with almost no low-frequency
     # structure (flat colour, stripes, a thin outline): many DCT terms tie at the median, and
-    # unrelated flags, gradients and outlines share codes. Such links must agree on dHash too.
+    # unrelated flags, gradients and outlines share codes. Such pairs must agree on dHash too.
     bits = np.bitwise_count(rows["phash"])
     weak = (bits < LOW_INFORMATION_BITS) | (bits > 64 - LOW_INFORMATION_BITS)
-
-    def dhash_agrees(x: np.ndarray, y: np.ndarray, limit: int) -> np.ndarray:
-        return (
-            rows["dhash_ok"][x]
-            & rows["dhash_ok"][y]
-            & (np.bitwise_count(rows["dhash"][x] ^ rows["dhash"][y]) <= limit)
-        )
-
     limit = hamming if dhash is None else dhash
-    ok = dhash_agrees(a, b, limit) | ((dhash is None) & ~weak[a] & ~weak[b])
-    a, b = a[ok], b[ok]
-    same &= dhash_agrees(valid, rep[inverse], limit) | ((dhash is None) & ~weak[valid])
-    hash_a = np.concatenate([valid[same], a])
-    hash_b = np.concatenate([rep[inverse][same], b])
-    edges_a.append(hash_a)
-    edges_b.append(hash_b)
-    for side in (hash_a, hash_b):
-        kinds[side] = np.maximum(kinds[side], 2)
+    dh = np.bitwise_count(rows["dhash"][a] ^ rows["dhash"][b]) <= limit
+    dh &= rows["dhash_ok"][a] & rows["dhash_ok"][b]
+    keep = dh | ((dhash is None) & ~weak[a] & ~weak[b])
+    pairs = {p: 2 for p in zip(a[keep].tolist(), b[keep].tolist(), strict=True)}
+    if verify and dhash_candidates >= 0:
+        # dHash proposes pairs too: on clip art and line drawings it moves less than pHash
+        # under a re-encode or a drawn line (planted openclipart copies: 98% within 10 dHash
+        # bits, 78% within 6 pHash bits). Near-flat codes (few bits set: blank or tiny
+        # pictures, which never verify) propose nothing, or they would propose everything.
+        dv = np.flatnonzero(
+            rows["dhash_ok"] & is_leader & (np.bitwise_count(rows["dhash"]) >= DHASH_MIN_BITS)
+        )
+        duniq, dinv = np.unique(rows["dhash"][dv], return_inverse=True)
+        di, dj, _ = near_pairs(duniq, dhash_candidates)
+        da, db = _row_pairs(dv, dinv, di, dj)
+        for p in zip(da.tolist(), db.tolist(), strict=True):
+            pairs.setdefault(p, 2)
 
     emb = None
     if use_emb:
         ea, eb, emb = _embedding_edges(ws, n, cosine, neighbours)
-        edges_a.append(ea)
-        edges_b.append(eb)
-        for side in (ea, eb):
-            kinds[side] = np.maximum(kinds[side], 1)
-    src, dst = np.concatenate(edges_a), np.concatenate(edges_b)
-    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    summary = _write(ws, rows, label, kinds, emb)
+        ea, eb = leader_of[ea], leader_of[eb]
+        for p in zip(np.minimum(ea, eb).tolist(), np.maximum(ea, eb).tolist(), strict=True):
+            if p[0] != p[1]:
+                pairs.setdefault(p, 1)
+    both = np.array(list(pairs), np.int64).reshape(-1, 2)
+    pa_, pb_ = both[:, 0], both[:, 1]
+    kind_of = np.array(list(pairs.values()), np.int8)
+    checker = PairVerifier(_loader(rows)) if verify else None
+    if checker is not None:
+        ok, corr, tile, inl = checker.many(pa_, pb_)
+        joins = ok
+    else:  # hashes alone: every candidate joins, none is verified
+        ok, joins = np.zeros(len(pa_), bool), np.ones(len(pa_), bool)
+        corr, tile = np.full((2, len(pa_)), np.nan, np.float32)
+        inl = np.zeros(len(pa_), np.int32)
+
+    def near(u: int, v: int) -> bool:  # a pair no hash proposed, met inside a cluster
+        if checker is not None:
+            return checker(u, v).verified
+        return bool(np.bitwise_count(rows["phash"][u] ^ rows["phash"][v]) <= hamming)
+
+    group_rows = np.bincount(leader_of, minlength=n)
+    rep = linked_clusters(n, pa_[joins], pb_[joins], near, weight=group_rows)[leader_of]
+    ties = {p: k for k, p in enumerate(pairs)}
+    summary = _write(ws, rows, leader_of, rep, ties, (kind_of, ok, corr, tile, inl), emb)
     summary.update(
         rows=n,
-        near_hash_pairs=int(len(i)),
+        near_hash_pairs=int(len(ci)),
+        candidate_pairs=int(len(pa_)),
+        verified_pairs=int(ok.sum()) if verify else None,
+        rejected_pairs=int((~ok).sum()) if verify else None,
+        pixel_checks=checker.pairs if checker is not None else 0,
+        verifier="audit.verify (near-duplicate thresholds)" if verify else "none (hashes alone)",
         bands=bands,
         embeddings=why,
         seconds=round(time.perf_counter() - t0, 3),
@@ -371,55 +403,141 @@ def find(
     return summary
 
 
+MAX_GROUP = 16  # rows sharing one pHash code: all pairs up to this many, else a star
+MAX_PRODUCT = 64  # rows of two near codes: all cross pairs up to this many, else the first two
+
+
+def _row_pairs(
+    rows: np.ndarray, code: np.ndarray, ci: np.ndarray, cj: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs (a < b) behind code pairs (ci, cj) and behind rows sharing one code.
+
+    Verification is per pair of rows, so rows with one code are expanded; a large group of
+    one code (a thousand blank images) is expanded as a star, which cannot chain anyway.
+    """
+    order = np.argsort(code, kind="stable")
+    srt = rows[order]
+    if not len(rows):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cnt = np.bincount(code)
+    start = np.cumsum(cnt) - cnt
+    single = (cnt[ci] == 1) & (cnt[cj] == 1)  # the usual case, vectorised
+    a, b = [srt[start[ci[single]]]], [srt[start[cj[single]]]]
+    for c in np.flatnonzero(cnt > 1):
+        m = srt[start[c] : start[c] + cnt[c]]
+        x, y = (
+            np.triu_indices(len(m), 1)
+            if len(m) <= MAX_GROUP
+            else (np.zeros(len(m) - 1, int), np.arange(1, len(m)))
+        )
+        a.append(m[x])
+        b.append(m[y])
+    for c, d in zip(ci[~single].tolist(), cj[~single].tolist(), strict=True):
+        mi, mj = srt[start[c] : start[c] + cnt[c]], srt[start[d] : start[d] + cnt[d]]
+        if len(mi) * len(mj) > MAX_PRODUCT:
+            mi, mj = mi[:1], mj[:1]
+        a.append(np.repeat(mi, len(mj)))
+        b.append(np.tile(mj, len(mi)))
+    a_, b_ = np.concatenate(a).astype(np.int64), np.concatenate(b).astype(np.int64)
+    return np.minimum(a_, b_), np.maximum(a_, b_)
+
+
+def _loader(rows: dict[str, Any]) -> Any:
+    """row_id -> PIL image (RGB, decoded at a reduced size when JPEG allows) or None."""
+    from audit.images import ImageProblem, decode, read_bytes
+
+    def load(row: int) -> Any:
+        path = rows["image_path"][row]
+        if path is None:
+            return None
+        try:
+            data = read_bytes(path, rows["image_offset"][row], rows["image_size"][row])
+            return decode(data, draft_size=(256, 256))
+        except ImageProblem:
+            return None
+
+    return load
+
+
 def _write(
-    ws: Workspace, rows: dict[str, np.ndarray], label: np.ndarray, kinds: np.ndarray, emb: Any
+    ws: Workspace,
+    rows: dict[str, np.ndarray],
+    leader_of: np.ndarray,
+    rep: np.ndarray,
+    ties: dict[tuple[int, int], int],
+    evidence: tuple[np.ndarray, ...],
+    emb: Any,
 ) -> dict[str, Any]:
+    """duplicates.parquet: one row per clustered row, with the pair that ties it to its
+    representative (the representative row itself carries its cluster's strongest kind)."""
     import pyarrow as pa
 
-    sizes = np.bincount(label)
-    members = np.flatnonzero(sizes[label] > 1)
-    lab = label[members]
-    rep_of = np.full(len(sizes), np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(rep_of, lab, members)
-    rep = rep_of[lab]
+    n = len(rep)
+    sizes = np.bincount(rep, minlength=n)
+    members = np.flatnonzero(sizes[rep] > 1)
+    r = rep[members]
+    kind_of, ok, corr, tile, inl = evidence
+    # per member: 3 exact (same sha256 group as the representative), else the pair's kind
+    k = np.zeros(len(members), np.int8)
+    cor = np.full(len(members), np.nan, np.float32)
+    tcor = np.full(len(members), np.nan, np.float32)
+    inliers = np.zeros(len(members), np.int32)
+    has_tie = np.zeros(len(members), bool)
+    verified = np.ones(len(members), bool)
+    same = leader_of[members] == r
+    k[same] = 3
+    for idx in np.flatnonzero(~same).tolist():
+        u, v = int(leader_of[members[idx]]), int(r[idx])
+        t = ties.get((min(u, v), max(u, v)))
+        if t is None:  # cannot happen: a member is adjacent to its representative
+            raise AssertionError(f"row {members[idx]} has no pair with representative {v}")
+        k[idx], cor[idx], tcor[idx], verified[idx] = kind_of[t], corr[t], tile[t], ok[t]
+        inliers[idx], has_tie[idx] = inl[t], True
+    is_rep = members == r
+    strongest = np.zeros(n, np.int8)
+    np.maximum.at(strongest, r[~is_rep], k[~is_rep])
+    k[is_rep] = strongest[members[is_rep]]
     # clusters numbered by size (largest first), then by representative
-    cl = np.unique(lab)
-    rank = np.lexsort((rep_of[cl], -sizes[cl]))
-    cluster_id = np.empty(len(sizes), np.int64)
-    cluster_id[cl[rank]] = np.arange(len(cl))
-    ok = rows["phash_ok"][members] & rows["phash_ok"][rep]
-    ham = np.bitwise_count(rows["phash"][members] ^ rows["phash"][rep]).astype(np.int16)
+    reps = np.unique(r)
+    rank = np.lexsort((reps, -sizes[reps]))
+    cluster_id = np.empty(n, np.int64)
+    cluster_id[reps[rank]] = np.arange(len(reps))
+    hok = rows["phash_ok"][members] & rows["phash_ok"][r]
+    ham = np.bitwise_count(rows["phash"][members] ^ rows["phash"][r]).astype(np.int16)
     cos, cos_ok = np.zeros(len(members), np.float32), np.zeros(len(members), bool)
     if emb is not None:
         emb_ids, x = emb
-        pos = np.full(len(label), -1, np.int64)
+        pos = np.full(n, -1, np.int64)
         pos[emb_ids] = np.arange(len(emb_ids))
-        cos_ok = (pos[members] >= 0) & (pos[rep] >= 0)
-        cos[cos_ok] = np.einsum("ij,ij->i", x[pos[members[cos_ok]]], x[pos[rep[cos_ok]]])
-    # every member has at least one link, so kinds is never 0 here
-    kind = np.array(["", "near_embedding", "near_hash", "exact"], dtype=object)[kinds[members]]
+        cos_ok = (pos[members] >= 0) & (pos[r] >= 0)
+        cos[cos_ok] = np.einsum("ij,ij->i", x[pos[members[cos_ok]]], x[pos[r[cos_ok]]])
+    kind = np.array(["", "near_embedding", "near_hash", "exact"], dtype=object)[k]
     distance = np.where(kind == "exact", 0.0, ham.astype(np.float32))
     distance = np.where(kind == "near_embedding", 1 - cos, distance)
-    order = np.lexsort((members, cluster_id[lab]))
+    o = np.lexsort((members, cluster_id[r]))
     table = pa.table(
         {
-            "row_id": pa.array(members[order], pa.int64()),
-            "cluster_id": pa.array(cluster_id[lab][order], pa.int64()),
-            "cluster_size": pa.array(sizes[lab][order], pa.int32()),
-            "kind": pa.array(kind[order].tolist(), pa.string()),
-            "representative": pa.array(rep[order], pa.int64()),
-            "distance": pa.array(distance[order], pa.float32()),
-            "hamming": pa.array(ham[order], pa.int16(), mask=~ok[order]),
-            "cosine": pa.array(cos[order], pa.float32(), mask=~cos_ok[order]),
+            "row_id": pa.array(members[o], pa.int64()),
+            "cluster_id": pa.array(cluster_id[r][o], pa.int64()),
+            "cluster_size": pa.array(sizes[r][o], pa.int32()),
+            "kind": pa.array(kind[o].tolist(), pa.string()),
+            "representative": pa.array(r[o], pa.int64()),
+            "distance": pa.array(distance[o], pa.float32()),
+            "hamming": pa.array(ham[o], pa.int16(), mask=~hok[o]),
+            "cosine": pa.array(cos[o], pa.float32(), mask=~cos_ok[o]),
+            "correlation": pa.array(cor[o], pa.float32(), mask=np.isnan(cor[o])),
+            "tile_correlation": pa.array(tcor[o], pa.float32(), mask=np.isnan(tcor[o])),
+            "inliers": pa.array(inliers[o], pa.int32(), mask=~has_tie[o]),
+            "verified": pa.array(verified[o], pa.bool_()),
         }
     )
     atomic_write_parquet(ws.path("duplicates.parquet"), table)
-    by_kind = {k: int((kind == k).sum()) for k in ("exact", "near_hash", "near_embedding")}
+    by_kind = {name: int((kind == name).sum()) for name in ("exact", "near_hash", "near_embedding")}
     return {
-        "clusters": int(len(cl)),
+        "clusters": int(len(reps)),
         "rows_in_clusters": int(len(members)),
         "by_kind": by_kind,
-        "largest_cluster": int(sizes.max()) if len(cl) else 0,
+        "largest_cluster": int(sizes.max()) if len(reps) else 0,
     }
 
 
