@@ -39,7 +39,7 @@ install: $(STAMP)  ## Create .venv/ and install audit with its dev tools
 demo: $(SYSTEM_STAMP)  ## Run every stage on the bundled sample; reports land in reports/sample/
 	$(BIN)/audit run indexes/$(DATASET) --demo --report-dir reports/$(DATASET)
 
-test: $(SYSTEM_STAMP)  ## Run the test suite (under 10 minutes on 2 cores)
+test: $(SYSTEM_STAMP) lint typecheck  ## Lint, type-check, then run the test suite (under 15 minutes on 2 cores)
 	$(BIN)/pytest -m "not slow" -p no:cacheprovider
 
 test-slow: $(SYSTEM_STAMP)  ## Run the slow tests too (kill -9 resume, longer training)

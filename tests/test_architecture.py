@@ -20,7 +20,6 @@ BASE = {
     "audit.verify",  # the copy verifier: memorisation, duplicates and features share it
     "audit.threads",
     "audit.reports",
-    "audit.verify",  # the copy verifier: memorisation, duplicates and features share it
     "audit.stages",
     "audit.results",
     "audit.engines",

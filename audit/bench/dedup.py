@@ -47,7 +47,9 @@ def _base_set(tmp: Path, n: int, seed: int) -> tuple[list[Path], int]:
 
     pool = sorted(OPENCLIPART.rglob("*.png"))
     random.Random(seed).shuffle(pool)
-    seen, out, skipped = set(), [], 0
+    seen: set[Any] = set()
+    out: list[Any] = []
+    skipped = 0
     for f in pool:
         if len(out) == n:
             break

@@ -80,7 +80,7 @@ def _bands(m: int) -> list[tuple[int, int]]:
 
 def choose_bands(n: int, radius: int) -> int:
     """The number of bands m minimising estimated probes + candidate pairs for n codes."""
-    best, best_cost = None, math.inf
+    best, best_cost = 64, math.inf  # replaced by the first m tried: every cost is finite
     for m in range(max(2, math.ceil(64 / MAX_TABLE_BITS)), 65):
         r = radius // m
         cost = 0.0
@@ -120,7 +120,8 @@ def near_pairs(
         )
     m = bands or choose_bands(n, radius)
     r = radius // m
-    found_i, found_j = [], []
+    found_i: list[np.ndarray] = []
+    found_j: list[np.ndarray] = []
     for shift, w in _bands(m):
         key = ((codes >> np.uint64(shift)) & np.uint64((1 << w) - 1)).astype(np.int64)
         order = np.argsort(key, kind="stable")
