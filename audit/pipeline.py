@@ -22,7 +22,7 @@ from typing import Any
 from audit import stages
 from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
-from audit.reports import default_dir
+from audit.reports import default_dir, scrubbed
 from audit.schema import IMAGE_LOCATION
 from audit.workspace import Output, Workspace, atomic_write_json, safe_name
 
@@ -420,7 +420,10 @@ def calibrate(
     )
     out = Path(report_dir or default_dir(w))
     result["report"] = str(out / "calibration.md")
-    atomic_write_json(out / "calibration.json", json.loads(json.dumps(result, default=_jsonable)))
+    # the report folder is read elsewhere: no absolute path of this machine in its JSON either
+    atomic_write_json(
+        out / "calibration.json", scrubbed(json.loads(json.dumps(result, default=_jsonable)), out)
+    )
     report.write_calibration_page(out)
     return result
 

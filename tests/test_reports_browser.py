@@ -80,7 +80,7 @@ def test_the_checker_catches_what_it_looks_for(tmp_path: Path):
 def test_no_absolute_path_in_any_report(audited_sample: Path):
     reports = audited_sample / "reports"
     absolute = re.compile(r"(?<![\w.~-])/(?:tmp|home|root|work|usr|var|opt|mnt|srv|Users|private)/")
-    files = [p for p in reports.rglob("*") if p.suffix in (".md", ".html", ".csv")]
+    files = [p for p in reports.rglob("*") if p.suffix in (".md", ".html", ".csv", ".json")]
     assert len(files) >= 14
     for path in files:
         text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", path.read_text("utf-8"))

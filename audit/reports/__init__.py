@@ -313,6 +313,21 @@ def path_scrubber(root: Path) -> Any:
     return scrub
 
 
+def scrubbed(value: Any, out_dir: Path, page: str = "") -> Any:
+    """JSON-like `value` written beside page `page` in `out_dir`: every string through
+    `path_scrubber` of the report folder that page belongs to (see `page_root`)."""
+    scrub = path_scrubber(page_root(Path(out_dir), page)[0] if page else Path(out_dir))
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [walk(x) for x in v]
+        return scrub(v)
+
+    return walk(value)
+
+
 def write_page(
     out_dir: Path, name: str, title: str, sections: list[Section], intro: str = ""
 ) -> Path:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from audit.reports import Section, fmt, save_figure, write_page
+from audit.reports import Section, fmt, save_figure, scrubbed, write_page
 from audit.workspace import atomic_write_json, atomic_write_text
 
 FRAGMENT = "MODEL_CARD.fragment.md"
@@ -118,7 +118,8 @@ def write_dataset_report(fig: dict[str, Any], report_dir: str | Path) -> list[Pa
     """Write bias.md/.html/.json, the PNG plots and MODEL_CARD.fragment.md; returns their paths."""
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "bias.json", fig)
+    # the report folder is read elsewhere: no absolute path of this machine in its JSON either
+    atomic_write_json(out / "bias.json", scrubbed(fig, out, "bias"))
     sections = [
         _gender_section(fig, out),
         _occupation_section(fig, out),
@@ -567,7 +568,7 @@ def write_generated_report(res: dict[str, Any], report_dir: str | Path) -> list[
 
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "bias_generated.json", res)
+    atomic_write_json(out / "bias_generated.json", scrubbed(res, out, "bias_generated"))
     k = res["k"]
     model = res.get("model") or {}
     intro = (
