@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -99,39 +100,50 @@ def scan_tar(path: Path, problems: list[dict[str, Any]]) -> dict[str, dict[str, 
     """
     samples: dict[str, dict[str, Loc]] = {}
     with tarfile.open(path, mode="r:") as tf:
-        while True:
-            try:
-                m = tf.next()
-            except (tarfile.TarError, OSError, EOFError) as e:
-                problems.append(
-                    problem(
-                        path,
-                        None,
-                        "tar_corrupt",
-                        f"members after {len(samples)} samples unreadable: {e}",
-                    )
-                )
-                break
-            if m is None:
-                break
-            tf.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header otherwise; memory stays per-member
-            if m.isdir():
-                continue
-            why = _unsafe(m)
-            if why:
-                problems.append(
-                    problem(path, None, "unsafe_tar_member", f"{m.name!r} is {why}; not read")
-                )
-                continue
-            head, _, base = m.name.rpartition("/")
-            if not base or base.startswith("."):
-                continue
-            stem, _, ext = base.partition(".")
-            key = f"{head}/{stem}" if head else stem
-            samples.setdefault(key, {})[ext.lower()] = Loc(
+        for m, key, ext in _sample_members(tf, str(path), problems, samples):
+            samples.setdefault(key, {})[ext] = Loc(
                 str(path.resolve()), m.name, m.offset_data, m.size
             )
     return samples
+
+
+def _sample_members(
+    tf: tarfile.TarFile, source: str, problems: list[dict[str, Any]], samples: dict[str, Any]
+) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
+    """(member, sample key, lower-case extension) of each sample file of an open tar, in order.
+
+    Directories, hidden files and unsafe members (reported) are skipped; a tar that breaks
+    off ends the walk with a `tar_corrupt` problem naming how many samples came before.
+    """
+    while True:
+        try:
+            m = tf.next()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            problems.append(
+                problem(
+                    source,
+                    None,
+                    "tar_corrupt",
+                    f"members after {len(samples)} samples unreadable: {e}",
+                )
+            )
+            return
+        if m is None:
+            return
+        tf.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header otherwise; memory stays per-member
+        if m.isdir():
+            continue
+        why = _unsafe(m)
+        if why:
+            problems.append(
+                problem(source, None, "unsafe_tar_member", f"{m.name!r} is {why}; not read")
+            )
+            continue
+        head, _, base = m.name.rpartition("/")
+        if not base or base.startswith("."):
+            continue
+        stem, _, ext = base.partition(".")
+        yield m, f"{head}/{stem}" if head else stem, ext.lower()
 
 
 def stage_remote_tar(
@@ -157,42 +169,14 @@ def stage_remote_tar(
                 "decompress it first or remove it from the sources."
             ) from e
         with tf:
-            while True:
-                try:
-                    m = tf.next()
-                except (tarfile.TarError, OSError, EOFError) as e:
-                    problems.append(
-                        problem(
-                            url,
-                            None,
-                            "tar_corrupt",
-                            f"members after {len(samples)} samples unreadable: {e}",
-                        )
-                    )
-                    break
-                if m is None:
-                    break
-                tf.members.clear()  # type: ignore[attr-defined]  # memory stays per-member
-                if m.isdir():
-                    continue
-                why = _unsafe(m)
-                if why:
-                    problems.append(
-                        problem(url, None, "unsafe_tar_member", f"{m.name!r} is {why}; not read")
-                    )
-                    continue
-                head, _, base = m.name.rpartition("/")
-                if not base or base.startswith("."):
-                    continue
-                stem, _, ext = base.partition(".")
-                key = f"{head}/{stem}" if head else stem
+            for m, key, ext in _sample_members(tf, url, problems, samples):
                 offset = out.tell()
                 if m.size <= MAX_IMAGE_BYTES:
                     member = tf.extractfile(m)
                     if member is not None:
                         while block := member.read(1 << 20):
                             out.write(block)
-                samples.setdefault(key, {})[ext.lower()] = Loc(str(dest), m.name, offset, m.size)
+                samples.setdefault(key, {})[ext] = Loc(str(dest), m.name, offset, m.size)
     return samples
 
 
