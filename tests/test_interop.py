@@ -20,12 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from test_ingest import errors_of, rows_of
 
 from audit import clip_retrieval, metadata
 from audit.cli import cli
 from audit.errors import AuditError
 from audit.images import read_bytes
-from tests.test_ingest import errors_of, rows_of
 
 INTEROP = Path(__file__).parent / "data" / "interop"
 I2D = INTEROP / "img2dataset"
@@ -472,8 +472,9 @@ def test_dedup_finds_same_url_and_caption_on_metadata_alone(tmp_path: Path) -> N
 
 # -- declared sizes and languages in the bias report ---------------------------------------------
 def test_bias_compares_declared_sizes_and_prefers_the_language_column(make_workspace, tmp_path):
+    from conftest import encode, synthetic_image
+
     from audit.checks import bias
-    from tests.conftest import encode, synthetic_image
 
     images = [encode(synthetic_image(i, 48).resize((40, 24))) for i in range(10)]
     ws = make_workspace(
