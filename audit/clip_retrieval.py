@@ -139,7 +139,7 @@ def import_embeddings(
     )
     ws_files = [str(ws.path(p.path)) for p in parts]
     con.execute(
-        "CREATE TEMP VIEW ws AS SELECT row_id, key, image_path AS ws_path "
+        f"CREATE TEMP VIEW ws AS SELECT row_id, key, {ws.image_path_sql()} AS ws_path "
         f"FROM read_parquet({_sql_list(ws_files)})"
     )
     # by key (webdataset image_path, or the json `key`), else by file path, else by file stem
@@ -160,12 +160,15 @@ def import_embeddings(
         con, f"SELECT count(*) FROM cr WHERE NOT EXISTS (SELECT 1 FROM ws WHERE {join})"
     )
     numbers = {int(num): i for i, (num, _, _, _) in enumerate(partitions)}
+    # the clip-retrieval folder becomes an input root: the manifest names it `@<root>`
+    ws.add_root(src)
+    imported_from = ws.store(src.resolve())
     params = {
         "model": model_name,
         "pretrained": pretrained,
         "trained": trained,
         "dim": dim,
-        "imported_from": str(src.resolve()),
+        "imported_from": imported_from,
         "imported_files": {str(p[3].name): sha256_file(p[3]) for p in partitions},
     }
     run = ws.start_stage(STAGE, params, depends_on=["ingest"])
@@ -176,7 +179,7 @@ def import_embeddings(
         "dim": dim,
         "image_size": None,
         "source": "clip-retrieval",
-        "imported_from": str(src.resolve()),
+        "imported_from": imported_from,
     }
     atomic_write_json(ws.path("embeddings/model.json"), info)
     matched = 0
@@ -203,7 +206,7 @@ def import_embeddings(
             {
                 "stage": STAGE,
                 "row_id": part.row_offset + int(r),
-                "source_file": str(src),
+                "source_file": imported_from,
                 "source_row": None,
                 "reason": "embedding_missing",
                 "detail": f"no clip-retrieval row matched this row by {matched_by} "

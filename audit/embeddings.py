@@ -423,13 +423,12 @@ def embed_part(
     torch_threads: int = 1,
 ) -> PartResult:
     """Embed one metadata part and write its files (the per-part function engines run)."""
-    import pyarrow.parquet as pq
     import torch
 
     ws = Workspace.open(ws_root)
     clip = _model(model, pretrained, device)
     cols = [*PROVENANCE, "caption", *IMAGE_LOCATION]
-    columns = pq.read_table(ws.path(part.path), columns=cols).to_pydict()
+    columns = ws.read_part(part, columns=cols).to_pydict()
     batches = [
         list(range(s, min(part.rows, s + batch_size))) for s in range(0, part.rows, batch_size)
     ]

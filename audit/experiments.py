@@ -164,7 +164,7 @@ def _experiment_sets(
     rows = [
         r
         for p in ws.require_parts()
-        for r in pq.read_table(ws.path(p.path), columns=cols).to_pylist()
+        for r in ws.read_part(p, columns=cols).to_pylist()
         if r["image_status"] == "ok" and valid[r["row_id"]]
     ]
     chosen: list[int] = []

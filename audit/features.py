@@ -80,7 +80,6 @@ def index_descriptors(descriptors: Any, seed: int = 0) -> tuple[Any, dict[str, A
 def build(ws_root: str | os.PathLike[str], per_image: int = PER_IMAGE) -> dict[str, Any]:
     """Describe every image of the workspace and index the descriptors; returns the summary."""
     import faiss
-    import pyarrow.parquet as pq
 
     if per_image < 1:
         raise AuditError(f"per_image must be at least 1, got {per_image}")
@@ -90,9 +89,7 @@ def build(ws_root: str | os.PathLike[str], per_image: int = PER_IMAGE) -> dict[s
     t0 = time.perf_counter()
     descs, owners, errors = [], [], 0
     rows = [
-        r
-        for p in parts
-        for r in pq.read_table(ws.path(p.path), columns=["row_id", *IMAGE_LOCATION]).to_pylist()
+        r for p in parts for r in ws.read_part(p, columns=["row_id", *IMAGE_LOCATION]).to_pylist()
     ]
     for r in track(rows, total=len(rows), description="features"):
         if r["image_status"] != "ok" or not r["image_path"]:

@@ -266,10 +266,9 @@ def _hash_chunk(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tasks(ws: Workspace, part: Any, **settings: Any) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
 
     cols = [*PROVENANCE, *IMAGE_LOCATION]
-    table = pq.read_table(ws.path(part.path), columns=cols).to_pydict()
+    table = ws.read_part(part, columns=cols).to_pydict()
     tasks = []
     for start in range(0, part.rows, CHUNK_ROWS):
         task = {c: v[start : start + CHUNK_ROWS] for c, v in table.items()}

@@ -96,7 +96,7 @@ def load_rows(
                 f"{ws.path(part.path)} has no `category` column; use --conditioning none."
             )
         cols = columns + (["category"] if conditioning == "category" else [])
-        table = pq.read_table(ws.path(part.path), columns=cols)
+        table = ws.read_part(part, columns=cols)
         if keep is not None:
             table = table.filter(pa.array([r in keep for r in table.column("row_id").to_pylist()]))
         for rec in track(table.to_pylist(), table.num_rows, f"decoding part {part.stem}"):

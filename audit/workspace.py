@@ -164,6 +164,7 @@ class Workspace:
         self.root = Path(root)
         self.manifest = manifest
         self._started: set[str] = set()  # stages this object started: its records win in `save`
+        self._located: dict[str, str | None] = {}  # input root -> its folder here (`root_dir`)
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -339,6 +340,161 @@ class Workspace:
         full = p.resolve() if p.is_absolute() or p.exists() else (Path.cwd() / p).resolve()
         return full.relative_to(root).as_posix() if full.is_relative_to(root) else str(full)
 
+    # -- input roots: where image locations are relative to --------------------------------
+    # A metadata part stores where each image is (`image_path`) and where each row came from
+    # (`source_file`) in a form that survives moving the workspace and its inputs:
+    #   `images/part-00000.bin`  inside the workspace, relative to it;
+    #   `@shards/00000.tar`      under the input root named `shards` (manifest `roots`);
+    #   `/abs/path` or a URL     anything else (and every path of an older workspace), as is.
+    # A root records its folder relative to the workspace (`path`: holds when the workspace
+    # and its inputs move together) and absolute (`absolute`: holds when only the workspace
+    # moves); `set_root` points it elsewhere (`audit roots WS NAME NEW_PATH`).
+    def set_roots(self, dirs: dict[str, str | os.PathLike[str]]) -> None:
+        """Record (or replace) the input roots `name -> folder` (saved with the manifest)."""
+        roots = self.manifest.setdefault("roots", {})
+        for name, d in dirs.items():
+            full = Path(d).resolve()
+            rec = {"absolute": full.as_posix()}
+            rec["path"] = Path(os.path.relpath(full, self.root.resolve())).as_posix()
+            roots[safe_name(name, "root name")] = rec
+        self._located = {}
+
+    def add_root(self, folder: str | os.PathLike[str]) -> str:
+        """The name of the root for `folder`, recording it under its folder name (made unique)
+        unless a root already records that folder."""
+        full = Path(folder).resolve()
+        taken = self.manifest.get("roots", {})
+        for name, rec in taken.items():
+            if rec.get("absolute") == full.as_posix():
+                self.set_roots({name: full})
+                return name
+        name, n = root_name(full), 1
+        while name in taken:
+            n += 1
+            name = f"{root_name(full)}-{n}"
+        self.set_roots({name: full})
+        return name
+
+    def root_dir(self, name: str, strict: bool = True) -> str | None:
+        """Where root `name` is on this machine: its workspace-relative path if that exists,
+        else its absolute one; None (or, with `strict`, an AuditError saying the fix)."""
+        located = self._located
+        if name not in located:
+            rec = self.manifest.get("roots", {}).get(name)
+            found = None
+            if isinstance(rec, dict):
+                for cand in (
+                    self.root / rec["path"] if rec.get("path") else None,
+                    Path(rec["absolute"]) if rec.get("absolute") else None,
+                ):
+                    if cand is not None and cand.exists():
+                        found = os.path.abspath(cand)
+                        break
+            located[name] = found
+        found = located[name]
+        if found is None and strict:
+            rec = self.manifest.get("roots", {}).get(name)
+            if not isinstance(rec, dict):
+                raise AuditError(
+                    f"{self.root / MANIFEST} names input root '{name}' but records no such root. "
+                    "Re-ingest into a new workspace."
+                )
+            raise AuditError(
+                f"input root '{name}' of {self.root} is not at {rec.get('path')} (from the "
+                f"workspace) nor at {rec.get('absolute')}. If it moved, run: "
+                f"audit roots {self.root} {name} NEW_PATH"
+            )
+        return found
+
+    def roots(self) -> dict[str, dict[str, Any]]:
+        """Per input root: what the manifest records and where it is found here (or None)."""
+        return {
+            name: {**rec, "found": self.root_dir(name, strict=False)}
+            for name, rec in self.manifest.get("roots", {}).items()
+        }
+
+    def set_root(self, name: str, folder: str | os.PathLike[str]) -> None:
+        """Point input root `name` at `folder` (after the inputs moved) and save the manifest."""
+        if name not in self.manifest.get("roots", {}):
+            have = ", ".join(self.manifest.get("roots", {})) or "none"
+            raise AuditError(f"{self.root} has no input root '{name}' (roots: {have}).")
+        if not Path(folder).is_dir():
+            raise AuditError(f"{folder} is not a folder. Pass the folder root '{name}' moved to.")
+        self.lock()
+        try:
+            self.manifest = self._merged()
+            self.set_roots({name: folder})
+            atomic_write_json(self.root / MANIFEST, self.manifest)
+        finally:
+            self.unlock()
+
+    def store(self, path: str | os.PathLike[str] | None) -> str | None:
+        """`path` (a local file or folder) in the form metadata parts and the manifest keep:
+        relative to an input root (`@name/...`) or to the workspace, else unchanged."""
+        if path is None:
+            return None
+        text = str(path)
+        if "://" in text:
+            return text
+        full = os.path.abspath(text)
+        for name, rec in self.manifest.get("roots", {}).items():
+            base = rec.get("absolute", "")
+            if full == base:
+                return f"@{name}"
+            if base and full.startswith(base.rstrip("/") + "/"):
+                return f"@{name}/{full[len(base.rstrip('/')) + 1 :]}"
+        for base in {os.path.abspath(self.root), str(self.root.resolve())}:
+            if full.startswith(base + "/"):
+                return full[len(base) + 1 :]
+        return text
+
+    def locate(self, stored: str | None) -> str | None:
+        """Where a stored image location (`store`'s form) is on this machine; absolute paths
+        (older workspaces) and URLs come back unchanged. The one place locations resolve."""
+        if not stored or stored.startswith("/") or "://" in stored:
+            return stored
+        if stored.startswith("@"):
+            name, _, rest = stored[1:].partition("/")
+            base = self.root_dir(name)
+            return f"{base}/{rest}" if rest else base
+        return os.path.join(os.path.abspath(self.root), stored)
+
+    def read_part(self, part: Part, columns: list[str] | None = None) -> Any:
+        """A metadata part as a pyarrow Table (`columns`, or all) with `image_path` located on
+        this machine (`locate`); every stage that reads image bytes reads its rows here."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.path(part.path), columns=columns)
+        i = table.schema.get_field_index("image_path")
+        if i < 0:
+            return table
+        coded = table.column(i).combine_chunks().dictionary_encode()
+        values = [self.locate(v) for v in coded.dictionary.to_pylist()]
+        located = pa.array(values, pa.string()).take(coded.indices)
+        return table.set_column(i, "image_path", located)
+
+    def image_path_sql(self, column: str = "image_path") -> str:
+        """A duckdb expression locating `column` (stored form) like `locate`; a root not found
+        here keeps its recorded absolute path (the view must open even then)."""
+
+        def lit(text: str) -> str:
+            return "'" + text.replace("'", "''") + "'"
+
+        cases = [
+            f"WHEN {column} IS NULL OR {column}[1] = '/' OR contains({column}, '://') THEN {column}"
+        ]
+        for name, rec in self.manifest.get("roots", {}).items():
+            base = self.root_dir(name, strict=False) or str(rec.get("absolute", ""))
+            cases.append(f"WHEN {column} = {lit('@' + name)} THEN {lit(base)}")
+            prefix = f"@{name}/"
+            cases.append(
+                f"WHEN starts_with({column}, {lit(prefix)}) "
+                f"THEN {lit(base + '/')} || {column}[{len(prefix) + 1}:]"
+            )
+        ws = os.path.abspath(self.root) + "/"
+        return f"CASE {' '.join(cases)} ELSE {lit(ws)} || {column} END"
+
     def save(self) -> None:
         self.manifest = self._merged()
         atomic_write_json(self.root / MANIFEST, self.manifest)
@@ -497,8 +653,15 @@ class Workspace:
             if files:
                 listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
                 try:
+                    # `metadata` shows where each image is on this machine (`locate`)
+                    star = (
+                        f"* REPLACE ({self.image_path_sql()} AS image_path)"
+                        if view == "metadata"
+                        else "*"
+                    )
                     con.execute(
-                        f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{listed}], union_by_name=true)"
+                        f"CREATE VIEW {view} AS SELECT {star} "
+                        f"FROM read_parquet([{listed}], union_by_name=true)"
                     )
                 except duckdb.Error as e:
                     con.close()
@@ -561,6 +724,12 @@ class StageRun:
         if self._holds_lock:
             self._holds_lock = False
             self.ws.unlock()
+
+
+def root_name(folder: Path) -> str:
+    """A root's default name: its folder's name, as a plain name (`safe_name`)."""
+    name = folder.name or "root"
+    return name if name not in (".", "..") else "root"
 
 
 def safe_name(name: str, what: str = "name") -> str:

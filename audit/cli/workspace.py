@@ -1,4 +1,4 @@
-"""Commands: ingest, query, status (the workspace and its SQL surface)."""
+"""Commands: ingest, query, status, roots (the workspace and its SQL surface)."""
 
 from __future__ import annotations
 
@@ -134,4 +134,40 @@ def status(ws: Path, verify: bool, as_json: bool) -> None:
     emit(info, as_json, lambda: sql_.status_text(info).rstrip("\n"))
 
 
-COMMANDS: list = [ingest, query, status]
+@click.command()
+@click.argument("ws", metavar="WS", type=click.Path(path_type=Path))
+@click.argument("name", metavar="NAME", required=False)
+@click.argument("folder", metavar="NEW_PATH", required=False, type=click.Path(path_type=Path))
+@json_option
+def roots(ws: Path, name: str | None, folder: Path | None, as_json: bool) -> None:
+    """List the input roots image locations are relative to; with NAME NEW_PATH, point one
+    at the folder it moved to (the workspace itself can move freely).
+
+    Example: audit roots indexes/demo
+    Example: audit roots indexes/demo shards /mnt/shared/laion/shards
+    """
+    from audit.errors import AuditError
+    from audit.workspace import Workspace
+
+    w = Workspace.open(ws)
+    if name is not None:
+        if folder is None:
+            raise AuditError(
+                f"give the folder root '{name}' moved to: audit roots {ws} {name} NEW_PATH"
+            )
+        w.set_root(name, folder)
+    found = w.roots()
+    emit(
+        found,
+        as_json,
+        lambda: (
+            "\n".join(
+                f"{n}  {r['found'] or 'NOT FOUND (recorded ' + str(r.get('absolute')) + ')'}"
+                for n, r in found.items()
+            )
+            or f"{ws} records no input roots (its image locations are absolute or inside it)"
+        ),
+    )
+
+
+COMMANDS: list = [ingest, query, status, roots]

@@ -49,6 +49,7 @@ writing for finished parts, so a killed run continues after its last recorded pa
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
@@ -111,9 +112,12 @@ def ingest(
             f"{ws.root} holds dataset '{ws.dataset}', not '{dataset}'. "
             "Drop --dataset or use a new workspace folder."
         )
-    records = [inp.fingerprint() for inp in inputs]
+    # every local source is under an input root; parts and the manifest name files relative
+    # to it, so the parameters (the resume key) stay the same after the inputs move
+    ws.set_roots(_roots(sources))
+    records = [_stored(ws, inp.fingerprint()) for inp in inputs]
     params = {
-        "sources": [str(s) if is_remote(s) else str(Path(s).resolve()) for s in sources],
+        "sources": [str(s) if is_remote(s) else ws.store(Path(s).resolve()) for s in sources],
         "columns": overrides,
         "rows_per_part": rows_per_part,
         "max_pixels": max_pixels,
@@ -162,7 +166,9 @@ def ingest(
 
     keys = _duplicate_keys(ws) if writer.keyed else error_table([])
     atomic_write_parquet(ws.path(KEYS_ERRORS), keys)
-    problems = error_table([p for inp in inputs for p in inp.problems])
+    problems = error_table(
+        [{**p, "source_file": ws.store(p["source_file"])} for inp in inputs for p in inp.problems]
+    )
     atomic_write_parquet(ws.path(INPUT_ERRORS), problems)
     errors = (
         writer.errors
@@ -193,6 +199,8 @@ class _PartWriter:
     def __init__(self, run: StageRun, num_inputs: int, max_pixels: int, verify_images: bool):
         self.run, self.max_pixels, self.verify_images = run, max_pixels, verify_images
         self.reader = Reader()
+        # image paths repeat (one tar per part): their stored form is worked out once each
+        self.store = functools.lru_cache(maxsize=1 << 16)(run.ws.store)
         self.next_part = self.next_row = self.resumed = 0
         self.images: Counter = Counter()
         self.errors: Counter = Counter()
@@ -216,7 +224,8 @@ class _PartWriter:
         if key != self._key:
             self.flush()
             # orphan images have no parquet row: their record comes from the tar or folder
-            self._key, self._source = key, str(inp.images if unit == "orphans" else inp.path)
+            where = inp.images if unit == "orphans" else inp.path
+            self._key, self._source = key, self.store(str(where)) or ""
             info = self.run.part_info(self.next_part)
             self._done = (
                 info is not None
@@ -237,6 +246,7 @@ class _PartWriter:
                     self.reader,
                     self.max_pixels,
                     self.verify_images,
+                    self.store,
                 )
             )
         self._rows += raw.n
@@ -384,6 +394,35 @@ def _estimate(inputs: list[Input]) -> int | None:
     if any(inp.num_rows is None for inp in inputs):
         return None
     return sum(inp.num_rows or 0 for inp in inputs)
+
+
+def _roots(sources: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
+    """The input roots of local `sources`: each folder source, the folder of each file
+    source; named after the folder (`-2`, `-3` when names repeat)."""
+    from audit.workspace import root_name
+
+    roots: dict[str, Path] = {}
+    for s in sources:
+        if is_remote(s):
+            continue
+        p = Path(s).resolve()
+        folder = p if p.is_dir() else p.parent
+        if folder in roots.values():
+            continue
+        name, n = root_name(folder), 1
+        while name in roots:
+            n += 1
+            name = f"{root_name(folder)}-{n}"
+        roots[name] = folder
+    return roots
+
+
+def _stored(ws: Workspace, record: dict[str, Any]) -> dict[str, Any]:
+    """An input's manifest record with its local paths in stored form (`Workspace.store`)."""
+    for key in ("path", "images"):
+        if key in record:
+            record[key] = ws.store(record[key])
+    return record
 
 
 def _remove_ingest_files(ws: Workspace, patterns: tuple[str, ...]) -> None:

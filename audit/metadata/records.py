@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,8 +69,13 @@ def build(
     reader: Reader,
     max_pixels: int,
     verify_images: bool,
+    store: Callable[[str], str | None] = str,
 ) -> Piece:
-    """Canonical rows `row_offset ..` for `raw`, with extras after the canonical columns."""
+    """Canonical rows `row_offset ..` for `raw`, with extras after the canonical columns.
+
+    `store` turns an image's local path into the form the part keeps (`Workspace.store`:
+    relative to its input root or the workspace), so the workspace and its inputs can move.
+    """
     n = raw.n
     errors: list[dict[str, Any]] = []
 
@@ -132,7 +138,7 @@ def build(
             if raw.expect_image[i]:
                 error(i, "image_missing", "no image with this record's key in its shard or folder")
             continue
-        img["image_path"][i], img["image_member"][i] = loc.path, loc.member
+        img["image_path"][i], img["image_member"][i] = store(loc.path), loc.member
         img["image_offset"][i], img["image_size"][i] = loc.offset, loc.size
         try:
             data = raw.inline[i] if raw.inline is not None else reader.read(loc)

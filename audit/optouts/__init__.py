@@ -123,12 +123,7 @@ def compute(
     )
     if spawning:
         todo = [p for p in parts if not run.is_done(p.number)]
-        wanted = [
-            u
-            for p in todo
-            for u in pq.read_table(ws.path(p.path), columns=["url"])["url"].to_pylist()
-            if u
-        ]
+        wanted = [u for p in todo for u in ws.read_part(p, columns=["url"])["url"].to_pylist() if u]
         ctx.spawning = spawn.check(wanted, endpoint=spawning_endpoint or spawn.DEFAULT_ENDPOINT)
     settings = {
         "registry": [str(p) for p in registry],
@@ -215,7 +210,6 @@ def optout_part(
     has_page_column: bool,
 ) -> Any:
     """Decide one metadata part and write its files (the per-part function engines run)."""
-    import pyarrow.parquet as pq
 
     from audit.engines.local import PartResult
     from audit.optouts import decide
@@ -242,7 +236,7 @@ def optout_part(
         ctx.has_page_column = has_page_column
         _CONTEXTS[key] = ctx
     ws = Workspace.open(ws_root)
-    table = pq.read_table(ws.path(part.path))
+    table = ws.read_part(part)
     sig_rows, dec_rows, err_rows, cov_rows = decide.evaluate_part(_CONTEXTS[key], table)
     outputs = files.write_part(ws, part, sig_rows, dec_rows, err_rows, cov_rows)
     return PartResult(

@@ -84,7 +84,6 @@ def _batches(ws: Workspace, row_ids: Any, size: int) -> Iterator[tuple[list[dict
     """Lists of up to `size` kept rows with their image bytes, and rows dropped for no image."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     row_ids = np.asarray(row_ids, dtype=np.int64)
     batch: list[dict[str, Any]] = []
@@ -94,7 +93,7 @@ def _batches(ws: Workspace, row_ids: Any, size: int) -> Iterator[tuple[list[dict
         local = row_ids[(row_ids >= part.row_offset) & (row_ids < part.row_offset + part.rows)]
         if not len(local):
             continue
-        t = pq.read_table(ws.path(part.path)).take(pa.array(local - part.row_offset))
+        t = ws.read_part(part).take(pa.array(local - part.row_offset))
         for row in t.to_pylist():
             if row["image_status"] != "ok":
                 dropped += 1

@@ -138,7 +138,11 @@ def filter_dataset(
         removal["synthetic_removed"] = int(dropped.sum())
         kept_ids = kept_ids[~dropped]
 
-    inputs = {rec["path"]: rec for rec in ws.manifest.get("inputs", [])}
+    # keyed by the stored path, as `source_file` names it; the file itself located here
+    inputs = {
+        rec["path"]: {**rec, "path": ws.locate(rec["path"])}
+        for rec in ws.manifest.get("inputs", [])
+    }
     target = _target_schema(inputs)
     how = {"taken_from_input": 0, "rebuilt_from_workspace": 0}
     tables = []
@@ -146,7 +150,7 @@ def filter_dataset(
         mask = np.isin(np.arange(part.row_offset, part.row_offset + part.rows), kept_ids)
         if not mask.any():
             continue
-        meta = pq.read_table(ws.path(part.path)).filter(pa.array(mask))
+        meta = ws.read_part(part).filter(pa.array(mask))
         for source in meta.column("source_file").unique().to_pylist():
             rows = (
                 meta.filter(pc.equal(meta.column("source_file"), source))

@@ -126,7 +126,6 @@ def detect(ws_root: str | os.PathLike[str], trust_anchors: str | None = None) ->
     {'rows': 300, 'synthetic': 0, 'unknown': 0, 'by_mark': {}, 'c2pa_states': {}, ...}
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from audit.errors import AuditError
     from audit.schema import error_table
@@ -148,7 +147,7 @@ def detect(ws_root: str | os.PathLike[str], trust_anchors: str | None = None) ->
     for part in parts:
         if run.is_done(part.number):
             continue
-        table = pq.read_table(ws.path(part.path), columns=columns)
+        table = ws.read_part(part, columns=columns)
         rows, errors = _part(table.to_pylist(), trust)
         rel = f"provenance/synthetic-{part.stem}.parquet"
         atomic_write_parquet(ws.path(rel), pa.Table.from_pylist(rows, schema=_schema()))

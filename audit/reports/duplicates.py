@@ -187,7 +187,7 @@ def write(
     for part in ws.require_parts():
         lo, hi = part.row_offset, part.row_offset + part.rows
         if any(lo <= w < hi for w in wanted):
-            t = pq.read_table(ws.path(part.path), columns=meta_cols)
+            t = ws.read_part(part, columns=meta_cols)
             for rec in t.filter(
                 pa.compute.is_in(t["row_id"], pa.array(sorted(wanted), pa.int64()))
             ).to_pylist():

@@ -189,8 +189,8 @@ def _read_rows(ws: Workspace, n: int) -> dict[str, Any]:
 
     meta = pa.concat_tables(
         [
-            pq.read_table(
-                ws.path(p.path),
+            ws.read_part(
+                p,
                 columns=[
                     "row_id",
                     "image_sha256",

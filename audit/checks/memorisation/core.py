@@ -235,16 +235,13 @@ def read_rows(
 ) -> dict[int, dict[str, Any]]:
     """Metadata columns for the given row_ids, reading only the parts that hold them."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     wanted = np.unique(np.asarray(row_ids, dtype=np.int64))
     out: dict[int, dict[str, Any]] = {}
     for part in ws.require_parts():
         sel = wanted[(wanted >= part.row_offset) & (wanted < part.row_offset + part.rows)]
         if sel.size:
-            table = pq.read_table(ws.path(part.path), columns=["row_id", *columns]).take(
-                sel - part.row_offset
-            )
+            table = ws.read_part(part, columns=["row_id", *columns]).take(sel - part.row_offset)
             for rec in table.to_pylist():
                 out[int(rec["row_id"])] = rec
     return out
