@@ -31,6 +31,14 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 # Held (flock) by every process that runs a stage on the workspace; holds that process's pid.
 LOCK = ".audit.lock"
+# What stands in for the lock on a URL workspace (see `Workspace._lease`), and how long a
+# lease lasts without a manifest save renewing it.
+LEASE = ".audit.lease"
+LEASE_SECONDS = 3600
+
+# The stages that run on a workspace at an fsspec URL (per-part stages and what they need);
+# the others raise a clear error there (their files go through local-only calls).
+REMOTE_STAGES = ("ingest", "hash", "embed", "optout")
 
 # Every table a workspace can hold (view -> (glob, what it is)), from the stage list.
 TABLES = stages.TABLES
@@ -40,24 +48,170 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def is_url(root: Any) -> bool:
+    """True for an fsspec URL (`memory://ws`, `s3://bucket/ws`, ...) or an `FsPath`."""
+    return isinstance(root, FsPath) or (isinstance(root, str) and "://" in root)
+
+
+def as_root(root: str | os.PathLike[str] | FsPath) -> Path | FsPath:
+    """A workspace root: a local `Path`, or an `FsPath` for an fsspec URL. `file://` URLs are
+    local paths (atomic renames and the flock work there, so they keep the fast path)."""
+    if isinstance(root, FsPath):
+        return root
+    text = str(root) if isinstance(root, str) else _url_from_path(root)
+    if text is not None and text.startswith("file://"):
+        return Path(text[len("file://") :])
+    if text is not None and "://" in text:
+        return FsPath.from_url(text)
+    return Path(root)
+
+
+def _url_from_path(root: os.PathLike[str]) -> str | None:
+    """The URL a `Path` was made from, if it was one: click's `Path` type (every WS argument)
+    turns `memory://ws` into `memory:/ws`. Only fsspec's own protocol names count."""
+    import re
+
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):/([^/].*)?$", os.fspath(root))
+    if not m:
+        return None
+    import fsspec
+
+    if m.group(1) not in fsspec.available_protocols():
+        return None
+    slash = "/" if m.group(1) == "file" else ""  # file:///abs lost two of its three slashes
+    return f"{m.group(1)}://{slash}{m.group(2) or ''}"
+
+
+class FsPath:
+    """A file or folder in an fsspec filesystem, with the few `pathlib.Path` methods the
+    workspace and the per-part stages use (so `ws.path(rel)` works for a URL workspace too).
+    It is not `os.PathLike`: code that would `open()` it locally fails loudly instead of
+    creating a local file named like the URL."""
+
+    def __init__(self, fs: Any, path: str):
+        self.fs, self.path = fs, path.rstrip("/") or "/"
+
+    @classmethod
+    def from_url(cls, url: str) -> FsPath:
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as e:
+            raise AuditError(f"cannot open the workspace URL {url} ({e}).") from e
+        return cls(fs, path)
+
+    def __str__(self) -> str:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{protocol}://{self.path.lstrip('/') if protocol != 'memory' else self.path}"
+
+    def __repr__(self) -> str:
+        return f"FsPath({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FsPath) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __truediv__(self, rel: str | os.PathLike[str]) -> FsPath:
+        return FsPath(self.fs, f"{self.path.rstrip('/')}/{Path(rel).as_posix()}")
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> FsPath:
+        return FsPath(self.fs, self.path.rsplit("/", 1)[0] or "/")
+
+    def with_name(self, name: str) -> FsPath:
+        return self.parent / name
+
+    def resolve(self) -> FsPath:
+        return self
+
+    def exists(self) -> bool:
+        return bool(self.fs.exists(self.path))
+
+    def is_file(self) -> bool:
+        return bool(self.fs.isfile(self.path))
+
+    def is_dir(self) -> bool:
+        return bool(self.fs.isdir(self.path))
+
+    def is_symlink(self) -> bool:
+        return False
+
+    def is_relative_to(self, other: Any) -> bool:
+        return isinstance(other, FsPath) and (
+            self.path == other.path or self.path.startswith(other.path.rstrip("/") + "/")
+        )
+
+    def relative_to(self, other: FsPath) -> Path:
+        if not self.is_relative_to(other):
+            raise ValueError(f"{self} is not inside {other}")
+        return Path(self.path[len(other.path.rstrip("/")) + 1 :])
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        self.fs.makedirs(self.path, exist_ok=True)
+
+    def iterdir(self) -> Iterator[FsPath]:
+        if not self.is_dir():
+            return iter(())
+        return iter(FsPath(self.fs, p) for p in sorted(self.fs.ls(self.path, detail=False)))
+
+    def glob(self, pattern: str) -> list[FsPath]:
+        return [FsPath(self.fs, p) for p in sorted(self.fs.glob(f"{self.path}/{pattern}"))]
+
+    def unlink(self) -> None:
+        self.fs.rm_file(self.path)
+
+    def stat(self) -> os.stat_result:
+        size = int(self.fs.info(self.path)["size"])
+        return os.stat_result((0, 0, 0, 0, 0, 0, size, 0, 0, 0))
+
+    def open(self, mode: str = "rb") -> Any:
+        return self.fs.open(self.path, mode)
+
+    def read_bytes(self) -> bytes:
+        return bytes(self.fs.cat_file(self.path))
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+
+def open_file(path: Path | FsPath | str, mode: str = "rb") -> Any:
+    """`path` opened for reading, local or in the workspace's filesystem."""
+    return path.open(mode) if isinstance(path, FsPath) else open(path, mode)  # noqa: SIM115
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str] | FsPath, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_file(path) if isinstance(path, FsPath) else open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str] | FsPath) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success move it into place in one step.
 
     A killed process leaves at most a `.tmp-*` file, never a half-written `path`.
+    For a path in an fsspec filesystem (`FsPath`) the temporary file is local; on success it
+    is uploaded under a unique temporary key beside `path` and moved onto `path` in one step
+    (object stores: a server-side copy, so the object appears whole or not at all); a killed
+    upload leaves only a `.tmp-*` key, which the next start of the stage sweeps.
     """
+    if isinstance(path, FsPath):
+        with _remote_atomic_path(path) as staged:
+            yield staged
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
@@ -73,20 +227,39 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+@contextlib.contextmanager
+def _remote_atomic_path(path: FsPath) -> Iterator[Path]:
+    import uuid
+
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    key = path.with_name(f".tmp-{path.name}.{uuid.uuid4().hex}")
+    try:
+        yield tmp_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.fs.put_file(str(tmp_path), key.path)
+        path.fs.mv(key.path, path.path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+        if key.exists():
+            key.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str] | FsPath, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str] | FsPath, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+def atomic_write_json(path: str | os.PathLike[str] | FsPath, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_write_parquet(path: str | os.PathLike[str], table: Any, **options: Any) -> str:
+def atomic_write_parquet(path: str | os.PathLike[str] | FsPath, table: Any, **options: Any) -> str:
     """Write a pyarrow Table (or RecordBatch) as parquet, atomically (`options`: write_table's).
 
     Returns the file's sha256, computed as the bytes go out (the writer only appends), so a
@@ -121,7 +294,7 @@ class _HashingWriter(io.RawIOBase):
         return self.size
 
 
-def atomic_write_npy(path: str | os.PathLike[str], array: Any) -> None:
+def atomic_write_npy(path: str | os.PathLike[str] | FsPath, array: Any) -> None:
     import numpy as np
 
     with atomic_path(path) as tmp:
@@ -160,17 +333,18 @@ def part_name(number: int) -> str:
 class Workspace:
     """A dataset's folder under `indexes/`. Open with `Workspace.open`, make with `.create`."""
 
-    def __init__(self, root: str | os.PathLike[str], manifest: dict[str, Any]):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | FsPath, manifest: dict[str, Any]):
+        # a local Path (the fast path), or an FsPath for a workspace on an fsspec URL
+        self.root: Any = as_root(root)
         self.manifest = manifest
         self._started: set[str] = set()  # stages this object started: its records win in `save`
         self._located: dict[str, str | None] = {}  # input root -> its folder here (`root_dir`)
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
-    def create(cls, root: str | os.PathLike[str], dataset: str | None = None) -> Workspace:
-        """Open `root` if it is a workspace, otherwise make it one."""
-        root = Path(root)
+    def create(cls, root_arg: str | os.PathLike[str], dataset: str | None = None) -> Workspace:
+        """Open `root` (a folder or an fsspec URL) if it is a workspace, otherwise make it one."""
+        root: Any = as_root(root_arg)
         if root.exists() and not root.is_dir():
             raise AuditError(f"{root} is a file, not a folder. Pass a folder for the workspace.")
         if (root / MANIFEST).exists():
@@ -193,8 +367,8 @@ class Workspace:
         return ws
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str]) -> Workspace:
-        root = Path(root)
+    def open(cls, root_arg: str | os.PathLike[str]) -> Workspace:
+        root: Any = as_root(root_arg)
         path = root / MANIFEST
         if root.exists() and not root.is_dir():
             raise AuditError(f"{root} is a file, not an audit workspace folder.")
@@ -233,6 +407,10 @@ class Workspace:
         if held is not None:
             held[1] += 1
             return
+        if self.remote:
+            self._take_lease()
+            _HELD[key] = [-1, 1]
+            return
         path = self.root / LOCK
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
@@ -257,6 +435,9 @@ class Workspace:
 
         if str(self.root.resolve()) in _HELD:
             return str(os.getpid())
+        if self.remote:
+            lease = self._lease()
+            return f"{lease['host']}:{lease['pid']}" if lease else None
         try:
             fd = os.open(self.root / LOCK, os.O_RDONLY)
         except OSError:
@@ -278,7 +459,61 @@ class Workspace:
         held[1] -= 1
         if held[1] <= 0:
             del _HELD[key]
-            os.close(held[0])  # closing the descriptor releases the flock
+            if held[0] < 0:  # a lease (URL workspace): drop it so the next driver can start
+                with contextlib.suppress(OSError):
+                    (self.root / LEASE).unlink()
+            else:
+                os.close(held[0])  # closing the descriptor releases the flock
+
+    # A URL workspace has no flock: its driver holds a lease instead, `.audit.lease` (JSON:
+    # host, pid, token, expires), renewed at every manifest save and dropped at the end. It
+    # keeps a second driver from starting by mistake; it is not a mutual-exclusion
+    # primitive (two drivers starting in the same instant can both take it), so run one
+    # driver per workspace. Workers never touch the manifest or the lease.
+    def _lease(self) -> dict[str, Any] | None:
+        """The lease of the driver running a stage on this URL workspace, if it is current."""
+        try:
+            lease = json.loads((self.root / LEASE).read_text("utf-8"))
+            if float(lease["expires"]) > _dt.datetime.now(_dt.timezone.utc).timestamp():
+                return dict(lease)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def _take_lease(self) -> None:
+        import socket
+        import uuid
+
+        lease = self._lease()
+        if lease and lease.get("token") != getattr(self, "_lease_token", None):
+            raise AuditError(
+                f"another audit is running on {self.root} (host {lease.get('host')}, pid "
+                f"{lease.get('pid')}; its lease {self.root / LEASE} runs out at "
+                f"{_dt.datetime.fromtimestamp(float(lease['expires']), _dt.timezone.utc):%H:%M} UTC). "
+                "Wait for it to finish; if it was killed, delete the lease file."
+            )
+        self._lease_token = getattr(self, "_lease_token", None) or uuid.uuid4().hex
+        self._lease_host = socket.gethostname()
+        self._renew_lease()
+
+    def _renew_lease(self) -> None:
+        expires = _dt.datetime.now(_dt.timezone.utc).timestamp() + LEASE_SECONDS
+        lease = {"host": self._lease_host, "pid": os.getpid(), "token": self._lease_token}
+        atomic_write_json(self.root / LEASE, {**lease, "expires": expires})
+
+    def _sweep(self) -> None:
+        """Delete the temporary `.tmp-*` keys that killed uploads left on a URL workspace.
+        Called as a stage starts, when only the driver (holding the lease) runs: no worker
+        is uploading then, and files nobody recorded are never read (`recorded_files`)."""
+        fs = self.root.fs
+        for key in fs.glob(f"{self.root.path}/**/.tmp-*") + fs.glob(f"{self.root.path}/.tmp-*"):
+            with contextlib.suppress(OSError, FileNotFoundError):
+                fs.rm_file(key)
+
+    @property
+    def remote(self) -> bool:
+        """True for a workspace on an fsspec URL (not a local folder)."""
+        return isinstance(self.root, FsPath)
 
     def _merged(self) -> dict[str, Any]:
         """The manifest to save: the one on disk, with the stages this object started replaced
@@ -329,12 +564,26 @@ class Workspace:
         # reports go to reports/<dataset>/: a name like ../../x must not lead out of there
         return safe_name(str(self.manifest.get("dataset", self.root.resolve().name)), "dataset")
 
-    def path(self, rel: str | os.PathLike[str]) -> Path:
+    def path(self, rel: str | os.PathLike[str]) -> Any:
+        """The file `rel` of the workspace: a `Path`, or an `FsPath` on a URL workspace."""
         return self.root / rel
+
+    def duckdb(self) -> Any:
+        """A duckdb connection that reads this workspace's files by `str(ws.path(rel))`: for
+        a URL workspace its fsspec filesystem is registered (`register_filesystem`)."""
+        import duckdb
+
+        con = duckdb.connect()
+        if self.remote:
+            con.register_filesystem(self.root.fs)
+        return con
 
     def relative(self, path: str | os.PathLike[str]) -> str:
         """`path` as the manifest records it: relative to the workspace when inside it, so the
         workspace can move (to another folder, machine or shared mount); else unchanged."""
+        if self.remote:
+            text, base = str(path), str(self.root) + "/"
+            return text[len(base) :] if text.startswith(base) else text
         p = Path(path)
         root = self.root.resolve()
         full = p.resolve() if p.is_absolute() or p.exists() else (Path.cwd() / p).resolve()
@@ -355,7 +604,8 @@ class Workspace:
         for name, d in dirs.items():
             full = Path(d).resolve()
             rec = {"absolute": full.as_posix()}
-            rec["path"] = Path(os.path.relpath(full, self.root.resolve())).as_posix()
+            if not self.remote:  # from a URL workspace no local path is relative
+                rec["path"] = Path(os.path.relpath(full, self.root.resolve())).as_posix()
             roots[safe_name(name, "root name")] = rec
         self._located = {}
 
@@ -434,6 +684,8 @@ class Workspace:
         if path is None:
             return None
         text = str(path)
+        if self.remote and text.startswith(str(self.root) + "/"):
+            return text[len(str(self.root)) + 1 :]
         if "://" in text:
             return text
         full = os.path.abspath(text)
@@ -443,7 +695,9 @@ class Workspace:
                 return f"@{name}"
             if base and full.startswith(base.rstrip("/") + "/"):
                 return f"@{name}/{full[len(base.rstrip('/')) + 1 :]}"
-        for base in {os.path.abspath(self.root), str(self.root.resolve())}:
+        for base in (
+            set() if self.remote else {os.path.abspath(self.root), str(self.root.resolve())}
+        ):
             if full.startswith(base + "/"):
                 return full[len(base) + 1 :]
         return text
@@ -457,7 +711,11 @@ class Workspace:
             name, _, rest = stored[1:].partition("/")
             base = self.root_dir(name)
             return f"{base}/{rest}" if rest else base
-        return os.path.join(os.path.abspath(self.root), stored)
+        return (
+            str(self.root / stored)
+            if self.remote
+            else os.path.join(os.path.abspath(self.root), stored)
+        )
 
     def read_part(self, part: Part, columns: list[str] | None = None) -> Any:
         """A metadata part as a pyarrow Table (`columns`, or all) with `image_path` located on
@@ -465,7 +723,11 @@ class Workspace:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(self.path(part.path), columns=columns)
+        if self.remote:
+            with self.path(part.path).open("rb") as f:
+                table = pq.read_table(f, columns=columns)
+        else:
+            table = pq.read_table(self.path(part.path), columns=columns)
         i = table.schema.get_field_index("image_path")
         if i < 0:
             return table
@@ -492,12 +754,14 @@ class Workspace:
                 f"WHEN starts_with({column}, {lit(prefix)}) "
                 f"THEN {lit(base + '/')} || {column}[{len(prefix) + 1}:]"
             )
-        ws = os.path.abspath(self.root) + "/"
+        ws = (str(self.root) if self.remote else os.path.abspath(self.root)) + "/"
         return f"CASE {' '.join(cases)} ELSE {lit(ws)} || {column} END"
 
     def save(self) -> None:
         self.manifest = self._merged()
         atomic_write_json(self.root / MANIFEST, self.manifest)
+        if self.remote and str(self.root) in _HELD:
+            self._renew_lease()
 
     # -- inputs and parts ----------------------------------------------------------------
     def metadata_parts(self) -> list[Part]:
@@ -569,7 +833,15 @@ class Workspace:
         fingerprints, its finished parts are kept and `StageRun.is_done(part)` says so;
         otherwise the record starts afresh.
         """
+        if self.remote and name not in REMOTE_STAGES:
+            raise AuditError(
+                f"stage '{name}' does not run on a URL workspace yet ({self.root}); the stages "
+                f"that do: {', '.join(REMOTE_STAGES)}. Copy the workspace to a local folder "
+                "(or a mount) for the others."
+            )
         self.lock()
+        if self.remote:
+            self._sweep()
         # another Workspace object may have recorded stages since this one read the manifest
         self.manifest = self._merged()
         upstream: dict[str, str] = {}
@@ -646,7 +918,7 @@ class Workspace:
         import duckdb
 
         self.manifest = self._merged()  # what other stages recorded since this object opened
-        con = duckdb.connect()
+        con = self.duckdb()
         for view, (pattern, _) in TABLES.items():
             # only the files the manifest records: a leftover part is not part of the table
             files = [str(p) for p in self.recorded_files(pattern)]

@@ -28,7 +28,7 @@ from audit.workspace import Workspace
 # -- builders ------------------------------------------------------------------------------------
 def rows_of(ws_root: Path) -> list[dict[str, Any]]:
     ws = Workspace.open(ws_root)
-    tables = [pq.read_table(ws.path(p.path)) for p in ws.metadata_parts()]
+    tables = [ws.read_part(p) for p in ws.metadata_parts()]  # image_path located here
     return [r for t in tables for r in t.to_pylist()]
 
 
@@ -175,7 +175,10 @@ def test_laion400m_columns_map_and_cast(tmp_path: Path) -> None:
     assert rows[2]["width"] == 302 and rows[2]["height"] == 202 and rows[0]["nsfw"] == "UNLIKELY"
     assert rows[1]["similarity"] == pytest.approx(0.31)
     assert all(r["image_status"] == "missing" and r["image_path"] is None for r in rows)
-    assert [(r["source_file"], r["source_row"]) for r in rows] == [(str(src), i) for i in range(5)]
+    # stored relative to the input root (the folder of the source file): `@<root>/<file>`
+    here = Workspace.open(tmp_path / "ws").locate(rows[0]["source_file"])
+    assert rows[0]["source_file"] == f"@{tmp_path.name}/laion400m.parquet" and here == str(src)
+    assert [r["source_row"] for r in rows] == list(range(5))
     inp = Workspace.open(tmp_path / "ws").manifest["inputs"][0]
     assert inp["kind"] == "parquet" and inp["rows"] == 5
     assert inp["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
@@ -297,7 +300,10 @@ def test_plain_folder_with_sidecars(tmp_path: Path) -> None:
     assert (dog["key"], dog["caption"], dog["url"]) == ("dog", "a dog", "https://d.example/dog.jpg")
     assert json.loads(dog["extra_json"]) == {"photographer": "A. B."}
     assert (tom["key"], tom["caption"], tom["image_format"]) == ("cats/tom", "a grey cat", "PNG")
-    assert tom["source_file"] == str(folder) and {dog["source_row"], tom["source_row"]} == {0, 1}
+    assert tom["source_file"] == f"@{folder.name}" and {dog["source_row"], tom["source_row"]} == {
+        0,
+        1,
+    }
     assert Workspace.open(tmp_path / "ws").manifest["inputs"][0]["kind"] == "folder"
 
 
@@ -365,7 +371,11 @@ def test_parquet_corrupt_midway_keeps_readable_rows(tmp_path: Path) -> None:
     # row group 2 (rows 200..299) is lost; groups 0, 1 and 3 and the next file are kept
     assert s["rows"] == 303 and s["errors"] == {"parquet_corrupt": 1}
     (err,) = errors_of(tmp_path / "ws")
-    assert err["row_id"] is None and err["source_row"] == 200 and err["source_file"] == str(src)
+    assert (
+        err["row_id"] is None
+        and err["source_row"] == 200
+        and err["source_file"] == f"@{tmp_path.name}/{src.name}"
+    )
     rows = rows_of(tmp_path / "ws")
     assert [r["source_row"] for r in rows][198:202] == [198, 199, 300, 301]
     assert rows[200]["caption"] == "caption 300 " * 3 and rows[200]["row_id"] == 200

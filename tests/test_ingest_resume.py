@@ -161,7 +161,7 @@ def test_row_ids_dense_and_aligned_with_sources(sizes: list[int], rows_per_part:
             files.append(path)
         s = metadata.ingest(root / "ws", files, rows_per_part=rows_per_part)
         ws = Workspace.open(root / "ws")
-        expected = [(str(files[f]), i) for f, n in enumerate(sizes) for i in range(n)]
+        expected = [(ws.store(files[f]), i) for f, n in enumerate(sizes) for i in range(n)]
         seen = []
         offset = 0
         for part in ws.metadata_parts():
@@ -170,7 +170,7 @@ def test_row_ids_dense_and_aligned_with_sources(sizes: list[int], rows_per_part:
             assert len({r["source_file"] for r in t}) == 1
             assert [r["row_id"] for r in t] == list(range(offset, offset + part.rows))
             for r in t:
-                f = files.index(Path(r["source_file"]))
+                f = files.index(Path(ws.locate(r["source_file"]) or ""))
                 assert r["caption"] == f"{f}:{r['source_row']}"
                 seen.append((r["source_file"], r["source_row"]))
             offset += part.rows

@@ -112,6 +112,13 @@ def ingest(
             f"{ws.root} holds dataset '{ws.dataset}', not '{dataset}'. "
             "Drop --dataset or use a new workspace folder."
         )
+    copied = [inp.location for inp in inputs if inp.embedded or _remote_tar(inp)]
+    if ws.remote and copied:
+        raise AuditError(
+            f"{copied[0]} has image bytes that ingest copies into the workspace (a remote tar, "
+            f"or images inside parquet), which a URL workspace ({ws.root}) cannot take yet. "
+            "Ingest into a local folder, or pass metadata parquet, local shards or folders."
+        )
     # every local source is under an input root; parts and the manifest name files relative
     # to it, so the parameters (the resume key) stay the same after the inputs move
     ws.set_roots(_roots(sources))
@@ -396,6 +403,11 @@ def _estimate(inputs: list[Input]) -> int | None:
     return sum(inp.num_rows or 0 for inp in inputs)
 
 
+def _remote_tar(inp: Input) -> bool:
+    tar = inp.path if inp.kind == "tar" else inp.images
+    return isinstance(tar, str)
+
+
 def _roots(sources: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
     """The input roots of local `sources`: each folder source, the folder of each file
     source; named after the folder (`-2`, `-3` when names repeat)."""
@@ -433,12 +445,10 @@ def _remove_ingest_files(ws: Workspace, patterns: tuple[str, ...]) -> None:
 
 def _duplicate_keys(ws: Workspace) -> Any:
     """Error rows for records whose key an earlier record already has (duckdb: bounded memory)."""
-    import duckdb
-
     files = [str(ws.path(p.path)) for p in ws.metadata_parts()]
     if not files:
         return error_table([])
-    con = duckdb.connect()
+    con = ws.duckdb()
     con.execute("SET memory_limit='512MB'")
     table = con.sql(
         """

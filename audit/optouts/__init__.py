@@ -65,7 +65,6 @@ def compute(
     ...         cache="audit/data/sample/optout/cache")  # doctest: +SKIP
     {'rows': 300, 'decisions': {'genai_training': {'allowed': 201, 'reserved': 81, ...}}, ...}
     """
-    import pyarrow.parquet as pq
 
     from audit import engines
     from audit.errors import AuditError
@@ -119,7 +118,7 @@ def compute(
     ctx.has_page_column = (
         any("page_url" in (rec.get("columns") or {}) for rec in inputs)
         if any(rec.get("columns") for rec in inputs)
-        else "page_url" in pq.read_schema(ws.path(parts[0].path)).names
+        else "page_url" in ws.read_part(parts[0]).schema.names
     )
     if spawning:
         todo = [p for p in parts if not run.is_done(p.number)]

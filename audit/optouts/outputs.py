@@ -111,7 +111,7 @@ def merge_parts(ws: Any, parts: list[Any]) -> list[tuple[str, int]]:
     """Concatenate the part files into `optout/{signals,decisions,coverage}.parquet`."""
     import pyarrow.parquet as pq
 
-    from audit.workspace import atomic_path
+    from audit.workspace import atomic_path, open_file
 
     merged = []
     for name, schema in zip(_NAMES, _schemas(), strict=True):
@@ -119,7 +119,8 @@ def merge_parts(ws: Any, parts: list[Any]) -> list[tuple[str, int]]:
         with atomic_path(ws.path(rel)) as tmp:
             with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
                 for part in parts:
-                    table = pq.read_table(ws.path(f"optout/parts/{name}-{part.stem}.parquet"))
+                    with open_file(ws.path(f"optout/parts/{name}-{part.stem}.parquet")) as f:
+                        table = pq.read_table(f)
                     writer.write_table(table.cast(schema))
                     rows += table.num_rows
         merged.append((rel, rows))
@@ -129,10 +130,8 @@ def merge_parts(ws: Any, parts: list[Any]) -> list[tuple[str, int]]:
 def matched_rules(ws: Any) -> set[str]:
     """The registry rules (their "file line N" locations) that reserved at least one row,
     read back from the merged `optout/signals.parquet` (so a resumed run counts every part)."""
-    import duckdb
-
     path = str(ws.path("optout/signals.parquet")).replace("'", "''")
-    rows = duckdb.connect().execute(
+    rows = ws.duckdb().execute(
         f"SELECT DISTINCT location FROM read_parquet('{path}') "
         "WHERE signal LIKE 'registry-%' AND state = 'reserved'"
     )

@@ -61,7 +61,14 @@ def default_dir(ws: Any) -> Path:
     Either way the place follows from the workspace (a `Workspace` or its path), not from the
     folder a command runs in; every command's `--report-dir` overrides it.
     """
-    root = Path(ws if isinstance(ws, (str, os.PathLike)) else ws.root)
+    from audit.errors import AuditError
+    from audit.workspace import FsPath, as_root
+
+    root = as_root(ws) if isinstance(ws, (str, os.PathLike)) else ws.root
+    if isinstance(root, FsPath):
+        raise AuditError(
+            f"{root} is a URL workspace; its reports are local files: pass --report-dir DIR."
+        )
     if root.parent.name == "indexes":
         return root.parent.parent / "reports" / root.name
     return root / "reports"
