@@ -19,7 +19,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -598,7 +598,7 @@ class Workspace:
     # A root records its folder relative to the workspace (`path`: holds when the workspace
     # and its inputs move together) and absolute (`absolute`: holds when only the workspace
     # moves); `set_root` points it elsewhere (`audit roots WS NAME NEW_PATH`).
-    def set_roots(self, dirs: dict[str, str | os.PathLike[str]]) -> None:
+    def set_roots(self, dirs: Mapping[str, str | os.PathLike[str]]) -> None:
         """Record (or replace) the input roots `name -> folder` (saved with the manifest)."""
         roots = self.manifest.setdefault("roots", {})
         for name, d in dirs.items():
@@ -996,6 +996,27 @@ class StageRun:
         if self._holds_lock:
             self._holds_lock = False
             self.ws.unlock()
+
+
+def roots(
+    ws_root: str | os.PathLike[str],
+    name: str | None = None,
+    new_path: str | os.PathLike[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The workspace's input roots and where each is found here (`audit roots`); with `name`
+    and `new_path`, first point root `name` at the folder its inputs moved to.
+
+    >>> roots("indexes/sample", "shards", "/mnt/shared/laion/shards")  # doctest: +SKIP
+    {'shards': {'absolute': '/mnt/shared/laion/shards', 'path': '...', 'found': '/mnt/...'}}
+    """
+    ws = Workspace.open(ws_root)
+    if name is not None:
+        if new_path is None:
+            raise AuditError(
+                f"give the folder root '{name}' moved to: audit roots {ws_root} {name} NEW_PATH"
+            )
+        ws.set_root(name, new_path)
+    return ws.roots()
 
 
 def root_name(folder: Path) -> str:

@@ -20,6 +20,7 @@ LIBRARY = {
     "features": "audit.features:build",
     "query": "audit.sql:export",
     "status": "audit.sql:status",
+    "roots": "audit.workspace:roots",
     "run": "audit.pipeline:RunOptions",
     "optout decide": "audit.optouts:compute",
     "optout crawl": "audit.optouts:crawl",

@@ -146,17 +146,9 @@ def roots(ws: Path, name: str | None, folder: Path | None, as_json: bool) -> Non
     Example: audit roots indexes/demo
     Example: audit roots indexes/demo shards /mnt/shared/laion/shards
     """
-    from audit.errors import AuditError
-    from audit.workspace import Workspace
+    from audit import workspace
 
-    w = Workspace.open(ws)
-    if name is not None:
-        if folder is None:
-            raise AuditError(
-                f"give the folder root '{name}' moved to: audit roots {ws} {name} NEW_PATH"
-            )
-        w.set_root(name, folder)
-    found = w.roots()
+    found = workspace.roots(ws, name, folder)
     emit(
         found,
         as_json,
