@@ -689,18 +689,28 @@ class Workspace:
         if "://" in text:
             return text
         full = os.path.abspath(text)
-        for name, rec in self.manifest.get("roots", {}).items():
-            base = rec.get("absolute", "")
-            if full == base:
-                return f"@{name}"
-            if base and full.startswith(base.rstrip("/") + "/"):
-                return f"@{name}/{full[len(base.rstrip('/')) + 1 :]}"
+        stored = self._under_root(full)
+        if stored is None and os.path.realpath(full) != full:
+            # roots are recorded resolved: a source passed through a symlinked folder
+            stored = self._under_root(os.path.realpath(full))
+        if stored is not None:
+            return stored
         for base in (
             set() if self.remote else {os.path.abspath(self.root), str(self.root.resolve())}
         ):
             if full.startswith(base + "/"):
                 return full[len(base) + 1 :]
         return text
+
+    def _under_root(self, full: str) -> str | None:
+        """`full` as `@name/rel` if it is under a recorded input root, else None."""
+        for name, rec in self.manifest.get("roots", {}).items():
+            base = str(rec.get("absolute", "")).rstrip("/")
+            if base and full == base:
+                return f"@{name}"
+            if base and full.startswith(base + "/"):
+                return f"@{name}/{full[len(base) + 1 :]}"
+        return None
 
     def locate(self, stored: str | None) -> str | None:
         """Where a stored image location (`store`'s form) is on this machine; absolute paths
