@@ -71,7 +71,7 @@ def check_output(ws: Workspace | str | os.PathLike[str], output: str | os.PathLi
     """Refuse an `--output` inside the workspace: its files belong to the stages that wrote
     them, and replacing one would make `audit status` say done over a file it did not write."""
     ws = _open(ws)
-    if Path(output).resolve().is_relative_to(ws.root.resolve()):
+    if not ws.remote and Path(output).resolve().is_relative_to(ws.root.resolve()):
         raise AuditError(
             f"refused: {output} is inside the workspace {ws.root}, whose files the stages own. "
             "Write the result somewhere else."

@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -76,6 +77,11 @@ def test_per_part_stages_on_a_memory_url_write_what_a_local_run_writes(url, tmp_
         cli, ["query", url, "SELECT count(*) AS n FROM optout", "--format", "csv"]
     )
     assert q.exit_code == 0 and q.output.splitlines()[1] == "1500", q.output
+    out = tmp_path / "hashes.parquet"  # a local --output of a query over the store
+    q = CliRunner().invoke(
+        cli, ["query", url, "SELECT * FROM hashes", "--format", "parquet", "--output", str(out)]
+    )
+    assert q.exit_code == 0 and pq.read_metadata(out).num_rows == 300, q.output
     # a rerun resumes from the manifest: nothing is hashed again
     assert hashes.compute(url, workers=1)["resumed_parts"] == 3
 
@@ -83,8 +89,12 @@ def test_per_part_stages_on_a_memory_url_write_what_a_local_run_writes(url, tmp_
 def test_other_stages_and_copied_images_refuse_a_url_workspace(url):
     from audit import knn
 
-    metadata.ingest(url, [SAMPLE / "shards"], rows_per_part=300)
-    hashes.compute(url, workers=1)
+    # through the CLI too: its WS argument (a click Path) keeps the URL a URL
+    result = CliRunner().invoke(
+        cli, ["ingest", url, str(SAMPLE / "shards"), "--rows-per-part", "300"]
+    )
+    assert result.exit_code == 0 and Workspace.open(url).num_rows == 300, result.output
+    assert CliRunner().invoke(cli, ["hash", url, "--workers", "1"]).exit_code == 0
     with pytest.raises(AuditError, match="does not run on a URL workspace yet"):
         knn.build(url)
     result = CliRunner().invoke(cli, ["dedup", url])
