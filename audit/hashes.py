@@ -266,7 +266,6 @@ def _hash_chunk(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tasks(ws: Workspace, part: Any, **settings: Any) -> list[dict[str, Any]]:
-
     cols = [*PROVENANCE, *IMAGE_LOCATION]
     table = ws.read_part(part, columns=cols).to_pydict()
     tasks = []

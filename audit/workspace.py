@@ -8,6 +8,12 @@ fingerprints of its upstream stages still match; otherwise it is *stale*.
 Nothing here knows about any particular stage: stages call `start_stage`, record parts as
 they finish them (so a killed run resumes from the last finished part), and `finish`.
 All writes go to a temporary name and are `os.replace`d into place.
+
+The workspace is a local folder (the fast path: renames and a flock) or an fsspec URL
+(`FsPath`): there files are uploaded under a unique temporary key and moved onto their
+name, only the driver writes the manifest, a lease stands in for the flock, and only the
+per-part stages run (`REMOTE_STAGES`). Image locations are stored relative to input roots
+the manifest records once (`store` / `locate`), so a workspace and its inputs can move.
 """
 
 from __future__ import annotations

@@ -65,7 +65,6 @@ def compute(
     ...         cache="audit/data/sample/optout/cache")  # doctest: +SKIP
     {'rows': 300, 'decisions': {'genai_training': {'allowed': 201, 'reserved': 81, ...}}, ...}
     """
-
     from audit import engines
     from audit.errors import AuditError
     from audit.optouts import decide
@@ -118,7 +117,7 @@ def compute(
     ctx.has_page_column = (
         any("page_url" in (rec.get("columns") or {}) for rec in inputs)
         if any(rec.get("columns") for rec in inputs)
-        else "page_url" in ws.read_part(parts[0]).schema.names
+        else "page_url" in _schema_names(ws.path(parts[0].path))
     )
     if spawning:
         todo = [p for p in parts if not run.is_done(p.number)]
@@ -209,7 +208,6 @@ def optout_part(
     has_page_column: bool,
 ) -> Any:
     """Decide one metadata part and write its files (the per-part function engines run)."""
-
     from audit.engines.local import PartResult
     from audit.optouts import decide
     from audit.optouts import outputs as files
@@ -241,6 +239,16 @@ def optout_part(
     return PartResult(
         outputs, {"counts": files.part_counts(sig_rows, dec_rows, err_rows, cov_rows)}
     )
+
+
+def _schema_names(path: Any) -> list[str]:
+    """Column names from a parquet footer (local or on a URL workspace), not the whole file."""
+    import pyarrow.parquet as pq
+
+    from audit.workspace import open_file
+
+    with open_file(path) as f:
+        return list(pq.read_schema(f).names)
 
 
 def _first_notes(items: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, str]]:
