@@ -51,8 +51,9 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -76,6 +77,8 @@ KEYS_ERRORS = "errors/ingest-keys.parquet"
 # copied here, one file per metadata part, so every stage reads them by path, offset and size
 # like bytes in a tar shard.
 EMBEDDED_DIR = "images"
+# parts written at once, in background threads (see _PartWriter)
+WRITERS = 2
 INPUT_ERRORS = "errors/ingest-inputs.parquet"
 
 
@@ -218,12 +221,17 @@ class _PartWriter:
         self._done = False
         self._source = ""
         self._blob: Any = None  # open temporary image file of the current part, if any
-        # Writing a part (encoding, compressing, hashing it for the manifest) runs in one
-        # background thread while the next part is read and cast: pyarrow releases the GIL,
-        # so ingest costs about max(read, write) instead of their sum. At most one write is
-        # in flight, and a part is recorded only after its files are in place.
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write")
-        self._pending: Future | None = None
+        # Writing a part (encoding, compressing, hashing it for the manifest) runs in
+        # background threads while the next part is read and cast: pyarrow releases the GIL.
+        # Writing a part costs about 1.5x reading and casting it, so with one writer the
+        # writer alone set the pace; two let consecutive parts' writes overlap, and ingest
+        # costs about (read + write) / cores. At most WRITERS parts are in flight (memory
+        # stays a few parts, whatever the input size), and a part is recorded only after its
+        # files are in place; parts may be recorded out of order, and a resumed run checks
+        # each part on its own.
+        self.pool = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="ingest-write")
+        self._pending: deque[Future] = deque()
+        self._record_lock = threading.Lock()  # one manifest update at a time
         self.keyed = False  # some record has a key: the duplicate-key check has work to do
 
     def add(self, idx: int, inp: Input, unit: str, raw: RawBatch, rows_per_part: int) -> None:
@@ -336,17 +344,18 @@ class _PartWriter:
             sha[meta_rel] = atomic_write_parquet(ws.path(meta_rel), table, **_part_options(table))
             # hashed while written: the manifest records them without reading the files back
             done = [replace(o, sha256=sha.get(o.path)) for o in outputs]
-            self.run.record_part(number, done, **info)
+            with self._record_lock:
+                self.run.record_part(number, done, **info)
 
-        self.wait()
-        self._pending = self.pool.submit(job)
+        while len(self._pending) >= WRITERS:
+            self._pending.popleft().result()
+        self._pending.append(self.pool.submit(job))
         return info
 
     def wait(self) -> None:
-        """Until the part being written is in place and recorded (re-raises its error)."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        """Until every part being written is in place and recorded (re-raises an error)."""
+        while self._pending:
+            self._pending.popleft().result()
 
 
 # Columns with few distinct values, worth parquet's dictionary encoding. For URLs, captions
