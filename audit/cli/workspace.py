@@ -45,8 +45,9 @@ def ingest(
     as img2dataset's parquet output has them), a metadata table (.txt URL list, .csv, .tsv,
     .jsonl; .gz/.bz2/.zst too), a .tar shard, a folder of shards, or a plain folder of images
     with .txt/.json sidecars. Metadata files and .tar shards can be remote (https://, s3://,
-    gs://, hf://, file://, memory://: through fsspec, streaming). Rerunning after an
-    interruption continues after the last finished part.
+    gs://, hf://, file://, memory://: through fsspec, streaming). WS itself can be an fsspec
+    URL too (see README "Storage"). Rerunning after an interruption continues after the last
+    finished part.
 
     Example: audit ingest indexes/demo audit/data/sample/
     Example: audit ingest indexes/mine links.csv.gz --url-col image_link --caption-col alt
