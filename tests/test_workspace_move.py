@@ -152,3 +152,16 @@ def test_an_older_workspace_with_absolute_image_paths_still_reads(tmp_path: Path
     assert hashes.compute(tmp_path / "ws", workers=1)["errors"] == 0
     rows = sql.query(tmp_path / "ws", "SELECT DISTINCT image_path FROM metadata").to_pylist()
     assert rows == [{"image_path": str(shards / "00000.tar")}]
+
+
+def test_image_bytes_copied_into_the_workspace_move_with_it(tmp_path: Path):
+    """img2dataset parquet output carries its images: ingest copies them to images/*.bin,
+    which the parts name relative to the workspace."""
+    i2d = Path(__file__).parent / "data" / "interop" / "img2dataset" / "parquet"
+    metadata.ingest(tmp_path / "a" / "ws", [i2d])
+    stored = _stored_locations(tmp_path / "a" / "ws")
+    assert "images/part-00000.bin" in stored and not any(v.startswith("/") for v in stored)
+    (tmp_path / "b").mkdir()
+    shutil.move(tmp_path / "a" / "ws", tmp_path / "b" / "ws")
+    s = hashes.compute(tmp_path / "b" / "ws", workers=1)
+    assert (s["hashed"], s["errors"]) == (8, 1)  # 8 images; img2dataset's recorded 404 has none

@@ -70,7 +70,7 @@ def test_per_part_stages_on_a_memory_url_write_what_a_local_run_writes(url, tmp_
     # duckdb reads the store through fsspec: the views and `audit query` / `audit status`
     n = sql.query(url, "SELECT count(*) AS n, count(phash) AS p FROM hashes").to_pylist()
     assert n == [{"n": 300, "p": 300}]
-    status = CliRunner().invoke(cli, ["status", url, "--json"])
+    status = CliRunner().invoke(cli, ["status", url, "--verify", "--json"])  # re-hashes the store
     assert status.exit_code == 0, status.output
     assert {s["status"] for s in json.loads(status.output)["stages"].values()} == {"done"}
     q = CliRunner().invoke(
