@@ -36,7 +36,16 @@ import numpy as np
 from audit.engines.local import PartResult
 from audit.errors import AuditError
 from audit.schema import HASHES
-from audit.workspace import Output, Part, Workspace, atomic_path, atomic_write_json
+from audit.workspace import (
+    Output,
+    Part,
+    Workspace,
+    atomic_path,
+    atomic_write_json,
+    load_npy,
+    open_file,
+    read_faiss,
+)
 
 STAGE = "index"
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
@@ -51,7 +60,7 @@ def _embedding_parts(ws: Workspace) -> list[tuple[np.ndarray, np.ndarray]]:
         path = ws.path(f"embeddings/img-{part.stem}.npy")
         if not path.exists():
             raise AuditError(f"{path} is missing. Run: audit embed {ws.root}")
-        vecs = np.load(path, mmap_mode="r")
+        vecs = load_npy(path)
         keep = np.flatnonzero(np.any(vecs != 0, axis=1))
         out.append((part.row_offset + keep.astype(np.int64), vecs[keep]))
     return out
@@ -146,7 +155,7 @@ def _build_sharded(ws: Workspace, index: Any, runner: Any) -> Any:
     shards = dict(runner.map_parts("audit.knn:index_part", ws.root, parts, {"empty": empty}))
     for part in parts:
         rel = shards[part].outputs[0].path
-        index.merge_from(faiss.read_index(str(ws.path(rel))), 0)  # 0: keep the row_ids
+        index.merge_from(read_faiss(ws.path(rel)), 0)  # 0: keep the row_ids
         ws.path(rel).unlink()
     ws.path(empty).unlink()
     return index
@@ -157,8 +166,8 @@ def index_part(ws_root: str, part: Part, empty: str) -> PartResult:
     import faiss
 
     ws = Workspace.open(ws_root)
-    index = faiss.read_index(str(ws.path(empty)))
-    vecs = np.load(ws.path(f"embeddings/img-{part.stem}.npy"), mmap_mode="r")
+    index = read_faiss(ws.path(empty))
+    vecs = load_npy(ws.path(f"embeddings/img-{part.stem}.npy"))
     keep = np.flatnonzero(np.any(vecs != 0, axis=1))
     _add(index, part.row_offset + keep.astype(np.int64), vecs[keep])
     rel = f"faiss/shards/img-{part.stem}.faiss"
@@ -221,7 +230,8 @@ def _read_codes(ws: Workspace, which: str) -> tuple[np.ndarray, np.ndarray]:
         path = ws.path(f"hashes/part-{part.stem}.parquet")
         if not path.exists():
             raise AuditError(f"{path} is missing. Run: audit hash {ws.root}")
-        t = pq.read_table(path, columns=["row_id", which])
+        with open_file(path) as f:
+            t = pq.read_table(f, columns=["row_id", which])
         valid = t[which].is_valid().to_numpy(zero_copy_only=False)
         ids.append(t["row_id"].to_numpy()[valid])
         codes.append(t[which].fill_null(0).to_numpy()[valid])
@@ -320,7 +330,7 @@ def open_embedding_index(ws_root: str | os.PathLike[str]) -> tuple[Any, dict[str
             f"{ws.root} has no image index (no embeddings when it was built). "
             f"Run: audit embed {ws.root} && audit index {ws.root}"
         )
-    index = faiss.read_index(str(ws.path(info["path"])))
+    index = read_faiss(ws.path(info["path"]))
     if "nprobe" in info:
         faiss.extract_index_ivf(index).nprobe = info["nprobe"]
     return index, info
@@ -359,7 +369,7 @@ def search_hashes(
             raise AuditError(
                 f"{ws.root} has no pHash index. Run: audit hash {ws.root} && audit index {ws.root}"
             )
-        index = faiss.read_index_binary(str(ws.path(info["path"])))
+        index = read_faiss(ws.path(info["path"]), binary=True)
     else:
         row_ids, stored = _read_codes(ws, which)
         index = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(64))

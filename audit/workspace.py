@@ -44,7 +44,7 @@ LEASE_SECONDS = 3600
 
 # The stages that run on a workspace at an fsspec URL (per-part stages and what they need);
 # the others raise a clear error there (their files go through local-only calls).
-REMOTE_STAGES = ("ingest", "hash", "embed", "optout")
+REMOTE_STAGES = ("ingest", "hash", "embed", "index", "optout")
 
 # Every table a workspace can hold (view -> (glob, what it is)), from the stage list.
 TABLES = stages.TABLES
@@ -190,6 +190,29 @@ class FsPath:
 def open_file(path: Path | FsPath | str, mode: str = "rb") -> Any:
     """`path` opened for reading, local or in the workspace's filesystem."""
     return path.open(mode) if isinstance(path, FsPath) else open(path, mode)  # noqa: SIM115
+
+
+def load_npy(path: Path | FsPath) -> Any:
+    """A stored .npy array: memory-mapped from a local file, read whole from a URL workspace."""
+    import numpy as np
+
+    if isinstance(path, FsPath):
+        return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+    return np.load(path, mmap_mode="r")
+
+
+def read_faiss(path: Path | FsPath, binary: bool = False) -> Any:
+    """A stored faiss index (`binary`: a binary one). faiss reads only local files, so from a
+    URL workspace the bytes are fetched and deserialised (`faiss.deserialize_index`); writing
+    needs nothing special: `atomic_path` gives faiss a local file and uploads it."""
+    import faiss
+
+    if isinstance(path, FsPath):
+        import numpy as np
+
+        data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        return faiss.deserialize_index_binary(data) if binary else faiss.deserialize_index(data)
+    return faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
 
 
 def now() -> str:

@@ -1,5 +1,5 @@
 """A workspace at an fsspec URL (here fsspec's in-memory filesystem, `memory://`): the
-per-part stages (ingest, hash, embed, optout) run on it and write the same bytes as on a
+per-part stages (ingest, hash, embed, optout) and the index run on it and write the same bytes as on a
 local folder; `audit query` and `audit status` read it; the other stages say they do not run
 there; the lease replaces the flock; keys left by killed uploads are swept. `file://` URLs
 are local folders (the fast path, with flock and atomic renames)."""
@@ -11,11 +11,13 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from audit import embeddings, hashes, metadata, optouts, pipeline, sql
+from audit import embeddings, hashes, knn, metadata, optouts, pipeline, sql
+from audit.checks import duplicates
 from audit.cli import cli
 from audit.errors import AuditError
 from audit.workspace import LEASE, FsPath, Workspace
@@ -41,6 +43,7 @@ def _run(ws_root: str | Path) -> None:
     metadata.ingest(ws_root, [SAMPLE / "shards"], rows_per_part=100)
     hashes.compute(ws_root, workers=1)
     embeddings.compute(ws_root, model="tiny", pretrained="none", workers=0)
+    knn.build(ws_root)  # faiss reads local files only: from the store it gets the bytes
     optouts.compute(ws_root, registry=REGISTRY)
 
 
@@ -59,7 +62,7 @@ def test_per_part_stages_on_a_memory_url_write_what_a_local_run_writes(url, tmp_
     _run(tmp_path / "ws")
     remote, local = Workspace.open(url), Workspace.open(tmp_path / "ws")
     assert isinstance(remote.root, FsPath) and not (tmp_path / "memory:").exists()
-    assert set(remote.manifest["stages"]) == {"ingest", "hash", "embed", "optout"}
+    assert set(remote.manifest["stages"]) == {"ingest", "hash", "embed", "index", "optout"}
     got, want = _outputs(remote), _outputs(local)
     assert len(want) > 20 and got == want  # same files, same bytes
     for rel in want:  # and the bytes on the store are the recorded ones
@@ -82,21 +85,30 @@ def test_per_part_stages_on_a_memory_url_write_what_a_local_run_writes(url, tmp_
         cli, ["query", url, "SELECT * FROM hashes", "--format", "parquet", "--output", str(out)]
     )
     assert q.exit_code == 0 and pq.read_metadata(out).num_rows == 300, q.output
+    # the indexes answer searches from the store as they do locally
+    queries = np.load(tmp_path / "ws" / "embeddings" / "img-00001.npy")[:5].astype(np.float32)
+    got_e, want_e = (
+        knn.search_embeddings(url, queries),
+        knn.search_embeddings(tmp_path / "ws", queries),
+    )
+    assert (got_e[1] == want_e[1]).all() and (got_e[1][:, 0] == np.arange(100, 105)).all()
+    codes = np.asarray(
+        pq.read_table(tmp_path / "ws" / "hashes" / "part-00000.parquet")["phash"][:5], np.uint64
+    )
+    assert (knn.search_hashes(url, codes)[1] == knn.search_hashes(tmp_path / "ws", codes)[1]).all()
     # a rerun resumes from the manifest: nothing is hashed again
     assert hashes.compute(url, workers=1)["resumed_parts"] == 3
 
 
 def test_other_stages_and_copied_images_refuse_a_url_workspace(url):
-    from audit import knn
-
     # through the CLI too: its WS argument (a click Path) keeps the URL a URL
     result = CliRunner().invoke(
         cli, ["ingest", url, str(SAMPLE / "shards"), "--rows-per-part", "300"]
     )
     assert result.exit_code == 0 and Workspace.open(url).num_rows == 300, result.output
     assert CliRunner().invoke(cli, ["hash", url, "--workers", "1"]).exit_code == 0
-    with pytest.raises(AuditError, match="does not run on a URL workspace yet"):
-        knn.build(url)
+    with pytest.raises(AuditError, match="stage 'dedup' does not run on a URL workspace yet"):
+        duplicates.find(url)
     result = CliRunner().invoke(cli, ["dedup", url])
     assert result.exit_code == 1 and "URL workspace" in result.output, result.output
     # image bytes ingest would copy into the workspace (a remote tar) are refused up front
