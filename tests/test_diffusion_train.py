@@ -232,3 +232,37 @@ def test_bf16_precision_is_recorded_and_a_resume_must_match(tmp_path):
         diffusion.train(images(), None, config(precision="fp16"), tmp_path / "bad")
     auto = diffusion.train(images(), None, config(steps=1, precision="auto"), tmp_path / "auto")
     assert auto["precision"] == ("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")
+
+
+def test_min_snr_weights_cap_the_clean_timesteps():
+    schedule = diffusion.Schedule(diffusion.ScheduleConfig(timesteps=100))
+    t = torch.arange(100)
+    w = train_module._min_snr_weights(schedule, t, 5.0)
+    abar = schedule.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    noisy = snr <= 5
+    assert noisy.any() and (~noisy).any()  # both sides of gamma occur in the schedule
+    assert torch.equal(w[noisy], torch.ones(int(noisy.sum())))
+    assert torch.allclose(w[~noisy].double(), 5 / snr[~noisy], rtol=1e-6)
+    assert w[0] < 0.01  # t=0 is almost clean: a tiny weight
+    assert torch.isfinite(train_module._min_snr_weights(schedule, t, 1e9)).all()
+
+
+def test_min_snr_training_is_recorded_changes_the_weights_and_resumes_exactly(tmp_path):
+    plain, weighted = tmp_path / "plain", tmp_path / "weighted"
+    diffusion.train(images(), None, config(), plain)
+    diffusion.train(images(), None, config(min_snr_gamma=5.0), weighted)
+    assert json.loads((weighted / "config.json").read_text())["min_snr_gamma"] == 5.0
+    a, b = weights(plain), weights(weighted)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # The same data order and noise: the logged (unweighted) losses agree at step 1, where
+    # both models are the same, and differ once the weighting has changed the weights.
+    rows = [list(csv.DictReader(open(d / "train_log.csv"))) for d in (plain, weighted)]
+    assert rows[0][0]["loss"] == rows[1][0]["loss"] and rows[0][-1]["loss"] != rows[1][-1]["loss"]
+    # Resuming a weighted run continues it exactly; another gamma is another run.
+    resumed = tmp_path / "resumed"
+    diffusion.train(images(), None, config(steps=3, min_snr_gamma=5.0), resumed)
+    assert diffusion.train(images(), None, config(min_snr_gamma=5.0), resumed)["resumed_from"] == 3
+    assert_same_weights(weights(weighted), weights(resumed))
+    with pytest.raises(AuditError, match=r"differs in: min_snr_gamma"):
+        diffusion.train(images(), None, config(steps=6, min_snr_gamma=2.0), resumed)

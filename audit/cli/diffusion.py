@@ -20,7 +20,7 @@ def _default(name: str):  # type: ignore[no-untyped-def]
 )
 @click.option(
     "--resolution",
-    type=click.Choice(["32", "64"]),
+    type=click.Choice(["16", "32", "64"]),
     default=str(_default("train.resolution")),
     show_default=True,
 )
@@ -73,6 +73,13 @@ def _default(name: str):  # type: ignore[no-untyped-def]
     default=_default("train.base_channels"),
     show_default=True,
     help="UNet width (channels of the first level).",
+)
+@click.option(
+    "--min-snr-gamma",
+    type=float,
+    default=_default("train.min_snr_gamma"),
+    show_default=True,
+    help="> 0: weight the loss by min(SNR, gamma) / SNR (Min-SNR; the demo uses 5); 0: plain eps-MSE.",
 )
 @click.option(
     "--checkpoint-every", type=int, default=_default("train.checkpoint_every"), show_default=True

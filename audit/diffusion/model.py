@@ -100,7 +100,7 @@ class UNet(nn.Module):
         if config.resolution % (2 ** (n_levels - 1)):
             raise AuditError(
                 f"resolution {config.resolution} is not divisible by 2^{n_levels - 1} "
-                f"(channel_mults {config.channel_mults}); use 32 or 64."
+                f"(channel_mults {config.channel_mults}); use 16, 32 or 64."
             )
         self.config = c = config
         ch, g, drop = c.base_channels, c.groups, c.dropout

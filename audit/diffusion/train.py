@@ -1,7 +1,13 @@
 """Training loop: epsilon-prediction loss, AdamW, EMA, checkpoints, exact resume.
 
 The loss is Ho et al.'s "simple" objective: pick t uniformly, noise the image to x_t, and
-regress the noise, `|| eps - model(x_t, t) ||^2`.
+regress the noise, `|| eps - model(x_t, t) ||^2`. With `min_snr_gamma > 0` each image's term
+is weighted by `min(SNR_t, gamma) / SNR_t`, SNR_t = abar_t / (1 - abar_t) (Min-SNR, Hang et
+al. 2023): the nearly clean timesteps, whose noise is easy to see and which dominate the
+plain objective's gradient, stop crowding out the noisy ones that decide the layout. On the
+bundled sample it lowered the kernel distance to the training images at equal steps (README,
+"How long the demo takes"). The model still predicts the noise, so sampling and
+`per_example_loss` are unchanged; the logged loss stays the unweighted eps-MSE.
 
 Every random choice (which images, flips, timesteps, noise, label dropout) comes from one
 CPU `torch.Generator` seeded by `seed`, drawn in a fixed order each step. Its state is part
@@ -96,6 +102,8 @@ class TrainConfig:
     # others. "auto" picks bf16 only where the CPU has it, so the choice is recorded resolved.
     precision: str = "fp32"
     cfg_dropout: float = 0.1  # how often a class label is replaced by "no class"
+    # > 0: Min-SNR loss weighting min(SNR, gamma) / SNR (module docstring); 0: plain eps-MSE.
+    min_snr_gamma: float = 0.0
     # > 0: train for this wall-clock budget instead of `steps` (see the module docstring);
     # `steps`, `warmup_steps` and `checkpoint_every` are then planned from the measured rate.
     minutes: float = 0.0
@@ -259,8 +267,12 @@ def train(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             predicted = model(schedule.q_sample(x0, t, noise), t, y)
         loss = F.mse_loss(predicted.float(), noise)
+        objective = loss
+        if cfg.min_snr_gamma > 0:
+            per_image = (predicted.float() - noise).pow(2).mean(dim=(1, 2, 3))
+            objective = (per_image * _min_snr_weights(schedule, t, cfg.min_snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         lr = plan.lr(cfg.lr, step, decay=budget_s is not None)
@@ -428,6 +440,13 @@ def _spent_before(path: Path, full: dict[str, Any]) -> float:
     return float(record.get("spent_seconds", 0.0)) if same else 0.0
 
 
+def _min_snr_weights(schedule: Schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR_t, gamma) / SNR_t per image: 1 at the noisy timesteps, gamma/SNR at the clean."""
+    abar = schedule.alphas_cumprod.to(t.device)[t]
+    snr = abar / (1 - abar)
+    return torch.where(snr > gamma, gamma / snr, torch.ones_like(snr)).float()  # no 0/0 at SNR 0
+
+
 @torch.no_grad()
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
@@ -449,6 +468,7 @@ def _use_bf16(precision: str, device: torch.device) -> bool:
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], ckpt: Path) -> None:
     def fixed(c: dict[str, Any]) -> dict[str, Any]:
         c = json.loads(json.dumps(c))  # compare as stored: tuples become lists
+        c.setdefault("min_snr_gamma", 0.0)  # folders from before the option trained without it
         return {k: v for k, v in c.items() if k not in ("step", *_MAY_CHANGE_ON_RESUME)}
 
     a, b = fixed(old), fixed(new)
@@ -505,11 +525,13 @@ def _plot_loss(losses: np.ndarray, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def grid_png(images: np.ndarray, ncol: int = 8, scale: int = 2) -> bytes:
-    """A grid of uint8 (N, H, W, 3) images as PNG bytes (nearest-neighbour upscaled)."""
+def grid_png(images: np.ndarray, ncol: int = 8, scale: int | None = None) -> bytes:
+    """A grid of uint8 (N, H, W, 3) images as PNG bytes, nearest-neighbour upscaled by `scale`
+    (default: to about 64 pixels a cell, so a 16x16 model's grid is as big as a 32x32 one's)."""
     from PIL import Image
 
     n, h, w, _ = images.shape
+    scale = scale or max(2, 64 // max(h, 1))
     ncol = min(ncol, max(n, 1))
     nrow = -(-n // ncol)
     canvas = np.full((nrow * (h + 2) + 2, ncol * (w + 2) + 2, 3), 128, dtype=np.uint8)
