@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.checks.duplicates.clusters import PairVerifier, linked_clusters
+from audit.checks.duplicates.clusters import EVIDENCE, PairVerifier, linked_clusters
 from audit.errors import AuditError
 from audit.workspace import Output, Workspace, atomic_write_parquet
 
@@ -365,12 +365,11 @@ def find(
     kind_of = np.array(list(pairs.values()), np.int8)
     checker = PairVerifier(_loader(rows)) if verify else None
     if checker is not None:
-        ok, corr, tile, inl = checker.many(pa_, pb_)
+        ok, measured = checker.many(pa_, pb_)
         joins = ok
     else:  # hashes alone: every candidate joins, none is verified
         ok, joins = np.zeros(len(pa_), bool), np.ones(len(pa_), bool)
-        corr, tile = np.full((2, len(pa_)), np.nan, np.float32)
-        inl = np.zeros(len(pa_), np.int32)
+        measured = {k: np.full(len(pa_), np.nan, np.float32) for k in EVIDENCE}
 
     def near(u: int, v: int) -> bool:  # a pair no hash proposed, met inside a cluster
         if checker is not None:
@@ -380,7 +379,7 @@ def find(
     group_rows = np.bincount(leader_of, minlength=n)
     rep = linked_clusters(n, pa_[joins], pb_[joins], near, weight=group_rows)[leader_of]
     ties = {p: k for k, p in enumerate(pairs)}
-    summary = _write(ws, rows, leader_of, rep, ties, (kind_of, ok, corr, tile, inl), emb)
+    summary = _write(ws, rows, leader_of, rep, ties, kind_of, ok, measured, emb)
     summary.update(
         rows=n,
         near_hash_pairs=int(len(ci)),
@@ -388,7 +387,8 @@ def find(
         verified_pairs=int(ok.sum()) if verify else None,
         rejected_pairs=int((~ok).sum()) if verify else None,
         pixel_checks=checker.pairs if checker is not None else 0,
-        verifier="audit.verify (near-duplicate thresholds)" if verify else "none (hashes alone)",
+        rejected_by=dict(sorted(checker.reasons.items())) if checker is not None else None,
+        verifier="colour thumbnails (verify_pairs)" if verify else "none (hashes alone)",
         bands=bands,
         embeddings=why,
         seconds=round(time.perf_counter() - t0, 3),
@@ -466,7 +466,9 @@ def _write(
     leader_of: np.ndarray,
     rep: np.ndarray,
     ties: dict[tuple[int, int], int],
-    evidence: tuple[np.ndarray, ...],
+    kind_of: np.ndarray,
+    ok: np.ndarray,
+    measured: dict[str, np.ndarray],
     emb: Any,
 ) -> dict[str, Any]:
     """duplicates.parquet: one row per clustered row, with the pair that ties it to its
@@ -477,13 +479,9 @@ def _write(
     sizes = np.bincount(rep, minlength=n)
     members = np.flatnonzero(sizes[rep] > 1)
     r = rep[members]
-    kind_of, ok, corr, tile, inl = evidence
     # per member: 3 exact (same sha256 group as the representative), else the pair's kind
     k = np.zeros(len(members), np.int8)
-    cor = np.full(len(members), np.nan, np.float32)
-    tcor = np.full(len(members), np.nan, np.float32)
-    inliers = np.zeros(len(members), np.int32)
-    has_tie = np.zeros(len(members), bool)
+    tie = {name: np.full(len(members), np.nan, np.float32) for name in EVIDENCE}
     verified = np.ones(len(members), bool)
     same = leader_of[members] == r
     k[same] = 3
@@ -492,8 +490,9 @@ def _write(
         t = ties.get((min(u, v), max(u, v)))
         if t is None:  # cannot happen: a member is adjacent to its representative
             raise AssertionError(f"row {members[idx]} has no pair with representative {v}")
-        k[idx], cor[idx], tcor[idx], verified[idx] = kind_of[t], corr[t], tile[t], ok[t]
-        inliers[idx], has_tie[idx] = inl[t], True
+        k[idx], verified[idx] = kind_of[t], ok[t]
+        for name in EVIDENCE:
+            tie[name][idx] = measured[name][t]
     is_rep = members == r
     strongest = np.zeros(n, np.int8)
     np.maximum.at(strongest, r[~is_rep], k[~is_rep])
@@ -526,9 +525,10 @@ def _write(
             "distance": pa.array(distance[o], pa.float32()),
             "hamming": pa.array(ham[o], pa.int16(), mask=~hok[o]),
             "cosine": pa.array(cos[o], pa.float32(), mask=~cos_ok[o]),
-            "correlation": pa.array(cor[o], pa.float32(), mask=np.isnan(cor[o])),
-            "tile_correlation": pa.array(tcor[o], pa.float32(), mask=np.isnan(tcor[o])),
-            "inliers": pa.array(inliers[o], pa.int32(), mask=~has_tie[o]),
+            **{
+                name: pa.array(tie[name][o], pa.float32(), mask=np.isnan(tie[name][o]))
+                for name in EVIDENCE
+            },
             "verified": pa.array(verified[o], pa.bool_()),
         }
     )
