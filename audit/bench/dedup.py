@@ -35,10 +35,10 @@ from typing import Any
 EDITS = ("jpeg_q50", "half_size", "line")
 MAX_SIDE = 512
 GOAL = {"precision": 0.95, "recall": 0.90}
-# The verifier's thresholds were read off seed 7 (`TUNING_SEED`); the recorded run uses
-# another seed, so the numbers are on pictures the thresholds never saw.
-SEED = 2026
-TUNING_SEED = 7
+# The verifier's thresholds were read off seeds 7 and 8 (`TUNING_SEEDS`); the recorded run
+# uses another seed, so its numbers are on pictures the thresholds never saw.
+SEED = 2027
+TUNING_SEEDS = (7, 8)
 
 
 def _jpeg_rms(x: Any) -> float:
@@ -70,7 +70,7 @@ def _base_set(tmp: Path, n: int, seed: int) -> tuple[list[Path], dict[str, int],
     from PIL import Image
 
     from audit.bench.descriptors import OPENCLIPART
-    from audit.images import DEFAULT_MAX_PIXELS, decode
+    from audit.images import MAX_DECODE_PIXELS, decode
 
     pool = sorted(OPENCLIPART.rglob("*.png"))
     random.Random(seed).shuffle(pool)
@@ -83,7 +83,7 @@ def _base_set(tmp: Path, n: int, seed: int) -> tuple[list[Path], dict[str, int],
         if len(out) == n:
             break
         with Image.open(f) as im:
-            if im.size[0] * im.size[1] > DEFAULT_MAX_PIXELS:
+            if im.size[0] * im.size[1] > MAX_DECODE_PIXELS:  # `decode` refuses these
                 continue
         img = decode(f.read_bytes())
         img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)

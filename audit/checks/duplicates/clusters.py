@@ -31,7 +31,7 @@ from audit.checks.duplicates.verify_pairs import PairEvidence, Thumb, compare, t
 
 COMPLETE = 32  # a new member must be near this many members already in its cluster
 CACHE = 8192  # thumbnails kept while pairs are verified (48 KB each at 128 px: ~400 MB)
-EVIDENCE = ("correlation", "blob", "two_sided", "signed", "noise")
+EVIDENCE = ("correlation", "blob", "two_sided", "noise")
 
 
 class PairVerifier:

@@ -22,11 +22,16 @@ a pair. Here both pictures are compared in colour, pixel by pixel:
    lacks ink the other has. Each picture's pixels are compared with the other's 3x3
    neighbourhood range (so a one-pixel shift is no difference); the residual above
    `RESIDUAL` levels, relative to the pictures' ink, must be below `MAX_TWO_SIDED` on the
-   cleaner side, and the blurred signed difference must be one-sided (`MAX_SIGNED`).
+   cleaner side.
 5. **Noise floor**: outside a thin one-sided overlay, the pictures may differ by no more
    (RMS) than `NOISE_RATIO` x what a JPEG re-encode at quality `NOISE_QUALITY` does to the
    sharper of them. On fine-line art (a ring of hairlines 100 px wide) a different drawing
    differs by less than a line overlay but more than re-encoding noise.
+
+Thresholds were read off seeds 7 and 8 of `audit.bench.dedup` (1,000 openclipart pictures
+each, 100 planted copies); the recorded benchmark runs on another seed. Known limit: strokes
+thinner than one thumbnail pixel (2 px at 512 px) count as an overlay, so two pictures that
+differ only by such hairlines on both sides may verify.
 
 Every measurement is kept in `PairEvidence` for the duplicate table and the report.
 """
@@ -44,10 +49,7 @@ ASPECT = 0.05  # |log(aspect ratio a / aspect ratio b)| above this: not the same
 DIFF = 48  # colour levels (max over channels) a solid difference must exceed
 MAX_BLOB = 0.001  # largest solid blob left after the opening, share of the picture
 RESIDUAL = 16  # levels above the other picture's 3x3 neighbourhood range that count
-MAX_TWO_SIDED = 0.003  # residual on the cleaner side, share of the pictures' mean ink
-SIGNED_BLUR = 2.0  # sigma (pixels) of the blur before the signed difference
-SIGNED_LEVEL = 4  # levels of blurred signed difference that count
-MAX_SIGNED = 0.0003  # blurred signed difference on the smaller side, share of the ink
+MAX_TWO_SIDED = 0.01  # residual on the cleaner side, share of the pictures' mean ink
 OVERLAY = 48  # levels: one-sided pixels darker/brighter than this form the overlay mask
 NOISE_QUALITY = 60  # the JPEG re-encode (Pillow / libjpeg) whose noise sets the floor...
 NOISE_RATIO = 1.2  # ...times this: RMS outside the overlay may reach about q50 noise
@@ -60,9 +62,9 @@ class PairEvidence:
 
     verified: bool
     correlation: float = float("nan")  # Pearson correlation of the grey thumbnails
-    blob: float = float("nan")  # largest solid difference, share of the picture
+    blob: float = float("nan")  # largest solid difference (or all of it, if that is
+    # already below MAX_BLOB), share of the picture
     two_sided: float = float("nan")  # residual on the cleaner side, share of the ink
-    signed: float = float("nan")  # blurred signed difference on the smaller side
     noise: float = float("nan")  # RMS outside the overlay / JPEG re-encoding RMS
     low_information: str | None = None
     reason: str = ""  # the first test that failed, "" when verified
@@ -135,6 +137,12 @@ def _noise(t: Thumb, arr: Any) -> float:
     return t.noise
 
 
+def _above(r: Any) -> float:
+    """Summed levels of the uint8 residual r above `RESIDUAL` (few pixels: index, then sum)."""
+    hit = r[r > RESIDUAL]
+    return float(hit.sum(dtype=np.int64) - RESIDUAL * hit.size)
+
+
 def _ink_of(t: Thumb, arr: Any) -> float:
     if arr.shape != t.rgb.shape:
         return _ink(arr)
@@ -176,20 +184,9 @@ def compare(a: Thumb, b: Thumb) -> PairEvidence:
         return PairEvidence(False, **ev, reason="solid_difference")
     ink = max(1.0, (_ink_of(a, x) + _ink_of(b, y)) / 2)
     rxy, ryx = _residual(x, y), _residual(y, x)
-    sides = (  # uint8 residuals: levels above RESIDUAL, saturating at 0
-        float(cv2.subtract(rxy, RESIDUAL).sum()) / ink,
-        float(cv2.subtract(ryx, RESIDUAL).sum()) / ink,
-    )
+    sides = (_above(rxy) / ink, _above(ryx) / ink)
     ev["two_sided"] = min(sides)
     if ev["two_sided"] > MAX_TWO_SIDED:
-        return PairEvidence(False, **ev, reason="two_sided_difference")
-    d = cv2.GaussianBlur(gx, (0, 0), SIGNED_BLUR) - cv2.GaussianBlur(gy, (0, 0), SIGNED_BLUR)
-    signed = (
-        float(np.maximum(d - SIGNED_LEVEL, 0).sum()) / ink,
-        float(np.maximum(-d - SIGNED_LEVEL, 0).sum()) / ink,
-    )
-    ev["signed"] = min(signed)
-    if ev["signed"] > MAX_SIGNED:
         return PairEvidence(False, **ev, reason="two_sided_difference")
     # the overlay: pixels of the dirtier side's residual, with their neighbours
     over = (rxy if sides[0] >= sides[1] else ryx) > OVERLAY
