@@ -323,7 +323,7 @@ def openclipart_variants_workspace(tmp_path):
     numbered = []
     for digit in "12":
         img = penguin.copy()
-        ImageDraw.Draw(img).text((12, 12), digit, fill=(0, 0, 0), font_size=penguin.size[1] // 6)
+        ImageDraw.Draw(img).text((12, 12), digit, fill=(0, 0, 0), font_size=penguin.size[1] // 5)
         numbered.append(encode(img, "PNG"))
     images = [
         encode(cat, "PNG"),

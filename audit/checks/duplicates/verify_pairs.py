@@ -22,7 +22,8 @@ a pair. Here both pictures are compared in colour, pixel by pixel:
    lacks ink the other has. Each picture's pixels are compared with the other's 3x3
    neighbourhood range (so a one-pixel shift is no difference); the residual above
    `RESIDUAL` levels, relative to the pictures' ink, must be below `MAX_TWO_SIDED` on the
-   cleaner side.
+   cleaner side, and its pixels more than `OVERLAY` levels out below `MAX_TWO_SIDED_AREA`
+   of the picture (a digit 1 against a 2: each has strokes the other lacks).
 5. **Noise floor**: outside a thin one-sided overlay, the pictures may differ by no more
    (RMS) than `NOISE_RATIO` x what a JPEG re-encode at quality `NOISE_QUALITY` does to the
    sharper of them. On fine-line art (a ring of hairlines 100 px wide) a different drawing
@@ -50,6 +51,7 @@ DIFF = 48  # colour levels (max over channels) a solid difference must exceed
 MAX_BLOB = 0.001  # largest solid blob left after the opening, share of the picture
 RESIDUAL = 16  # levels above the other picture's 3x3 neighbourhood range that count
 MAX_TWO_SIDED = 0.01  # residual on the cleaner side, share of the pictures' mean ink
+MAX_TWO_SIDED_AREA = 0.001  # pixels more than OVERLAY outside, cleaner side, share of picture
 OVERLAY = 48  # levels: one-sided pixels darker/brighter than this form the overlay mask
 NOISE_QUALITY = 60  # the JPEG re-encode (Pillow / libjpeg) whose noise sets the floor...
 NOISE_RATIO = 1.2  # ...times this: RMS outside the overlay may reach about q50 noise
@@ -65,6 +67,7 @@ class PairEvidence:
     blob: float = float("nan")  # largest solid difference (or all of it, if that is
     # already below MAX_BLOB), share of the picture
     two_sided: float = float("nan")  # residual on the cleaner side, share of the ink
+    two_sided_area: float = float("nan")  # pixels > OVERLAY on the cleaner side, share
     noise: float = float("nan")  # RMS outside the overlay / JPEG re-encoding RMS
     low_information: str | None = None
     reason: str = ""  # the first test that failed, "" when verified
@@ -186,7 +189,9 @@ def compare(a: Thumb, b: Thumb) -> PairEvidence:
     rxy, ryx = _residual(x, y), _residual(y, x)
     sides = (_above(rxy) / ink, _above(ryx) / ink)
     ev["two_sided"] = min(sides)
-    if ev["two_sided"] > MAX_TWO_SIDED:
+    # the same, counted in pixels far outside the other's range (a compact mark: a digit)
+    ev["two_sided_area"] = min(float((rxy > OVERLAY).mean()), float((ryx > OVERLAY).mean()))
+    if ev["two_sided"] > MAX_TWO_SIDED or ev["two_sided_area"] > MAX_TWO_SIDED_AREA:
         return PairEvidence(False, **ev, reason="two_sided_difference")
     # the overlay: pixels of the dirtier side's residual, with their neighbours
     over = (rxy if sides[0] >= sides[1] else ryx) > OVERLAY
