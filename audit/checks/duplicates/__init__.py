@@ -26,17 +26,21 @@ Identical codes are collapsed first, so a thousand blank images cost nothing ext
 
 Hashes only propose pairs. With `verify` (the default) every proposed pair between two
 sha256 groups (pHash within `hamming` bits, dHash within `dhash_candidates` bits, or
-embeddings) is checked on its pixels (`audit.verify` through `clusters.check_pair`, with its
-low-information guard) before it may join, and clusters are complete-linkage around a representative
-(`clusters.linked_clusters`): no A~B~C chains.
+embeddings) is checked on its pixels before it may join (`verify_pairs.compare`: colour
+thumbnails at a common size; no solid blob of difference, no difference on both sides, no
+difference above JPEG re-encoding noise outside a thin overlay; never on a blank or
+tiny-foreground picture), and clusters are complete-linkage around a representative
+(`clusters.linked_clusters`): no A~B~C chains. Each row is decoded once into a bounded
+cache of 128 px thumbnails.
 
 Output `duplicates.parquet`, one row per row that has at least one duplicate:
 row_id, cluster_id (0 = largest cluster), cluster_size, kind (how the row is tied to its
 representative: exact | near_hash | near_embedding; the representative carries its
 cluster's strongest kind), representative (most verified neighbours), distance (Hamming bits
 to the representative for exact/near_hash rows, 1 - cosine for near_embedding rows), hamming
-(pHash bits to the representative), cosine (when embeddings were used), correlation and
-tile_correlation (the pixel check of the tie), verified (the tie was confirmed).
+(pHash bits to the representative), cosine (when embeddings were used), correlation, blob,
+two_sided, noise (the pixel check of the tie, `verify_pairs.PairEvidence`), verified (the tie
+was confirmed).
 
 Example:
     >>> from audit.checks import duplicates

@@ -24,7 +24,9 @@ a pair. Here both pictures are compared in colour, pixel by pixel:
    `RESIDUAL` levels, relative to the pictures' ink, must be below `MAX_TWO_SIDED` on the
    cleaner side, and its pixels more than `OVERLAY` levels out below `MAX_TWO_SIDED_AREA`
    of the picture (a digit 1 against a 2: each has strokes the other lacks).
-5. **Noise floor**: outside a thin one-sided overlay, the pictures may differ by no more
+5. **Overlay**: the dirtier side's pixels more than `OVERLAY` levels out (dilated by one
+   pixel) are the overlay; it may cover at most `MAX_OVERLAY` of the picture.
+6. **Noise floor**: outside that overlay, the pictures may differ by no more
    (RMS) than `NOISE_RATIO` x what a JPEG re-encode at quality `NOISE_QUALITY` does to the
    sharper of them. On fine-line art (a ring of hairlines 100 px wide) a different drawing
    differs by less than a line overlay but more than re-encoding noise.
@@ -53,6 +55,8 @@ RESIDUAL = 16  # levels above the other picture's 3x3 neighbourhood range that c
 MAX_TWO_SIDED = 0.01  # residual on the cleaner side, share of the pictures' mean ink
 MAX_TWO_SIDED_AREA = 0.001  # pixels more than OVERLAY outside, cleaner side, share of picture
 OVERLAY = 48  # levels: one-sided pixels darker/brighter than this form the overlay mask
+MAX_OVERLAY = 0.02  # the overlay may cover at most this share: a line across the picture
+# (one pixel by the long side, ~1/h) is 0.017 at most; a frame or a map's borders are more
 NOISE_QUALITY = 60  # the JPEG re-encode (Pillow / libjpeg) whose noise sets the floor...
 NOISE_RATIO = 1.2  # ...times this: RMS outside the overlay may reach about q50 noise
 _K = np.ones((3, 3), np.uint8)
@@ -63,11 +67,13 @@ class PairEvidence:
     """What the pixel check found for one pair (nan if not compared)."""
 
     verified: bool
-    correlation: float = float("nan")  # Pearson correlation of the grey thumbnails
+    correlation: float = float("nan")  # Pearson correlation of the grey thumbnails (pairs
+    # that pass the blob and two-sided tests; the others are not worth the time)
     blob: float = float("nan")  # largest solid difference (or all of it, if that is
     # already below MAX_BLOB), share of the picture
     two_sided: float = float("nan")  # residual on the cleaner side, share of the ink
     two_sided_area: float = float("nan")  # pixels > OVERLAY on the cleaner side, share
+    overlay: float = float("nan")  # one-sided pixels more than OVERLAY out, share
     noise: float = float("nan")  # RMS outside the overlay / JPEG re-encoding RMS
     low_information: str | None = None
     reason: str = ""  # the first test that failed, "" when verified
@@ -175,14 +181,11 @@ def compare(a: Thumb, b: Thumb) -> PairEvidence:
     x, y = a.rgb, b.rgb
     if x.shape != y.shape:  # the larger one meets the smaller at the smaller's resolution
         y = cv2.resize(y, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_AREA)
-    gx = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    gy = cv2.cvtColor(y, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    corr = _corr(gx, gy)
     solid = (_channel_max(cv2.absdiff(x, y)) > DIFF).astype(np.uint8)
     opened = cv2.morphologyEx(solid, cv2.MORPH_OPEN, _K)
     left = float(opened.sum()) / opened.size
     blob = _largest(opened) if left > MAX_BLOB else left  # all of it is at most MAX_BLOB
-    ev: dict[str, Any] = {"correlation": corr, "blob": blob}
+    ev: dict[str, Any] = {"blob": blob}
     if blob > MAX_BLOB:
         return PairEvidence(False, **ev, reason="solid_difference")
     ink = max(1.0, (_ink_of(a, x) + _ink_of(b, y)) / 2)
@@ -193,8 +196,13 @@ def compare(a: Thumb, b: Thumb) -> PairEvidence:
     ev["two_sided_area"] = min(float((rxy > OVERLAY).mean()), float((ryx > OVERLAY).mean()))
     if ev["two_sided"] > MAX_TWO_SIDED or ev["two_sided_area"] > MAX_TWO_SIDED_AREA:
         return PairEvidence(False, **ev, reason="two_sided_difference")
+    gx = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    ev["correlation"] = _corr(gx, cv2.cvtColor(y, cv2.COLOR_RGB2GRAY).astype(np.float32))
     # the overlay: pixels of the dirtier side's residual, with their neighbours
     over = (rxy if sides[0] >= sides[1] else ryx) > OVERLAY
+    ev["overlay"] = float(over.mean())
+    if ev["overlay"] > MAX_OVERLAY:
+        return PairEvidence(False, **ev, reason="overlay_too_large")
     keep = cv2.dilate(over.astype(np.uint8), _K) == 0
     diff = (x.astype(np.float32) - y.astype(np.float32))[keep]
     rms = float(np.sqrt((diff**2).mean())) if diff.size else 0.0
