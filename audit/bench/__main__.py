@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--out", default="reports/bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument(
-        "--seed", type=int, help="data seed, for benchmarks that take one (dedup: default 2026)"
+        "--seed", type=int, help="data seed, for benchmarks that take one (dedup: default 2028)"
     )
     args = parser.parse_args()
     out = Path(args.out)

@@ -1,6 +1,6 @@
 """Duplicate-cluster precision and recall on planted near-duplicates, beside imagededup.
 
-Data: random openclipart PNGs (Debian openclipart-png, seed 2027), composited on white (as
+Data: random openclipart PNGs (Debian openclipart-png, seed 2028), composited on white (as
 `audit` decodes them; imagededup would otherwise turn transparent pixels black and never
 match a JPEG copy) and scaled to at most 512 px on the longest side, saved as PNG. The base
 set is deduplicated first: openclipart holds pixel-identical pictures under different names,
@@ -43,7 +43,7 @@ MAX_SIDE = 512
 GOAL = {"precision": 0.95, "recall": 0.90}
 # The verifier's thresholds were read off seeds 7 and 8 (`TUNING_SEEDS`); the recorded run
 # uses another seed, so its numbers are on pictures the thresholds never saw.
-SEED = 2027
+SEED = 2028
 TUNING_SEEDS = (7, 8)
 
 
