@@ -66,7 +66,13 @@ def _within_noise(x: Any, earlier: list[tuple[Any, float]]) -> bool:
     import numpy as np
 
     xf = x.astype(np.float32)
-    return any(float(np.sqrt(((xf - e) ** 2).mean())) <= noise for e, noise in earlier)
+    for s in range(0, len(earlier), 64):  # 64 picks at a time: bounded memory, numpy speed
+        chunk = earlier[s : s + 64]
+        stack = np.stack([e for e, _ in chunk])
+        rms = np.sqrt(((stack - xf) ** 2).reshape(len(chunk), -1).mean(axis=1))
+        if np.any(rms <= np.array([noise for _, noise in chunk])):
+            return True
+    return False
 
 
 def _base_set(tmp: Path, n: int, seed: int) -> tuple[list[Path], dict[str, int], list[str]]:
