@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import platform
 import time
@@ -20,6 +21,9 @@ def main() -> None:
     )
     parser.add_argument("--out", default="reports/bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument(
+        "--seed", type=int, help="data seed, for benchmarks that take one (dedup: default 2028)"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -32,7 +36,11 @@ def main() -> None:
         if name not in BENCHES:
             parser.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
         started = time.perf_counter()
-        result = importlib.import_module(f"audit.bench.{name}").run(out, quick=args.quick)
+        run = importlib.import_module(f"audit.bench.{name}").run
+        extra = {}
+        if args.seed is not None and "seed" in inspect.signature(run).parameters:
+            extra["seed"] = args.seed
+        result = run(out, quick=args.quick, **extra)
         print(f"{name}: {time.perf_counter() - started:.0f}s -> {out / (name + '.md')}")
         print(json.dumps(result, indent=2, default=str)[:2000])
     (out / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")

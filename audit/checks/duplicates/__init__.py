@@ -26,17 +26,21 @@ Identical codes are collapsed first, so a thousand blank images cost nothing ext
 
 Hashes only propose pairs. With `verify` (the default) every proposed pair between two
 sha256 groups (pHash within `hamming` bits, dHash within `dhash_candidates` bits, or
-embeddings) is checked on its pixels (`audit.verify` through `clusters.check_pair`, with its
-low-information guard) before it may join, and clusters are complete-linkage around a representative
-(`clusters.linked_clusters`): no A~B~C chains.
+embeddings) is checked on its pixels before it may join (`verify_pairs.compare`: colour
+thumbnails at a common size; no solid blob of difference, no difference on both sides, no
+difference above JPEG re-encoding noise outside a thin overlay; never on a blank or
+tiny-foreground picture), and clusters are complete-linkage around a representative
+(`clusters.linked_clusters`): no A~B~C chains. Each row is decoded once into a bounded
+cache of 128 px thumbnails.
 
 Output `duplicates.parquet`, one row per row that has at least one duplicate:
 row_id, cluster_id (0 = largest cluster), cluster_size, kind (how the row is tied to its
 representative: exact | near_hash | near_embedding; the representative carries its
 cluster's strongest kind), representative (most verified neighbours), distance (Hamming bits
 to the representative for exact/near_hash rows, 1 - cosine for near_embedding rows), hamming
-(pHash bits to the representative), cosine (when embeddings were used), correlation and
-tile_correlation (the pixel check of the tie), verified (the tie was confirmed).
+(pHash bits to the representative), cosine (when embeddings were used), correlation, blob,
+two_sided, noise (the pixel check of the tie, `verify_pairs.PairEvidence`), verified (the tie
+was confirmed).
 
 Example:
     >>> from audit.checks import duplicates
@@ -54,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.checks.duplicates.clusters import PairVerifier, linked_clusters
+from audit.checks.duplicates.clusters import EVIDENCE, PairVerifier, linked_clusters
 from audit.errors import AuditError
 from audit.workspace import Output, Workspace, atomic_write_parquet
 
@@ -365,12 +369,11 @@ def find(
     kind_of = np.array(list(pairs.values()), np.int8)
     checker = PairVerifier(_loader(rows)) if verify else None
     if checker is not None:
-        ok, corr, tile, inl = checker.many(pa_, pb_)
+        ok, measured = checker.many(pa_, pb_)
         joins = ok
     else:  # hashes alone: every candidate joins, none is verified
         ok, joins = np.zeros(len(pa_), bool), np.ones(len(pa_), bool)
-        corr, tile = np.full((2, len(pa_)), np.nan, np.float32)
-        inl = np.zeros(len(pa_), np.int32)
+        measured = {k: np.full(len(pa_), np.nan, np.float32) for k in EVIDENCE}
 
     def near(u: int, v: int) -> bool:  # a pair no hash proposed, met inside a cluster
         if checker is not None:
@@ -380,7 +383,7 @@ def find(
     group_rows = np.bincount(leader_of, minlength=n)
     rep = linked_clusters(n, pa_[joins], pb_[joins], near, weight=group_rows)[leader_of]
     ties = {p: k for k, p in enumerate(pairs)}
-    summary = _write(ws, rows, leader_of, rep, ties, (kind_of, ok, corr, tile, inl), emb)
+    summary = _write(ws, rows, leader_of, rep, ties, kind_of, ok, measured, emb)
     summary.update(
         rows=n,
         near_hash_pairs=int(len(ci)),
@@ -388,7 +391,8 @@ def find(
         verified_pairs=int(ok.sum()) if verify else None,
         rejected_pairs=int((~ok).sum()) if verify else None,
         pixel_checks=checker.pairs if checker is not None else 0,
-        verifier="audit.verify (near-duplicate thresholds)" if verify else "none (hashes alone)",
+        rejected_by=dict(sorted(checker.reasons.items())) if checker is not None else None,
+        verifier="colour thumbnails (verify_pairs)" if verify else "none (hashes alone)",
         bands=bands,
         embeddings=why,
         seconds=round(time.perf_counter() - t0, 3),
@@ -466,7 +470,9 @@ def _write(
     leader_of: np.ndarray,
     rep: np.ndarray,
     ties: dict[tuple[int, int], int],
-    evidence: tuple[np.ndarray, ...],
+    kind_of: np.ndarray,
+    ok: np.ndarray,
+    measured: dict[str, np.ndarray],
     emb: Any,
 ) -> dict[str, Any]:
     """duplicates.parquet: one row per clustered row, with the pair that ties it to its
@@ -477,13 +483,9 @@ def _write(
     sizes = np.bincount(rep, minlength=n)
     members = np.flatnonzero(sizes[rep] > 1)
     r = rep[members]
-    kind_of, ok, corr, tile, inl = evidence
     # per member: 3 exact (same sha256 group as the representative), else the pair's kind
     k = np.zeros(len(members), np.int8)
-    cor = np.full(len(members), np.nan, np.float32)
-    tcor = np.full(len(members), np.nan, np.float32)
-    inliers = np.zeros(len(members), np.int32)
-    has_tie = np.zeros(len(members), bool)
+    tie = {name: np.full(len(members), np.nan, np.float32) for name in EVIDENCE}
     verified = np.ones(len(members), bool)
     same = leader_of[members] == r
     k[same] = 3
@@ -492,8 +494,9 @@ def _write(
         t = ties.get((min(u, v), max(u, v)))
         if t is None:  # cannot happen: a member is adjacent to its representative
             raise AssertionError(f"row {members[idx]} has no pair with representative {v}")
-        k[idx], cor[idx], tcor[idx], verified[idx] = kind_of[t], corr[t], tile[t], ok[t]
-        inliers[idx], has_tie[idx] = inl[t], True
+        k[idx], verified[idx] = kind_of[t], ok[t]
+        for name in EVIDENCE:
+            tie[name][idx] = measured[name][t]
     is_rep = members == r
     strongest = np.zeros(n, np.int8)
     np.maximum.at(strongest, r[~is_rep], k[~is_rep])
@@ -526,9 +529,10 @@ def _write(
             "distance": pa.array(distance[o], pa.float32()),
             "hamming": pa.array(ham[o], pa.int16(), mask=~hok[o]),
             "cosine": pa.array(cos[o], pa.float32(), mask=~cos_ok[o]),
-            "correlation": pa.array(cor[o], pa.float32(), mask=np.isnan(cor[o])),
-            "tile_correlation": pa.array(tcor[o], pa.float32(), mask=np.isnan(tcor[o])),
-            "inliers": pa.array(inliers[o], pa.int32(), mask=~has_tie[o]),
+            **{
+                name: pa.array(tie[name][o], pa.float32(), mask=np.isnan(tie[name][o]))
+                for name in EVIDENCE
+            },
             "verified": pa.array(verified[o], pa.bool_()),
         }
     )

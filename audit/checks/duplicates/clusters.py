@@ -13,112 +13,72 @@ pictures of the same kind, and connected components over such links collect whol
    A~B~C with A and C not near is never one cluster, and every row of `duplicates.parquet`
    names the pair that ties it to its representative.
 
-The pixel verification is the shared copy verifier, `audit.verify` (SIFT + RANSAC similarity
-fit, aligned zero-normalised correlation over the picture and per tile, low-information
-guard), at stricter thresholds than a copy needs (`check_pair`).
+The pixel verification is `verify_pairs.compare`: both thumbnails in colour at a common size,
+rejecting solid blobs of difference, differences on both sides (another drawing rather than
+an overlay) and differences above re-encoding noise. It needs no SIFT (~1 ms a pair), and
+each row is decoded once into a bounded cache of thumbnails.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-# A near-duplicate is stricter than a copy: `verify.is_copy` accepts a crop or a recoloured
-# copy at correlation 0.8; a duplicate to remove must also match over the picture and per tile
-# (thresholds read off 1,000 openclipart images with 100 planted copies, seed 7, not the
-# benchmark's seed: copies sit at correlation ~0.99).
-MIN_CORRELATION = 0.93  # aligned zero-normalised correlation over the picture
-MIN_TILE_CORRELATION = 0.97  # median over tiles with content: the pips of two cards differ
+from audit.checks.duplicates.verify_pairs import PairEvidence, Thumb, compare, thumbnail
+
 COMPLETE = 32  # a new member must be near this many members already in its cluster
-CACHE = 1024  # prepared pictures kept while pairs are verified (SIFT features: ~0.5 MB each)
-
-
-@dataclass(frozen=True)
-class PairEvidence:
-    """What the verifier found for one pair: correlations -1..1 (nan if not compared)."""
-
-    verified: bool
-    correlation: float = float("nan")
-    tile_correlation: float = float("nan")
-    low_information: str | None = None
-    inliers: int = 0
-
-
-def prepare(img: Any) -> tuple[Any, Any, str | None]:
-    """A PIL image -> (features, mirrored features, low-information reason) for `verify`."""
-    from audit import verify
-
-    # the guard first, on a grey thumbnail: blank and tiny-foreground pictures (most of the
-    # pairs dHash proposes on clip art) never verify, so they need no SIFT features
-    low = verify.information(np.asarray(img.convert("L").resize((64, 64)), np.uint8))
-    if low is not None:
-        return None, None, low
-    f = verify.extract(img)
-    if f.low_information is not None:  # never a duplicate: skip describing the mirror image
-        return f, None, f.low_information
-    return f, verify.extract(img, mirrored=True), None
-
-
-def check_pair(a: tuple[Any, Any, str | None], b: tuple[Any, Any, str | None]) -> PairEvidence:
-    """`verify.verify` on two prepared pictures, at the near-duplicate thresholds above."""
-    from audit import verify
-
-    low = a[2] or b[2]
-    if low is not None:
-        return PairEvidence(False, low_information=low)
-    e = verify.verify(None, None, query_features=(a[0], a[1]), candidate_features=b[0])
-    ok = (
-        verify.is_copy(e)
-        and e.correlation >= MIN_CORRELATION
-        and np.nan_to_num(e.tile_correlation, nan=-1.0) >= MIN_TILE_CORRELATION
-    )
-    return PairEvidence(bool(ok), e.correlation, e.tile_correlation, e.low_information, e.inliers)
+CACHE = 8192  # thumbnails kept while pairs are verified (48 KB each at 128 px: ~400 MB)
+EVIDENCE = ("correlation", "blob", "two_sided", "noise")
 
 
 class PairVerifier:
     """Verifies row pairs on their pixels, decoding each picture about once.
 
     `load(row_id)` returns a PIL image or None (unreadable: no pair with it verifies).
-    Prepared pictures are kept in a bounded cache; visit pairs in row order to make use of it.
+    Thumbnails are kept in a bounded cache; visit pairs in row order to make use of it.
     """
 
     def __init__(self, load: Callable[[int], Any]) -> None:
         self.load = load
-        self.cache: OrderedDict[int, Any] = OrderedDict()
+        self.cache: OrderedDict[int, Thumb | None] = OrderedDict()
         self.pairs = 0
+        self.reasons: dict[str, int] = {}
 
-    def _prepared(self, row: int) -> Any:
+    def _thumb(self, row: int) -> Thumb | None:
         if row in self.cache:
             self.cache.move_to_end(row)
             return self.cache[row]
         img = self.load(row)
-        self.cache[row] = None if img is None else prepare(img)
+        self.cache[row] = None if img is None else thumbnail(img)
         if len(self.cache) > CACHE:
             self.cache.popitem(last=False)
         return self.cache[row]
 
     def __call__(self, u: int, v: int) -> PairEvidence:
         self.pairs += 1
-        pu, pv = self._prepared(int(u)), self._prepared(int(v))
-        if pu is None or pv is None:
-            return PairEvidence(False, low_information="unreadable")
-        return check_pair(pu, pv)
+        tu, tv = self._thumb(int(u)), self._thumb(int(v))
+        ev = (
+            PairEvidence(False, low_information="unreadable", reason="unreadable")
+            if tu is None or tv is None
+            else compare(tu, tv)
+        )
+        if ev.reason:
+            self.reasons[ev.reason] = self.reasons.get(ev.reason, 0) + 1
+        return ev
 
-    def many(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(verified, correlation, tile_correlation, inliers) of the pairs (a[k], b[k])."""
+    def many(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(verified, {measurement: values}) of the pairs (a[k], b[k]); see `EVIDENCE`."""
         ok = np.zeros(len(a), bool)
-        inliers = np.zeros(len(a), np.int32)
-        corr = np.full(len(a), np.nan, np.float32)
-        tile = np.full(len(a), np.nan, np.float32)
+        ev = {k: np.full(len(a), np.nan, np.float32) for k in EVIDENCE}
         for k in np.lexsort((b, a)):
-            ev = self(a[k], b[k])
-            ok[k], corr[k], tile[k] = ev.verified, ev.correlation, ev.tile_correlation
-            inliers[k] = ev.inliers
-        return ok, corr, tile, inliers
+            e = self(a[k], b[k])
+            ok[k] = e.verified
+            for name in EVIDENCE:
+                ev[name][k] = getattr(e, name)
+        return ok, ev
 
 
 def linked_clusters(
