@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from audit import results
 from audit.errors import AuditError
 
 
@@ -41,6 +42,8 @@ class Stage:
     whole dataset at once. `report` renders its page after it ran in `audit run`. `when`:
     "always", "sources" (only when `audit run` was given sources), "train" (only when a model
     is trained), "calibrate" (only when `RunOptions.calibrate` names a number of images).
+    `summary` is the dataclass (`audit.results`) that reads what the entry returns and records
+    in the manifest; `key_figures` are some of its fields.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Stage:
     pages: tuple[tuple[str, str], ...] = ()
     key_figures: tuple[str, ...] = ()
     when: str = "always"
+    summary: type[results.Summary] = results.Summary
 
 
 WS = ("ws_root", "ws")
@@ -81,6 +85,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         key_figures=("rows", "images", "errors"),
         when="sources",
+        summary=results.IngestSummary,
     ),
     Stage(
         "hash",
@@ -97,6 +102,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         part="audit.hashes:hash_part",
         key_figures=("hashed", "errors"),
+        summary=results.HashSummary,
     ),
     Stage(
         "embed",
@@ -113,6 +119,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         part="audit.embeddings:embed_part",
         key_figures=("embedded", "errors", "dim"),
+        summary=results.EmbedSummary,
     ),
     Stage(
         "index",
@@ -122,6 +129,7 @@ STAGES: tuple[Stage, ...] = (
         reads=("embed", "hash"),
         part="audit.knn:index_part",
         key_figures=("image_index", "recall_at_10"),
+        summary=results.IndexSummary,
     ),
     Stage(
         "dedup",
@@ -144,6 +152,7 @@ STAGES: tuple[Stage, ...] = (
         report="audit.reports.duplicates:write",
         pages=(("duplicates.md", "Which images are exact or near duplicates?"),),
         key_figures=("clusters", "rows_in_clusters", "by_kind", "largest_cluster"),
+        summary=results.DedupSummary,
     ),
     Stage(
         "optout",
@@ -178,6 +187,7 @@ STAGES: tuple[Stage, ...] = (
             ),
         ),
         key_figures=("rows", "decisions"),
+        summary=results.OptoutSummary,
     ),
     Stage(
         "provenance",
@@ -196,6 +206,7 @@ STAGES: tuple[Stage, ...] = (
         report="audit.reports.provenance:write",
         pages=(("synthetic.md", "Which images are marked as generated (IPTC, C2PA), per source?"),),
         key_figures=("rows", "synthetic", "c2pa_states"),
+        summary=results.ProvenanceSummary,
     ),
     Stage(
         "filter",
@@ -204,6 +215,7 @@ STAGES: tuple[Stage, ...] = (
         (WS, ("out", "consented"), ("exclude_synthetic", "exclude_synthetic")),
         reads=("optout", "provenance"),
         key_figures=("use", "kept", "removed", "by_decision", "synthetic_removed"),
+        summary=results.FilterSummary,
     ),
     Stage(
         "bias",
@@ -213,6 +225,7 @@ STAGES: tuple[Stage, ...] = (
         reads=("ingest", "embed"),
         pages=(("bias/bias.md", "How do captions, sources, languages and image properties skew?"),),
         key_figures=("captions", "female_to_male_ratio", "domains", "top10_domain_share", "probes"),
+        summary=results.BiasSummary,
     ),
     Stage(
         "train",
@@ -229,6 +242,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         reads=("ingest",),
         when="train",
+        summary=results.TrainSummary,
     ),
     Stage(
         "generate",
@@ -237,6 +251,7 @@ STAGES: tuple[Stage, ...] = (
         (("model", "model_dir"), ("out", "generated"), ("n", "generate"), ("seed", "seed")),
         reads=("train",),
         when="train",
+        summary=results.GenerateSummary,
     ),
     Stage(
         "match",
@@ -260,6 +275,7 @@ STAGES: tuple[Stage, ...] = (
         pages=(("memorisation.md", "Which generated images copy training images?"),),
         key_figures=("generated", "counts", "replication_rate"),
         when="train",
+        summary=results.MatchSummary,
     ),
     Stage(
         "calibrate",
@@ -274,6 +290,7 @@ STAGES: tuple[Stage, ...] = (
             ),
         ),
         when="calibrate",  # `audit calibrate`, and `audit run --demo`: it measures the check
+        summary=results.CalibrateSummary,
     ),
     Stage(
         "features",
@@ -283,6 +300,7 @@ STAGES: tuple[Stage, ...] = (
         reads=("ingest",),
         key_figures=("descriptors", "images"),
         when="never",  # built on demand by `audit match` and `audit calibrate`
+        summary=results.FeaturesSummary,
     ),
     Stage(
         "bias_generated",
@@ -291,6 +309,7 @@ STAGES: tuple[Stage, ...] = (
         (),
         pages=(("bias/bias_generated.md", "How do generated images vary across prompts?"),),
         when="never",  # needs prompts and a model: `audit bias generated`
+        summary=results.BiasGeneratedSummary,
     ),
     Stage(
         "card",
@@ -304,6 +323,7 @@ STAGES: tuple[Stage, ...] = (
             ("out", "model_card"),
         ),
         pages=(("MODEL_CARD.md", "The model card, merged from all of the above."),),
+        summary=results.CardSummary,
     ),
 )
 
@@ -319,6 +339,13 @@ PAGES: tuple[tuple[str, str], ...] = tuple(p for s in STAGES for p in s.pages)
 
 # Summary keys worth a glance on the status page, per stage.
 KEY_FIGURES: dict[str, tuple[str, ...]] = {s.name: s.key_figures for s in STAGES if s.key_figures}
+
+
+def summary(stage: str, recorded: dict[str, Any] | None) -> results.Summary:
+    """The typed summary of `stage` (a `match-<name>` manifest record is a "match") from the
+    dict its entry returned or the manifest recorded."""
+    declared = BY_NAME.get(stage) or BY_NAME.get(stage.split("-")[0])
+    return (declared.summary if declared else results.Summary).from_dict(recorded)
 
 
 def command(stage: str) -> str:
