@@ -2,8 +2,9 @@
 
 A stage declares itself once, in `STAGES`, and everything else reads that tuple: the
 workspace (its duckdb views, `TABLES`, and the command named in "run this first"), `audit
-run` (`pipeline.run` calls the stages in this order), the status page (key figures, report
-pages) and the CLI. Adding a stage is one entry here plus its module and its command.
+run` (`pipeline.run` calls the stages in this order and hands back each one's typed summary,
+`Stage.summary`), the status page (key figures, report pages) and the CLI. Adding a stage is
+one entry here plus its module, its command and its summary dataclass in `audit.results`.
 
 Functions are named as "module:function" and imported only when called (`load`), so this
 module stays in the base layer: it imports no stage, and `audit --help` imports nothing heavy.

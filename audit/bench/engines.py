@@ -12,7 +12,9 @@ What makes the comparison like for like:
 - Start-up apart: `ray.init` is timed on its own (`ray_startup_s`), and a warm-up run on
   `WARMUP_PARTS` parts (Ray starts its worker processes, every engine imports its modules and
   loads its model) is timed on its own (`warmup_s`); neither is in the stage times.
-- Several repeats (`REPEATS`, 2 with --quick), the median kept, min and max recorded.
+- Several rounds (`REPEATS`, 2 with --quick), each running every engine once on a fresh Ray
+  (so that a change in the machine's load falls on all engines alike); the median kept, min
+  and max recorded.
 - CPU time as well as wall time: the driver's (`time.process_time` and its finished child
   processes) plus, on Ray, what the tasks report (`audit.engines.ray.USAGE`). On a machine
   shared with other jobs the wall clock counts their time too; CPU time mostly does not.
@@ -162,30 +164,35 @@ def run(out: Path, quick: bool = False, repeats: int | None = None) -> dict[str,
         metadata.ingest(base, [src / "shards"], rows_per_part=ROWS_PER_PART)
         _first_rows(src / "shards", tmp / "warm-shards", WARMUP_PARTS * ROWS_PER_PART)
         metadata.ingest(warm, [tmp / "warm-shards"], rows_per_part=ROWS_PER_PART)
-        runs: dict[str, list[dict[str, tuple[float, float]]]] = {}
-        startup: dict[str, float] = {}
-        warmup: dict[str, float] = {}
-        load: dict[str, list[float]] = {}
+        runs: dict[str, list[dict[str, tuple[float, float]]]] = {c: [] for c, _ in CONFIGS}
+        startup: dict[str, list[float]] = {c: [] for c, cpus in CONFIGS if cpus}
+        warmup: dict[str, list[float]] = {c: [] for c, _ in CONFIGS}
+        load: dict[str, list[float]] = {c: [] for c, _ in CONFIGS}
         same = True
         reference: dict[str, list[tuple[str, str]]] = {}
-        for config, cpus in CONFIGS:
-            engine = "ray" if cpus else "local"
-            load[config] = [round(os.getloadavg()[0], 2)]
-            if cpus:
-                t0 = time.perf_counter()
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-                startup[config] = round(time.perf_counter() - t0, 2)
-            try:
-                ws = tmp / f"{config}-warm"
-                shutil.copytree(warm, ws)
-                t0 = time.perf_counter()
-                for s in STAGES:
-                    _stage(s, ws, src, engine)
-                warmup[config] = round(time.perf_counter() - t0, 2)
-                runs[config] = []
-                for r in range(repeats):
+        # Rounds, each running every engine once, so that a change in the machine's load
+        # during the bench falls on all three alike (not on whichever engine ran last).
+        for r in range(repeats):
+            for config, cpus in CONFIGS:
+                engine = "ray" if cpus else "local"
+                if cpus:
+                    t0 = time.perf_counter()
+                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+                    startup[config].append(time.perf_counter() - t0)
+                try:
+                    # a new Ray has new worker processes: each round warms them up again;
+                    # this process stays warm after its first
+                    if cpus or r == 0:
+                        ws = tmp / f"{config}-warm-{r}"
+                        shutil.copytree(warm, ws)
+                        t0 = time.perf_counter()
+                        for s in STAGES:
+                            _stage(s, ws, src, engine)
+                        warmup[config].append(time.perf_counter() - t0)
+                        shutil.rmtree(ws)
                     ws = tmp / f"{config}-{r}"
                     shutil.copytree(base, ws)
+                    load[config].append(round(os.getloadavg()[0], 2))
                     runs[config].append({s: _stage(s, ws, src, engine) for s in STAGES})
                     for s in STAGES:
                         if config == "in-process" and r == 0:
@@ -193,21 +200,30 @@ def run(out: Path, quick: bool = False, repeats: int | None = None) -> dict[str,
                         else:
                             same = same and _outputs(ws, s) == reference[s]
                     shutil.rmtree(ws)
-            finally:
-                if cpus:
-                    ray.shutdown()
-            load[config].append(round(os.getloadavg()[0], 2))
+                finally:
+                    if cpus:
+                        ray.shutdown()
         vit = _vit_b_32_rate()
-        result = _summarise(n, repeats, runs, startup, warmup, load, same, vit, out)
+        result = _summarise(
+            n,
+            repeats,
+            runs,
+            {c: _median(v) for c, v in startup.items()},
+            {c: _median(v) for c, v in warmup.items()},
+            load,
+            same,
+            vit,
+            out,
+        )
         result["bench_seconds"] = round(time.perf_counter() - started, 1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        for k, v in saved_env.items():
+        threads.configure(saved_budget)  # the loaded libraries back on the process's budget
+        for k, v in saved_env.items():  # and the environment as it was
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        threads.configure(saved_budget)
     atomic_write_json(out / "engines.json", result)
     atomic_write_text(out / "engines.md", _markdown(result))
     # the checkout's README, when `out` is its reports/bench/ (as in `make bench`); a --quick
@@ -265,9 +281,9 @@ def _summarise(
         "repeats": repeats,
         "threads_per_task": 1,
         "cpus_on_machine": cpus,
-        "load_average": load,  # 1-minute load before and after each engine's runs
-        "ray_startup_s": startup,  # ray.init, not in any stage time
-        "warmup_s": warmup,  # first run on the warm-up parts, not in any stage time
+        "load_average": load,  # 1-minute load when each measured run began, per round
+        "ray_startup_s": startup,  # ray.init (median of the rounds), not in any stage time
+        "warmup_s": warmup,  # run on the warm-up parts (median), not in any stage time
         "stages": per_stage,
         "total": total,
         "overhead_ray_1_cpu": total["overhead_ray_1_cpu"],
@@ -367,8 +383,9 @@ def _markdown(r: dict[str, Any]) -> str:
 
 {r["images"]} openclipart images (`audit sample build --n {r["images"]}`), ingested in
 {r["parts"]} parts of {r["rows_per_part"]} rows; one thread per task and in the baseline.
-Median of {r["repeats"]} runs each on a fresh copy, after a warm-up on {r["warmup_rows"]} rows.
-Machine: {r["cpus_on_machine"]} CPUs; 1-minute load before/after each engine's runs:
+Median of {r["repeats"]} rounds, each running every engine once on a fresh copy (Ray newly started
+and warmed up on {r["warmup_rows"]} rows; this process warmed up once).
+Machine: {r["cpus_on_machine"]} CPUs; 1-minute load when each measured run began (per round):
 {json.dumps(r["load_average"])}. Not in the stage times: Ray start-up
 {json.dumps(r["ray_startup_s"])} s, warm-up {json.dumps(r["warmup_s"])} s. Artefacts
 identical on every engine: {r["artefacts_identical"]}.
@@ -379,8 +396,10 @@ Wall seconds (CPU ms per row: driver + tasks):
 |---|---|---|---|---|---|---|
 {rows}
 
-Overhead {r["overhead_ray_1_cpu"]:+.1%} (goal <= {r["overhead_goal"]:.0%}), scaling
-efficiency {r["scaling_efficiency_2_cpu"]:.2f}. {r["scaling_note"]}.
+Overhead {r["overhead_ray_1_cpu"]:+.1%} in wall time (goal <= {r["overhead_goal"]:.0%}),
+{r["total"]["cpu_overhead_ray_1_cpu"]:+.1%} in CPU time (the steadier figure on a loaded
+machine: other jobs stretch wall time, not the CPU time a run uses); scaling efficiency
+{r["scaling_efficiency_2_cpu"]:.2f}. {r["scaling_note"]}.
 
 ## LAION-5B (5.85 billion rows)
 
