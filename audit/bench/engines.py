@@ -9,6 +9,9 @@ What makes the comparison like for like:
 - One thread everywhere: the in-process baseline runs under `threads.configure(1)`, and a Ray
   task configures the one CPU Ray gives it (`audit.engines.ray`), so "Ray, 1 CPU" and "in
   this process" do the same work on the same thread count; "Ray, 2 CPUs" is two such tasks.
+- A fresh driver process for every engine's turn (spawned, as `audit hash WS` is a fresh
+  process): the baseline does not run in the process that just built 3,000 images, whose
+  heap and caches a Ray worker would not have.
 - Start-up apart: `ray.init` is timed on its own (`ray_startup_s`), and a warm-up run on
   `WARMUP_PARTS` parts (Ray starts its worker processes, every engine imports its modules and
   loads its model) is timed on its own (`warmup_s`); neither is in the stage times.
@@ -37,6 +40,7 @@ the same bytes on every engine.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import resource
@@ -45,6 +49,7 @@ import statistics
 import tarfile
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +89,35 @@ def _stage(name: str, ws: Path, sample: Path, engine: str) -> tuple[float, float
         )
     tasks = (usage.cpu_seconds - r0) if usage and engine == "ray" else 0.0
     return time.perf_counter() - t0, _cpu() - c0 + tasks
+
+
+def _driver(cpus: int, warm: str, ws: str, src: str) -> dict[str, Any]:
+    """One engine's turn in a round, in a fresh driver process as `audit hash WS [--engine
+    ray]` would be (so no engine inherits the heap or caches the bench built): on one thread,
+    Ray started on `cpus` CPUs (0: the in-process engine), a warm-up on `warm`, then the
+    measured stages on `ws`."""
+    from audit import threads
+
+    threads.configure(1)  # the baseline on one thread, like one Ray task
+    engine = "ray" if cpus else "local"
+    got: dict[str, Any] = {}
+    if cpus:
+        import ray
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        got["startup"] = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        for s in STAGES:
+            _stage(s, Path(warm), Path(src), engine)
+        got["warmup"] = time.perf_counter() - t0
+        got["load"] = round(os.getloadavg()[0], 2)
+        got["stages"] = {s: _stage(s, Path(ws), Path(src), engine) for s in STAGES}
+    finally:
+        if cpus:
+            ray.shutdown()
+    return got
 
 
 def _ray_usage() -> Any:
@@ -145,16 +179,11 @@ def _median(xs: list[float]) -> float:
 
 
 def run(out: Path, quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
-    import ray
-
-    from audit import metadata, sample, threads
+    from audit import metadata, sample
     from audit.workspace import atomic_write_json, atomic_write_text
 
     n = 1000 if quick else 3000
     repeats = repeats or (2 if quick else REPEATS)
-    saved_env = {k: os.environ.get(k) for k in (threads.ENV, *threads._THREAD_VARS)}
-    saved_budget = threads.budget()
-    threads.configure(1)  # the baseline on one thread, like one Ray task (restored below)
     tmp = Path(tempfile.mkdtemp(prefix="audit-bench-engines-"))
     started = time.perf_counter()
     try:
@@ -172,37 +201,26 @@ def run(out: Path, quick: bool = False, repeats: int | None = None) -> dict[str,
         reference: dict[str, list[tuple[str, str]]] = {}
         # Rounds, each running every engine once, so that a change in the machine's load
         # during the bench falls on all three alike (not on whichever engine ran last).
+        spawn = multiprocessing.get_context("spawn")
         for r in range(repeats):
             for config, cpus in CONFIGS:
-                engine = "ray" if cpus else "local"
+                ws, warm_ws = tmp / f"{config}-{r}", tmp / f"{config}-warm-{r}"
+                shutil.copytree(base, ws)
+                shutil.copytree(warm, warm_ws)
+                with ProcessPoolExecutor(1, mp_context=spawn) as driver:
+                    got = driver.submit(_driver, cpus, str(warm_ws), str(ws), str(src)).result()
                 if cpus:
-                    t0 = time.perf_counter()
-                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-                    startup[config].append(time.perf_counter() - t0)
-                try:
-                    # a new Ray has new worker processes: each round warms them up again;
-                    # this process stays warm after its first
-                    if cpus or r == 0:
-                        ws = tmp / f"{config}-warm-{r}"
-                        shutil.copytree(warm, ws)
-                        t0 = time.perf_counter()
-                        for s in STAGES:
-                            _stage(s, ws, src, engine)
-                        warmup[config].append(time.perf_counter() - t0)
-                        shutil.rmtree(ws)
-                    ws = tmp / f"{config}-{r}"
-                    shutil.copytree(base, ws)
-                    load[config].append(round(os.getloadavg()[0], 2))
-                    runs[config].append({s: _stage(s, ws, src, engine) for s in STAGES})
-                    for s in STAGES:
-                        if config == "in-process" and r == 0:
-                            reference[s] = _outputs(ws, s)
-                        else:
-                            same = same and _outputs(ws, s) == reference[s]
-                    shutil.rmtree(ws)
-                finally:
-                    if cpus:
-                        ray.shutdown()
+                    startup[config].append(got["startup"])
+                warmup[config].append(got["warmup"])
+                load[config].append(got["load"])
+                runs[config].append(got["stages"])
+                for s in STAGES:
+                    if config == "in-process" and r == 0:
+                        reference[s] = _outputs(ws, s)
+                    else:
+                        same = same and _outputs(ws, s) == reference[s]
+                shutil.rmtree(ws)
+                shutil.rmtree(warm_ws)
         vit = _vit_b_32_rate()
         result = _summarise(
             n,
@@ -218,12 +236,6 @@ def run(out: Path, quick: bool = False, repeats: int | None = None) -> dict[str,
         result["bench_seconds"] = round(time.perf_counter() - started, 1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        threads.configure(saved_budget)  # the loaded libraries back on the process's budget
-        for k, v in saved_env.items():  # and the environment as it was
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     atomic_write_json(out / "engines.json", result)
     atomic_write_text(out / "engines.md", _markdown(result))
     # the checkout's README, when `out` is its reports/bench/ (as in `make bench`); a --quick
@@ -383,8 +395,8 @@ def _markdown(r: dict[str, Any]) -> str:
 
 {r["images"]} openclipart images (`audit sample build --n {r["images"]}`), ingested in
 {r["parts"]} parts of {r["rows_per_part"]} rows; one thread per task and in the baseline.
-Median of {r["repeats"]} rounds, each running every engine once on a fresh copy (Ray newly started
-and warmed up on {r["warmup_rows"]} rows; this process warmed up once).
+Median of {r["repeats"]} rounds, each running every engine once on a fresh copy, in a fresh driver
+process (Ray newly started), after a warm-up on {r["warmup_rows"]} rows.
 Machine: {r["cpus_on_machine"]} CPUs; 1-minute load when each measured run began (per round):
 {json.dumps(r["load_average"])}. Not in the stage times: Ray start-up
 {json.dumps(r["ray_startup_s"])} s, warm-up {json.dumps(r["warmup_s"])} s. Artefacts
