@@ -30,7 +30,13 @@ from typing import Any
 from audit import credentials
 from audit.errors import AuditError
 from audit.reports import Section, fmt, path_scrubber, write_page
-from audit.results import MembershipInference
+from audit.results import (
+    BiasSummary,
+    FilterSummary,
+    MatchSummary,
+    MembershipInference,
+    OptoutSummary,
+)
 from audit.workspace import Workspace, atomic_write_text
 
 FRAGMENT = "MODEL_CARD.fragment.md"
@@ -183,21 +189,21 @@ def _consent(ws: Workspace) -> str:
     rec, filt = ws.stage("optout"), ws.stage("filter")
     if not rec or rec.get("status") != "done":
         return "Opt-outs: not run (`audit optout WS`); the model may include images their creators reserved."
-    s = rec.get("summary", {})
-    regs = ", ".join(Path(r["path"]).name for r in s.get("registries", [])) or "none"
+    s = OptoutSummary.from_dict(rec.get("summary"))
+    regs = ", ".join(Path(r.path).name for r in s.registries) or "none"
     lines = [
-        f"`audit optout` read every machine-readable reservation it could for the {s.get('rows')} rows: "
-        f"opt-out registries ({regs}), {'a crawl cache of' if s.get('cache') else 'no crawl cache, so not'} "
+        f"`audit optout` read every machine-readable reservation it could for the {s.rows} rows: "
+        f"opt-out registries ({regs}), {'a crawl cache of' if s.cache else 'no crawl cache, so not'} "
         "HTTP headers, HTML meta, robots.txt, ai.txt and TDMRep, and XMP/C2PA in the image files."
     ]
-    for use, by_state in (s.get("decisions") or {}).items():
+    for use, by_state in s.decisions.items():
         lines.append(f"- {use}: " + ", ".join(f"{k} {v}" for k, v in by_state.items()))
     if filt and filt.get("status") == "done":
-        f = filt.get("summary", {})
-        by_signal = ", ".join(f"{k} {v}" for k, v in (f.get("by_signal") or {}).items())
+        f = FilterSummary.from_dict(filt.get("summary"))
+        by_signal = ", ".join(f"{k} {v}" for k, v in f.by_signal.items())
         lines.append(
-            f"\n`audit filter` kept {f.get('kept')} of {f.get('rows')} rows for {f.get('use')} and "
-            f"removed {f.get('removed')}"
+            f"\n`audit filter` kept {f.kept} of {f.rows} rows for {f.use} and "
+            f"removed {f.removed}"
             + (f" (deciding signal: {by_signal})" if by_signal else "")
             + "; the model trains only on the kept rows."
         )
@@ -214,11 +220,11 @@ def _memorisation(paths: list[Path], dataset: str) -> tuple[str, list[Any]]:
     for p in paths:
         s = json.loads(p.read_text("utf-8"))
         name = p.parent.name
-        counts = s.get("counts") or {}
-        rate = s.get("replication_rate")
+        m = MatchSummary.from_dict(s)
+        rate = m.replication_rate
         rows.append(
-            f"| {name} | {s.get('generated')} | {counts.get('copy', 0)} | {counts.get('near', 0)} | "
-            f"{fmt(rate, s.get('replication_ci95'), True)} |"
+            f"| {name} | {m.generated} | {m.counts.get('copy', 0)} | {m.counts.get('near', 0)} | "
+            f"{fmt(rate, m.replication_ci95, True)} |"
         )
 
         if isinstance(rate, (int, float)):
@@ -330,7 +336,7 @@ def build_model_card(
             f"--model-dir {model_dir} is not a folder. Pass the folder `audit train --out` wrote."
         )
     if bias_dir is None:
-        recorded = ((ws.stage("bias") or {}).get("summary") or {}).get("report_dir")
+        recorded = BiasSummary.from_dict((ws.stage("bias") or {}).get("summary")).report_dir
         bias_dir = Path(recorded) if recorded else default_dir(ws) / "bias"
     bias_dir = Path(bias_dir)
     mem_dir = Path(memorisation_dir) if memorisation_dir is not None else ws.path("memorisation")

@@ -23,6 +23,7 @@ from audit import stages
 from audit.checks.memorisation import DEFAULT_THRESHOLDS, Thresholds
 from audit.errors import AuditError
 from audit.reports import default_dir, scrubbed
+from audit.results import Summary, TrainSummary
 from audit.schema import IMAGE_LOCATION
 from audit.workspace import Output, Workspace, atomic_write_json, safe_name
 
@@ -103,11 +104,15 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class StageResult:
-    """What one stage of `audit run` did: its summary (as recorded in the manifest) and time."""
+    """What one stage of `audit run` did: its typed summary (`Stage.summary`, read from what
+    the stage returned and recorded in the manifest) and its time."""
 
     stage: str
-    summary: dict[str, Any]
+    summary: Summary
     seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "summary": self.summary.to_dict(), "seconds": self.seconds}
 
 
 def run_values(ws_root: Path, options: RunOptions) -> dict[str, Any]:
@@ -162,7 +167,8 @@ def run(
         started = time.perf_counter()
         left = _time_left([s.name for s in todo[i:]], results, options)
         echo(f"[{stage.name}] ... (stage {i + 1} of {len(todo)}{left})")
-        summary = stages.load(stage.entry)(**{kw: values[key] for kw, key in stage.args})
+        returned = stages.load(stage.entry)(**{kw: values[key] for kw, key in stage.args})
+        summary = stage.summary.from_dict(returned)
         if stage.report:
             stages.load(stage.report)(ws_root, values["report_dir"])
         seconds = time.perf_counter() - started
@@ -183,7 +189,7 @@ def _time_left(names: list[str], done: list[StageResult], options: RunOptions) -
     from the measured training rate). Empty when training by steps (no rate is known yet)."""
     quick = [r.seconds for r in done if r.stage not in ("train", "generate")]
     per_stage = sum(quick) / len(quick) if quick else 2.0
-    rate = next((r.summary.get("steps_per_s") for r in done if r.stage == "train"), None)
+    rate = next((r.summary.steps_per_s for r in done if isinstance(r.summary, TrainSummary)), None)
     sampling = SAMPLING_IN_TRAIN_STEPS / rate if rate else 0.1 * options.train_minutes * 60
     seconds = 0.0
     for name in names:
@@ -198,15 +204,8 @@ def _time_left(names: list[str], done: list[StageResult], options: RunOptions) -
     return f", about {seconds / 60:.1f} min left in the run"
 
 
-def _brief(summary: Any) -> str:
-    if isinstance(summary, dict):
-        items = [
-            f"{k}={v}"
-            for k, v in summary.items()
-            if isinstance(v, (int, float, str)) and len(str(v)) < 40
-        ]
-        return ", ".join(items[:8])
-    return str(summary)[:120]
+def _brief(summary: Summary) -> str:
+    return ", ".join(f"{k}={v}" for k, v in list(summary.scalars().items())[:8])
 
 
 def _embed_params(ws: Workspace) -> tuple[str, str]:

@@ -2,8 +2,9 @@
 
 A stage declares itself once, in `STAGES`, and everything else reads that tuple: the
 workspace (its duckdb views, `TABLES`, and the command named in "run this first"), `audit
-run` (`pipeline.run` calls the stages in this order), the status page (key figures, report
-pages) and the CLI. Adding a stage is one entry here plus its module and its command.
+run` (`pipeline.run` calls the stages in this order and hands back each one's typed summary,
+`Stage.summary`), the status page (key figures, report pages) and the CLI. Adding a stage is
+one entry here plus its module, its command and its summary dataclass in `audit.results`.
 
 Functions are named as "module:function" and imported only when called (`load`), so this
 module stays in the base layer: it imports no stage, and `audit --help` imports nothing heavy.
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from audit import results
 from audit.errors import AuditError
 
 
@@ -41,6 +43,8 @@ class Stage:
     whole dataset at once. `report` renders its page after it ran in `audit run`. `when`:
     "always", "sources" (only when `audit run` was given sources), "train" (only when a model
     is trained), "calibrate" (only when `RunOptions.calibrate` names a number of images).
+    `summary` is the dataclass (`audit.results`) that reads what the entry returns and records
+    in the manifest; `key_figures` are some of its fields.
     """
 
     name: str
@@ -55,6 +59,7 @@ class Stage:
     pages: tuple[tuple[str, str], ...] = ()
     key_figures: tuple[str, ...] = ()
     when: str = "always"
+    summary: type[results.Summary] = results.Summary
 
 
 WS = ("ws_root", "ws")
@@ -81,6 +86,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         key_figures=("rows", "images", "errors"),
         when="sources",
+        summary=results.IngestSummary,
     ),
     Stage(
         "hash",
@@ -97,6 +103,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         part="audit.hashes:hash_part",
         key_figures=("hashed", "errors"),
+        summary=results.HashSummary,
     ),
     Stage(
         "embed",
@@ -113,6 +120,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         part="audit.embeddings:embed_part",
         key_figures=("embedded", "errors", "dim"),
+        summary=results.EmbedSummary,
     ),
     Stage(
         "index",
@@ -122,6 +130,7 @@ STAGES: tuple[Stage, ...] = (
         reads=("embed", "hash"),
         part="audit.knn:index_part",
         key_figures=("image_index", "recall_at_10"),
+        summary=results.IndexSummary,
     ),
     Stage(
         "dedup",
@@ -144,6 +153,7 @@ STAGES: tuple[Stage, ...] = (
         report="audit.reports.duplicates:write",
         pages=(("duplicates.md", "Which images are exact or near duplicates?"),),
         key_figures=("clusters", "rows_in_clusters", "by_kind", "largest_cluster"),
+        summary=results.DedupSummary,
     ),
     Stage(
         "optout",
@@ -178,6 +188,7 @@ STAGES: tuple[Stage, ...] = (
             ),
         ),
         key_figures=("rows", "decisions"),
+        summary=results.OptoutSummary,
     ),
     Stage(
         "provenance",
@@ -196,6 +207,7 @@ STAGES: tuple[Stage, ...] = (
         report="audit.reports.provenance:write",
         pages=(("synthetic.md", "Which images are marked as generated (IPTC, C2PA), per source?"),),
         key_figures=("rows", "synthetic", "c2pa_states"),
+        summary=results.ProvenanceSummary,
     ),
     Stage(
         "filter",
@@ -204,6 +216,7 @@ STAGES: tuple[Stage, ...] = (
         (WS, ("out", "consented"), ("exclude_synthetic", "exclude_synthetic")),
         reads=("optout", "provenance"),
         key_figures=("use", "kept", "removed", "by_decision", "synthetic_removed"),
+        summary=results.FilterSummary,
     ),
     Stage(
         "bias",
@@ -213,6 +226,7 @@ STAGES: tuple[Stage, ...] = (
         reads=("ingest", "embed"),
         pages=(("bias/bias.md", "How do captions, sources, languages and image properties skew?"),),
         key_figures=("captions", "female_to_male_ratio", "domains", "top10_domain_share", "probes"),
+        summary=results.BiasSummary,
     ),
     Stage(
         "train",
@@ -231,6 +245,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         reads=("ingest",),
         when="train",
+        summary=results.TrainSummary,
     ),
     Stage(
         "generate",
@@ -239,6 +254,7 @@ STAGES: tuple[Stage, ...] = (
         (("model", "model_dir"), ("out", "generated"), ("n", "generate"), ("seed", "seed")),
         reads=("train",),
         when="train",
+        summary=results.GenerateSummary,
     ),
     Stage(
         "match",
@@ -262,6 +278,7 @@ STAGES: tuple[Stage, ...] = (
         pages=(("memorisation.md", "Which generated images copy training images?"),),
         key_figures=("generated", "counts", "replication_rate"),
         when="train",
+        summary=results.MatchSummary,
     ),
     Stage(
         "calibrate",
@@ -276,6 +293,7 @@ STAGES: tuple[Stage, ...] = (
             ),
         ),
         when="calibrate",  # `audit calibrate`, and `audit run --demo`: it measures the check
+        summary=results.CalibrateSummary,
     ),
     Stage(
         "features",
@@ -285,6 +303,7 @@ STAGES: tuple[Stage, ...] = (
         reads=("ingest",),
         key_figures=("descriptors", "images"),
         when="never",  # built on demand by `audit match` and `audit calibrate`
+        summary=results.FeaturesSummary,
     ),
     Stage(
         "bias_generated",
@@ -293,6 +312,7 @@ STAGES: tuple[Stage, ...] = (
         (),
         pages=(("bias/bias_generated.md", "How do generated images vary across prompts?"),),
         when="never",  # needs prompts and a model: `audit bias generated`
+        summary=results.BiasGeneratedSummary,
     ),
     Stage(
         "card",
@@ -306,6 +326,7 @@ STAGES: tuple[Stage, ...] = (
             ("out", "model_card"),
         ),
         pages=(("MODEL_CARD.md", "The model card, merged from all of the above."),),
+        summary=results.CardSummary,
     ),
 )
 
@@ -321,6 +342,13 @@ PAGES: tuple[tuple[str, str], ...] = tuple(p for s in STAGES for p in s.pages)
 
 # Summary keys worth a glance on the status page, per stage.
 KEY_FIGURES: dict[str, tuple[str, ...]] = {s.name: s.key_figures for s in STAGES if s.key_figures}
+
+
+def summary(stage: str, recorded: dict[str, Any] | None) -> results.Summary:
+    """The typed summary of `stage` (a `match-<name>` manifest record is a "match") from the
+    dict its entry returned or the manifest recorded."""
+    declared = BY_NAME.get(stage) or BY_NAME.get(stage.split("-")[0])
+    return (declared.summary if declared else results.Summary).from_dict(recorded)
 
 
 def command(stage: str) -> str:

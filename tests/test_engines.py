@@ -143,3 +143,49 @@ def test_a_worker_killed_mid_part_is_retried_without_duplicates_or_gaps(cluster,
         str(i) for i in range(6)
     ]
     assert outputs(root, "hash") == outputs(tmp_path / "reference", "hash")
+
+
+def test_readme_cost_model_is_what_the_bench_recorded():
+    """README's LAION-5B table is the one `python -m audit.bench engines` renders from the
+    JSON it wrote (it rewrites the block itself; a hand edit or a stale copy fails here)."""
+    import json
+    import re
+
+    from audit.bench import engines
+
+    root = Path(__file__).resolve().parent.parent
+    recorded = json.loads((root / "reports/bench/engines.json").read_text())
+    readme = (root / "README.md").read_text("utf-8")
+    found = re.search(
+        re.escape(engines.README_BEGIN) + r"\n(.*)\n" + re.escape(engines.README_END), readme, re.S
+    )
+    assert found, "README has no engines cost-model block"
+    assert found.group(1) == engines.cost_model_markdown(recorded)
+    # and every stage the bench times is in the model, with the keys the README names
+    for stage in (*engines.STAGES, "embed_vit_b_32_image_tower"):
+        assert {"rows_per_cpu_second", "core_hours", "machines_64_cpu_x_hours"} <= set(
+            recorded["laion_5b"][stage]
+        )
+
+
+def test_bench_summary_is_medians_and_ratios_of_the_runs(tmp_path: Path):
+    """`_summarise` on made-up runs: medians, overheads and efficiency from those numbers."""
+    from audit.bench import engines
+
+    def rep(scale: float) -> dict[str, tuple[float, float]]:
+        return {s: (scale * (i + 1), scale * (i + 1) / 2) for i, s in enumerate(engines.STAGES)}
+
+    runs = {
+        "in-process": [rep(1.0), rep(3.0), rep(1.2)],  # median 1.2: the outlier 3.0 is ignored
+        "ray-1": [rep(1.32)] * 3,
+        "ray-2": [rep(0.66)] * 3,
+    }
+    load = {c: [1.0, 1.0] for c, _ in engines.CONFIGS}
+    r = engines._summarise(100, 3, runs, {"ray-1": 2.0}, {}, load, True, 10.0, tmp_path)
+    assert r["stages"]["hash"]["wall_s"]["in-process"] == 1.2
+    assert r["overhead_ray_1_cpu"] == round(1.32 / 1.2 - 1, 3)
+    assert r["scaling_efficiency_2_cpu"] == 1.0
+    assert r["stages"]["embed"]["cpu_per_row_ms"]["in-process"] == round(1000 * 1.2 / 100, 3)
+    assert r["laion_5b"]["hash"]["rows_per_cpu_second"] == round(100 / 0.6, 1)
+    assert "ingest" not in r["laion_5b"]  # no ingest.json in tmp_path
+    assert "cannot give more" in r["scaling_note"] or r["cpus_on_machine"] > 2

@@ -53,6 +53,8 @@ json_option = click.option(
 
 
 def _plain(value: Any) -> Any:
+    if callable(getattr(value, "to_dict", None)):  # typed results say how they are JSON
+        return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     if isinstance(value, (list, tuple)):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.reports import Section, fmt, save_figure, scrubbed, write_page
+from audit.results import FilterSummary
 from audit.workspace import atomic_write_json, atomic_write_text
 
 FRAGMENT = "MODEL_CARD.fragment.md"
@@ -420,16 +421,15 @@ def _context_section(fig: dict[str, Any]) -> Section:
                 )
                 + "."
             )
-        f = (o.get("filter") or {}).get("summary") or {}
-        if f:
+        recorded = (o.get("filter") or {}).get("summary")
+        if recorded:
+            f = FilterSummary.from_dict(recorded)
             parts.append(
-                f"`audit filter` kept {f.get('kept')} of {f.get('rows')} rows for {f.get('use')}"
-                f" and removed {f.get('removed')}"
+                f"`audit filter` kept {f.kept} of {f.rows} rows for {f.use}"
+                f" and removed {f.removed}"
                 + (
-                    " ("
-                    + ", ".join(f"{k} {v}" for k, v in (f.get("by_decision") or {}).items())
-                    + ")"
-                    if f.get("by_decision")
+                    " (" + ", ".join(f"{k} {v}" for k, v in f.by_decision.items()) + ")"
+                    if f.by_decision
                     else ""
                 )
                 + "."

@@ -114,11 +114,16 @@ def stale_reason(ws: Workspace, rel: str, written: str | None) -> str | None:
 
 def figures(stage: str, summary: dict[str, Any]) -> str:
     """A stage's key figures as a short sentence; shares and rates as percentages."""
-    # `match-<name>` in the manifest is the stage "match"
+    # `match-<name>` in the manifest is the stage "match"; key figures are fields of the
+    # stage's typed summary (`Stage.summary`), so they are read by name
+    typed = stages.summary(stage, summary)
     keys = KEY_FIGURES.get(stage) or KEY_FIGURES.get(stage.split("-")[0])
-    keys = keys or tuple(k for k, v in summary.items() if isinstance(v, (int, str)))[:3]
+    keys = keys or tuple(typed.scalars())[:3]
+    values = typed.to_dict()
     parts = [
-        f"{key.replace('_', ' ')} {_readable(key, summary[key])}" for key in keys if key in summary
+        f"{key.replace('_', ' ')} {_readable(key, values[key])}"
+        for key in keys
+        if values.get(key) is not None
     ]
     return "; ".join(parts)
 
