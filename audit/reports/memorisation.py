@@ -216,7 +216,14 @@ def write_calibration_page(out_dir: Path) -> Path:
         f"{len(r['transforms'])} copy transformations and {c['chains_per_length']} chains of 2 and of 3; "
         f"{c['negatives']} held-out images ({r['negatives']['queries']} queries, whole twin groups removed "
         f"from the {c['searched_rows']} searched rows) as negatives. {c['twin_groups']} twin groups "
-        "(same sha256 or near-identical thumbnails). A copy verdict on the wrong picture is a false positive."
+        "(same sha256 or near-identical thumbnails"
+        + (
+            f"; with --group-by {','.join(r['group_by'])}: variants of one drawing by metadata and "
+            "correlating thumbnails within one series"
+            if r.get("group_by")
+            else ""
+        )
+        + "). A copy verdict on the wrong picture is a false positive; every one is listed below."
     )
     sections = [
         Section(
