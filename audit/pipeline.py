@@ -328,8 +328,10 @@ def calibrate(
     every copy transformation (alone and chained) and `negatives` held-out images.
 
     `group_by` names metadata columns whose equal values mark variants of one picture
-    (for an `audit sample` workspace: category, title, author), kept out of the negatives
-    together with their twins.
+    (for an `audit sample` workspace: category,title; the last column is compared by its
+    first word, see `calibrate.family_key`), kept out of the negatives together with their
+    twins; the first column is a category path within which correlating thumbnails are one
+    series (`calibrate.series_key`).
 
     Writes `<report_dir>/calibration.json|.md|.html` (default `reports/<dataset>/`).
 
@@ -357,7 +359,7 @@ def calibrate(
     if missing := [c for c in group_by if c not in have]:
         raise AuditError(f"--group-by {','.join(missing)}: no such metadata column in {w.root}")
     rows = mem.read_rows(w, range(w.num_rows), [*IMAGE_LOCATION, "image_sha256", *group_by])
-    row_ids, thumbs, usable, sha, family = [], [], [], [], []
+    row_ids, thumbs, usable, sha, family, series = [], [], [], [], [], []
     for rid, rec in sorted(rows.items()):
         img = mem.load_image(w, {**rec, "row_id": rid})
         if isinstance(img, Exception):
@@ -366,9 +368,11 @@ def calibrate(
         thumbs.append(cal.thumbnail(img))
         usable.append(verify.information(np.asarray(img.convert("L"))) is None)
         sha.append(rec["image_sha256"])
-        values = tuple(rec[c] for c in group_by)
-        family.append(values if group_by and all(v is not None for v in values) else None)
-    groups = cal.twin_groups(sha, np.stack(thumbs), families=family)
+        family.append(cal.family_key(tuple(rec[c] for c in group_by)) if group_by else None)
+        series.append(cal.series_key(rec[group_by[0]]) if group_by else None)
+    groups = cal.twin_groups(
+        sha, np.stack(thumbs), families=family, series=series if group_by else None
+    )
     sources, held_out = cal.plan(groups, np.asarray(usable), n, negatives, seed)
     images = {
         i: mem.load_image(w, {**rows[row_ids[i]], "row_id": row_ids[i]}) for i in sources + held_out

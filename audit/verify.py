@@ -50,12 +50,20 @@ MIN_KEYPOINTS = 8  # fewer keypoints: too little structure to verify (with unifo
 
 # Decision (see `is_copy`); from `audit calibrate` tuning on openclipart outside the sample.
 MIN_INLIERS = 12  # inliers of a fit that, with MIN_CORRELATION, make a copy...
-MIN_CORRELATION = 0.8  # aligned zero-normalised correlation with a geometric fit
+MIN_CORRELATION = 0.8  # ...global aligned zero-normalised correlation (not a tile median)
+MANY_INLIERS = 30  # ...or this many inliers (a rotated copy of thin line art loses
+MANY_INLIERS_CORRELATION = 0.7  # correlation to resampling) with at least this...
 FEW_INLIERS = 4  # ...or this few inliers (simple clip art has few keypoints)...
-FEW_INLIERS_CORRELATION = 0.93  # ...with a near-perfect alignment
+FEW_INLIERS_CORRELATION = 0.93  # ...with a near-perfect alignment (global or tile median)...
+FEW_INLIERS_GLOBAL = 0.9  # ...and a high global correlation too
 MIN_CORRELATION_IDENTITY = 0.93  # ... with the identity (no fitted transform)
 MIN_OVERLAP = 0.3  # share of the smaller picture inside the other once aligned
 MAX_ROTATION = 30.0  # degrees
+# Candidate -> query scale of a plausible copy. Both images are described at WORK_SIDE, so a
+# rescale does not change it; a crop to half the area magnifies by 1.41, a 20% border
+# shrinks by 0.71. Beyond this band the pair is a picture inside another (a bunch of
+# grapes drawn on a wine label, a juice box on a menu), which openclipart is full of.
+MIN_SCALE, MAX_SCALE = 0.55, 1.8
 ANGLE_SLACK = 20.0  # degrees of keypoint-orientation noise allowed on top
 
 
@@ -314,10 +322,10 @@ def verify(
 
 
 def _plausible(e: Evidence) -> bool:
-    """A copy edit rescales by at most 4x either way (a crop to half area is 1.4x) and tilts
-    by less than `MAX_ROTATION`; a quarter turn is a different composition (one cone drawn
+    """A copy edit rescales within `MIN_SCALE`..`MAX_SCALE` (at working size) and tilts by
+    less than `MAX_ROTATION`; a quarter turn is a different composition (one cone drawn
     upright and one lying down share their keypoints), not a copy."""
-    return 0.25 <= e.scale <= 4.0 and abs(e.rotation) <= MAX_ROTATION
+    return MIN_SCALE <= e.scale <= MAX_SCALE and abs(e.rotation) <= MAX_ROTATION
 
 
 def strength(e: Evidence) -> float:
@@ -336,9 +344,19 @@ def is_copy(e: Evidence) -> bool:
     if e.low_information is not None or not np.isfinite(e.correlation) or e.overlap < MIN_OVERLAP:
         return False
     if e.hypothesis == "similarity":
+        # The tile median forgives a caption over part of the picture, but it also forgives
+        # a different pictogram inside the same road-sign frame or a different suit beside
+        # the same card face: it only ever backs a high global correlation, never replaces it.
+        if not MIN_SCALE <= e.scale <= MAX_SCALE:
+            return False
         corr = max(e.correlation, np.nan_to_num(e.tile_correlation, nan=-1.0))
-        return (e.inliers >= MIN_INLIERS and corr >= MIN_CORRELATION) or (
-            e.inliers >= FEW_INLIERS and corr >= FEW_INLIERS_CORRELATION
+        return (
+            (e.inliers >= MIN_INLIERS and e.correlation >= MIN_CORRELATION)
+            or (e.inliers >= MANY_INLIERS and e.correlation >= MANY_INLIERS_CORRELATION)
+        ) or (
+            e.inliers >= FEW_INLIERS
+            and corr >= FEW_INLIERS_CORRELATION
+            and e.correlation >= FEW_INLIERS_GLOBAL
         )
     return e.hypothesis == "identity" and e.correlation >= MIN_CORRELATION_IDENTITY
 
@@ -348,7 +366,8 @@ def settings() -> dict[str, Any]:
     names = (
         "WORK_SIDE MAX_FEATURES CONTRAST RATIO RANSAC_PX MAX_ROTATION ANGLE_SLACK ALIGN_SIDE "
         "TILES BLANK_STD FOREGROUND_DIFF MIN_FOREGROUND MIN_KEYPOINTS MIN_INLIERS "
-        "MIN_CORRELATION FEW_INLIERS FEW_INLIERS_CORRELATION MIN_CORRELATION_IDENTITY MIN_OVERLAP"
+        "MIN_CORRELATION MANY_INLIERS MANY_INLIERS_CORRELATION FEW_INLIERS FEW_INLIERS_CORRELATION FEW_INLIERS_GLOBAL "
+        "MIN_CORRELATION_IDENTITY MIN_OVERLAP MIN_SCALE MAX_SCALE"
     ).split()
     return {n.lower(): globals()[n] for n in names}
 

@@ -60,3 +60,41 @@ def test_overlay_shows_the_aligned_pair(pictures):
     assert panel.size == (316, 100)
     third = np.asarray(panel)[:, 216:]
     assert third.std() > 5  # the aligned overlap is drawn, not left blank
+
+
+def test_a_picture_drawn_inside_a_larger_one_is_not_its_copy(pictures):
+    # openclipart's grapes on a wine label: the small picture is all there, at a third of
+    # the size, beside another drawing; a copy edit (crop to half the area, 20% border)
+    # never rescales that far, so the verifier does not call it a copy
+    small, other = pictures[2], pictures[3]
+    canvas = Image.new("RGB", (400, 400), "white")
+    canvas.paste(other.resize((180, 180)), (215, 215))
+    f = 210 / max(small.size)  # about half the canvas: a scale of 0.5, past MIN_SCALE
+    canvas.paste(small.resize((round(small.width * f), round(small.height * f))), (2, 2))
+    e = verify.verify(canvas, small)
+    assert not verify.is_copy(e), e
+    # the same picture at the size a half-area crop leaves is still found
+    w, h = small.size
+    assert verify.is_copy(verify.verify(small.crop((0, 0, int(w * 0.75), int(h * 0.75))), small))
+
+
+def test_the_tile_median_never_replaces_a_global_correlation():
+    # the rule on evidence: many inliers and agreeing tiles, but a different picture overall
+    # (another pictogram in the same road-sign frame) is not a copy; with a global agreement it is
+    e = verify.Evidence(
+        matches=20,
+        inliers=18,
+        hypothesis="similarity",
+        scale=1.0,
+        rotation=0.0,
+        correlation=0.6,
+        tile_correlation=0.95,
+        overlap=1.0,
+    )
+    assert not verify.is_copy(e)
+    assert verify.is_copy(verify.Evidence(**{**e.to_dict(), "correlation": 0.85}))
+    few = verify.Evidence(**{**e.to_dict(), "inliers": 5, "correlation": 0.85})
+    assert not verify.is_copy(few)  # few inliers need a near-perfect global alignment
+    assert verify.is_copy(verify.Evidence(**{**few.to_dict(), "correlation": 0.95}))
+    far = verify.Evidence(**{**e.to_dict(), "correlation": 0.95, "scale": 0.35})
+    assert not verify.is_copy(far)  # a picture inside another, not a copy edit

@@ -146,7 +146,9 @@ def match_command(generated: str, against: str, as_json: bool, **options) -> Non
     "--group-by",
     default="",
     help="Comma-separated metadata columns whose equal values mark variants of one picture, "
-    "kept out of the negatives with their twins (audit sample workspaces: category,title,author).",
+    "kept out of the negatives with their twins: the first a category path (pictures of one "
+    "series whose thumbnails correlate are variants too), the last a title compared by its first "
+    "word (audit sample workspaces: category,title).",
 )
 @click.option("--seed", type=int, default=_default("calibrate", "seed"), show_default=True)
 @click.option(
@@ -176,7 +178,8 @@ def calibrate_command(ws: str, as_json: bool, **options) -> None:  # type: ignor
             f"{r['counts']['sources']} images x {len(r['transforms'])} transforms, "
             f"{r['counts']['negatives']} negatives: verdict copy recall {one['recall']:.1%} at "
             f"precision {one['precision'] or 0:.3f} (single), {geo['recall']:.1%} (crop, rotation, "
-            f"mirror), {chains['recall']:.1%} (chains) -> {r['report']}"
+            f"mirror), {chains['recall']:.1%} (chains); {r['negatives']['called_copy']} "
+            f"negative(s) called copy -> {r['report']}"
         ),
     )
 

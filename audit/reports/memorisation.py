@@ -191,28 +191,39 @@ def write_calibration_page(out_dir: Path) -> Path:
     r = json.loads((Path(out_dir) / "calibration.json").read_text("utf-8"))
 
     def table(stats: dict[str, Any], label: str) -> list[dict[str, Any]]:
-        return [
-            {
-                label: name,
-                "descriptor": d,
-                "positives": v["positives"],
-                "recall": round(v["recall"], 3),
-                "false positives": v["false_positives"],
-                "of which on negatives": v["false_positives_on_negatives"],
-                "precision": None if v["precision"] is None else round(v["precision"], 3),
-            }
-            for name, per in stats.items()
-            for d, v in per.items()
-        ]
+        rows = []
+        for name, per in stats.items():
+            for d, v in per.items():
+                row = {
+                    label: name,
+                    "descriptor": d,
+                    "positives": v["positives"],
+                    "recall": round(v["recall"], 3),
+                    "copies of the wrong source": v["wrong_source"],
+                }
+                if "precision" in v:  # pooled: the negatives counted once
+                    row["negatives"] = v["negatives"]
+                    row["negatives called copy"] = v["false_positives_on_negatives"]
+                    row["precision"] = None if v["precision"] is None else round(v["precision"], 3)
+                rows.append(row)
+        return rows
 
     verdict = {k: {"verdict": v["verdict"]} for k, v in r["per_transform"].items() if v}
+    neg = r["negatives"]
     c = r["counts"]
     intro = (
         f"{c['sources']} source images of {r['dataset']} (seed {r['seed']}), each put through "
         f"{len(r['transforms'])} copy transformations and {c['chains_per_length']} chains of 2 and of 3; "
         f"{c['negatives']} held-out images ({r['negatives']['queries']} queries, whole twin groups removed "
         f"from the {c['searched_rows']} searched rows) as negatives. {c['twin_groups']} twin groups "
-        "(same sha256 or near-identical thumbnails). A copy verdict on the wrong picture is a false positive."
+        "(same sha256 or near-identical thumbnails"
+        + (
+            f"; with --group-by {','.join(r['group_by'])}: variants of one drawing by metadata and "
+            "correlating thumbnails within one series"
+            if r.get("group_by")
+            else ""
+        )
+        + "). A copy verdict on the wrong picture is a false positive; every one is listed below."
     )
     sections = [
         Section(
@@ -221,9 +232,33 @@ def write_calibration_page(out_dir: Path) -> Path:
                 {k: {"verdict": v["verdict"]} for k, v in r["pooled"].items() if v}, "pool"
             ),
             text="single: every single transformation; geometric: crop, rotation, mirror; chains: "
-            "2-3 transformations in a row. Precision counts the negatives' false positives in each pool.",
+            "2-3 transformations in a row. Precision = true copies / (true copies + copies of the "
+            "wrong source in the pool + negatives called copy), every negative counted once per "
+            "pool: it depends on how many negatives stand beside the pool's positives, so both "
+            "counts are shown.",
         ),
-        Section("The verdict, per transformation", table=table(verdict, "transformation")),
+        Section(
+            "The negatives",
+            table=[
+                {
+                    "descriptor": d,
+                    "negatives": neg["queries"],
+                    "called copy": k,
+                    "false-positive rate": round(k / neg["queries"], 4) if neg["queries"] else None,
+                }
+                for d, k in neg.get("called_copy_by", {"verdict": neg["called_copy"]}).items()
+            ],
+            text="Held-out images (each through one random transformation) with no copy in the "
+            "searched rows: any copy verdict on them is a false positive. Counted once, here and in "
+            "each pool's precision, not charged to every transformation.",
+        ),
+        Section(
+            "The verdict, per transformation",
+            table=table(verdict, "transformation"),
+            text="Recall per transformation, and the copies matched to a picture other than the "
+            "source (or its twins). The negatives' false positives belong to no transformation: "
+            "see the negatives above.",
+        ),
         Section(
             "Each descriptor alone",
             table=table({k: v for k, v in r["pooled"].items() if v}, "pool"),
@@ -242,6 +277,19 @@ def write_calibration_page(out_dir: Path) -> Path:
         Section(
             "Every descriptor, per transformation",
             table=table(r["per_transform"], "transformation"),
+        ),
+        Section(
+            "Every false positive of the verdict",
+            table=[
+                {
+                    "query": f["kind"],
+                    "made from row": f["query_row_id"],
+                    "called a copy of row": f["train_row_id"],
+                    "evidence": f["evidence"],
+                }
+                for f in r.get("false_positives", [])
+            ],
+            text="None." if not r.get("false_positives") else "",
         ),
         Section(
             "Settings",
