@@ -266,3 +266,17 @@ def test_min_snr_training_is_recorded_changes_the_weights_and_resumes_exactly(tm
     assert_same_weights(weights(weighted), weights(resumed))
     with pytest.raises(AuditError, match=r"differs in: min_snr_gamma"):
         diffusion.train(images(), None, config(steps=6, min_snr_gamma=2.0), resumed)
+
+
+def test_a_folder_trained_before_a_setting_existed_still_resumes(tmp_path):
+    """Settings added later (budget minutes, Min-SNR) are absent from an old folder's config:
+    their defaults are what that run did, so it resumes; a non-default value still refuses."""
+    out = tmp_path / "old"
+    diffusion.train(images(), None, config(steps=3), out)
+    for path in out.glob("checkpoints/*/config.json"):
+        stored = json.loads(path.read_text())
+        del stored["minutes"], stored["min_snr_gamma"]
+        path.write_text(json.dumps(stored))
+    assert diffusion.train(images(), None, config(steps=6), out)["resumed_from"] == 3
+    with pytest.raises(AuditError, match=r"differs in: min_snr_gamma"):
+        diffusion.train(images(), None, config(steps=9, min_snr_gamma=5.0), out)

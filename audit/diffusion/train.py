@@ -468,7 +468,13 @@ def _use_bf16(precision: str, device: torch.device) -> bool:
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], ckpt: Path) -> None:
     def fixed(c: dict[str, Any]) -> dict[str, Any]:
         c = json.loads(json.dumps(c))  # compare as stored: tuples become lists
-        c.setdefault("min_snr_gamma", 0.0)  # folders from before the option trained without it
+        # A setting added after a folder was trained is missing from its config; its default
+        # is what that run did (Min-SNR off, steps rather than minutes), so it compares equal.
+        defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+        for key in ("model", "schedule"):
+            if isinstance(c.get(key), dict):
+                c[key] = {**defaults[key], **c[key]}
+        c = {**defaults, **c}
         return {k: v for k, v in c.items() if k not in ("step", *_MAY_CHANGE_ON_RESUME)}
 
     a, b = fixed(old), fixed(new)
