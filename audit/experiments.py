@@ -14,6 +14,7 @@ from typing import Any
 
 from audit.errors import AuditError
 from audit.pipeline import _jsonable, calibrate, match
+from audit.reports import scrubbed
 from audit.schema import IMAGE_LOCATION
 from audit.workspace import Workspace, atomic_write_bytes, atomic_write_json
 
@@ -133,7 +134,10 @@ def _memorisation(
         mem_summary,
         {**json.loads(mem_summary.read_text("utf-8")), "membership_inference": result["mia"]},
     )
-    atomic_write_json(out / "experiment.json", json.loads(json.dumps(result, default=_jsonable)))
+    # read elsewhere like the pages it feeds (committed, attached): this machine's paths
+    # made relative by the scrubber the pages use
+    experiment = scrubbed(json.loads(json.dumps(result, default=_jsonable)), out)
+    atomic_write_json(out / "experiment.json", experiment)
     report.write_experiment_page(out)
     _model_card(work, out, result)
     return result
