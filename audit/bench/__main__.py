@@ -1,4 +1,4 @@
-"""`python -m audit.bench [--out reports/bench] [--quick] [NAME ...]`: run the benchmarks."""
+"""`python -m audit.bench [--out reports/bench] [--quick] [--seed N] [--cache DIR] [NAME ...]`: run the benchmarks."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def main() -> None:
     parser.add_argument(
         "--seed", type=int, help="data seed, for benchmarks that take one (dedup: default 2028)"
     )
+    parser.add_argument(
+        "--cache",
+        help="where benchmarks that build data keep it (dedup: default ~/.cache/audit-bench)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,6 +44,8 @@ def main() -> None:
         extra = {}
         if args.seed is not None and "seed" in inspect.signature(run).parameters:
             extra["seed"] = args.seed
+        if args.cache is not None and "cache" in inspect.signature(run).parameters:
+            extra["cache"] = Path(args.cache)
         result = run(out, quick=args.quick, **extra)
         print(f"{name}: {time.perf_counter() - started:.0f}s -> {out / (name + '.md')}")
         print(json.dumps(result, indent=2, default=str)[:2000])
