@@ -234,13 +234,13 @@ def compare(a: Thumb, b: Thumb) -> PairEvidence:
     keep = cv2.dilate(over.astype(np.uint8), _K) == 0
     # the other kernels only now: few pairs get this far
     ys = {"area": y} if large is y else {"area": y, **_resampled(large, x.shape)}
-    rms = min(_rms(x, v, keep) for v in ys.values())
     floor = max(1.0, _noise(a, x), _noise(b, y))
+    rms, kernel = min((_rms(x, v, keep), k) for k, v in ys.items())
     ev["noise"] = rms / floor
     if ev["noise"] > NOISE_RATIO:
         return PairEvidence(False, **ev, reason="above_noise")
     if a.native and b.native:
-        ev["explained"] = _unexplained(x, ys, keep, rms) / floor
+        ev["explained"] = _unexplained(x, ys[kernel], keep, rms, EXPLAINED * floor) / floor
         if ev["explained"] > EXPLAINED:
             return PairEvidence(False, **ev, reason="unexplained_difference")
     return PairEvidence(True, **ev)
@@ -268,16 +268,15 @@ def _rms(x: Any, y: Any, keep: Any) -> float:
     return float(np.sqrt((diff**2).mean())) if diff.size else 0.0
 
 
-def _unexplained(x: Any, ys: dict[str, Any], keep: Any, rms: float) -> float:
-    """The RMS outside the overlay that neither a resampling of the larger picture (`ys`, by
-    kernel, at x's size) nor a JPEG re-encode of either picture at one of `QUALITIES`
-    reproduces; `rms`: the smallest over `ys` without a re-encode."""
+def _unexplained(x: Any, y: Any, keep: Any, rms: float, enough: float) -> float:
+    """The RMS outside the overlay (`keep`) that no JPEG re-encode of either picture at one
+    of `QUALITIES` reproduces; y: the larger picture at x's size by its best kernel, `rms`:
+    their RMS without a re-encode. Stops at the first value <= `enough` (explained)."""
     best = rms
-    for y in ys.values():
-        for q in QUALITIES:
-            if best == 0.0:
-                return best
-            best = min(best, _rms(_jpeg(x, q), y, keep), _rms(_jpeg(y, q), x, keep))
+    for q in QUALITIES:
+        if best <= enough:
+            break
+        best = min(best, _rms(_jpeg(x, q), y, keep), _rms(_jpeg(y, q), x, keep))
     return best
 
 
