@@ -380,3 +380,35 @@ def test_pair_check_measures_what_it_rejects():
     assert not other.verified
     blank = vp.compare(vp.thumbnail(Image.new("RGB", (90, 60), "white")), base)
     assert blank.reason == "low_information" and blank.low_information
+
+
+def test_native_star_polygons_differ_unexplained_while_their_copies_verify():
+    """Two stars of openclipart's polygon series (100 px, hairlines) differ by less than the
+    noise floor admits, but no re-encode or resampling reproduces one from the other; the
+    first star's JPEG q50, half-size and one-pixel-line copies are reproduced and verify."""
+    from PIL import Image, ImageDraw
+
+    from audit.checks.duplicates import verify_pairs as vp
+
+    star, other = (decode((FIX / f"star_{n}step.png").read_bytes()) for n in ("95pt06", "33pt02"))
+    a = vp.thumbnail(star)
+    assert a.native  # 100 px: the thumbnail is the file's own pixels
+    look_alike = vp.compare(a, vp.thumbnail(other))
+    assert look_alike.noise <= vp.NOISE_RATIO  # the floor alone would let it through
+    assert not look_alike.verified and look_alike.reason == "unexplained_difference"
+    assert look_alike.explained > vp.EXPLAINED
+    w, h = star.size
+    line = star.copy()
+    ImageDraw.Draw(line).line([(0, h // 4), (w - 1, 3 * h // 5)], fill=(0, 0, 0), width=1)
+    copies = {
+        "jpeg": decode(encode(star, "JPEG", quality=50)),
+        "half": star.resize((w // 2, h // 2), Image.Resampling.LANCZOS),
+        "line": line,
+    }
+    for name, img in copies.items():
+        ev = vp.compare(a, vp.thumbnail(img))
+        assert ev.verified, (name, ev)
+        assert ev.explained <= vp.EXPLAINED
+    # the half-size copy of the look-alike is not explained by any kernel either
+    half_other = other.resize((w // 2, h // 2), Image.Resampling.LANCZOS)
+    assert not vp.compare(a, vp.thumbnail(half_other)).verified
