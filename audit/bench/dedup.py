@@ -293,25 +293,27 @@ def _audit(tmp: Path, data: dict[str, Any], verify: bool) -> tuple[dict[str, Any
 
 
 def _missed_by(ws: Any, data: dict[str, Any], found: set[tuple[int, int]]) -> dict[str, int]:
-    """Why each planted pair the verified run missed was missed: no hash proposed it
-    ("not_a_candidate": pHash more than 6 bits and dHash more than 10 apart), the pixel
-    check's first failed test for the pair (checked again here from the files), or
-    "verified_not_clustered" (the pair verifies; linkage kept the two apart)."""
+    """Why each planted pair the verified run missed was missed, by edit: "far_hashes" (pHash
+    more than 6 bits and dHash more than 10 apart: no hash proposes it), the pixel check's
+    first failed test for the pair (checked again here from the files), or
+    "verifies_not_clustered" (the pixels verify; the pair was not proposed, as when one code
+    is shared by more rows than `duplicates.MAX_GROUP`, or linkage kept the two apart)."""
     import numpy as np
 
     from audit.checks.duplicates import _read_rows, verify_pairs
     from audit.images import decode
+    from audit.workspace import Workspace
 
-    rows = _read_rows(ws, len(data["files"]))
+    rows = _read_rows(Workspace.open(ws.root), len(data["files"]))  # reopened: hashes are new
     out: dict[str, int] = {}
     for a, b in sorted(set(data["truth"]) - found):
         ph = int(np.bitwise_count(rows["phash"][a] ^ rows["phash"][b]))
         dh = int(np.bitwise_count(rows["dhash"][a] ^ rows["dhash"][b]))
         if ph > 6 and dh > 10:
-            why = "not_a_candidate"
+            why = "far_hashes"
         else:
             ta, tb = (verify_pairs.thumbnail(decode(data["files"][k].read_bytes())) for k in (a, b))
-            why = verify_pairs.compare(ta, tb).reason or "verified_not_clustered"
+            why = verify_pairs.compare(ta, tb).reason or "verifies_not_clustered"
         key = f"{data['truth'][(a, b)]}:{why}"
         out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))

@@ -408,8 +408,13 @@ def find(
     return summary
 
 
-MAX_GROUP = 16  # rows sharing one pHash code: all pairs up to this many, else a star
-MAX_PRODUCT = 64  # rows of two near codes: all cross pairs up to this many, else the first two
+# Rows sharing one code: all pairs up to MAX_GROUP rows, else a star from the first. Two near
+# codes: all cross pairs up to MAX_PRODUCT, else their first rows. A series of look-alikes
+# shares codes (openclipart's star polygons: dHash groups of 20-70 rows), and a copy of one
+# of them must still meet its original, not only the group's first row; a verified pair
+# costs ~1 ms. A thousand blank images still make a star.
+MAX_GROUP = 128
+MAX_PRODUCT = 1024
 
 
 def _row_pairs(
