@@ -412,3 +412,19 @@ def test_native_star_polygons_differ_unexplained_while_their_copies_verify():
     # the half-size copy of the look-alike is not explained by any kernel either
     half_other = other.resize((w // 2, h // 2), Image.Resampling.LANCZOS)
     assert not vp.compare(a, vp.thumbnail(half_other)).verified
+
+
+def test_rows_of_one_shared_code_are_all_paired_in_a_series_of_look_alikes():
+    """40 rows with one code (a series of look-alikes, as openclipart's star polygons share
+    dHash codes): a copy of any member must meet its original, not only the first row."""
+    from audit.checks.duplicates import MAX_GROUP, _row_pairs
+
+    rows = np.arange(100, 140)
+    none = np.zeros(0, np.int64)
+    a, b = _row_pairs(rows, np.zeros(40, np.int64), none, none)
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    assert (117, 133) in pairs and len(pairs) == 40 * 39 // 2
+    # a group beyond MAX_GROUP (a thousand blank pictures) is still a star from its first row
+    big = np.arange(MAX_GROUP + 8)
+    a, b = _row_pairs(big, np.zeros(len(big), np.int64), none, none)
+    assert len(a) == len(big) - 1 and set(a.tolist()) == {0}
