@@ -50,7 +50,12 @@ def test_workspace_scale_uses_features_index_choice_and_scales_training_cost():
     measured = {
         "training_images": 100_000,
         "indexed_descriptors": 1_600_000,
-        "index": {"kind": "ivf_sq8", "nlist": 5059, "nprobe": 16, "training_descriptors": 1_295_104},
+        "index": {
+            "kind": "ivf_sq8",
+            "nlist": 5059,
+            "nprobe": 16,
+            "training_descriptors": 1_295_104,
+        },
         "train_seconds": 100.0,
     }
     w = match._at_workspace_scale(measured)
