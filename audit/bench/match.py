@@ -245,7 +245,9 @@ def _real(n_images: int | None, queries: int, seed: int = 0) -> dict[str, Any]:
     flat = faiss.IndexFlatIP(x.shape[1])
     flat.add(x)
     exact = features.vote(flat, owners, qs[:exact_n], k=K)
-    exact_hits = [int(s) in {r for r, _ in f} for s, f in zip(sources, exact, strict=True)]
+    exact_hits = [
+        int(s) in {r for r, _ in f} for s, f in zip(sources[:exact_n], exact, strict=True)
+    ]
     del flat
     per = {
         n: float(np.mean([h for h, k in zip(hits, kinds, strict=True) if k == n])) for n in names
