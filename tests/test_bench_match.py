@@ -4,11 +4,14 @@ follow `audit.features`' own index choice."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from audit import features
+from audit import features, sample
 from audit.bench import match
+from audit.checks import calibrate
 
 
 def test_flat_index_finds_every_planted_source():
@@ -66,3 +69,16 @@ def test_workspace_scale_uses_features_index_choice_and_scales_training_cost():
     expected = 100.0 * w["training_descriptors"] * spec["nlist"] / (1_295_104 * 5059)
     assert w["train_seconds_estimated"] == pytest.approx(expected, abs=0.5)
     assert w["descriptors_mb"] == pytest.approx(n * 512 / 2**20, abs=0.1)
+
+
+@pytest.mark.skipif(
+    not Path(sample.SOURCE_ROOT).is_dir(), reason="Debian's openclipart-png not installed"
+)
+def test_real_copies_are_searched_by_ivf_and_exactly(monkeypatch):
+    monkeypatch.setattr(match, "EXACT_QUERIES", 4)  # fewer exact queries than queries
+    row = match._real(60, 12, seed=5)
+    assert row["queries"] == 12 and row["exact_queries"] == 4
+    assert set(row["source_in_top10_by_transformation"]) == set(calibrate.TRANSFORMS)
+    assert 0 <= row["source_in_top10_exact_index"] <= 1
+    assert row["source_or_same_family_in_top10"] >= row["source_in_top10"]
+    assert row["training_images"] + row["skipped_pixel_identical"] + row["skipped_unusable"] == 60
