@@ -1,0 +1,84 @@
+"""The match benchmark's pieces: planted sources are found, both index kinds are measured,
+the vote counting is timed on the same search answers, and the workspace-scale figures
+follow `audit.features`' own index choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audit import features, sample
+from audit.bench import match
+from audit.checks import calibrate
+
+
+def test_flat_index_finds_every_planted_source():
+    row = match._search(1_000, 30, seed=3)
+    assert row["index"] == {"kind": "flat"}
+    assert row["indexed_descriptors"] == 1_000 * match.PER_IMAGE
+    assert row["source_in_top10"] == 1.0
+    assert row["train_seconds"] == 0.0
+    assert row["faiss_search_ms_per_query"] > 0 and row["vote_counting_ms_per_query"] > 0
+
+
+def test_past_flat_max_the_bench_trains_the_ivf_index_features_picks():
+    n = features.FLAT_MAX // match.PER_IMAGE + 500
+    row = match._search(n, 20, seed=4)
+    _, spec = features._index(n * match.PER_IMAGE, 128)
+    assert row["index"]["kind"] == "ivf_sq8" == spec["kind"]
+    assert row["index"]["nlist"] == spec["nlist"] and row["index"]["nprobe"] == spec["nprobe"]
+    assert row["index"]["training_descriptors"] == min(n * match.PER_IMAGE, 256 * spec["nlist"])
+    assert row["train_seconds"] > 0
+    assert row["source_in_top10"] >= 0.9  # approximate search: nearly all, not necessarily all
+
+
+def test_vote_counting_alone_gives_the_same_candidates():
+    rng = np.random.default_rng(0)
+    x = match._descriptors(200, rng)
+    owners = np.repeat(np.arange(200), match.PER_IMAGE)
+    index, _, _ = match._index(x, 0)
+    sources = np.arange(0, 200, 20)
+    qs = [
+        [type("F", (), {"descriptors": x[s * match.PER_IMAGE : (s + 1) * match.PER_IMAGE]})()]
+        for s in sources
+    ]
+    out = match._vote(index, owners, qs, sources)  # asserts the two votes agree
+    assert out["hits"] == [True] * len(sources)
+    assert out["query_descriptors_mean"] == match.PER_IMAGE
+
+
+def test_workspace_scale_uses_features_index_choice_and_scales_training_cost():
+    measured = {
+        "training_images": 100_000,
+        "indexed_descriptors": 1_600_000,
+        "index": {
+            "kind": "ivf_sq8",
+            "nlist": 5059,
+            "nprobe": 16,
+            "training_descriptors": 1_295_104,
+        },
+        "train_seconds": 100.0,
+    }
+    w = match._at_workspace_scale(measured)
+    n = 100_000 * features.PER_IMAGE
+    _, spec = features._index(n, 128)
+    assert w["descriptors"] == n and w["index"] == spec
+    assert w["training_descriptors"] == min(n, 256 * spec["nlist"])
+    expected = 100.0 * w["training_descriptors"] * spec["nlist"] / (1_295_104 * 5059)
+    assert w["train_seconds_estimated"] == pytest.approx(expected, abs=0.5)
+    assert w["descriptors_mb"] == pytest.approx(n * 512 / 2**20, abs=0.1)
+
+
+@pytest.mark.skipif(
+    not Path(sample.SOURCE_ROOT).is_dir(), reason="Debian's openclipart-png not installed"
+)
+def test_real_copies_are_searched_by_ivf_and_exactly(monkeypatch):
+    monkeypatch.setattr(match, "EXACT_QUERIES", 4)  # fewer exact queries than queries
+    row = match._real(60, 12, seed=5)
+    assert row["queries"] == 12 and row["exact_queries"] == 4
+    assert set(row["source_in_top10_by_transformation"]) == set(calibrate.TRANSFORMS)
+    assert 0 <= row["source_in_top10_exact_index"] <= 1
+    assert row["source_or_same_family_in_top10"] >= row["source_in_top10"]
+    assert row["training_images"] + row["skipped_pixel_identical"] + row["skipped_unusable"] == 60
