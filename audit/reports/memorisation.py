@@ -96,7 +96,11 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     folder = train.path(f"memorisation/{name}")
     summary = json.loads((folder / "summary.json").read_text("utf-8"))
     matches = pd.read_parquet(folder / "matches.parquet")
-    gen = Workspace.open(summary["generated_workspace"])
+    # relative to the training workspace; a summary written before that names it as given
+    gen_at = train.locate(summary["generated_workspace"]) or ""
+    if not (Path(gen_at) / "manifest.json").exists():
+        gen_at = summary["generated_workspace"]
+    gen = Workspace.open(gen_at)
     order = {"copy": 0, "near": 1, "low_information": 2, "novel": 3}
     top = (
         matches.dropna(subset=["train_row_id"])
@@ -136,8 +140,8 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     )
     lo, hi = summary["replication_ci95"]
     intro = (
-        f"{summary['generated']} generated images ({summary['generated_workspace']}) matched against "
-        f"{summary['training']}: replication rate (verdict copy) "
+        f"{summary['generated']} generated images ({gen_at}) matched against "
+        f"{train.root}: replication rate (verdict copy) "
         f"{fmt(summary['replication_rate'], [lo, hi], True)} (95% bootstrap interval), "
         f"{summary['training_images_copied']} distinct "
         "training images copied."
