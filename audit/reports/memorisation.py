@@ -8,6 +8,7 @@ computes nothing new.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,10 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     summary = json.loads((folder / "summary.json").read_text("utf-8"))
     matches = pd.read_parquet(folder / "matches.parquet")
     # relative to the training workspace; a summary written before that names it as given
-    gen_at = train.locate(summary["generated_workspace"]) or ""
-    if not (Path(gen_at) / "manifest.json").exists():
-        gen_at = summary["generated_workspace"]
+    gen_at = summary["generated_workspace"]
+    if not gen_at.startswith("/") and "://" not in gen_at:  # named as the training one was
+        beside = os.path.normpath(os.path.join(str(train.root), gen_at))
+        gen_at = beside if (Path(beside) / "manifest.json").exists() else gen_at
     gen = Workspace.open(gen_at)
     order = {"copy": 0, "near": 1, "low_information": 2, "novel": 3}
     top = (
