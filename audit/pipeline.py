@@ -273,7 +273,7 @@ def match(
             "generated": train.relative(generated),
             "k": k,
             "thresholds": thresholds.to_dict(),
-            "descriptor": desc.info if desc else None,
+            "descriptor": {**desc.info, "path": train.relative(desc.path)} if desc else None,
         },
         depends_on=["embed", "hash", "features"],
     )

@@ -608,25 +608,35 @@ class Workspace:
         return con
 
     def relative(self, path: str | os.PathLike[str]) -> str:
-        """`path` as the manifest records it: relative to the workspace when inside it, so the
-        workspace can move (to another folder, machine or shared mount); else unchanged."""
+        """`path` as the workspace's files record it (manifest, summaries, tables), so the
+        workspace can move together with what is beside it: relative to the workspace root,
+        inside it (`consented.parquet`) or outside (`../optout/registry.txt`); a URL as it is.
+        Absolute only where no relative path holds: a local path on another filesystem than
+        the workspace (another mount does not move with it), or on a URL workspace.
+        `locate` reads every form back; the one rule for paths outside the workspace."""
+        text = os.fspath(path)
+        if is_url(text):
+            return text
         if self.remote:
-            text, base = str(path), str(self.root) + "/"
-            return text[len(base) :] if text.startswith(base) else text
-        p = Path(path)
-        root = self.root.resolve()
-        full = p.resolve() if p.is_absolute() or p.exists() else (Path.cwd() / p).resolve()
-        return full.relative_to(root).as_posix() if full.is_relative_to(root) else str(full)
+            base = str(self.root) + "/"
+            return text[len(base) :] if text.startswith(base) else os.path.abspath(text)
+        root, full = self.root.resolve(), Path(text).resolve()
+        if full.is_relative_to(root):
+            return full.relative_to(root).as_posix()
+        if _device(full) != _device(root):
+            return full.as_posix()
+        return Path(os.path.relpath(full, root)).as_posix()
 
     # -- input roots: where image locations are relative to --------------------------------
     # A metadata part stores where each image is (`image_path`) and where each row came from
     # (`source_file`) in a form that survives moving the workspace and its inputs:
     #   `images/part-00000.bin`  inside the workspace, relative to it;
     #   `@shards/00000.tar`      under the input root named `shards` (manifest `roots`);
-    #   `/abs/path` or a URL     anything else (and every path of an older workspace), as is.
+    #   `../other/x.png`         anything else local, relative to the workspace (`relative`);
+    #   `/abs/path` or a URL     on another filesystem (and every path of an older workspace).
     # A root records its folder relative to the workspace (`path`: holds when the workspace
-    # and its inputs move together) and absolute (`absolute`: holds when only the workspace
-    # moves); `set_root` points it elsewhere (`audit roots WS NAME NEW_PATH`).
+    # and its inputs move together) and absolute (`absolute`: the fallback, holds when only
+    # the workspace moves); `set_root` points it elsewhere (`audit roots WS NAME NEW_PATH`).
     def set_roots(self, dirs: Mapping[str, str | os.PathLike[str]]) -> None:
         """Record (or replace) the input roots `name -> folder` (saved with the manifest)."""
         roots = self.manifest.setdefault("roots", {})
@@ -634,7 +644,7 @@ class Workspace:
             full = Path(d).resolve()
             rec = {"absolute": full.as_posix()}
             if not self.remote:  # from a URL workspace no local path is relative
-                rec["path"] = Path(os.path.relpath(full, self.root.resolve())).as_posix()
+                rec["path"] = self.relative(full)
             roots[safe_name(name, "root name")] = rec
         self._located = {}
 
@@ -644,7 +654,7 @@ class Workspace:
         full = Path(folder).resolve()
         taken = self.manifest.get("roots", {})
         for name, rec in taken.items():
-            if rec.get("absolute") == full.as_posix():
+            if full.as_posix() in (rec.get("absolute"), self.root_dir(name, strict=False)):
                 self.set_roots({name: full})
                 return name
         name, n = root_name(full), 1
@@ -709,7 +719,7 @@ class Workspace:
 
     def store(self, path: str | os.PathLike[str] | None) -> str | None:
         """`path` (a local file or folder) in the form metadata parts and the manifest keep:
-        relative to an input root (`@name/...`) or to the workspace, else unchanged."""
+        relative to an input root (`@name/...`), else to the workspace (`relative`)."""
         if path is None:
             return None
         text = str(path)
@@ -729,32 +739,36 @@ class Workspace:
         ):
             if full.startswith(base + "/"):
                 return full[len(base) + 1 :]
-        return text
+        return self.relative(full)
 
     def _under_root(self, full: str) -> str | None:
         """`full` as `@name/rel` if it is under a recorded input root, else None."""
         for name, rec in self.manifest.get("roots", {}).items():
-            base = str(rec.get("absolute", "")).rstrip("/")
-            if base and full == base:
-                return f"@{name}"
-            if base and full.startswith(base + "/"):
-                return f"@{name}/{full[len(base) + 1 :]}"
+            # where it was recorded, or where it is found now (moved with the workspace)
+            for base in (str(rec.get("absolute", "")), self.root_dir(name, strict=False) or ""):
+                base = base.rstrip("/")
+                if base and full == base:
+                    return f"@{name}"
+                if base and full.startswith(base + "/"):
+                    return f"@{name}/{full[len(base) + 1 :]}"
         return None
 
     def locate(self, stored: str | None) -> str | None:
-        """Where a stored image location (`store`'s form) is on this machine; absolute paths
-        (older workspaces) and URLs come back unchanged. The one place locations resolve."""
+        """Where a stored path (`store`'s or `relative`'s form) is on this machine; absolute
+        paths (older workspaces, other filesystems) and URLs come back unchanged. The one
+        place recorded paths resolve."""
         if not stored or stored.startswith("/") or "://" in stored:
             return stored
         if stored.startswith("@"):
             name, _, rest = stored[1:].partition("/")
             base = self.root_dir(name)
             return f"{base}/{rest}" if rest else base
-        return (
-            str(self.root / stored)
-            if self.remote
-            else os.path.join(os.path.abspath(self.root), stored)
-        )
+        if self.remote:
+            return str(self.root / stored)
+        if stored == ".." or stored.startswith("../"):
+            # `relative` measured from the resolved root (a symlinked workspace folder)
+            return os.path.normpath(os.path.join(self.root.resolve(), stored))
+        return os.path.join(os.path.abspath(self.root), stored)
 
     def read_part(self, part: Part, columns: list[str] | None = None) -> Any:
         """A metadata part as a pyarrow Table (`columns`, or all) with `image_path` located on
@@ -792,6 +806,10 @@ class Workspace:
             cases.append(
                 f"WHEN starts_with({column}, {lit(prefix)}) "
                 f"THEN {lit(base + '/')} || {column}[{len(prefix) + 1}:]"
+            )
+        if not self.remote:  # beside the workspace (`relative`): from the resolved root
+            cases.append(
+                f"WHEN starts_with({column}, '../') THEN {lit(str(self.root.resolve()) + '/')} || {column}"
             )
         ws = (str(self.root) if self.remote else os.path.abspath(self.root)) + "/"
         return f"CASE {' '.join(cases)} ELSE {lit(ws)} || {column} END"
@@ -1106,6 +1124,14 @@ def _check_manifest(path: Path, manifest: Any) -> None:
             )
         ):
             raise AuditError(f"{path} is damaged: the record of stage '{name}' is malformed. {fix}")
+
+
+def _device(path: Path) -> int | None:
+    """The filesystem (`st_dev`) holding `path`, or its nearest existing folder."""
+    for p in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            return os.stat(p).st_dev
+    return None
 
 
 def _describe(root: Path, out: Output) -> dict[str, Any]:

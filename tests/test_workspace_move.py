@@ -165,3 +165,158 @@ def test_image_bytes_copied_into_the_workspace_move_with_it(tmp_path: Path):
     shutil.move(tmp_path / "a" / "ws", tmp_path / "b" / "ws")
     s = hashes.compute(tmp_path / "b" / "ws", workers=1)
     assert (s["hashed"], s["errors"]) == (8, 1)  # 8 images; img2dataset's recorded 404 has none
+
+
+def _strings(value, out: list[str]) -> list[str]:
+    """Every string in a JSON-like value."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _strings(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _strings(v, out)
+    elif isinstance(value, str):
+        out.append(value)
+    return out
+
+
+def _parquet_strings(ws_root: Path) -> list[str]:
+    """Every value of every string column of every parquet file under `ws_root`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values: list[str] = []
+    for f in ws_root.rglob("*.parquet"):
+        t = pq.read_table(f)
+        for col in t.columns:
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                values += [v for v in col.to_pylist() if v is not None]
+    return values
+
+
+def test_a_workspace_moved_with_its_neighbours_records_no_old_path(tmp_path: Path):
+    """Registries, crawl cache and generated images beside the workspace move with it:
+    every path to them is recorded relative to the workspace and still resolves."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from audit import embeddings
+    from audit.reports import memorisation as report
+
+    here = tmp_path / "here"
+    shards = _copy_sample(here)
+    shutil.copytree(SAMPLE / "optout", here / "optout")
+    registry = sorted((here / "optout").glob("registry-*"))
+    ws_root = here / "ws"
+    metadata.ingest(ws_root, [shards], rows_per_part=150)
+    embeddings.compute(ws_root, model="tiny", pretrained="none", workers=0)
+    hashes.compute(ws_root, workers=1)
+    optouts.compute(ws_root, registry=registry, cache=here / "optout" / "cache")
+    optouts.filter_dataset(ws_root, out=ws_root / "consented.parquet")
+    generated = here / "generated"
+    generated.mkdir()
+    row = sql.query(
+        ws_root, "SELECT image_path, image_offset, image_size FROM metadata WHERE row_id = 7"
+    ).to_pylist()[0]
+    from audit.images import decode, read_bytes
+
+    decode(read_bytes(row["image_path"], row["image_offset"], row["image_size"])).save(
+        generated / "copy-7.png"
+    )
+    pipeline.match(generated, against=ws_root, name="g", workers=1, report_dir=tmp_path / "r1")
+    ws = Workspace.open(ws_root)
+    params = ws.stage("optout")["params"]
+    assert [r["path"] for r in params["registries"]] == [f"../optout/{p.name}" for p in registry]
+    assert params["cache"]["path"] == "../optout/cache"
+    assert ws.stage("match-g")["params"]["generated"] == "../generated"
+
+    there = tmp_path / "elsewhere" / "there"
+    there.parent.mkdir()
+    shutil.move(here, there)  # the workspace and its neighbours together
+    new = there / "ws"
+    ws = Workspace.open(new)
+    manifest = json.loads((new / "manifest.json").read_text("utf-8"))
+    fallbacks = {r.pop("absolute") for r in manifest["roots"].values()}
+    assert fallbacks == {str(here / "shards")}  # the one absolute path, kept by design
+    found = (
+        _strings(manifest, [])
+        + _parquet_strings(new)
+        + _strings(json.loads((new / "consented.removed.json").read_text()), [])
+        + _strings(json.loads((new / "memorisation/g/summary.json").read_text()), [])
+    )
+    assert len(found) > 1000 and not [s for s in found if str(here) in s or str(tmp_path) in s]
+
+    # everything still resolves, to the moved files
+    params = ws.stage("optout")["params"]
+    assert [ws.locate(r["path"]) for r in params["registries"]] == [
+        str(there / "optout" / p.name) for p in registry
+    ]
+    assert ws.locate(params["cache"]["path"]) == str(there / "optout" / "cache")
+    assert ws.locate(ws.stage("match-g")["params"]["generated"]) == str(there / "generated")
+    (match,) = pq.read_table(new / "memorisation/g/matches.parquet").to_pylist()
+    assert match["generated_file"] == "../generated/copy-7.png" and match["verdict"] == "copy"
+    assert Path(ws.locate(match["generated_file"])).is_file()
+    locations = {
+        r["location"].rsplit(" ", 2)[0]  # "../optout/registry-urls.csv row 5"
+        for r in sql.query(
+            new, "SELECT DISTINCT location FROM optout WHERE signal LIKE 'registry%'"
+        ).to_pylist()
+    }
+    assert locations == {f"../optout/{p.name}" for p in registry}
+    assert all(Path(ws.locate(loc)).is_file() for loc in locations)
+    assert {k: v["status"] for k, v in ws.status(verify=True).items()} == dict.fromkeys(
+        ws.manifest["stages"], "done"
+    )
+    # the moved registries given again: the same parameters, so the stage stays done
+    started = ws.stage("optout")["started"]
+    optouts.compute(
+        new,
+        registry=sorted((there / "optout").glob("registry-*")),
+        cache=there / "optout" / "cache",
+    )
+    assert Workspace.open(new).stage("optout")["started"] == started
+    # the page re-renders from the moved summary, from any folder
+    page = report.write_match_page(new, "g", tmp_path / "r2")
+    assert "copy" in page.read_text("utf-8")
+
+
+def test_old_manifests_with_absolute_outside_paths_still_read(tmp_path: Path, monkeypatch):
+    """What audit recorded before outside paths were relative: absolute registry and cache
+    paths (parameters, summary, rule locations) and roots with only their absolute folder."""
+    import json
+
+    def old_relative(self, path):  # the rule before: inside relative, outside absolute
+        full = Path(path).resolve()
+        root = self.root.resolve()
+        return full.relative_to(root).as_posix() if full.is_relative_to(root) else str(full)
+
+    shards = _copy_sample(tmp_path / "data")
+    shutil.copytree(SAMPLE / "optout", tmp_path / "data" / "optout")
+    registry = sorted((tmp_path / "data" / "optout").glob("registry-*"))
+    ws_root = tmp_path / "ws"
+    metadata.ingest(ws_root, [shards], rows_per_part=300)
+    with monkeypatch.context() as m:
+        m.setattr(Workspace, "relative", old_relative)
+        optouts.compute(ws_root, registry=registry, cache=tmp_path / "data" / "optout" / "cache")
+    manifest = json.loads((ws_root / "manifest.json").read_text("utf-8"))
+    for rec in manifest["roots"].values():
+        rec.pop("path")  # a root recorded by its absolute folder only
+    atomic_write_json(ws_root / "manifest.json", manifest)
+    old = Workspace.open(ws_root)
+    assert old.stage("optout")["params"]["registries"][0]["path"] == str(registry[0])
+
+    assert old.roots()["shards"]["found"] == str(shards)  # found through its fallback
+    assert {v["status"] for v in old.status(verify=True).values()} == {"done"}
+    assert old.locate(str(registry[0])) == str(registry[0])  # absolute: as it is
+    locations = sql.query(
+        ws_root, "SELECT DISTINCT location FROM optout WHERE signal LIKE 'registry%'"
+    ).to_pylist()
+    assert locations and all(r["location"].startswith(str(tmp_path)) for r in locations)
+    # the stages after it read the old record; hashing reads images through the fallback
+    assert optouts.filter_dataset(ws_root, out=ws_root / "kept.parquet")["kept"] > 0
+    assert hashes.compute(ws_root, workers=1)["errors"] == 0
+    # given again, the registries are recorded the new way (the stage runs again, once)
+    optouts.compute(ws_root, registry=registry, cache=tmp_path / "data" / "optout" / "cache")
+    params = Workspace.open(ws_root).stage("optout")["params"]
+    assert params["registries"][0]["path"] == f"../data/optout/{registry[0].name}"

@@ -89,17 +89,20 @@ def compute(
                 f"--registry {p}: no such file. Check the path; nothing was written "
                 "(a missing registry would otherwise pass every row it lists)."
             )
-    regs = [registries.load(p) for p in registry]
+    # the registries and the cache are recorded (parameters, summary, each rule's location in
+    # the tables) relative to the workspace, so it moves with them (`Workspace.relative`)
+    regs = [registries.load(p, recorded_as=ws.relative(p)) for p in registry]
     store = CrawlCache.open(cache) if cache is not None else None
+    cache_at = None if cache is None else ws.relative(cache)
     agents = tuple(agent) or DEFAULT_AGENTS
     params = {
         "registries": [
-            {"path": r.path, "sha256": None if r.error else sha256_file(r.path), "error": r.error}
+            {"path": r.path, "sha256": None if r.error else sha256_file(r.file), "error": r.error}
             for r in regs
         ],
         "cache": None
         if store is None
-        else {"path": str(store.root), "sha256": sha256_file(store.root / "responses.parquet")},
+        else {"path": cache_at, "sha256": sha256_file(store.root / "responses.parquet")},
         "agents": list(agents),
         "index_policy": index_policy,
         "spawning": spawning_endpoint or spawn.DEFAULT_ENDPOINT if spawning else None,
@@ -124,8 +127,8 @@ def compute(
         wanted = [u for p in todo for u in ws.read_part(p, columns=["url"])["url"].to_pylist() if u]
         ctx.spawning = spawn.check(wanted, endpoint=spawning_endpoint or spawn.DEFAULT_ENDPOINT)
     settings = {
-        "registry": [str(p) for p in registry],
-        "cache": None if cache is None else str(cache),
+        "registry": [r.path for r in regs],
+        "cache": cache_at,
         "agents": list(agents),
         "index_policy": index_policy,
         "has_page_column": ctx.has_page_column,
@@ -133,7 +136,7 @@ def compute(
     # in this process the parts use this context (with Spawning's answers); a Ray worker
     # builds its own from the same settings
     _CONTEXTS.clear()
-    _CONTEXTS[_key(settings)] = ctx
+    _CONTEXTS[_key(settings, ws)] = ctx
     todo = [p for p in parts if not run.is_done(p.number)]
     runner = engines.get(engine, ray_address)
     results = runner.map_parts("audit.optouts:optout_part", ws.root, todo, settings)
@@ -164,7 +167,7 @@ def compute(
             for r in regs
         ],
         "registry_errors": [r.error for r in regs if r.error],
-        "cache": None if store is None else str(store.root),
+        "cache": cache_at,
         "not_consulted": [] if store is not None else list(decide.CRAWL_SIGNALS),
         "spawning": ctx.spawning.summary() if ctx.spawning is not None else None,
         "agents": list(agents),
@@ -183,9 +186,12 @@ def compute(
 _CONTEXTS: dict[str, Any] = {}
 
 
-def _key(settings: dict[str, Any]) -> str:
-    cache = settings["cache"]
-    files = [*settings["registry"], *([os.path.join(cache, "responses.parquet")] if cache else [])]
+def _key(settings: dict[str, Any], ws: Any) -> str:
+    cache = ws.locate(settings["cache"])
+    files = [
+        *map(ws.locate, settings["registry"]),
+        *([os.path.join(cache, "responses.parquet")] if cache else []),
+    ]
     # a worker process outlives one run: a file changed since must not reuse the old context
     stamps = [(f, st.st_mtime_ns, st.st_size) for f in files if (st := _stat(f)) is not None]
     return json.dumps([settings, stamps], sort_keys=True)
@@ -207,7 +213,8 @@ def optout_part(
     index_policy: bool,
     has_page_column: bool,
 ) -> Any:
-    """Decide one metadata part and write its files (the per-part function engines run)."""
+    """Decide one metadata part and write its files (the per-part function engines run).
+    `registry` and `cache` are as the workspace records them (`Workspace.relative`)."""
     from audit.engines.local import PartResult
     from audit.optouts import decide
     from audit.optouts import outputs as files
@@ -222,17 +229,17 @@ def optout_part(
         "index_policy": index_policy,
         "has_page_column": has_page_column,
     }
-    key = _key(settings)
+    ws = Workspace.open(ws_root)
+    key = _key(settings, ws)
     if key not in _CONTEXTS:
         _CONTEXTS.clear()
-        regs = [registries.load(p) for p in registry]
-        store = CrawlCache.open(cache) if cache is not None else None
+        regs = [registries.load(ws.locate(p) or p, recorded_as=p) for p in registry]
+        store = CrawlCache.open(ws.locate(cache) or cache) if cache is not None else None
         ctx = decide.Context(
             regs, store, tuple(agents), index_policy, rules=registries.connect_rules(regs)
         )
         ctx.has_page_column = has_page_column
         _CONTEXTS[key] = ctx
-    ws = Workspace.open(ws_root)
     table = ws.read_part(part)
     sig_rows, dec_rows, err_rows, cov_rows = decide.evaluate_part(_CONTEXTS[key], table)
     outputs = files.write_part(ws, part, sig_rows, dec_rows, err_rows, cov_rows)

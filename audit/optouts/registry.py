@@ -62,7 +62,7 @@ DOT_SEGMENT = r"/\.\.?(/|\?|$)"
 class Registry:
     """One registry file, loaded: rules as lists, or the reason it could not be read."""
 
-    path: str
+    path: str  # as the records name it (rule locations, errors, the stage's parameters)
     domains: list[tuple[str, str, str]]  # (domain key, use, where: "file line N")
     urls: list[tuple[str, str, str]]  # (url key, use, where)
     error: str | None = None
@@ -71,6 +71,7 @@ class Registry:
         default_factory=list
     )  # (url key prefix, use, where)
     hosts: list[tuple[str, str, str]] = field(default_factory=list)  # (host, use, where)
+    file: str = ""  # where it is read here, when that differs from `path`
 
     @property
     def rules(self) -> int:
@@ -87,17 +88,20 @@ class Registry:
         return "registry-domain" if "domain" in self.name.lower() else "registry-url"
 
 
-def load(path: str | os.PathLike[str]) -> Registry:
+def load(path: str | os.PathLike[str], recorded_as: str | None = None) -> Registry:
     """Read a registry file. Never raises for a bad file: the `error` field says what went wrong.
+    `recorded_as`: the name its rules and errors give the file (the optout stage passes the
+    path relative to the workspace, `Workspace.relative`); default `path`.
 
     >>> reg = load("audit/data/sample/optout/registry-domains.txt")
     >>> reg.error is None and len(reg.domains) > 0
     True
     """
-    path = str(path)
-    reg = Registry(path, [], [])
+    file = str(path)
+    path = recorded_as or file
+    reg = Registry(path, [], [], file=file)
     try:
-        suffix = Path(path).suffix.lower()
+        suffix = Path(file).suffix.lower()
         if suffix in (".csv", ".tsv", ".parquet"):
             _load_table(reg, suffix)
         else:
@@ -154,7 +158,7 @@ def _add(reg: Registry, entry: str, use: str | None, where: str) -> None:
 
 
 def _load_text(reg: Registry) -> None:
-    with open(reg.path, "rb") as f:
+    with open(reg.file or reg.path, "rb") as f:
         data = f.read()
     text = data.decode("utf-8-sig", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
     for n, line in enumerate(text.split("\n"), start=1):
@@ -170,11 +174,11 @@ def _load_table(reg: Registry, suffix: str) -> None:
     import pyarrow.parquet as pq
 
     if suffix == ".parquet":
-        table = pq.read_table(reg.path)
+        table = pq.read_table(reg.file or reg.path)
     else:
         opts = pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
         convert = pcsv.ConvertOptions(strings_can_be_null=True)
-        table = pcsv.read_csv(reg.path, parse_options=opts, convert_options=convert)
+        table = pcsv.read_csv(reg.file or reg.path, parse_options=opts, convert_options=convert)
     cols = {c.lower(): c for c in table.column_names}
     found = [cols[c] for c in ("url", "url_prefix", "host", "domain", "site") if c in cols]
     if not found:

@@ -199,7 +199,9 @@ def filter_dataset(
         "seconds": round(time.monotonic() - started, 2),
     }
     removed_path = out.with_name(out.stem + ".removed.json")
-    atomic_write_json(removed_path, summary)
+    # its paths (`out`, the registries and cache consulted) relative to the workspace, as the
+    # manifest records them; the caller is told `out` as it gave it
+    atomic_write_json(removed_path, {**summary, "out": ws.relative(out)})
     run.finish(
         {k: v for k, v in summary.items() if k != "by_domain"} | {"out": ws.relative(out)},
         [Output("optout/kept.parquet", rows=int(len(kept_ids)))],

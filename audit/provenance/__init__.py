@@ -180,7 +180,7 @@ def detect(ws_root: str | os.PathLike[str], trust_anchors: str | None = None) ->
         "c2pa_states": counts(
             "SELECT c2pa_state, count(*) FROM synthetic WHERE c2pa_state IS NOT NULL GROUP BY 1 ORDER BY 1"
         ),
-        "trust_anchors": str(trust_anchors) if trust_anchors else None,
+        "trust_anchors": ws.relative(trust_anchors) if trust_anchors else None,
         "seconds": round(time.monotonic() - started, 2),
     }
     run.finish(summary)

@@ -8,6 +8,7 @@ computes nothing new.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,12 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     folder = train.path(f"memorisation/{name}")
     summary = json.loads((folder / "summary.json").read_text("utf-8"))
     matches = pd.read_parquet(folder / "matches.parquet")
-    gen = Workspace.open(summary["generated_workspace"])
+    # relative to the training workspace; a summary written before that names it as given
+    gen_at = summary["generated_workspace"]
+    if not gen_at.startswith("/") and "://" not in gen_at:  # named as the training one was
+        beside = os.path.normpath(os.path.join(str(train.root), gen_at))
+        gen_at = beside if (Path(beside) / "manifest.json").exists() else gen_at
+    gen = Workspace.open(gen_at)
     order = {"copy": 0, "near": 1, "low_information": 2, "novel": 3}
     top = (
         matches.dropna(subset=["train_row_id"])
@@ -136,8 +142,8 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     )
     lo, hi = summary["replication_ci95"]
     intro = (
-        f"{summary['generated']} generated images ({summary['generated_workspace']}) matched against "
-        f"{summary['training']}: replication rate (verdict copy) "
+        f"{summary['generated']} generated images ({gen_at}) matched against "
+        f"{train.root}: replication rate (verdict copy) "
         f"{fmt(summary['replication_rate'], [lo, hi], True)} (95% bootstrap interval), "
         f"{summary['training_images_copied']} distinct "
         "training images copied."

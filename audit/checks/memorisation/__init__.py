@@ -182,20 +182,23 @@ def check(
         t = train_meta.get(r["train_row_id"], {}) if r.get("train_row_id") is not None else {}
         member = f"::{g['image_member']}" if g["image_member"] else ""
         r["generated_key"] = g["key"]
-        r["generated_file"] = f"{g['image_path']}{member}" if g["image_path"] else None
+        # as the training workspace records paths (`Workspace.relative`): it moves with them
+        r["generated_file"] = (
+            f"{train.relative(g['image_path'])}{member}" if g["image_path"] else None
+        )
         r.update(train_key=t.get("key"), train_url=t.get("url"), train_caption=t.get("caption"))
     atomic_write_parquet(out_dir / "matches.parquet", _table(rows))
     summary = summarise(rows, thresholds, reps, seed)
     summary.update(
-        generated_workspace=str(gen.root),
-        training=str(train.root),
+        generated_workspace=train.relative(gen.root),  # both relative to the training workspace
+        training=".",
         k=k,
         model=train_info,
         cosine_votes=use_cosine,
         defaults_source=DEFAULTS_SOURCE,
         verifier=verify.settings(),
         descriptor=(
-            descriptor.info
+            {**descriptor.info, "path": train.relative(descriptor.path)}
             if descriptor is not None
             else "none: pass --descriptor PATH (e.g. sscd_disc_mixup.torchscript.pt) for a "
             "learned copy descriptor; Somepalli et al. count SSCD >= 0.5 as a copy"
