@@ -208,8 +208,23 @@ def _experiment_sets(
         "heldout": stack(heldout_ids),
         "optedout": stack(optedout_ids),
         "row_ids": {"train": train_ids, "heldout": heldout_ids, "optedout": optedout_ids},
-        "consent": {k: v for k, v in consent.items() if isinstance(v, (int, float, str, dict))},
+        "consent": _located(
+            {k: v for k, v in consent.items() if isinstance(v, (int, float, str, dict))}, ws
+        ),
     }
+
+
+def _located(value: Any, ws: Workspace) -> Any:
+    """The optout summary with the workspace-relative paths it records (`../registry.txt`)
+    resolved on this machine, so `scrubbed` writes them relative to the report, not to the
+    workspace the summary came from."""
+    if isinstance(value, dict):
+        return {k: _located(v, ws) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_located(v, ws) for v in value]
+    if isinstance(value, str) and (value == ".." or value.startswith("../")):
+        return ws.locate(value)
+    return value
 
 
 def _write_pngs(folder: Path, images: Any, names: list[str]) -> None:
