@@ -331,7 +331,8 @@ def calibrate(
     (for an `audit sample` workspace: category,title; the last column is compared by its
     first word, see `calibrate.family_key`), kept out of the negatives together with their
     twins; the first column is a category path within which correlating thumbnails are one
-    series (`calibrate.series_key`).
+    series (`calibrate.series_key`), and so are correlating thumbnails under one title word
+    across categories (`calibrate.name_key`).
 
     Writes `<report_dir>/calibration.json|.md|.html` (default `reports/<dataset>/`).
 
@@ -359,7 +360,7 @@ def calibrate(
     if missing := [c for c in group_by if c not in have]:
         raise AuditError(f"--group-by {','.join(missing)}: no such metadata column in {w.root}")
     rows = mem.read_rows(w, range(w.num_rows), [*IMAGE_LOCATION, "image_sha256", *group_by])
-    row_ids, thumbs, usable, sha, family, series = [], [], [], [], [], []
+    row_ids, thumbs, usable, sha, family, series, names = [], [], [], [], [], [], []
     for rid, rec in sorted(rows.items()):
         img = mem.load_image(w, {**rec, "row_id": rid})
         if isinstance(img, Exception):
@@ -370,8 +371,13 @@ def calibrate(
         sha.append(rec["image_sha256"])
         family.append(cal.family_key(tuple(rec[c] for c in group_by)) if group_by else None)
         series.append(cal.series_key(rec[group_by[0]]) if group_by else None)
+        names.append(cal.name_key(rec[group_by[-1]]) if len(group_by) > 1 else None)
     groups = cal.twin_groups(
-        sha, np.stack(thumbs), families=family, series=series if group_by else None
+        sha,
+        np.stack(thumbs),
+        families=family,
+        series=series if group_by else None,
+        names=names if len(group_by) > 1 else None,
     )
     sources, held_out = cal.plan(groups, np.asarray(usable), n, negatives, seed)
     images = {

@@ -56,7 +56,10 @@ MANY_INLIERS_CORRELATION = 0.7  # correlation to resampling) with at least this.
 FEW_INLIERS = 4  # ...or this few inliers (simple clip art has few keypoints)...
 FEW_INLIERS_CORRELATION = 0.93  # ...with a near-perfect alignment (global or tile median)...
 FEW_INLIERS_GLOBAL = 0.9  # ...and a high global correlation too
-MIN_CORRELATION_IDENTITY = 0.93  # ... with the identity (no fitted transform)
+MIN_CORRELATION_IDENTITY = 0.93  # ... with the identity (no fitted transform)...
+# ...carrying at least this many keypoint matches onto each other: a blue globe and a grey
+# CD correlate at 0.94 as two discs on white with not one keypoint in common
+MIN_IDENTITY_SUPPORT = 1
 MIN_OVERLAP = 0.3  # share of the smaller picture inside the other once aligned
 MAX_ROTATION = 30.0  # degrees
 # Candidate -> query scale of a plausible copy. Both images are described at WORK_SIDE, so a
@@ -256,27 +259,43 @@ def _identity(query: Any, cand: Any) -> Any:
     return np.array([[qw / cw, 0, 0], [0, qh / ch, 0]], np.float64)
 
 
-def _fit(q: Features, c: Features) -> tuple[Evidence, Any]:
+def _fit(q: Features, c: Features) -> tuple[Evidence, Any, Any, Any]:
+    """RANSAC's similarity fit of `c` onto `q`: (evidence, 2x3 transform or None, and the
+    matched query and candidate points)."""
     import cv2
 
     qp, cp = _matches(q, c)
     if len(qp) < 3:
-        return Evidence(matches=len(qp)), None
+        return Evidence(matches=len(qp)), None, qp, cp
     t, inl = cv2.estimateAffinePartial2D(
         cp, qp, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX, maxIters=2000, confidence=0.99
     )
     if t is None:
-        return Evidence(matches=len(qp)), None
+        return Evidence(matches=len(qp)), None, qp, cp
     scale = float(np.hypot(t[0, 0], t[1, 0]))
     rot = float(np.degrees(np.arctan2(t[1, 0], t[0, 0])))
-    return Evidence(
-        matches=len(qp),
-        inliers=int(inl.sum()),
-        scale=scale,
-        rotation=rot,
-        hypothesis="similarity",
-        transform=tuple(float(v) for v in t.ravel()),
-    ), t
+    return (
+        Evidence(
+            matches=len(qp),
+            inliers=int(inl.sum()),
+            scale=scale,
+            rotation=rot,
+            hypothesis="similarity",
+            transform=tuple(float(v) for v in t.ravel()),
+        ),
+        t,
+        qp,
+        cp,
+    )
+
+
+def _supporting(qp: Any, cp: Any, transform: Any) -> int:
+    """How many matches `transform` (candidate -> query) carries to within `RANSAC_PX`."""
+    if len(qp) == 0:
+        return 0
+    t = np.asarray(transform, np.float64).reshape(2, 3)
+    moved = cp.astype(np.float64) @ t[:, :2].T + t[:, 2]
+    return int((np.hypot(*(moved - qp).T) <= RANSAC_PX).sum())
 
 
 def verify(
@@ -297,10 +316,17 @@ def verify(
     for mirrored, q in ((False, qf[0]), (True, qf[1])):
         if mirrored and best is not None and is_copy(best) and best.correlation >= 0.9:
             break  # a confident copy as it is: the mirror image cannot do better
-        ev, t = _fit(q, cf)
+        ev, t, qp, cp = _fit(q, cf)
         hyps = [] if t is None or not _plausible(ev) else [(ev, t)]
+        # the identity's own keypoint support: the matches it carries onto each other
+        ident = _identity(q.grey, cf.grey)
         hyps.append(
-            (Evidence(matches=ev.matches, hypothesis="identity"), _identity(q.grey, cf.grey))
+            (
+                Evidence(
+                    matches=ev.matches, inliers=_supporting(qp, cp, ident), hypothesis="identity"
+                ),
+                ident,
+            )
         )
         for e, tr in hyps:
             corr, overlap, tiled = _aligned(q.grey, cf.grey, tr)
@@ -358,7 +384,11 @@ def is_copy(e: Evidence) -> bool:
             and corr >= FEW_INLIERS_CORRELATION
             and e.correlation >= FEW_INLIERS_GLOBAL
         )
-    return e.hypothesis == "identity" and e.correlation >= MIN_CORRELATION_IDENTITY
+    return (
+        e.hypothesis == "identity"
+        and e.correlation >= MIN_CORRELATION_IDENTITY
+        and e.inliers >= MIN_IDENTITY_SUPPORT
+    )
 
 
 def settings() -> dict[str, Any]:
@@ -367,7 +397,7 @@ def settings() -> dict[str, Any]:
         "WORK_SIDE MAX_FEATURES CONTRAST RATIO RANSAC_PX MAX_ROTATION ANGLE_SLACK ALIGN_SIDE "
         "TILES BLANK_STD FOREGROUND_DIFF MIN_FOREGROUND MIN_KEYPOINTS MIN_INLIERS "
         "MIN_CORRELATION MANY_INLIERS MANY_INLIERS_CORRELATION FEW_INLIERS FEW_INLIERS_CORRELATION FEW_INLIERS_GLOBAL "
-        "MIN_CORRELATION_IDENTITY MIN_OVERLAP MIN_SCALE MAX_SCALE"
+        "MIN_CORRELATION_IDENTITY MIN_IDENTITY_SUPPORT MIN_OVERLAP MIN_SCALE MAX_SCALE"
     ).split()
     return {n.lower(): globals()[n] for n in names}
 

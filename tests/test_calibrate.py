@@ -170,3 +170,25 @@ def test_negatives_are_counted_once_not_per_transformation():
     assert pooled["precision"] == pytest.approx(2 / 3)
     neg = cal._negative_stats(outcomes)
     assert neg["called_copy"] == 1 and neg["false_positive_rate"] == 0.5
+
+
+def test_one_drawing_filed_under_two_category_paths_is_grouped():
+    # openclipart's hummer: the same drawing titled 'hummer' under 'transportation' and under
+    # 'transportation / vehicles / hummers' (two series, two families); a recoloured copy's
+    # thumbnail correlates but is not near-identical
+    rng = np.random.default_rng(1)
+    base = rng.random((32, 32)).astype(np.float32)
+    other = rng.random((32, 32)).astype(np.float32)
+    thumbs = np.stack([base, 0.6 * base + 0.3, other, 0.6 * other + 0.3])
+    cats = ["transportation", "transportation / vehicles / hummers", "office", "food"]
+    titles = ["hummer", "Hummer H2", "pin", "pie"]
+    fam = [cal.family_key((c, t)) for c, t in zip(cats, titles, strict=True)]
+    ser = [cal.series_key(c) for c in cats]
+    names = [cal.name_key(t) for t in titles]
+    assert names[:2] == ["hummer", "hummer"]
+    without = cal.twin_groups(["a", "b", "c", "d"], thumbs, families=fam, series=ser)
+    assert without.tolist() == [0, 1, 2, 3]  # what the family and series keys missed
+    g = cal.twin_groups(["a", "b", "c", "d"], thumbs, families=fam, series=ser, names=names)
+    assert g.tolist() == [0, 0, 2, 3]  # same name + correlating thumbnails: one drawing
+    # same picture, different names: not grouped by name (no name shared)
+    assert g[2] != g[3]

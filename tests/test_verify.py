@@ -98,3 +98,22 @@ def test_the_tile_median_never_replaces_a_global_correlation():
     assert verify.is_copy(verify.Evidence(**{**few.to_dict(), "correlation": 0.95}))
     far = verify.Evidence(**{**e.to_dict(), "correlation": 0.95, "scale": 0.35})
     assert not verify.is_copy(far)  # a picture inside another, not a copy edit
+
+
+def test_an_identity_alignment_without_keypoint_support_is_not_a_copy():
+    # openclipart's blue globe against a grey CD: two discs on white correlate at 0.94
+    # under the identity with no keypoint in common
+    bare = verify.Evidence(hypothesis="identity", correlation=0.95, overlap=1.0, inliers=0)
+    assert not verify.is_copy(bare)
+    supported = verify.Evidence(hypothesis="identity", correlation=0.95, overlap=1.0, inliers=3)
+    assert verify.is_copy(supported)
+
+
+def test_the_identity_counts_the_matches_it_carries():
+    # a copy rescaled to half size: the identity stretch carries its matches onto each other
+    cp = np.array([[10.0, 10.0], [100.0, 40.0], [60.0, 200.0], [5.0, 5.0]])
+    qp = cp / 2
+    qp[3] = (90.0, 90.0)  # a match the identity does not explain
+    half = np.array([[0.5, 0, 0], [0, 0.5, 0]])
+    assert verify._supporting(qp, cp, half) == 3
+    assert verify._supporting(qp, cp, np.eye(2, 3)) == 0

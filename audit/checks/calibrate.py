@@ -198,6 +198,13 @@ def family_key(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
     return (*head, words[0] if words else last)
 
 
+def name_key(title: Any) -> str | None:
+    """A title's first word of letters, case-folded ('Hummer H2 yellow' -> 'hummer'): the
+    name that one drawing keeps when it is filed under two category paths."""
+    words = re.findall(r"[a-z]+", str(title).casefold()) if title is not None else []
+    return words[0] if words else None
+
+
 def series_key(value: Any) -> str | None:
     """A category path cut to its first two levels ('recreation / games / cards / simple' ->
     'recreation / games'): the pictures that one series of drawings spreads over."""
@@ -212,11 +219,15 @@ def twin_groups(
     families: list[Any] | None = None,
     series: list[Any] | None = None,
     series_correlation: float = SERIES_CORRELATION,
+    names: list[Any] | None = None,
 ) -> Any:
     """Group ids (smallest member index) joining same-sha256 images, near-identical
-    thumbnails, equal `families` values (None = no family) and, when `series` is given, rows
-    of one series whose thumbnails correlate (as they are or mirrored) at `series_correlation`.
-    None of these asks the verifier, so the negatives it leaves do not depend on it."""
+    thumbnails, equal `families` values (None = no family) and, when `series` or `names` is
+    given, rows of one series or of one name whose thumbnails correlate (as they are or
+    mirrored) at `series_correlation`. `names` catches the drawing filed twice, under two
+    category paths, with one title ('hummer' in vehicles and in clothing): the same name and
+    the same thumbnail. None of these asks the verifier, so the negatives it leaves do not
+    depend on it."""
     n = len(sha256)
     parent = np.arange(n)
 
@@ -244,12 +255,14 @@ def twin_groups(
         for i, j in zip(*np.nonzero(d <= limit), strict=True):
             if s + i < j:
                 union(s + int(i), int(j))
-    if series is not None:
+    keyed = [k for k in (series, names) if k is not None]
+    if keyed:
         side = int(np.sqrt(x.shape[1]))
         mirrored = np.asarray(thumbs, np.float32).reshape(n, side, -1)[:, :, ::-1].reshape(n, -1)
         z, zm = _standardised(x), _standardised(mirrored)
+    for keys in keyed:
         members: dict[Any, list[int]] = {}
-        for i, key in enumerate(series):
+        for i, key in enumerate(keys):
             if key is not None:
                 members.setdefault(key, []).append(i)
         for idx in members.values():
