@@ -82,3 +82,15 @@ def test_real_copies_are_searched_by_ivf_and_exactly(monkeypatch):
     assert 0 <= row["source_in_top10_exact_index"] <= 1
     assert row["source_or_same_family_in_top10"] >= row["source_in_top10"]
     assert row["training_images"] + row["skipped_pixel_identical"] + row["skipped_unusable"] == 60
+    # the match stage's candidates hold the feature top 10, and twins only add to them
+    assert row["source_in_candidates"] >= row["source_in_top10"]
+    assert row["source_or_twin_in_candidates"] >= row["source_in_candidates"]
+    assert set(row["source_in_candidates_by_transformation"]) == set(calibrate.TRANSFORMS)
+
+
+def test_hamming_counts_differing_bits_of_64():
+    import numpy as np
+
+    codes = np.array([0, 1, 2**64 - 1, 0b1011], np.uint64)
+    assert match._hamming(codes, np.uint64(0)).tolist() == [0, 1, 64, 3]
+    assert match._hamming(codes, np.uint64(2**64 - 1)).tolist() == [64, 63, 0, 61]
