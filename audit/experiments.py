@@ -140,6 +140,12 @@ def _memorisation(
     atomic_write_json(out / "experiment.json", experiment)
     report.write_experiment_page(out)
     _model_card(work, out, result)
+    # committed with the bundled sample it reads: its workspaces hold no path of this machine
+    generated_ws = Workspace.open(train_ws).locate(summary["generated_workspace"])
+    if generated_ws is None:  # match always records where it described the samples
+        raise AuditError(f"{mem_summary} records no generated_workspace")
+    for ws_dir in (work / "sample", train_ws, Path(generated_ws)):
+        Workspace.open(ws_dir).forget_absolute_roots()
     return result
 
 

@@ -717,6 +717,22 @@ class Workspace:
         finally:
             self.unlock()
 
+    def forget_absolute_roots(self) -> None:
+        """Drop each input root's `absolute` fallback where its workspace-relative `path`
+        holds, and save: for a workspace shipped together with its inputs (the memorisation
+        experiment's, committed beside the bundled sample), which then records no path of the
+        machine that made it. A root whose `path` does not hold keeps its fallback."""
+        self.lock()
+        try:
+            self.manifest = self._merged()
+            for rec in self.manifest.get("roots", {}).values():
+                if rec.get("path") and (self.root / rec["path"]).exists():
+                    rec.pop("absolute", None)
+            self._located = {}
+            atomic_write_json(self.root / MANIFEST, self.manifest)
+        finally:
+            self.unlock()
+
     def store(self, path: str | os.PathLike[str] | None) -> str | None:
         """`path` (a local file or folder) in the form metadata parts and the manifest keep:
         relative to an input root (`@name/...`), else to the workspace (`relative`)."""

@@ -26,6 +26,13 @@ def test_experiment_command_quick(tmp_path):
     text = (out / "experiment.json").read_text()
     # read elsewhere like its pages: no absolute path of this machine (registries, workspace)
     assert str(tmp_path) not in text and str(pipeline.sample_dir().resolve()) not in text
+    # its workspaces, committed beside the sample they read, keep no absolute fallback for
+    # their input roots (whose recorded path holds; it is relative on one filesystem)
+    manifests = sorted((out / "work").rglob("manifest.json"))
+    assert len(manifests) == 3
+    for manifest in manifests:
+        roots = json.loads(manifest.read_text())["roots"]
+        assert roots and all("absolute" not in rec for rec in roots.values()), manifest
     result = json.loads(text)
     assert result["steps"] == 30 and result["sets"]["train"] == 24
     assert result["sampler"]["name"] == "ddpm"  # what was run is what is recorded

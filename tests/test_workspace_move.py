@@ -320,3 +320,29 @@ def test_old_manifests_with_absolute_outside_paths_still_read(tmp_path: Path, mo
     optouts.compute(ws_root, registry=registry, cache=tmp_path / "data" / "optout" / "cache")
     params = Workspace.open(ws_root).stage("optout")["params"]
     assert params["registries"][0]["path"] == f"../data/optout/{registry[0].name}"
+
+
+def test_a_workspace_shipped_with_its_inputs_can_forget_this_machines_paths(tmp_path: Path):
+    project = tmp_path / "project"
+    shards = _copy_sample(project)
+    ws_root = project / "work" / "ws"
+    metadata.ingest(ws_root, [shards], rows_per_part=100)
+    gone = tmp_path / "gone"  # a second root whose relative path will not hold
+    gone.mkdir()
+    ws = Workspace.open(ws_root)
+    ws.set_roots({"gone": gone})
+    ws.save()
+    gone.rmdir()
+
+    Workspace.open(ws_root).forget_absolute_roots()
+    roots = Workspace.open(ws_root).manifest["roots"]
+    assert "absolute" not in roots["shards"] and roots["shards"]["path"] == "../../shards"
+    assert roots["gone"]["absolute"] == gone.resolve().as_posix()  # kept: its path is gone
+    assert str(project) not in (ws_root / "manifest.json").read_text("utf-8")
+
+    # moved together, the workspace and its inputs still read
+    moved = tmp_path / "elsewhere"
+    shutil.move(project, moved)
+    assert sql.query(moved / "work" / "ws", "SELECT count(*) AS n FROM metadata").to_pylist() == [
+        {"n": 300}
+    ]
