@@ -88,9 +88,11 @@ def test_real_copies_are_searched_by_ivf_and_exactly(monkeypatch):
     assert set(row["source_in_candidates_by_transformation"]) == set(calibrate.TRANSFORMS)
 
 
-def test_hamming_counts_differing_bits_of_64():
+def test_hamming_the_bench_uses_counts_differing_bits_of_64_on_uint64_codes():
     import numpy as np
 
-    codes = np.array([0, 1, 2**64 - 1, 0b1011], np.uint64)
-    assert match._hamming(codes, np.uint64(0)).tolist() == [0, 1, 64, 3]
-    assert match._hamming(codes, np.uint64(2**64 - 1)).tolist() == [64, 63, 0, 61]
+    from audit.checks.memorisation.core import hamming
+
+    codes = np.array([0, 1, 2**64 - 1, 0b1011], np.uint64)  # as `hashes.hash_images` gives
+    assert hamming(codes, np.uint64(0)).tolist() == [0, 1, 64, 3]
+    assert hamming(codes, np.uint64(2**64 - 1)).tolist() == [64, 63, 0, 61]

@@ -134,12 +134,6 @@ def _vote(index: Any, owners: Any, qs: list[Any], sources: Any) -> dict[str, Any
     }
 
 
-def _hamming(codes: Any, code: Any) -> Any:
-    """Bits differing between each uint64 of `codes` and `code`."""
-    x = np.bitwise_xor(codes, code)
-    return np.unpackbits(x.reshape(-1, 1).view(np.uint8), axis=1).sum(axis=1)
-
-
 def _search(n_images: int, queries: int, seed: int = 0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     x = _descriptors(n_images, rng)
@@ -201,6 +195,7 @@ def _real(n_images: int | None, queries: int, seed: int = 0) -> dict[str, Any]:
 
     from audit import features, hashes, sample, verify
     from audit.checks import calibrate
+    from audit.checks.memorisation.core import hamming
     from audit.images import ImageProblem, decode
 
     rng = np.random.default_rng(seed)
@@ -266,12 +261,12 @@ def _real(n_images: int | None, queries: int, seed: int = 0) -> dict[str, Any]:
     train = np.array(codes, np.uint64)
     union, union_twin = [], []
     for s, f, (c, cm) in zip(sources, found, qcodes, strict=True):
-        near = [_hamming(train, np.uint64(x)) for x in (c, cm)]
+        near = [hamming(train, np.uint64(x)) for x in (c, cm)]
         cand = {r for r, _ in f}
         for h in near:
             cand |= {int(r) for r in np.argsort(h, kind="stable")[: K // 2]}
         union.append(int(s) in cand)
-        own = _hamming(train[list(cand)], train[s]) if cand else np.zeros(0)
+        own = hamming(train[list(cand)], train[s]) if cand else np.zeros(0)
         union_twin.append(int(s) in cand or bool((own <= TWIN_BITS).any()))
     per = {
         n: float(np.mean([h for h, k in zip(hits, kinds, strict=True) if k == n])) for n in names

@@ -8,7 +8,6 @@ computes nothing new.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +98,8 @@ def write_match_page(ws_root: str | Path, name: str, out_dir: Path) -> Path:
     matches = pd.read_parquet(folder / "matches.parquet")
     # relative to the training workspace; a summary written before that names it as given
     gen_at = summary["generated_workspace"]
-    if not gen_at.startswith("/") and "://" not in gen_at:  # named as the training one was
-        beside = os.path.normpath(os.path.join(str(train.root), gen_at))
-        gen_at = beside if (Path(beside) / "manifest.json").exists() else gen_at
+    beside = train.locate(gen_at)
+    gen_at = beside if beside and (Path(beside) / "manifest.json").exists() else gen_at
     gen = Workspace.open(gen_at)
     order = {"copy": 0, "near": 1, "low_information": 2, "novel": 3}
     top = (

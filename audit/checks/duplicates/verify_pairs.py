@@ -74,7 +74,9 @@ MAX_OVERLAY = 0.02  # the overlay may cover at most this share: a line across th
 # (one pixel by the long side, ~1/h) is 0.017 at most; a frame or a map's borders are more
 NOISE_QUALITY = 60  # the JPEG re-encode (Pillow / libjpeg) whose noise sets the floor...
 NOISE_RATIO = 1.2  # ...times this: RMS outside the overlay may reach about q50 noise
-KERNELS = ("area", "lanczos", "bicubic", "bilinear")  # resamplers tried for the larger one
+# resamplers tried for the larger one: OpenCV's area average first, then Pillow's
+_PIL_KERNELS = {"lanczos": "LANCZOS", "bicubic": "BICUBIC", "bilinear": "BILINEAR"}
+KERNELS = ("area", *_PIL_KERNELS)
 QUALITIES = (50, 60, 70, 75, 80, 85, 90, 95)  # JPEG re-encodes tried to explain a native pair
 EXPLAINED = 0.3  # native pairs: unexplained RMS outside the overlay / the noise floor; planted
 # copies 0-0.23 but one (seeds 7, 8), star polygons of one series 0.4-1.2
@@ -250,16 +252,11 @@ def _resampled(y: Any, shape: tuple[int, ...]) -> dict[str, Any]:
     """y at the (h, w) of `shape` by each of `KERNELS` but "area" (the caller has that)."""
     from PIL import Image
 
-    size = (shape[1], shape[0])
-    out = {}
-    pil = Image.fromarray(y)
-    for name, k in (
-        ("lanczos", Image.Resampling.LANCZOS),
-        ("bicubic", Image.Resampling.BICUBIC),
-        ("bilinear", Image.Resampling.BILINEAR),
-    ):
-        out[name] = np.asarray(pil.resize(size, k))
-    return out
+    size, pil = (shape[1], shape[0]), Image.fromarray(y)
+    return {
+        name: np.asarray(pil.resize(size, getattr(Image.Resampling, k)))
+        for name, k in _PIL_KERNELS.items()
+    }
 
 
 def _rms(x: Any, y: Any, keep: Any) -> float:
