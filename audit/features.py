@@ -10,13 +10,27 @@ nearest indexed descriptors, each neighbour close enough (`MAX_DISTANCE`) gives 
 vote, at most one per query descriptor and image; the images with most votes are the
 candidates, which `audit.verify` then checks geometrically.
 
-Index kind: exact (`IndexFlatIP`) up to `FLAT_MAX` descriptors; beyond, an inverted file
+Index kind: exact (`IndexFlatIP`) up to `FLAT_MAX` descriptors (`THUMB_FLAT_MAX` thumbnails);
+beyond, an inverted file
 with 8-bit scalar quantisation (`IndexIVFScalarQuantizer`, nlist = 4*sqrt(n), nprobe =
 `NPROBE`), which scans about nprobe/nlist of the descriptors per query: sub-linear, 128
 bytes per descriptor. RootSIFT vectors have unit length, so inner product ranks as L2.
 
-Writes `features/owners.npy` (int64 row_id of each indexed descriptor), `faiss/features.faiss`
-and `features/info.json` (kind, parameters, counts).
+**Content thumbnails** catch what the votes miss: a rescaled, blurred or JPEG-compressed
+copy of a small drawing keeps too few of its keypoints to outvote the other pictures, yet
+looks the same at 16x16. So every image also gets a global descriptor of *the drawing
+itself* (`content_thumbnail`): the background, and any frame or rotation fill, flooded
+away from the corners (a flood that starts on a colour other than white takes its
+antialiased edge with it, then floods again), the rest cut to the bounding box of its ink,
+resized to `THUMB_SIDE` x `THUMB_SIDE` grey and standardised. A frame around a copy, the
+white margin of its source and the fill of a rotation all vanish, and the scale with them.
+A query is searched as itself, mirrored, and rotated back by each of `QUERY_ANGLES`
+(`query_thumbnails`: 18 vectors), each training row keeping its best similarity. Crops
+change the bounding box, which is what the local features are for.
+
+Writes `features/owners.npy` (int64 row_id of each indexed descriptor), `faiss/features.faiss`,
+`features/thumbnail_owners.npy` (row_id of each content thumbnail), `faiss/thumbnails.faiss`
+and `features/info.json` (kinds, parameters, counts).
 
     >>> from audit import features
     >>> features.build("indexes/sample")                                # doctest: +SKIP
@@ -48,11 +62,22 @@ MAX_DISTANCE = 0.5  # squared L2 between RootSIFT vectors for a vote (1 - cosine
 FLAT_MAX = 100_000
 NPROBE = 16
 
+THUMB_SIDE = 16  # content thumbnail side: 256 dimensions
+# One thumbnail per image, but 18 per query and twice the dimensions of a descriptor: exact
+# search of 100,000 of them costs tens of ms per query, so the IVF takes over sooner.
+THUMB_FLAT_MAX = 20_000
+FILL_TOLERANCE = 12  # grey levels: a corner flood takes pixels this close to its seed
+EDGE = np.ones((5, 5), np.uint8)  # a coloured flood's antialiased edge (2 px at 256)
+MIN_INK = 0.01  # a flood that would leave less ink than this share is undone
+# The rotations a copier applies are within 20 degrees; a query is rotated back by each
+# of these, so the search sees a copy within 2.5 degrees of upright.
+QUERY_ANGLES = (0, -5, 5, -10, 10, -15, 15, -20, 20)
 
-def _index(n: int, d: int) -> tuple[Any, dict[str, Any]]:
+
+def _index(n: int, d: int, flat_max: int = FLAT_MAX) -> tuple[Any, dict[str, Any]]:
     import faiss
 
-    if n <= FLAT_MAX:
+    if n <= flat_max:
         return faiss.IndexFlatIP(d), {"kind": "flat"}
     nlist = int(min(65536, 4 * math.sqrt(n), n // 39))
     quantizer = faiss.IndexFlatIP(d)
@@ -65,16 +90,127 @@ def _index(n: int, d: int) -> tuple[Any, dict[str, Any]]:
     return index, {"kind": "ivf_sq8", "nlist": nlist, "nprobe": index.nprobe}
 
 
-def index_descriptors(descriptors: Any, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """A trained and filled faiss index over (n, 128) float32 descriptors (ids = positions)."""
+def index_descriptors(
+    descriptors: Any, seed: int = 0, flat_max: int = FLAT_MAX
+) -> tuple[Any, dict[str, Any]]:
+    """A trained and filled faiss index over (n, d) float32 unit vectors (ids = positions):
+    exact up to `flat_max` of them, IVF-SQ8 beyond."""
     x = np.ascontiguousarray(descriptors, np.float32)
-    index, spec = _index(len(x), x.shape[1])
+    index, spec = _index(len(x), x.shape[1], flat_max)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample = x[rng.choice(len(x), min(len(x), 256 * spec["nlist"]), replace=False)]
         index.train(sample)
     index.add(x)
     return index, spec
+
+
+# -- content thumbnails -----------------------------------------------------------------------
+def ink(grey: Any) -> Any:
+    """The pixels of a `background_whitened` grey image that are not background."""
+    return grey < 255 - FILL_TOLERANCE
+
+
+def background_whitened(grey: Any) -> Any:
+    """`grey` (uint8) with its background, frame and rotation fill turned white: flood from
+    the four corners; a flood that started on a colour (a frame, a fill, a dark background)
+    also takes its antialiased edge. While what is left is a rectangle (its bounding box's
+    corners not flooded: a picture inside a frame or a margin), flood again from its
+    corners, to reach the picture's own background inside the frame."""
+    import cv2
+
+    g = np.ascontiguousarray(grey, np.uint8).copy()
+    h, w = g.shape
+    flooded = np.zeros((h, w), bool)
+    flags = 4 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (255 << 8)
+    tol = (FILL_TOLERANCE,)
+    for _ in range(4):  # a frame, its antialiased edge, a margin, the picture's background
+        rows, cols = np.flatnonzero((~flooded).any(1)), np.flatnonzero((~flooded).any(0))
+        corners = [(int(c), int(r)) for r in (rows[0], rows[-1]) for c in (cols[0], cols[-1])]
+        if any(flooded[y, x] for x, y in corners):
+            break  # what is left is a drawing, not a rectangle inside a frame
+        mask = np.zeros((h + 2, w + 2), np.uint8)
+        coloured = False
+        for x, y in corners:
+            if not mask[y + 1, x + 1]:
+                coloured |= int(g[y, x]) < 255 - FILL_TOLERANCE
+                cv2.floodFill(g, mask, (x, y), 0, tol, tol, flags)  # type: ignore[call-overload]
+        region = mask[1:-1, 1:-1] > 0
+        if coloured:
+            region = cv2.dilate(region.astype(np.uint8), EDGE) > 0
+        if not (region & ~flooded).any():
+            break
+        out = g.copy()
+        out[region] = 255
+        if ink(out).mean() < MIN_INK:  # the picture was all background colour: keep it
+            break
+        g, flooded = out, flooded | region
+    return g
+
+
+def _standardised_thumbnail(grey: Any) -> Any:
+    """The ink's bounding box of a white-background grey image, as a unit-length vector."""
+    import cv2
+
+    drawn = ink(grey)
+    if drawn.mean() >= MIN_INK / 4:
+        r, c = np.flatnonzero(drawn.any(1)), np.flatnonzero(drawn.any(0))
+        grey = grey[r[0] : r[-1] + 1, c[0] : c[-1] + 1]
+    side = (THUMB_SIDE, THUMB_SIDE)
+    t = cv2.resize(grey, side, interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    t -= t.mean()
+    return t / max(float(np.linalg.norm(t)), 1e-6)
+
+
+def content_thumbnail(grey: Any) -> Any:
+    """(THUMB_SIDE**2,) float32 unit vector describing the drawing in a grey working-size
+    image (`verify.Features.grey`), whatever its margin, frame or scale."""
+    return _standardised_thumbnail(background_whitened(grey))
+
+
+def query_thumbnails(grey: Any) -> Any:
+    """(2 * len(QUERY_ANGLES), THUMB_SIDE**2) content thumbnails of a query: as it is and
+    mirrored, each rotated by every angle of `QUERY_ANGLES` on white."""
+    import cv2
+
+    clean = background_whitened(grey)
+    out = []
+    for m in (clean, np.ascontiguousarray(clean[:, ::-1])):
+        h, w = m.shape
+        for angle in QUERY_ANGLES:
+            if angle == 0:
+                out.append(_standardised_thumbnail(m))
+                continue
+            rot = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+            cos, sin = abs(rot[0, 0]), abs(rot[0, 1])
+            nw, nh = int(h * sin + w * cos + 0.5), int(h * cos + w * sin + 0.5)
+            rot[0, 2] += nw / 2 - w / 2
+            rot[1, 2] += nh / 2 - h / 2
+            turned = cv2.warpAffine(m, rot, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=255)
+            out.append(_standardised_thumbnail(turned))
+    return np.stack(out).astype(np.float32)
+
+
+def nearest_thumbnails(
+    index: Any, owners: Any, greys: Sequence[Any], k: int = 10
+) -> list[list[tuple[int, float]]]:
+    """Top-k (row_id, similarity) per query grey image, over its `query_thumbnails`."""
+    if not greys:
+        return []
+    per = 2 * len(QUERY_ANGLES)
+    x = np.concatenate([query_thumbnails(g) for g in greys])
+    sim, pos = index.search(x, k)
+    out = []
+    for q in range(len(greys)):
+        best: dict[int, float] = {}
+        s, p = sim[q * per : (q + 1) * per].ravel(), pos[q * per : (q + 1) * per].ravel()
+        for v, i in zip(s.tolist(), p.tolist(), strict=True):
+            if i >= 0:
+                row = int(owners[i])
+                best[row] = max(best.get(row, -2.0), v)
+        top = sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]
+        out.append([(r, round(v, 4)) for r, v in top])
+    return out
 
 
 def build(ws_root: str | os.PathLike[str], per_image: int = PER_IMAGE) -> dict[str, Any]:
@@ -87,7 +223,7 @@ def build(ws_root: str | os.PathLike[str], per_image: int = PER_IMAGE) -> dict[s
     parts = ws.require_parts()
     run = ws.start_stage(STAGE, {"per_image": per_image}, depends_on=["ingest"])
     t0 = time.perf_counter()
-    descs, owners, errors = [], [], 0
+    descs, owners, thumbs, thumb_owners, errors = [], [], [], [], 0
     rows = [
         r for p in parts for r in ws.read_part(p, columns=["row_id", *IMAGE_LOCATION]).to_pylist()
     ]
@@ -100,6 +236,9 @@ def build(ws_root: str | os.PathLike[str], per_image: int = PER_IMAGE) -> dict[s
         except ImageProblem:
             errors += 1
             continue
+        if f.low_information is None:
+            thumbs.append(content_thumbnail(f.grey))
+            thumb_owners.append(r["row_id"])
         if f.low_information is None and len(f.descriptors):
             descs.append(f.descriptors[:per_image])
             owners.append(np.full(len(descs[-1]), r["row_id"], np.int64))
@@ -110,6 +249,10 @@ def build(ws_root: str | os.PathLike[str], per_image: int = PER_IMAGE) -> dict[s
     atomic_write_npy(ws.path("features/owners.npy"), own)
     with atomic_path(ws.path("faiss/features.faiss")) as tmp:
         faiss.write_index(index, str(tmp))
+    t_index, t_spec = index_descriptors(np.stack(thumbs), flat_max=THUMB_FLAT_MAX)
+    atomic_write_npy(ws.path("features/thumbnail_owners.npy"), np.asarray(thumb_owners, np.int64))
+    with atomic_path(ws.path("faiss/thumbnails.faiss")) as tmp:
+        faiss.write_index(t_index, str(tmp))
     info = {
         **spec,
         "descriptors": int(len(x)),
@@ -118,6 +261,7 @@ def build(ws_root: str | os.PathLike[str], per_image: int = PER_IMAGE) -> dict[s
         "neighbours": NEIGHBOURS,
         "max_distance": MAX_DISTANCE,
         "unreadable": errors,
+        "thumbnails": {**t_spec, "images": len(thumb_owners), "side": THUMB_SIDE},
     }
     atomic_write_json(ws.path("features/info.json"), info)
     summary = {**info, "seconds": round(time.perf_counter() - t0, 3)}
@@ -126,6 +270,8 @@ def build(ws_root: str | os.PathLike[str], per_image: int = PER_IMAGE) -> dict[s
         [
             Output("features/owners.npy", rows=len(own)),
             Output("faiss/features.faiss", rows=len(own)),
+            Output("features/thumbnail_owners.npy", rows=len(thumb_owners)),
+            Output("faiss/thumbnails.faiss", rows=len(thumb_owners)),
             Output("features/info.json"),
         ],
     )
@@ -178,3 +324,29 @@ def search(
     """`vote` against a workspace's index (`build` first)."""
     index, owners = open_index(ws_root)
     return vote(index, owners, queries, k)
+
+
+def open_thumbnails(ws_root: str | os.PathLike[str]) -> tuple[Any, Any]:
+    """(faiss index, owners) of a workspace's content thumbnails."""
+    import faiss
+
+    ws = Workspace.open(ws_root)
+    path = ws.path("faiss/thumbnails.faiss")
+    if not path.exists():
+        raise AuditError(
+            f"{ws.root} has no content-thumbnail index (built by `audit features` since "
+            f"2026-12-02). Run: audit features {ws.root}"
+        )
+    index = faiss.read_index(str(path))
+    info = json.loads(ws.path("features/info.json").read_text("utf-8")).get("thumbnails", {})
+    if "nprobe" in info:
+        faiss.extract_index_ivf(index).nprobe = info["nprobe"]
+    return index, np.load(ws.path("features/thumbnail_owners.npy"))
+
+
+def search_thumbnails(
+    ws_root: str | os.PathLike[str], greys: Sequence[Any], k: int = 10
+) -> list[list[tuple[int, float]]]:
+    """`nearest_thumbnails` against a workspace's content thumbnails (`build` first)."""
+    index, owners = open_thumbnails(ws_root)
+    return nearest_thumbnails(index, owners, greys, k)

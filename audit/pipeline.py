@@ -286,6 +286,7 @@ def match(
         k=k,
         thresholds=thresholds,
         search_features=features.search,
+        search_thumbnails=features.search_thumbnails,
         hash_images=hashes.hash_images,
         descriptor=desc,
     )
@@ -309,7 +310,9 @@ def _ensure_features(ws: Workspace) -> Workspace:
     returns the workspace as it is on disk now."""
     from audit import features
 
-    if ws.status().get("features", {}).get("status") != "done":
+    # a features stage from before the content thumbnails is rebuilt (it has no thumbnails)
+    done = ws.status().get("features", {}).get("status") == "done"
+    if not done or not ws.path("faiss/thumbnails.faiss").exists():
         features.build(ws.root)
     return Workspace.open(ws.root)
 
@@ -360,14 +363,17 @@ def calibrate(
     if missing := [c for c in group_by if c not in have]:
         raise AuditError(f"--group-by {','.join(missing)}: no such metadata column in {w.root}")
     rows = mem.read_rows(w, range(w.num_rows), [*IMAGE_LOCATION, "image_sha256", *group_by])
-    row_ids, thumbs, usable, sha, family, series, names = [], [], [], [], [], [], []
+    row_ids, thumbs, content, usable = [], [], [], []
+    sha, family, series, names = [], [], [], []
     for rid, rec in sorted(rows.items()):
         img = mem.load_image(w, {**rec, "row_id": rid})
         if isinstance(img, Exception):
             continue
         row_ids.append(rid)
         thumbs.append(cal.thumbnail(img))
-        usable.append(verify.information(np.asarray(img.convert("L"))) is None)
+        grey = np.asarray(img.convert("L"))
+        content.append(features.content_thumbnail(grey))
+        usable.append(verify.information(grey) is None)
         sha.append(rec["image_sha256"])
         family.append(cal.family_key(tuple(rec[c] for c in group_by)) if group_by else None)
         series.append(cal.series_key(rec[group_by[0]]) if group_by else None)
@@ -375,6 +381,7 @@ def calibrate(
     groups = cal.twin_groups(
         sha,
         np.stack(thumbs),
+        content=np.stack(content),
         families=family,
         series=series if group_by else None,
         names=names if len(group_by) > 1 else None,
@@ -391,6 +398,7 @@ def calibrate(
         ws=w,
         search_hashes=knn.search_hashes,
         search_features=features.search,
+        search_thumbnails=features.search_thumbnails,
         codes=codes,
         codes_ok=codes_ok,
         embeddings=train_emb,
@@ -426,6 +434,7 @@ def calibrate(
         dataset=w.dataset,
         requested={"sources": n, "negatives": negatives},
         group_by=list(group_by),
+        content_correlation=cal.CONTENT_CORRELATION,
         readable_rows=len(row_ids),
         usable_sources=int(np.sum(usable)),
         model=clip.info,

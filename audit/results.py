@@ -310,6 +310,7 @@ class FeaturesSummary(Summary):
     images: int = 0
     per_image: int = 0
     seconds: float = 0.0
+    thumbnails: dict[str, Any] = field(default_factory=dict)  # kind, images, side
 
 
 @dataclass(frozen=True)

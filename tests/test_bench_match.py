@@ -86,6 +86,25 @@ def test_real_copies_are_searched_by_ivf_and_exactly(monkeypatch):
     assert row["source_in_candidates"] >= row["source_in_top10"]
     assert row["source_or_twin_in_candidates"] >= row["source_in_candidates"]
     assert set(row["source_in_candidates_by_transformation"]) == set(calibrate.TRANSFORMS)
+    # the thumbnails only add candidates, measured beside the union without them
+    assert row["source_in_candidates"] >= row["source_in_candidates_before"]
+    assert row["source_in_candidates"] >= row["source_in_thumbnail_top10"]
+    assert row["source_or_twin_in_candidates"] >= row["source_or_twin_in_candidates_before"]
+    assert row["thumbnail_index"] == {"kind": "flat"} and row["thumbnail_ms_per_query"] > 0
+    assert 0 <= row["star_queries"] <= 12 and row["twin_groups"] <= row["training_images"]
+    assert set(row["without_stars"]["source_in_candidates_by_transformation"]) == set(
+        calibrate.TRANSFORMS
+    )
+
+
+def test_thumbnail_search_uses_the_stage_index_kind_and_finds_the_noisy_source():
+    small = match._thumbnail_search(2_000, 20, seed=1)
+    assert small["index"] == {"kind": "flat"} and small["query_vectors"] == 18
+    assert small["source_in_top10"] == 1.0
+    big = match._thumbnail_search(features.THUMB_FLAT_MAX + 1_000, 20, seed=2)
+    _, spec = features._index(features.THUMB_FLAT_MAX + 1_000, 256, features.THUMB_FLAT_MAX)
+    assert big["index"]["kind"] == "ivf_sq8" and big["index"]["nlist"] == spec["nlist"]
+    assert big["source_in_top10"] >= 0.9  # approximate, nearly all
 
 
 def test_hamming_the_bench_uses_counts_differing_bits_of_64_on_uint64_codes():

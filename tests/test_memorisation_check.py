@@ -94,6 +94,8 @@ def test_match_finds_exactly_the_planted_copies(planted):
     assert by_file["a-exact"].verdict == "copy" and by_file["a-exact"].train_row_id == EXACT
     assert by_file["a-exact"].tile_distance == pytest.approx(0, abs=1e-6)
     assert by_file["a-exact"].phash_hamming == 0
+    # the exact copy's content thumbnail is its source's: the thumbnail search holds it too
+    assert "thumbnail" in by_file["a-exact"].found_by.split("+")
     for name, source in (("b-crop", CROP), ("b-mirror", MIRROR), ("b-rotation", ROTATION)):
         r = by_file[name]
         assert (r.verdict, r.train_row_id) == ("copy", source), (name, r.evidence)

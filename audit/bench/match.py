@@ -20,6 +20,17 @@ of `audit calibrate` each (cycling through all ten), described with their mirror
 descriptors (which all lie in the positive orthant and resemble each other far more than
 the synthetic ones). `audit calibrate` measures the same on a calibration workspace.
 
+Content thumbnails (`features.content_thumbnail`, the match stage's fourth search): the
+same real queries searched by their 18 `features.query_thumbnails` against every training
+picture's thumbnail, alone and in the union of the match stage's candidates, beside the
+union without them in the same run; the source counted, and the source or a twin as
+`audit calibrate` groups twins (`calibrate.twin_groups`: near-identical plain or content
+thumbnails), and both again without openclipart's generated star polygons (`shapes/stars/`,
+a fifth of its PNGs, hundreds of them near-identical at working size). And synthetic
+thumbnails (one clustered unit vector per image, a query = 18 vectors of which one is a
+noisy copy of its source's) against 10,000 and 100,000 images, in the index kind the
+features stage picks (exact up to `features.THUMB_FLAT_MAX`, IVF-SQ8 beyond).
+
 Verification: on pairs of bundled sample pictures (a rotated-crop copy and an unrelated
 picture per source), the cost per candidate of the geometric verifier (`verify.verify`, the
 query described once) beside the tiled l2 that decided before (`tile_distances`), in the
@@ -47,8 +58,8 @@ import numpy as np
 
 PER_IMAGE = 16
 QUERY_DESCRIPTORS = 64
-TWIN_BITS = 4  # pHash bits: a candidate this close to the source's own hash is its twin
-CANDIDATES = 20  # verified per query: the union of the feature and pHash top 10s
+STARS = "shapes/stars/"  # openclipart's generated star polygons
+CANDIDATES = 30  # verified per query: the union of the feature, pHash and thumbnail top 10s
 K = 10
 EXACT_QUERIES = 300  # real queries also searched exactly, to tell the IVF's losses apart
 
@@ -160,6 +171,41 @@ def _search(n_images: int, queries: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
+def _thumbnail_search(n_images: int, queries: int, seed: int = 0) -> dict[str, Any]:
+    """`features.nearest_thumbnails` timed on synthetic thumbnails in the stage's index kind."""
+    from audit import features
+
+    rng = np.random.default_rng(seed)
+    d = features.THUMB_SIDE**2
+    per = 2 * len(features.QUERY_ANGLES)
+    centres = rng.standard_normal((2048, d)).astype(np.float32)
+    x = centres[rng.integers(0, 2048, n_images)] + rng.standard_normal((n_images, d), np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t0 = time.perf_counter()
+    index, spec = features.index_descriptors(x, seed, flat_max=features.THUMB_FLAT_MAX)
+    build = time.perf_counter() - t0
+    sources = rng.integers(0, n_images, queries)
+    q = rng.standard_normal((queries, per, d)).astype(np.float32)  # the variants that miss...
+    q[:, 0] = x[sources] + 0.02 * rng.standard_normal((queries, d), np.float32)  # ...and one
+    q /= np.linalg.norm(q, axis=2, keepdims=True)
+    flat = q.reshape(-1, d)
+    index.search(flat[: 20 * per], K)  # warm-up
+    t0 = time.perf_counter()
+    sim, pos = index.search(flat, K)
+    seconds = time.perf_counter() - t0
+    hits = [
+        int(s) in set(pos[i * per : (i + 1) * per].ravel().tolist()) for i, s in enumerate(sources)
+    ]
+    return {
+        "training_images": n_images,
+        "index": spec,
+        "build_seconds": round(build, 2),
+        "query_vectors": per,
+        "ms_per_query": round(1000 * seconds / queries, 3),
+        "source_in_top10": round(float(np.mean(hits)), 4),
+    }
+
+
 def _at_workspace_scale(measured: dict[str, Any]) -> dict[str, Any]:
     """What `audit features` would build for as many images at `features.PER_IMAGE` each:
     sizes exactly, training time extrapolated from `measured` (k-means costs training
@@ -206,6 +252,7 @@ def _real(n_images: int | None, queries: int, seed: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
     kept: list[str] = []
     descs, codes, seen, twins, unusable = [], [], set(), 0, 0
+    thumbs, plain = [], []  # content thumbnails; 32x32 thumbnails for the twin groups
     for i in order:
         try:
             img = decode((root / paths[i]).read_bytes(), draft_size=(verify.WORK_SIDE,) * 2)
@@ -223,11 +270,18 @@ def _real(n_images: int | None, queries: int, seed: int = 0) -> dict[str, Any]:
             continue
         kept.append(paths[i])
         descs.append(f.descriptors[: features.PER_IMAGE])
+        thumbs.append(features.content_thumbnail(f.grey))
+        plain.append(calibrate.thumbnail(img))
         codes.append(int(hashes.hash_images([img])[0][0]))  # pHash, as `audit hash` stores it
     describe_index = time.perf_counter() - t0
     x = np.concatenate(descs)
     owners = np.repeat(np.arange(len(descs)), [len(d) for d in descs])
     index, spec, timing = _index(x, seed)
+    content = np.stack(thumbs)
+    t_index, t_spec = features.index_descriptors(content, flat_max=features.THUMB_FLAT_MAX)
+    t_ivf, t_ivf_spec = features.index_descriptors(content, flat_max=0)  # as beyond 20,000
+    t_owners = np.arange(len(kept))
+    groups = calibrate.twin_groups([None] * len(kept), np.stack(plain), content=content)
     names = list(calibrate.TRANSFORMS)
     sources = rng.choice(len(kept), min(queries, len(kept)), replace=False)
     qs, kinds, qcodes = [], [], []
@@ -254,20 +308,43 @@ def _real(n_images: int | None, queries: int, seed: int = 0) -> dict[str, Any]:
         int(s) in {r for r, _ in f} for s, f in zip(sources[:exact_n], exact, strict=True)
     ]
     del flat
-    # The match stage's candidates: the feature top 10 and the pHash top 5 of the query and
-    # of its mirror image (`matching.candidates`). A candidate whose pHash is within
-    # TWIN_BITS of the source's own counts as a twin (openclipart's star series: hundreds of
-    # pictures a hash cannot tell apart), as `audit calibrate` counts near-identical twins.
+    # The match stage's candidates (`matching.candidates`): the feature top 10, the pHash
+    # top 5 of the query and of its mirror image, and the content-thumbnail top 10. The
+    # source or a twin of it counts as `audit calibrate` counts (its twin groups).
+    t0 = time.perf_counter()
+    by_thumb = features.nearest_thumbnails(t_index, t_owners, [q[0].grey for q in qs], K)
+    thumb_ms = 1000 * (time.perf_counter() - t0) / len(qs)
+    by_ivf = features.nearest_thumbnails(t_ivf, t_owners, [q[0].grey for q in qs], K)
     train = np.array(codes, np.uint64)
-    union, union_twin = [], []
-    for s, f, (c, cm) in zip(sources, found, qcodes, strict=True):
-        near = [hamming(train, np.uint64(x)) for x in (c, cm)]
-        cand = {r for r, _ in f}
-        for h in near:
-            cand |= {int(r) for r in np.argsort(h, kind="stable")[: K // 2]}
-        union.append(int(s) in cand)
-        own = hamming(train[list(cand)], train[s]) if cand else np.zeros(0)
-        union_twin.append(int(s) in cand or bool((own <= TWIN_BITS).any()))
+    outcome = []
+    for s, f, (c, cm), th, tv in zip(sources, found, qcodes, by_thumb, by_ivf, strict=True):
+        ph: set[int] = set()
+        for h in (hamming(train, np.uint64(x)) for x in (c, cm)):
+            ph |= {int(r) for r in np.argsort(h, kind="stable")[: K // 2]}
+        sets = {
+            "features": {r for r, _ in f},
+            "phash": ph,
+            "thumbnail": {r for r, _ in th},
+            "thumbnail_ivf": {r for r, _ in tv},
+        }
+        sets["before"] = sets["features"] | sets["phash"]
+        sets["union"] = sets["before"] | sets["thumbnail"]
+        outcome.append(
+            {
+                **{k: int(s) in v for k, v in sets.items()},
+                **{f"{k}_twin": any(groups[r] == groups[s] for r in v) for k, v in sets.items()},
+                "star": kept[s].startswith(STARS),
+            }
+        )
+
+    def share(key: str, kind: str | None = None, stars: bool = True) -> float:
+        got = [
+            o[key]
+            for o, k in zip(outcome, kinds, strict=True)
+            if (kind is None or k == kind) and (stars or not o["star"])
+        ]
+        return round(float(np.mean(got)), 4) if got else float("nan")
+
     per = {
         n: float(np.mean([h for h, k in zip(hits, kinds, strict=True) if k == n])) for n in names
     }
@@ -282,12 +359,29 @@ def _real(n_images: int | None, queries: int, seed: int = 0) -> dict[str, Any]:
         **voted,
         "source_in_top10_by_transformation": {n: round(v, 3) for n, v in per.items()},
         "source_or_same_family_in_top10": round(float(np.mean(kin)), 4),
-        "source_in_candidates": round(float(np.mean(union)), 4),
-        "source_in_candidates_by_transformation": {
-            n: round(float(np.mean([u for u, k in zip(union, kinds, strict=True) if k == n])), 3)
-            for n in names
+        "thumbnail_index": t_spec,
+        "thumbnail_ms_per_query": round(thumb_ms, 2),
+        "source_in_thumbnail_top10": share("thumbnail"),
+        "source_in_thumbnail_top10_ivf": share("thumbnail_ivf"),
+        "source_in_candidates_before": share("before"),
+        "source_in_candidates": share("union"),
+        "source_in_candidates_by_transformation": {n: share("union", n) for n in names},
+        "source_or_twin_in_candidates_before": share("before_twin"),
+        "source_or_twin_in_candidates": share("union_twin"),
+        "source_or_twin_in_candidates_by_transformation": {
+            n: share("union_twin", n) for n in names
         },
-        "source_or_twin_in_candidates": round(float(np.mean(union_twin)), 4),
+        "twin_groups": int(len(np.unique(groups))),
+        "star_polygons": int(sum(p.startswith(STARS) for p in kept)),
+        "star_queries": int(sum(o["star"] for o in outcome)),
+        "without_stars": {
+            "source_in_candidates_before": share("before", stars=False),
+            "source_in_candidates": share("union", stars=False),
+            "source_in_candidates_by_transformation": {
+                n: share("union", n, stars=False) for n in names
+            },
+            "source_or_twin_in_candidates": share("union_twin", stars=False),
+        },
         "exact_queries": exact_n,
         "source_in_top10_exact_index": round(float(np.mean(exact_hits)), 4),
         "source_in_top10_ivf_same_queries": round(float(np.mean(hits[:exact_n])), 4),
@@ -373,12 +467,16 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
         ((1_000, 10_000), 100, 500) if quick else ((10_000, 100_000), 1_000, None)
     )
     search = [_search(n, queries) for n in sizes]
+    thumbnail_search = [_thumbnail_search(n, queries) for n in sizes]
     scale = _at_workspace_scale(search[1])
     real = _real(real_images, queries)
     v = _verification()
-    for row in [*search, real]:  # one query end to end: search, describe it, verify CANDIDATES
+    thumb_ms = [t["ms_per_query"] for t in thumbnail_search] + [real["thumbnail_ms_per_query"]]
+    for row, t_ms in zip([*search, real], thumb_ms, strict=True):
+        # one query end to end: both searches, describing it, verifying CANDIDATES
         per_query = (
             row["ms_per_query"]
+            + t_ms
             + v["describe_ms_per_query"]
             + CANDIDATES * v["geometric_ms_per_candidate"]
         ) / 1000
@@ -401,6 +499,10 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
             search[1]["faiss_search_ms_per_query"] / search[0]["faiss_search_ms_per_query"], 2
         ),
         "at_workspace_scale": scale,
+        "thumbnail_search": thumbnail_search,
+        "thumbnail_scaling": round(
+            thumbnail_search[1]["ms_per_query"] / thumbnail_search[0]["ms_per_query"], 2
+        ),
         "real": real,
         "verification": v,
         "candidates_per_query": CANDIDATES,
@@ -412,7 +514,10 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
 
 
 def _markdown(r: dict[str, Any], sizes: tuple[int, int]) -> str:
+    from audit import features
+
     v, real, m = r["verification"], r["real"], r["machine"]
+    ns = real["without_stars"]
     rows = [*r["search"], real]
     lines = [
         "# Memorisation match: candidate search and verification",
@@ -475,14 +580,52 @@ def _markdown(r: dict[str, Any], sizes: tuple[int, int]) -> str:
         f"{real['descriptors_per_image_mean']} descriptors indexed per picture on average; "
         f"transforming and describing a query {real['transform_and_describe_ms_per_query']} ms.",
         "",
-        f"The match stage's candidates (feature top {K} and pHash top {K // 2} of the query and "
-        f"of its mirror image): source among them {real['source_in_candidates']:.3f} ("
+        f"Content thumbnails ({real['thumbnail_index']['kind']}, 18 query vectors, "
+        f"{real['thumbnail_ms_per_query']} ms per query with making the vectors): source in "
+        f"the top {K} {real['source_in_thumbnail_top10']:.3f} (with the IVF-SQ8 index used past "
+        f"{features.THUMB_FLAT_MAX:,} images, on the same thumbnails: "
+        f"{real['source_in_thumbnail_top10_ivf']:.3f}).",
+        "",
+        f"The match stage's candidates (feature top {K}, pHash top {K // 2} of the query and "
+        f"of its mirror image, content-thumbnail top {K}): source among them "
+        f"{real['source_in_candidates']:.3f}, against {real['source_in_candidates_before']:.3f} "
+        "without the thumbnails in the same run ("
         + ", ".join(
             f"{k} {x:.2f}" for k, x in real["source_in_candidates_by_transformation"].items()
         )
-        + f"); the source or a twin (pHash within {TWIN_BITS} bits of the source's: openclipart "
-        f"holds hundreds of star polygons a hash cannot tell apart) "
-        f"{real['source_or_twin_in_candidates']:.3f}. Goal (issue 18): 0.99.",
+        + f"); the source or a twin ({real['twin_groups']:,} twin groups as `audit calibrate` "
+        f"makes them) {real['source_or_twin_in_candidates']:.3f} (without the thumbnails "
+        f"{real['source_or_twin_in_candidates_before']:.3f}; by transformation "
+        + ", ".join(
+            f"{k} {x:.2f}"
+            for k, x in real["source_or_twin_in_candidates_by_transformation"].items()
+        )
+        + f"). Without the {real['star_queries']} queries made from openclipart's "
+        f"{real['star_polygons']:,} generated star polygons (`{STARS}`): source "
+        f"{ns['source_in_candidates']:.3f} (without the thumbnails "
+        f"{ns['source_in_candidates_before']:.3f}; "
+        + ", ".join(f"{k} {x:.2f}" for k, x in ns["source_in_candidates_by_transformation"].items())
+        + f"), source or twin {ns['source_or_twin_in_candidates']:.3f}. Goal (issue 18): 0.99.",
+        "",
+        "Content-thumbnail search at scale (synthetic: one clustered unit vector per image, "
+        "a query = 18 vectors of which one is a noisy copy of the source's; faiss search of "
+        "the 18):",
+        "",
+        "| training images | index | build s | ms/query | source in top 10 |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {t['training_images']:,} | {t['index']['kind']}"
+            + (
+                f" (nlist {t['index']['nlist']}, nprobe {t['index']['nprobe']})"
+                if "nlist" in t["index"]
+                else ""
+            )
+            + f" | {t['build_seconds']} | {t['ms_per_query']} | {t['source_in_top10']:.3f} |"
+            for t in r["thumbnail_search"]
+        ],
+        "",
+        f"{sizes[1] // sizes[0]}x the training images: {r['thumbnail_scaling']}x the time per "
+        "query.",
         "",
         "## Verification per candidate",
         "",

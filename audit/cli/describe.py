@@ -242,7 +242,8 @@ def features(ws: Path, per_image: int, as_json: bool) -> None:
         as_json,
         lambda: (
             f"{s['descriptors']} descriptors of {s['images']} images ({s['kind']}) "
-            f"-> {ws}/faiss/features.faiss"
+            f"-> {ws}/faiss/features.faiss; {s['thumbnails']['images']} content thumbnails "
+            f"({s['thumbnails']['kind']}) -> {ws}/faiss/thumbnails.faiss"
         ),
     )
 

@@ -220,7 +220,9 @@ def write_calibration_page(out_dir: Path) -> Path:
         f"{len(r['transforms'])} copy transformations and {c['chains_per_length']} chains of 2 and of 3; "
         f"{c['negatives']} held-out images ({r['negatives']['queries']} queries, whole twin groups removed "
         f"from the {c['searched_rows']} searched rows) as negatives. {c['twin_groups']} twin groups "
-        "(same sha256 or near-identical thumbnails"
+        "(same sha256, near-identical thumbnails, or near-identical content thumbnails of "
+        "the drawing cut from its margin, as they are or mirrored"
+        + (f": correlation >= {r['content_correlation']}" if "content_correlation" in r else "")
         + (
             f"; with --group-by {','.join(r['group_by'])}: variants of one drawing by metadata and "
             "correlating thumbnails within one series"

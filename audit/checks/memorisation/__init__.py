@@ -99,12 +99,14 @@ def check(
     search_features: Callable[..., Any] | None = None,
     hash_images: Callable[[list[Any]], Any] | None = None,
     descriptor: Any = None,
+    search_thumbnails: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Match every image of the `generated` workspace against the `training` workspace.
 
     Both must be described (hash, embed, index) with the same model, and the training
     workspace needs its local-feature index (`audit.features.build`). `descriptor` is an
-    optional learned copy descriptor (`audit.descriptors.load`). Writes
+    optional learned copy descriptor (`audit.descriptors.load`); `search_thumbnails`
+    (`audit.features.search_thumbnails`) adds the content-thumbnail candidates. Writes
     `<out_dir>/matches.parquet`, `<out_dir>/summary.json` and `<out_dir>/pairs/*.png`;
     returns the summary.
 
@@ -143,6 +145,7 @@ def check(
         embeddings=train_emb,
         search_embeddings=search_embeddings,
         use_cosine=use_cosine,
+        search_thumbnails=search_thumbnails,
     )
     if descriptor is not None:
         ref.descriptor_vectors = describe_rows(train, descriptor)
@@ -272,6 +275,7 @@ def _table(rows: list[dict[str, Any]]) -> Any:
             ("correlation", pa.float32()),
             ("tile_correlation", pa.float32()),
             ("overlap", pa.float32()),
+            ("unexplained", pa.float32()),
             ("tile_distance", pa.float32()),
             ("relative_distance", pa.float32()),
             ("cosine", pa.float32()),

@@ -4,11 +4,14 @@ Shared by `audit match` (queries = generated images) and `audit calibrate` (quer
 transformed training images and held-out images), so calibration measures the very code
 that decides.
 
-**Candidates** are the union of four searches, each taking the top k: the workspace's
+**Candidates** are the union of five searches, each taking the top k: the workspace's
 embedding index; the pHash index, for the query and its mirror image (pHash is not
 mirror-invariant); local-feature votes (`audit.features`, query and mirror: survives crops
-and rotations, which no global descriptor does); and a learned copy descriptor when one is
-given (`audit.descriptors`, e.g. SSCD).
+and rotations, which no global descriptor does); content thumbnails (`audit.features`,
+the drawing cut from its margin, frame or fill, searched mirrored and rotated back:
+survives the rescales, blurs, JPEG, borders and rotations that leave a small drawing too
+few keypoints to win the vote); and a learned copy descriptor when one is given
+(`audit.descriptors`, e.g. SSCD).
 
 **Evidence**, per candidate: the geometric verifier (`audit.verify`: RANSAC inliers and the
 aligned correlation), Carlini et al.'s tiled l2 and relative criterion, the four hash
@@ -19,11 +22,13 @@ distances, the embedding cosine, and the learned descriptor's similarity.
   background (`verify.information`): any pixel distance or hash would call it a copy of
   every other such picture, so it is not judged; the reason is recorded.
 - `copy`: the verifier's verdict (enough inliers on one plausible transform, or the
-  identity, with a high correlation over the aligned overlap), or the learned descriptor at
+  identity, with a high correlation over the aligned overlap and no sizeable blob of the
+  query left unexplained: `verify.MAX_UNEXPLAINED`), or the learned descriptor at
   its copy threshold (SSCD >= 0.5 as Somepalli et al.). Never a pixel distance or one hash
   alone, and never against a low-information training image.
 - `near`: the verifier found a plausible transform with `verify.MIN_INLIERS` inliers but
-  too low a correlation, or one global descriptor passes its *copy* threshold (tiled l2,
+  too low a correlation, or a copy but for a blob it leaves unexplained (a drawing added to
+  a training picture, a generated copy with a smudge: `verify.held_back_by_unexplained`), or one global descriptor passes its *copy* threshold (tiled l2,
   relative, pHash or, with trained weights, cosine) without the verifier agreeing. The
   descriptors' near thresholds no longer make a pair `near`: in `audit calibrate` on a
   2,000-image openclipart workspace (seeds 0 and 2) they made 37-41% of the negatives
@@ -57,7 +62,7 @@ from audit.schema import HASHES, IMAGE_LOCATION
 from audit.workspace import Workspace
 
 VERDICTS = ("copy", "near", "novel", "low_information")
-SEARCHES = ("embedding", "phash", "features", "descriptor")
+SEARCHES = ("embedding", "phash", "features", "thumbnail", "descriptor")
 
 
 @dataclass
@@ -77,6 +82,8 @@ class Reference:
     exclude: frozenset[int] = frozenset()  # rows treated as absent (calibration's negatives)
     cache: dict[int, Any] = field(default_factory=dict)  # row -> decoded and described
     cache_size: int = 2000  # described candidates kept (about 0.3 MB each)
+    # (ws_root, grey query images, k) -> top-k (row_id, similarity) of the content thumbnails
+    search_thumbnails: Callable[[Path, list[Any], int], list[list[Any]]] | None = None
 
 
 @dataclass
@@ -135,6 +142,11 @@ def candidates(
     codes = np.asarray(hash_images(imgs + [ImageOps.mirror(im) for im in imgs])).view(np.int64)
     _, ids_h = ref.search_hashes(ref.ws.root, codes[:, 0], kk, which="phash")
     votes = ref.search_features(ref.ws.root, [feats[i] for i in ok], kk)
+    thumbs = (
+        ref.search_thumbnails(ref.ws.root, [feats[i][0].grey for i in ok], kk)
+        if ref.search_thumbnails
+        else None
+    )
     ids_e = None
     # random weights retrieve noise: the embedding search runs only with a trained model
     if ref.use_cosine and ref.search_embeddings and queries[ok[0]].embedding is not None:
@@ -146,6 +158,8 @@ def candidates(
             + _top(ids_h[j + len(ok)], ref.exclude, half),
             "features": _top([r for r, _ in votes[j]], ref.exclude, k),
         }
+        if thumbs is not None:
+            found["thumbnail"] = _top([r for r, _ in thumbs[j]], ref.exclude, k)
         if ids_e is not None:
             found["embedding"] = _top(ids_e[j], ref.exclude, k)
         if ref.descriptor_vectors is not None and queries[i].descriptor is not None:
@@ -237,7 +251,11 @@ def _judge(
     with np.errstate(invalid="ignore"):
         learned = (dsim >= ref.descriptor_threshold) & ~cand_low
     supported = np.array(
-        [e.hypothesis == "similarity" and e.inliers >= verify.MIN_INLIERS for e in ev]
+        [
+            (e.hypothesis == "similarity" and e.inliers >= verify.MIN_INLIERS)
+            or verify.held_back_by_unexplained(e)
+            for e in ev
+        ]
     )
     # `near` needs geometric support or one descriptor at its copy threshold: the near
     # thresholds' votes made 37-41% of calibration negatives `near` (module docstring)
@@ -267,6 +285,7 @@ def _judge(
         "rotation": e.rotation,
         "correlation": e.correlation,
         "overlap": e.overlap,
+        "unexplained": e.unexplained,
         "transform": list(e.transform) if e.transform else None,
         "error": None,
         **{
@@ -321,7 +340,9 @@ def _explain(r: dict[str, Any], geo: bool, learned: bool, th: Thresholds, ref: R
         how = f"identity{' mirrored' if r['mirrored'] else ''}, {r['matches']} matches"
     parts = [
         f"geometry {'copy' if geo else 'no'} ({how}; aligned correlation "
-        f"{r['correlation']:.2f} over {r['overlap']:.0%})",
+        f"{r['correlation']:.2f} over {r['overlap']:.0%}"
+        + (f", unexplained {r['unexplained']:.0%}" if np.isfinite(r["unexplained"]) else "")
+        + ")",
         f"tile {r['tile_distance']:.3f} {vote(r['tile_distance'], th.copy_tile, th.near_tile)}",
         f"relative {r['relative_distance']:.2f} "
         f"{vote(r['relative_distance'], th.copy_relative, th.near_relative)}",
