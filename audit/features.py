@@ -10,11 +10,10 @@ nearest indexed descriptors, each neighbour close enough (`MAX_DISTANCE`) gives 
 vote, at most one per query descriptor and image; the images with most votes are the
 candidates, which `audit.verify` then checks geometrically.
 
-Index kind: exact (`IndexFlatIP`) up to `FLAT_MAX` descriptors (`THUMB_FLAT_MAX` thumbnails);
-beyond, an inverted file
-with 8-bit scalar quantisation (`IndexIVFScalarQuantizer`, nlist = 4*sqrt(n), nprobe =
-`NPROBE`), which scans about nprobe/nlist of the descriptors per query: sub-linear, 128
-bytes per descriptor. RootSIFT vectors have unit length, so inner product ranks as L2.
+Index kind: exact (`IndexFlatIP`) up to `FLAT_MAX` descriptors (`THUMB_FLAT_MAX`
+thumbnails); beyond, an inverted file with 8-bit scalar quantisation
+(`IndexIVFScalarQuantizer`, nlist = 4*sqrt(n), nprobe = `NPROBE`), which scans about
+nprobe/nlist of the descriptors per query: sub-linear, 128 bytes per descriptor. RootSIFT vectors have unit length, so inner product ranks as L2.
 
 **Content thumbnails** catch what the votes miss: a rescaled, blurred or JPEG-compressed
 copy of a small drawing keeps too few of its keypoints to outvote the other pictures, yet
@@ -236,10 +235,11 @@ def build(ws_root: str | os.PathLike[str], per_image: int = PER_IMAGE) -> dict[s
         except ImageProblem:
             errors += 1
             continue
-        if f.low_information is None:
-            thumbs.append(content_thumbnail(f.grey))
-            thumb_owners.append(r["row_id"])
-        if f.low_information is None and len(f.descriptors):
+        if f.low_information is not None:
+            continue
+        thumbs.append(content_thumbnail(f.grey))
+        thumb_owners.append(r["row_id"])
+        if len(f.descriptors):
             descs.append(f.descriptors[:per_image])
             owners.append(np.full(len(descs[-1]), r["row_id"], np.int64))
     if not descs:
@@ -278,19 +278,28 @@ def build(ws_root: str | os.PathLike[str], per_image: int = PER_IMAGE) -> dict[s
     return summary
 
 
-def open_index(ws_root: str | os.PathLike[str]) -> tuple[Any, Any]:
-    """(faiss index, owners) of a workspace's feature index."""
+def _open(
+    ws: Workspace, index_path: str, owners_path: str, info: dict[str, Any]
+) -> tuple[Any, Any]:
+    """(faiss index, owners) at these workspace paths, with the IVF's recorded nprobe."""
     import faiss
 
-    ws = Workspace.open(ws_root)
-    path = ws.path("faiss/features.faiss")
-    if not path.exists():
-        raise AuditError(f"{ws.root} has no local-feature index. Run: audit features {ws.root}")
-    index = faiss.read_index(str(path))
-    info = json.loads(ws.path("features/info.json").read_text("utf-8"))
+    index = faiss.read_index(str(ws.path(index_path)))
     if "nprobe" in info:
         faiss.extract_index_ivf(index).nprobe = info["nprobe"]
-    return index, np.load(ws.path("features/owners.npy"))
+    return index, np.load(ws.path(owners_path))
+
+
+def _info(ws: Workspace) -> dict[str, Any]:
+    return dict(json.loads(ws.path("features/info.json").read_text("utf-8")))
+
+
+def open_index(ws_root: str | os.PathLike[str]) -> tuple[Any, Any]:
+    """(faiss index, owners) of a workspace's feature index."""
+    ws = Workspace.open(ws_root)
+    if not ws.path("faiss/features.faiss").exists():
+        raise AuditError(f"{ws.root} has no local-feature index. Run: audit features {ws.root}")
+    return _open(ws, "faiss/features.faiss", "features/owners.npy", _info(ws))
 
 
 def vote(
@@ -328,20 +337,14 @@ def search(
 
 def open_thumbnails(ws_root: str | os.PathLike[str]) -> tuple[Any, Any]:
     """(faiss index, owners) of a workspace's content thumbnails."""
-    import faiss
-
     ws = Workspace.open(ws_root)
-    path = ws.path("faiss/thumbnails.faiss")
-    if not path.exists():
+    if not ws.path("faiss/thumbnails.faiss").exists():
         raise AuditError(
             f"{ws.root} has no content-thumbnail index (built by `audit features` since "
             f"2026-12-02). Run: audit features {ws.root}"
         )
-    index = faiss.read_index(str(path))
-    info = json.loads(ws.path("features/info.json").read_text("utf-8")).get("thumbnails", {})
-    if "nprobe" in info:
-        faiss.extract_index_ivf(index).nprobe = info["nprobe"]
-    return index, np.load(ws.path("features/thumbnail_owners.npy"))
+    info = _info(ws).get("thumbnails", {})
+    return _open(ws, "faiss/thumbnails.faiss", "features/thumbnail_owners.npy", info)
 
 
 def search_thumbnails(

@@ -172,7 +172,8 @@ def _search(n_images: int, queries: int, seed: int = 0) -> dict[str, Any]:
 
 
 def _thumbnail_search(n_images: int, queries: int, seed: int = 0) -> dict[str, Any]:
-    """`features.nearest_thumbnails` timed on synthetic thumbnails in the stage's index kind."""
+    """The faiss search of a query's 18 thumbnail vectors (what `features.nearest_thumbnails`
+    sends), timed on synthetic thumbnails in the index kind the features stage picks."""
     from audit import features
 
     rng = np.random.default_rng(seed)
@@ -311,10 +312,11 @@ def _real(n_images: int | None, queries: int, seed: int = 0) -> dict[str, Any]:
     # The match stage's candidates (`matching.candidates`): the feature top 10, the pHash
     # top 5 of the query and of its mirror image, and the content-thumbnail top 10. The
     # source or a twin of it counts as `audit calibrate` counts (its twin groups).
+    greys = [q[0].grey for q in qs]
     t0 = time.perf_counter()
-    by_thumb = features.nearest_thumbnails(t_index, t_owners, [q[0].grey for q in qs], K)
+    by_thumb = features.nearest_thumbnails(t_index, t_owners, greys, K)
     thumb_ms = 1000 * (time.perf_counter() - t0) / len(qs)
-    by_ivf = features.nearest_thumbnails(t_ivf, t_owners, [q[0].grey for q in qs], K)
+    by_ivf = features.nearest_thumbnails(t_ivf, t_owners, greys, K)
     train = np.array(codes, np.uint64)
     outcome = []
     for s, f, (c, cm), th, tv in zip(sources, found, qcodes, by_thumb, by_ivf, strict=True):

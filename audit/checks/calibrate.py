@@ -253,33 +253,33 @@ def twin_groups(
         if a != b:
             parent[max(a, b)] = min(a, b)
 
+    def join(close: Any, rows: Any, cols: Any) -> None:
+        """Union the (rows[i], cols[j]) pairs where `close` holds, each pair once."""
+        for i, j in zip(*np.nonzero(close), strict=True):
+            if rows[i] < cols[j]:
+                union(int(rows[i]), int(cols[j]))
+
     for keys in (sha256, families or []):
         first: dict[Any, int] = {}
         for i, h in enumerate(keys):
             if h is not None:
                 union(i, first.setdefault(h, i))
+    everyone = np.arange(n)
     x = np.asarray(thumbs, np.float32).reshape(n, -1)
     sq = (x * x).sum(1)
     limit = rms * rms * x.shape[1]
     for s in range(0, n, block):
         d = sq[s : s + block, None] + sq[None, :] - 2 * x[s : s + block] @ x.T
-        for i, j in zip(*np.nonzero(d <= limit), strict=True):
-            if s + i < j:
-                union(s + int(i), int(j))
+        join(d <= limit, everyone[s : s + block], everyone)
     if content is not None:
         c = np.asarray(content, np.float32).reshape(n, -1)
-        side = int(np.sqrt(c.shape[1]))
-        cm = c.reshape(n, side, side)[:, :, ::-1].reshape(n, -1)
+        cm = _mirrored(c)
         for s in range(0, n, block):
             sim = np.maximum(c[s : s + block] @ c.T, c[s : s + block] @ cm.T)
-            for i, j in zip(*np.nonzero(sim >= content_correlation), strict=True):
-                if s + i < j:
-                    union(s + int(i), int(j))
+            join(sim >= content_correlation, everyone[s : s + block], everyone)
     keyed = [k for k in (series, names) if k is not None]
     if keyed:
-        side = int(np.sqrt(x.shape[1]))
-        mirrored = np.asarray(thumbs, np.float32).reshape(n, side, -1)[:, :, ::-1].reshape(n, -1)
-        z, zm = _standardised(x), _standardised(mirrored)
+        z, zm = _standardised(x), _standardised(_mirrored(x))
     for keys in keyed:
         members: dict[Any, list[int]] = {}
         for i, key in enumerate(keys):
@@ -287,11 +287,14 @@ def twin_groups(
                 members.setdefault(key, []).append(i)
         for idx in members.values():
             a = np.asarray(idx)
-            c = np.maximum(z[a] @ z[a].T, z[a] @ zm[a].T)
-            for i, j in zip(*np.nonzero(c >= series_correlation), strict=True):
-                if i < j:
-                    union(int(a[i]), int(a[j]))
+            join(np.maximum(z[a] @ z[a].T, z[a] @ zm[a].T) >= series_correlation, a, a)
     return np.array([find(i) for i in range(n)])
+
+
+def _mirrored(x: Any) -> Any:
+    """Rows of square thumbnails (n, side*side), each mirrored left-right."""
+    side = int(np.sqrt(x.shape[1]))
+    return x.reshape(len(x), side, side)[:, :, ::-1].reshape(len(x), -1)
 
 
 def _standardised(x: Any) -> Any:
