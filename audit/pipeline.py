@@ -363,6 +363,10 @@ def calibrate(
     if missing := [c for c in group_by if c not in have]:
         raise AuditError(f"--group-by {','.join(missing)}: no such metadata column in {w.root}")
     rows = mem.read_rows(w, range(w.num_rows), [*IMAGE_LOCATION, "image_sha256", *group_by])
+    # a source is a picture the verifier's guard lets be anybody's copy: the features stage
+    # keeps a content thumbnail for exactly those (not blank, tiny-foreground or featureless;
+    # an orange disc in a corner has 3 keypoints and would measure the guard, not the check)
+    verifiable = set(features.open_thumbnails(w.root)[1].tolist())
     row_ids, thumbs, content, usable = [], [], [], []
     sha, family, series, names = [], [], [], []
     for rid, rec in sorted(rows.items()):
@@ -373,7 +377,7 @@ def calibrate(
         thumbs.append(cal.thumbnail(img))
         grey = np.asarray(img.convert("L"))
         content.append(features.content_thumbnail(grey))
-        usable.append(verify.information(grey) is None)
+        usable.append(rid in verifiable)
         sha.append(rec["image_sha256"])
         family.append(cal.family_key(tuple(rec[c] for c in group_by)) if group_by else None)
         series.append(cal.series_key(rec[group_by[0]]) if group_by else None)

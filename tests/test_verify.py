@@ -78,6 +78,33 @@ def test_a_picture_drawn_inside_a_larger_one_is_not_its_copy(pictures):
     assert verify.is_copy(verify.verify(small.crop((0, 0, int(w * 0.75), int(h * 0.75))), small))
 
 
+def test_a_training_picture_among_other_ink_is_held_back_fill_around_a_copy_is_not(pictures):
+    # openclipart's joker figure on a whole playing card, the table a man counts coins at:
+    # the candidate is all there at a copy's scale, and the query holds ink beyond its edge.
+    # A bordered copy rotated with another fill colour holds only flat fill out there.
+    rng = np.random.default_rng(7)
+    outside = []
+    for small, other in zip(pictures[:4], [*pictures[1:4], pictures[0]], strict=True):
+        w, h = small.size
+        canvas = Image.new("RGB", (round(w * 1.3), round(h * 1.3)), "white")
+        canvas.paste(small, (0, 0))
+        beside = other.resize((canvas.width - w, canvas.height))  # a figure beside it
+        canvas.paste(beside, (w, 0))
+        e = verify.verify(canvas, small)
+        assert verify.MIN_SCALE <= e.scale <= 0.85, e  # a 15% border's scale: not the guard
+        outside.append(verify.held_back_by_unexplained(e))
+        assert outside[-1] or verify.is_copy(e), e  # copy but for the ink, or a copy
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        bordered = ImageOps.expand(small, border=max(2, w // 7), fill=fill)
+        turned = bordered.rotate(14, fillcolor=(200, 40, 40), resample=Image.BILINEAR)
+        copy = verify.verify(turned, small)
+        assert verify.is_copy(copy), copy
+        assert copy.unexplained <= verify.MAX_UNEXPLAINED, copy
+    # `near`, the rest of the rule holding; measured 3 of 4: the fourth has a shopping bag
+    # drawn in pale green beside it, lighter than RESIDUAL against the white (not ink)
+    assert sum(outside) >= 3
+
+
 def test_the_tile_median_never_replaces_a_global_correlation():
     # the rule on evidence: many inliers and agreeing tiles, but a different picture overall
     # (another pictogram in the same road-sign frame) is not a copy; with a global agreement it is

@@ -216,7 +216,9 @@ def write_calibration_page(out_dir: Path) -> Path:
     neg = r["negatives"]
     c = r["counts"]
     intro = (
-        f"{c['sources']} source images of {r['dataset']} (seed {r['seed']}), each put through "
+        f"{c['sources']} source images of {r['dataset']} (seed {r['seed']}; drawn from the "
+        f"{r.get('usable_sources', '?')} readable pictures the verifier's low-information guard "
+        "lets be a copy), each put through "
         f"{len(r['transforms'])} copy transformations and {c['chains_per_length']} chains of 2 and of 3; "
         f"{c['negatives']} held-out images ({r['negatives']['queries']} queries, whole twin groups removed "
         f"from the {c['searched_rows']} searched rows) as negatives. {c['twin_groups']} twin groups "

@@ -28,7 +28,8 @@ distances, the embedding cosine, and the learned descriptor's similarity.
   alone, and never against a low-information training image.
 - `near`: the verifier found a plausible transform with `verify.MIN_INLIERS` inliers but
   too low a correlation, or a copy but for a blob it leaves unexplained (a drawing added to
-  a training picture, a generated copy with a smudge: `verify.held_back_by_unexplained`),
+  a training picture, a training picture drawn among other ink, a generated copy with a
+  smudge: `verify.held_back_by_unexplained`),
   or one global descriptor passes its *copy* threshold (tiled l2, relative, pHash or, with
   trained weights, cosine) without the verifier agreeing. The
   descriptors' near thresholds no longer make a pair `near`: in `audit calibrate` on a
