@@ -76,7 +76,7 @@ MIN_OVERLAP = 0.3  # share of the smaller picture inside the other once aligned
 # one chain of three, the only copy this rejects); 5 of its 12 false copies left 2.5-5%.
 # Outside the overlap a copy holds only fill: a border, the corners a rotation filled, each
 # one flat colour (FLAT_RANGE). Ink there (an outline, a letter, a figure beside the
-# candidate: the joker on a whole playing card, the table a man counts coins at) is left
+# candidate: the crayon on a note, the table a man counts coins at) is left
 # unexplained too, its largest blob as a share of the query: on seeds 0 and 2 the copies it
 # called right left at most 0.8% outside (one mirror copy 2.5%, through a partial fit that
 # the mirrored fit replaces), the pictures holding a training picture among other ink 2.5-9%.
