@@ -79,8 +79,9 @@ def test_a_picture_drawn_inside_a_larger_one_is_not_its_copy(pictures):
 
 
 def test_a_training_picture_among_other_ink_is_held_back_fill_around_a_copy_is_not(pictures):
-    # openclipart's joker figure on a whole playing card, the table a man counts coins at:
-    # the candidate is all there at a copy's scale, and the query holds ink beyond its edge.
+    # openclipart's crayon on a note, the table a man counts coins at: the candidate is all
+    # there at a copy's scale, and the query holds ink beyond its edge (the joker figure on a
+    # whole playing card sits below MIN_SCALE; the test above covers that case).
     # A bordered copy rotated with another fill colour holds only flat fill out there.
     rng = np.random.default_rng(7)
     outside = []
