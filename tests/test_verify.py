@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -212,3 +214,47 @@ def test_a_picture_without_keypoints_is_a_copy_only_where_it_agrees_all_over():
     for other in (flag([red, white]), flag([white, blue, red])):
         e = verify.verify(other, poland)
         assert not verify.is_copy(e), e
+
+
+def _most_ink_box(img: Image.Image, share: float) -> tuple[int, int, int, int]:
+    """The box of `share` of each side holding the most ink (grey far from white)."""
+    g = np.asarray(img.convert("L"), np.float32)
+    ink = (np.abs(g - 255) > 64).astype(np.float64)
+    bw, bh = int(img.width * share), int(img.height * share)
+    ii = np.pad(ink.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = ii[bh:, bw:] - ii[:-bh, bw:] - ii[bh:, :-bw] + ii[:-bh, :-bw]
+    y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(x), int(y), int(x) + bw, int(y) + bh
+
+
+def test_a_detail_replaced_is_held_back_at_working_size_copies_are_not(pictures):
+    # openclipart's road signs: the same red triangle round a curve, a junction, falling
+    # rocks; a drawing pin alone and the same pin on a note. Here the box with the most ink,
+    # a sixth of each side, is replaced by a smaller copy of another picture: too small a
+    # blob at ALIGN_SIDE, where the rest of the rule holds, but not at working size.
+    from audit.checks import calibrate
+
+    held = []
+    for i, img in enumerate(pictures[1:4], start=1):
+        x0, y0, x1, y1 = _most_ink_box(img, 1 / 6)
+        bw, bh = x1 - x0, y1 - y0
+        changed = img.copy()
+        changed.paste((255, 255, 255), (x0, y0, x1, y1))
+        other = pictures[(i + 1) % len(pictures)].resize((bw * 3 // 4, bh * 3 // 4))
+        changed.paste(other, (x0 + bw // 8, y0 + bh // 8))
+        e = verify.verify(changed, img)
+        assert not verify.is_copy(e), e
+        coarse = replace(e, fine_unexplained=float("nan"))
+        held.append(verify.is_copy(coarse) and e.fine_unexplained > verify.MAX_FINE_UNEXPLAINED)
+        assert verify.held_back_by_unexplained(e) or not verify.is_copy(coarse), e
+    assert sum(held) >= 2, held  # measured: all 3 pass the coarse rule, held back by the fine
+    # every copy edit `audit calibrate` makes, on the same pictures: where the coarse rule
+    # says copy, the fine comparison agrees (blur, JPEG and rescaling lose detail the source
+    # has: the candidate is blurred to match; a caption's strokes are opened away)
+    rng = np.random.default_rng(11)
+    for img in pictures[:4]:
+        for name, edit in calibrate.TRANSFORMS.items():
+            e = verify.verify(edit(img.copy(), rng), img)
+            if verify.is_copy(replace(e, fine_unexplained=float("nan"))):
+                assert e.fine_unexplained <= verify.MAX_FINE_UNEXPLAINED, (name, e)
+                assert verify.is_copy(e), (name, e)

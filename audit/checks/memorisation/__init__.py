@@ -276,6 +276,7 @@ def _table(rows: list[dict[str, Any]]) -> Any:
             ("tile_correlation", pa.float32()),
             ("overlap", pa.float32()),
             ("unexplained", pa.float32()),
+            ("fine_unexplained", pa.float32()),
             ("tile_distance", pa.float32()),
             ("relative_distance", pa.float32()),
             ("cosine", pa.float32()),

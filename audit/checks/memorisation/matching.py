@@ -288,6 +288,7 @@ def _judge(
         "correlation": e.correlation,
         "overlap": e.overlap,
         "unexplained": e.unexplained,
+        "fine_unexplained": e.fine_unexplained,
         "transform": list(e.transform) if e.transform else None,
         "error": None,
         **{
@@ -344,6 +345,11 @@ def _explain(r: dict[str, Any], geo: bool, learned: bool, th: Thresholds, ref: R
         f"geometry {'copy' if geo else 'no'} ({how}; aligned correlation "
         f"{r['correlation']:.2f} over {r['overlap']:.0%}"
         + (f", unexplained {r['unexplained']:.0%}" if np.isfinite(r["unexplained"]) else "")
+        + (
+            f", {r['fine_unexplained']:.1%} at full size"
+            if np.isfinite(r["fine_unexplained"])
+            else ""
+        )
         + ")",
         f"tile {r['tile_distance']:.3f} {vote(r['tile_distance'], th.copy_tile, th.near_tile)}",
         f"relative {r['relative_distance']:.2f} "
