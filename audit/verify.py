@@ -248,12 +248,25 @@ def _matches(a: Features, b: Features) -> tuple[Any, Any]:
 def _unexplained(q: Any, c: Any, inside: Any) -> float:
     """The largest blob the aligned candidate `c` leaves unexplained in `q` (see RESIDUAL),
     as a share of the overlap `inside`."""
+    strong = ((np.abs(q - _gain_fitted(q, c, inside)) > RESIDUAL * 255) & inside).astype(np.uint8)
+    return _largest_opened_blob(strong) / max(1, int(inside.sum()))
+
+
+def _gain_fitted(q: Any, c: Any, inside: Any) -> Any:
+    """`c` mapped onto `q` by the one gain and offset that fit them best over `inside` (a grey,
+    recoloured or re-contrasted copy fits)."""
     a, b = q[inside], c[inside]
     var = float(b.var())
     gain = float(((a - a.mean()) * (b - b.mean())).mean() / var) if var > 1e-6 else 0.0
-    fitted = gain * (c - b.mean()) + a.mean()
-    strong = ((np.abs(q - fitted) > RESIDUAL * 255) & inside).astype(np.uint8)
-    return _largest_opened_blob(strong) / max(1, int(inside.sum()))
+    return gain * (c - b.mean()) + a.mean()
+
+
+def _flat(q: Any) -> Any:
+    """Pixels whose 3x3 neighbourhood spans less than FLAT_RANGE grey levels: fill."""
+    import cv2
+
+    square = np.ones((3, 3), np.uint8)
+    return cv2.dilate(q, square) - cv2.erode(q, square) < FLAT_RANGE
 
 
 def _largest_opened_blob(mask: Any, side: int = 3) -> int:
@@ -272,11 +285,10 @@ def _ink_outside(q: Any, inside: Any) -> float:
     is a line of in-between pixels that the 3x3 opening removes; an outline is not)."""
     import cv2
 
-    square = np.ones((3, 3), np.uint8)
     outside = cv2.dilate(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
     if outside.sum() < 16:
         return 0.0
-    flat = (cv2.dilate(q, square) - cv2.erode(q, square) < FLAT_RANGE) & outside
+    flat = _flat(q) & outside
     n, labels, stats, _ = cv2.connectedComponentsWithStats(flat.astype(np.uint8), connectivity=4)
     fills = sorted(
         (i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= MIN_FILL * q.size),
@@ -388,30 +400,24 @@ def _fine_unexplained(query: Any, cand: Any, transform: Any) -> float:
     t = _refined(q, c, t)
     warped = cv2.warpAffine(c, t, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     qb = _blurred(q, 0.8)
-    a = qb[inside]
     best: tuple[float, Any] | None = None
     for sigma in FINE_BLURS:
-        cb = _blurred(warped, float(np.hypot(sigma, 0.8)))
-        b = cb[inside]
-        var = float(b.var())
-        gain = float(((a - a.mean()) * (b - b.mean())).mean() / var) if var > 1e-6 else 0.0
-        fitted = gain * (cb - b.mean()) + a.mean()
-        error = float(np.abs(a - fitted[inside]).mean())
+        fitted = _gain_fitted(qb, _blurred(warped, float(np.hypot(sigma, 0.8))), inside)
+        error = float(np.abs(qb[inside] - fitted[inside]).mean())
         if best is None or error < best[0]:
             best = (error, fitted)
     assert best is not None
-    strong = (np.abs(qb - best[1]) > RESIDUAL * 255) & inside & ~_fill_reaching_out(q, footprint)
+    strong = (np.abs(qb - best[1]) > RESIDUAL * 255) & inside & ~_fill_mostly_outside(q, footprint)
     return _largest_opened_blob(strong.astype(np.uint8), FINE_OPENING) / int(inside.sum())
 
 
-def _fill_reaching_out(q: Any, footprint: Any) -> Any:
+def _fill_mostly_outside(q: Any, footprint: Any) -> Any:
     """Flat regions of `q` (see FLAT_RANGE) lying mostly outside the candidate's `footprint`:
     a border or a rotation's fill, which covers whatever part of the source the copy cut
     away (a rotated copy's corners, then framed; a crop, then framed)."""
     import cv2
 
-    square = np.ones((3, 3), np.uint8)
-    flat = (cv2.dilate(q, square) - cv2.erode(q, square) < FLAT_RANGE).astype(np.uint8)
+    flat = _flat(q).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(flat, connectivity=4)
     outside = np.bincount(labels[(footprint == 0) & (flat > 0)], minlength=n)
     # mostly outside: a frame, not the white background a sign's interior connects to
