@@ -10,17 +10,20 @@ A copy made by cropping, rotating, mirroring, rescaling or re-encoding a picture
    fitted by RANSAC to a similarity transform (`cv2.estimateAffinePartial2D`: rotation,
    uniform scale, translation; no shear, which no copy-style edit introduces). Inliers that
    agree on one transform are very unlikely between unrelated pictures.
-3. **Pixels**: the candidate is warped into the query's frame by that transform (or by the
-   identity, which is what a rescale, recolour or re-encode needs when there are too few
-   keypoints to fit anything) and compared over the aligned overlap: zero-normalised
-   correlation of grey levels (so a grey or colour-shifted copy still correlates), after a
-   light blur (so JPEG blocks and resampling do not count). Inliers alone can be fooled by
-   repeated patterns (the five of spades against the five of clubs); a high correlation
-   over most of the picture cannot. Nor may the alignment leave a blob of the query
-   unexplained (`_unexplained`): a drawing added to the source is not a copy of it. A pair
-   that passes all this is compared once more at working size (`_fine_unexplained`), the
-   fit refined by OpenCV's ECC and the candidate blurred as much as the query is: another
-   pictogram in the same sign frame differs in details the coarse comparison blurs away.
+3. **Pixels**: the candidate is warped into the query's frame by that transform (or by
+   the identity, which is what a rescale, recolour or re-encode needs when there are too
+   few keypoints to fit anything, or by laying the two drawings' content boxes over each
+   other, which is what a frame around such a picture needs) and compared over the
+   aligned overlap: zero-normalised correlation of grey levels (so a grey or
+   colour-shifted copy still correlates), after a light blur (so JPEG blocks and
+   resampling do not count). Inliers alone can be fooled by repeated patterns (the five
+   of spades against the five of clubs); a high correlation over most of the picture
+   cannot. Nor may the alignment leave a blob of the query unexplained (`_unexplained`):
+   a drawing added to the source is not a copy of it. A pair that passes all this is
+   compared once more at working size (`_fine_unexplained`), the fit refined by OpenCV's
+   ECC (the identity may also be turned: a plain heart rotated with fill has no keypoints
+   to fit) and the candidate blurred as much as the query is: another pictogram in the
+   same sign frame differs in details the coarse comparison blurs away.
 4. **Low information**: a blank, near-uniform or tiny-foreground picture is "similar" to
    every other such picture under any pixel distance or hash. `information` says so, with
    the reason, and such a pair is never called a copy (it gets its own verdict upstream).
@@ -107,10 +110,21 @@ MIN_SCALE, MAX_SCALE = 0.65, 1.8
 # `fine_unexplained`. Tuned on seeds 0 and 2 (20 sources each, 2,000-image workspace): the
 # copies called right on single transformations left at most 0.32%, but for mirror copies
 # of near-symmetric pictures that fitted unmirrored (the mirrored fit replaces them); the
-# false copies 0.45-2.0%.
+# false copies 0.45-2.0%. With the turned identity and the content boxes below, seeds 1, 3,
+# 5, 7, 9 and 11 called 96-99% of the single-transformation copies right at precision
+# >= 0.995 (README, "Copy thresholds").
 FINE_BLURS = (0.0, 1.0, 2.0, 3.0, 4.5)  # Gaussian sigma at working size; calibrate blurs to 4 px
 FINE_OPENING = 5
 REFINE_MOVE = 12.0
+# The content boxes of query and candidate (the drawing, background and frame flooded away)
+# give one more hypothesis for plain pictures without keypoints to fit: laid over each other
+# by one scale if their aspect ratios agree within BOX_ASPECT (a border keeps the drawing's).
+BOX_ASPECT = 1.05
+# Only where RANSAC's fit has fewer inliers than this: a fit of its own on another part of
+# the picture (the same car falling off a quay, drawn at another place inside the same
+# warning triangle as the boxes align) means a reused element, not a framed copy.
+BOX_MAX_INLIERS = 8
+ROTATION_STARTS = (0.0, -10.0, 10.0, -20.0, 20.0)  # degrees; see _turned
 MAX_FINE_UNEXPLAINED = 0.004
 ANGLE_SLACK = 20.0  # degrees of keypoint-orientation noise allowed on top
 
@@ -124,6 +138,9 @@ class Features:
     descriptors: Any
     grey: Any  # uint8 (h, w) at working size, kept for the aligned comparison
     low_information: str | None
+    # (x0, y0, x1, y1) of the drawing itself, background and any frame flooded away
+    # (`features.background_whitened`), or None if it fills the picture
+    content_box: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +150,7 @@ class Evidence:
     matches: int = 0
     inliers: int = 0
     mirrored: bool = False
-    hypothesis: str = "none"  # "similarity" (RANSAC fit), "identity", or "none"
+    hypothesis: str = "none"  # "similarity" (RANSAC fit), "identity", "content box" or "none"
     scale: float = float("nan")  # candidate -> query scale
     rotation: float = float("nan")
     correlation: float = float("nan")  # aligned zero-normalised correlation, -1..1
@@ -144,7 +161,8 @@ class Evidence:
     # the same at working size, measured for pairs that are copies otherwise (see FINE_BLURS)
     fine_unexplained: float = float("nan")
     low_information: str | None = None  # reason, for the query or the candidate
-    transform: tuple[float, ...] | None = None  # 2x3 candidate -> query, row-major
+    # 2x3 candidate -> query, row-major; for a pair compared at working size, as ECC refined it
+    transform: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,7 +229,45 @@ def extract(img: Any, mirrored: bool = False) -> Features:
         desc = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-7))  # RootSIFT
     if reason is None and len(points) < MIN_KEYPOINTS and float(grey.std()) < 40:
         reason = f"featureless: {len(points)} keypoints"
-    return Features(points, angles, desc.astype(np.float32), grey, reason)
+    return Features(points, angles, desc.astype(np.float32), grey, reason, _content_box(grey))
+
+
+def _content_box(grey: Any) -> tuple[float, float, float, float] | None:
+    from audit import features  # features builds on this module
+
+    drawn = features.ink(features.background_whitened(grey))
+    if drawn.mean() < MIN_FOREGROUND:
+        return None
+    rows, cols = np.flatnonzero(drawn.any(1)), np.flatnonzero(drawn.any(0))
+    box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+    h, w = grey.shape
+    return None if box == (0.0, 0.0, float(w), float(h)) else box
+
+
+def _moved(a: Any, b: Any, shape: tuple[int, ...]) -> float:
+    """How far (pixels) two 2x3 transforms carry a corner of a (h, w) picture apart."""
+    h, w = shape[:2]
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64)
+    return float(np.abs(corners @ (np.asarray(a) - np.asarray(b)).T).max())
+
+
+def _boxed(q: Features, c: Features) -> Any:
+    """The similarity that lays `c`'s drawing over `q`'s (content boxes), or None: a border
+    or margin around a copy of a plain picture, too few keypoints for RANSAC to fit it."""
+    qb = q.content_box or (0.0, 0.0, float(q.grey.shape[1]), float(q.grey.shape[0]))
+    cb = c.content_box or (0.0, 0.0, float(c.grey.shape[1]), float(c.grey.shape[0]))
+    if q.content_box is None and c.content_box is None:
+        return None  # the identity already lays one frame over the other
+    sx, sy = (qb[2] - qb[0]) / (cb[2] - cb[0]), (qb[3] - qb[1]) / (cb[3] - cb[1])
+    if abs(np.log(sx / sy)) > np.log(BOX_ASPECT):
+        return None  # not one scale: a crop cut the drawing, or another drawing
+    scale = float(np.sqrt(sx * sy))
+    if not MIN_SCALE <= scale <= MAX_SCALE:
+        return None
+    qc = np.array([qb[0] + qb[2], qb[1] + qb[3]]) / 2
+    cc = np.array([cb[0] + cb[2], cb[1] + cb[3]]) / 2
+    shift = qc - scale * cc
+    return np.array([[scale, 0.0, shift[0]], [0.0, scale, shift[1]]], np.float64)
 
 
 def _matches(a: Features, b: Features) -> tuple[Any, Any]:
@@ -376,6 +432,42 @@ def _refined(query: Any, cand: Any, transform: Any) -> Any:
     return np.linalg.inv(np.vstack([warp.astype(np.float64), [0.0, 0.0, 1.0]]))[:2]
 
 
+def _turned(query: Any, cand: Any, transform: Any) -> Any:
+    """The identity `transform` turned about the query's centre by Euclidean ECC started at
+    each of ROTATION_STARTS, best ECC correlation kept, or unchanged if none converges
+    within MAX_ROTATION keeping the centre within REFINE_MOVE pixels. A plain shape rotated
+    with fill (a heart, a disc on a sign) has too few keypoints for a RANSAC fit, and its
+    identity alignment agrees at ALIGN_SIDE yet leaves the turned edges at working size."""
+    import cv2
+
+    h, w = query.shape
+    forward = np.vstack([np.asarray(transform, np.float64).reshape(2, 3), [0.0, 0.0, 1.0]])
+    stretched = cv2.warpAffine(
+        cand, forward[:2], (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    centre = np.array([w / 2.0, h / 2.0])
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
+    best: tuple[float, Any] | None = None
+    for angle in ROTATION_STARTS:
+        start = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, 1.0)
+        try:
+            rho, warp = cv2.findTransformECC(
+                query, stretched, start.astype(np.float32), cv2.MOTION_EUCLIDEAN, criteria, None
+            )
+        except cv2.error:
+            continue
+        warp = warp.astype(np.float64)  # query -> stretched candidate
+        turn = float(np.degrees(np.arctan2(warp[1, 0], warp[0, 0])))
+        shift = float(np.hypot(*(warp[:, :2] @ centre + warp[:, 2] - centre)))
+        ok = np.isfinite(warp).all() and abs(turn) <= MAX_ROTATION and shift <= REFINE_MOVE
+        if ok and (best is None or rho > best[0]):
+            best = (float(rho), warp)
+    if best is None:
+        return forward[:2]
+    back = np.linalg.inv(np.vstack([best[1], [0.0, 0.0, 1.0]]))  # stretched -> query
+    return (back @ forward)[:2]
+
+
 def _blurred(a: Any, sigma: float) -> Any:
     import cv2
 
@@ -383,21 +475,40 @@ def _blurred(a: Any, sigma: float) -> Any:
     return cv2.GaussianBlur(a, (k, k), sigma) if sigma > 0 else a
 
 
-def _fine_unexplained(query: Any, cand: Any, transform: Any) -> float:
+def _fine_unexplained(query: Any, cand: Any, transform: Any, identity: bool = False) -> float:
     """The largest blob `cand` aligned by `transform` leaves unexplained in `query` at
-    working size (see FINE_BLURS), as a share of the overlap; NaN without one."""
+    working size (see FINE_BLURS), as a share of the overlap; NaN without one. `identity`:
+    `transform` is no keypoint fit (the identity, the content boxes), which ECC may also
+    turn (`_turned`)."""
+    return _fine_compared(query, cand, transform, identity)[0]
+
+
+def _fine_compared(
+    query: Any, cand: Any, transform: Any, identity: bool = False
+) -> tuple[float, Any]:
+    """(`_fine_unexplained`, the refined 2x3 transform it was measured with)."""
     import cv2
 
     q, c = query.astype(np.float32), cand.astype(np.float32)
     t = np.asarray(transform, np.float64).reshape(2, 3)
     size = (q.shape[1], q.shape[0])
-    footprint = cv2.warpAffine(
-        np.ones(c.shape, np.uint8), t, size, flags=cv2.INTER_NEAREST, borderValue=0
-    )
+
+    def footprint_of(t: Any) -> Any:
+        return cv2.warpAffine(
+            np.ones(c.shape, np.uint8), t, size, flags=cv2.INTER_NEAREST, borderValue=0
+        )
+
+    if (cv2.erode(footprint_of(t), np.ones((9, 9), np.uint8)) > 0).sum() < 100:
+        return float("nan"), t
+    refined = _refined(q, c, t)
+    if identity and np.array_equal(refined, t):  # ECC moved too far: perhaps a turn
+        refined = _turned(q, c, t)
+    t = refined
+    # the footprint of the transform compared: a turned candidate leaves the corners out
+    footprint = footprint_of(t)
     inside = cv2.erode(footprint, np.ones((9, 9), np.uint8)) > 0
     if inside.sum() < 100:
-        return float("nan")
-    t = _refined(q, c, t)
+        return float("nan"), t
     warped = cv2.warpAffine(c, t, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     qb = _blurred(q, 0.8)
     best: tuple[float, Any] | None = None
@@ -408,7 +519,7 @@ def _fine_unexplained(query: Any, cand: Any, transform: Any) -> float:
             best = (error, fitted)
     assert best is not None
     strong = (np.abs(qb - best[1]) > RESIDUAL * 255) & inside & ~_fill_mostly_outside(q, footprint)
-    return _largest_opened_blob(strong.astype(np.uint8), FINE_OPENING) / int(inside.sum())
+    return _largest_opened_blob(strong.astype(np.uint8), FINE_OPENING) / int(inside.sum()), t
 
 
 def _fill_mostly_outside(q: Any, footprint: Any) -> Any:
@@ -507,6 +618,19 @@ def verify(
                 ident,
             )
         )
+        # the content boxes laid over each other, where the keypoints fit no transform of
+        # their own and that is not the identity again
+        boxed = _boxed(q, cf) if ev.inliers < BOX_MAX_INLIERS else None
+        if boxed is not None and _moved(boxed, ident, cf.grey.shape) > 2.0:
+            support = _supporting(qp, cp, boxed)
+            box = Evidence(
+                matches=ev.matches,
+                inliers=support,
+                hypothesis="content box",
+                scale=float(boxed[0, 0]),
+                rotation=0.0,
+            )
+            hyps.append((box, boxed))
         for e, tr in hyps:
             corr, overlap, tiled, unexplained = _aligned(q.grey, cf.grey, tr)
             e = Evidence(
@@ -522,7 +646,15 @@ def verify(
                 }
             )
             if is_copy(e):  # only a copy so far is worth the closer look
-                e = replace(e, fine_unexplained=_fine_unexplained(q.grey, cf.grey, tr))
+                # the transform the pair was last compared with, for the page's overlay
+                share, refined = _fine_compared(
+                    q.grey, cf.grey, tr, identity=e.hypothesis != "similarity"
+                )
+                e = replace(
+                    e,
+                    fine_unexplained=share,
+                    transform=tuple(float(v) for v in np.asarray(refined).ravel()),
+                )
             if best is None or _rank(e) > _rank(best):
                 best = e
     assert best is not None
@@ -570,7 +702,8 @@ def is_copy(e: Evidence) -> bool:
             and corr >= FEW_INLIERS_CORRELATION
             and e.correlation >= FEW_INLIERS_GLOBAL
         )
-    return e.hypothesis == "identity" and (
+    # the identity, or the content boxes laid over each other (no keypoints fitted either)
+    return e.hypothesis in ("identity", "content box") and (
         (e.correlation >= MIN_CORRELATION_IDENTITY and e.inliers >= MIN_IDENTITY_SUPPORT)
         or e.correlation >= MIN_CORRELATION_UNSUPPORTED
     )
@@ -597,7 +730,7 @@ def settings() -> dict[str, Any]:
         "MIN_CORRELATION MANY_INLIERS MANY_INLIERS_CORRELATION FEW_INLIERS FEW_INLIERS_CORRELATION FEW_INLIERS_GLOBAL "
         "MIN_CORRELATION_IDENTITY MIN_IDENTITY_SUPPORT MIN_CORRELATION_UNSUPPORTED MIN_OVERLAP "
         "MIN_SCALE MAX_SCALE RESIDUAL MAX_UNEXPLAINED FLAT_RANGE MIN_FILL FINE_BLURS FINE_OPENING "
-        "REFINE_MOVE MAX_FINE_UNEXPLAINED"
+        "REFINE_MOVE ROTATION_STARTS BOX_ASPECT BOX_MAX_INLIERS MAX_FINE_UNEXPLAINED"
     ).split()
     return {n.lower(): globals()[n] for n in names}
 

@@ -56,6 +56,12 @@ def test_every_transformation_is_measured_and_found(result):
     single = r["pooled"]["single"]["verdict"]
     assert single["recall"] > 0.8 and single["wrong_source"] <= 1
     assert r["negatives"]["called_copy"] == 0 and r["false_positives"] == []
+    # every positive not called a copy of its source (or of another picture) is listed as
+    # missed, with what the verdict called it
+    verdicts = [v["verdict"] for v in r["per_transform"].values()]
+    missed = sum(v["positives"] - v["true_positives"] - v["wrong_source"] for v in verdicts)
+    assert len(r["missed"]) == missed
+    assert all(m["verdict"] != "copy" and m["kind"] in r["per_transform"] for m in r["missed"])
     # the negatives are counted once per pool, never charged to each transformation's row
     assert single["negatives"] == r["negatives"]["queries"] == c["negatives"]
     assert "precision" not in r["per_transform"]["crop"]["verdict"]

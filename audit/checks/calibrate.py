@@ -25,7 +25,8 @@ own best candidate at its copy threshold):
   negatives counted once per pool. It depends on how many negatives stand beside the
   pool's positives, so the report states both counts.
 Candidate recall@k says how often the true source was among each search's candidates at
-all. Every false positive is listed (query, matched row, evidence) for inspection.
+all. Every false positive and every missed copy is listed (query, matched row, evidence) for
+inspection.
 
 The matcher comes in as a function (`Match`), so this module imports no stage.
 """
@@ -401,6 +402,13 @@ def calibrate(
             for o in outcomes
             if o["judged"]["verdict"] == "fp"
         ],
+        # what the verdict called the copies it missed, to see why (a row the
+        # verifier held back says `near` and its unexplained blob)
+        "missed": [
+            {k: o[k] for k in ("kind", "query_row_id", "train_row_id", "verdict", "evidence")}
+            for o in outcomes
+            if o["positive"] and o["judged"]["verdict"] == "miss"
+        ],
         "low_information_queries": {
             t: int(sum(o["low_information"] for o in outcomes if o["kind"] == t))
             for t in sorted(kinds | {"negative"})
@@ -435,6 +443,7 @@ def _outcomes(
                 "positive": src is not None,
                 "judged": judged,
                 "found": found,
+                "verdict": r.get("verdict"),
                 "low_information": r.get("verdict") == "low_information",
             }
         )

@@ -300,6 +300,20 @@ def write_calibration_page(out_dir: Path) -> Path:
             text="None." if not r.get("false_positives") else "",
         ),
         Section(
+            "Every copy the verdict missed",
+            table=[
+                {
+                    "query": m["kind"],
+                    "made from row": m["query_row_id"],
+                    "best match": m["train_row_id"],
+                    "verdict": m["verdict"],
+                    "evidence": m["evidence"],
+                }
+                for m in r.get("missed", [])
+            ],
+            text="None." if not r.get("missed") else "",
+        ),
+        Section(
             "Settings",
             text=f"Thresholds: {cell(r['thresholds'])}\n\nVerifier: {cell(r['verifier'])}",
         ),

@@ -340,7 +340,9 @@ def _explain(r: dict[str, Any], geo: bool, learned: bool, th: Thresholds, ref: R
             f"{r['rotation']:.0f} deg{', mirrored' if r['mirrored'] else ''}"
         )
     else:
-        how = f"identity{' mirrored' if r['mirrored'] else ''}, {r['matches']} matches"
+        how = f"{r['hypothesis']}{' mirrored' if r['mirrored'] else ''}, {r['matches']} matches"
+        if r["hypothesis"] == "content box":
+            how += f", scale {r['scale']:.2f}"
     parts = [
         f"geometry {'copy' if geo else 'no'} ({how}; aligned correlation "
         f"{r['correlation']:.2f} over {r['overlap']:.0%}"
