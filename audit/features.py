@@ -65,9 +65,6 @@ THUMB_SIDE = 16  # content thumbnail side: 256 dimensions
 # One thumbnail per image, but 18 per query and twice the dimensions of a descriptor: exact
 # search of 100,000 of them costs tens of ms per query, so the IVF takes over sooner.
 THUMB_FLAT_MAX = 20_000
-FILL_TOLERANCE = 12  # grey levels: a corner flood takes pixels this close to its seed
-EDGE = np.ones((5, 5), np.uint8)  # a coloured flood's antialiased edge (2 px at 256)
-MIN_INK = 0.01  # a flood that would leave less ink than this share is undone
 # The rotations a copier applies are within 20 degrees; a query is rotated back by each
 # of these, so the search sees a copy within 2.5 degrees of upright.
 QUERY_ANGLES = (0, -5, 5, -10, 10, -15, 15, -20, 20)
@@ -105,54 +102,12 @@ def index_descriptors(
 
 
 # -- content thumbnails -----------------------------------------------------------------------
-def ink(grey: Any) -> Any:
-    """The pixels of a `background_whitened` grey image that are not background."""
-    return grey < 255 - FILL_TOLERANCE
-
-
-def background_whitened(grey: Any) -> Any:
-    """`grey` (uint8) with its background, frame and rotation fill turned white: flood from
-    the four corners; a flood that started on a colour (a frame, a fill, a dark background)
-    also takes its antialiased edge. While what is left is a rectangle (its bounding box's
-    corners not flooded: a picture inside a frame or a margin), flood again from its
-    corners, to reach the picture's own background inside the frame."""
-    import cv2
-
-    g = np.ascontiguousarray(grey, np.uint8).copy()
-    h, w = g.shape
-    flooded = np.zeros((h, w), bool)
-    flags = 4 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (255 << 8)
-    tol = (FILL_TOLERANCE,)
-    for _ in range(4):  # a frame, its antialiased edge, a margin, the picture's background
-        rows, cols = np.flatnonzero((~flooded).any(1)), np.flatnonzero((~flooded).any(0))
-        corners = [(int(c), int(r)) for r in (rows[0], rows[-1]) for c in (cols[0], cols[-1])]
-        if any(flooded[y, x] for x, y in corners):
-            break  # what is left is a drawing, not a rectangle inside a frame
-        mask = np.zeros((h + 2, w + 2), np.uint8)
-        coloured = False
-        for x, y in corners:
-            if not mask[y + 1, x + 1]:
-                coloured |= int(g[y, x]) < 255 - FILL_TOLERANCE
-                cv2.floodFill(g, mask, (x, y), 0, tol, tol, flags)  # type: ignore[call-overload]
-        region = mask[1:-1, 1:-1] > 0
-        if coloured:
-            region = cv2.dilate(region.astype(np.uint8), EDGE) > 0
-        if not (region & ~flooded).any():
-            break
-        out = g.copy()
-        out[region] = 255
-        if ink(out).mean() < MIN_INK:  # the picture was all background colour: keep it
-            break
-        g, flooded = out, flooded | region
-    return g
-
-
 def _standardised_thumbnail(grey: Any) -> Any:
     """The ink's bounding box of a white-background grey image, as a unit-length vector."""
     import cv2
 
-    drawn = ink(grey)
-    if drawn.mean() >= MIN_INK / 4:
+    drawn = verify.ink(grey)
+    if drawn.mean() >= verify.MIN_INK / 4:
         r, c = np.flatnonzero(drawn.any(1)), np.flatnonzero(drawn.any(0))
         grey = grey[r[0] : r[-1] + 1, c[0] : c[-1] + 1]
     side = (THUMB_SIDE, THUMB_SIDE)
@@ -164,7 +119,7 @@ def _standardised_thumbnail(grey: Any) -> Any:
 def content_thumbnail(grey: Any) -> Any:
     """(THUMB_SIDE**2,) float32 unit vector describing the drawing in a grey working-size
     image (`verify.Features.grey`), whatever its margin, frame or scale."""
-    return _standardised_thumbnail(background_whitened(grey))
+    return _standardised_thumbnail(verify.background_whitened(grey))
 
 
 def query_thumbnails(grey: Any) -> Any:
@@ -172,7 +127,7 @@ def query_thumbnails(grey: Any) -> Any:
     mirrored, each rotated by every angle of `QUERY_ANGLES` on white."""
     import cv2
 
-    clean = background_whitened(grey)
+    clean = verify.background_whitened(grey)
     out = []
     for m in (clean, np.ascontiguousarray(clean[:, ::-1])):
         h, w = m.shape

@@ -124,6 +124,10 @@ BOX_ASPECT = 1.05
 # the picture (the same car falling off a quay, drawn at another place inside the same
 # warning triangle as the boxes align) means a reused element, not a framed copy.
 BOX_MAX_INLIERS = 8
+# The drawing itself (`background_whitened`): corner floods of the background and any frame
+FILL_TOLERANCE = 12  # grey levels: a corner flood takes pixels this close to its seed
+EDGE = np.ones((5, 5), np.uint8)  # a coloured flood's antialiased edge (2 px at 256)
+MIN_INK = 0.01  # a flood that would leave less ink than this share is undone
 ROTATION_STARTS = (0.0, -10.0, 10.0, -20.0, 20.0)  # degrees; see _turned
 MAX_FINE_UNEXPLAINED = 0.004
 ANGLE_SLACK = 20.0  # degrees of keypoint-orientation noise allowed on top
@@ -139,7 +143,7 @@ class Features:
     grey: Any  # uint8 (h, w) at working size, kept for the aligned comparison
     low_information: str | None
     # (x0, y0, x1, y1) of the drawing itself, background and any frame flooded away
-    # (`features.background_whitened`), or None if it fills the picture
+    # (`background_whitened`), or None if it fills the picture
     content_box: tuple[float, float, float, float] | None = None
 
 
@@ -232,10 +236,50 @@ def extract(img: Any, mirrored: bool = False) -> Features:
     return Features(points, angles, desc.astype(np.float32), grey, reason, _content_box(grey))
 
 
-def _content_box(grey: Any) -> tuple[float, float, float, float] | None:
-    from audit import features  # features builds on this module
+def ink(grey: Any) -> Any:
+    """The pixels of a `background_whitened` grey image that are not background."""
+    return grey < 255 - FILL_TOLERANCE
 
-    drawn = features.ink(features.background_whitened(grey))
+
+def background_whitened(grey: Any) -> Any:
+    """`grey` (uint8) with its background, frame and rotation fill turned white: flood from
+    the four corners; a flood that started on a colour (a frame, a fill, a dark background)
+    also takes its antialiased edge. While what is left is a rectangle (its bounding box's
+    corners not flooded: a picture inside a frame or a margin), flood again from its
+    corners, to reach the picture's own background inside the frame."""
+    import cv2
+
+    g = np.ascontiguousarray(grey, np.uint8).copy()
+    h, w = g.shape
+    flooded = np.zeros((h, w), bool)
+    flags = 4 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (255 << 8)
+    tol = (FILL_TOLERANCE,)
+    for _ in range(4):  # a frame, its antialiased edge, a margin, the picture's background
+        rows, cols = np.flatnonzero((~flooded).any(1)), np.flatnonzero((~flooded).any(0))
+        corners = [(int(c), int(r)) for r in (rows[0], rows[-1]) for c in (cols[0], cols[-1])]
+        if any(flooded[y, x] for x, y in corners):
+            break  # what is left is a drawing, not a rectangle inside a frame
+        mask = np.zeros((h + 2, w + 2), np.uint8)
+        coloured = False
+        for x, y in corners:
+            if not mask[y + 1, x + 1]:
+                coloured |= int(g[y, x]) < 255 - FILL_TOLERANCE
+                cv2.floodFill(g, mask, (x, y), 0, tol, tol, flags)  # type: ignore[call-overload]
+        region = mask[1:-1, 1:-1] > 0
+        if coloured:
+            region = cv2.dilate(region.astype(np.uint8), EDGE) > 0
+        if not (region & ~flooded).any():
+            break
+        out = g.copy()
+        out[region] = 255
+        if ink(out).mean() < MIN_INK:  # the picture was all background colour: keep it
+            break
+        g, flooded = out, flooded | region
+    return g
+
+
+def _content_box(grey: Any) -> tuple[float, float, float, float] | None:
+    drawn = ink(background_whitened(grey))
     if drawn.mean() < MIN_FOREGROUND:
         return None
     rows, cols = np.flatnonzero(drawn.any(1)), np.flatnonzero(drawn.any(0))
