@@ -292,7 +292,7 @@ def _moved(a: Any, b: Any, shape: tuple[int, ...]) -> float:
     """How far (pixels) two 2x3 transforms carry a corner of a (h, w) picture apart."""
     h, w = shape[:2]
     corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64)
-    return float(np.abs(corners @ (np.asarray(a) - np.asarray(b)).T).max())
+    return float(np.abs(corners @ (np.asarray(a, np.float64) - np.asarray(b, np.float64)).T).max())
 
 
 def _boxed(q: Features, c: Features) -> Any:
@@ -468,10 +468,7 @@ def _refined(query: Any, cand: Any, transform: Any) -> Any:
         _, warp = cv2.findTransformECC(query, cand, start.copy(), cv2.MOTION_AFFINE, criteria, None)
     except cv2.error:  # no convergence (flat pictures, a poor start): keep the fit
         return forward[:2]
-    h, w = query.shape
-    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64)
-    moved = corners @ warp.T.astype(np.float64) - corners @ start.T.astype(np.float64)
-    if not np.isfinite(moved).all() or float(np.abs(moved).max()) > REFINE_MOVE:
+    if not np.isfinite(warp).all() or _moved(warp, start, query.shape) > REFINE_MOVE:
         return forward[:2]
     return np.linalg.inv(np.vstack([warp.astype(np.float64), [0.0, 0.0, 1.0]]))[:2]
 
